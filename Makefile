@@ -1,0 +1,65 @@
+# sparknet: the two commands a newcomer needs.
+#
+#   make run    set everything up, then train LeNet on 2 local Spark workers
+#   make test   set everything up, then run the test suite
+#
+# "Set everything up" installs what is missing, and only that: the Debian
+# packages Caffe builds against (apt-get), a virtual environment in .venv with
+# the pinned Python packages, and the Caffe build (cached outside the clone in
+# $SPARKNET_CACHE, default ~/.cache/sparknet, keyed by the source package's
+# sha256, so it is compiled once per machine).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+DEBIAN_PACKAGES := build-essential pkg-config protobuf-compiler libprotobuf-dev \
+	libgoogle-glog-dev libgflags-dev libboost-system-dev libboost-thread-dev \
+	libboost-filesystem-dev libhdf5-dev libopenblas-dev liblmdb-dev libleveldb-dev \
+	libsnappy-dev libgtest-dev
+
+BUILD_INPUTS := setup.py setup.cfg pyproject.toml caffe/build.py caffe/caffe.mk \
+	caffe/sparknet_fatal.hpp ccaffe/ccaffe.cpp ccaffe/ccaffe.hpp sparknet/engine/_caffe.pyx
+
+.PHONY: run test build deps env bench clean
+
+run: build
+	$(PY) examples/lenet_app.py --workers 2
+
+test: build
+	$(PY) -m pytest tests
+
+bench: build
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+build: $(VENV)/.built
+
+env: $(VENV)/.installed
+
+# Debian packages: checked every time (cheap), installed only when missing.
+deps:
+	@missing=""; \
+	for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt | deps
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.built: $(VENV)/.installed $(BUILD_INPUTS) | deps
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+clean:
+	rm -rf build sparknet/engine/_caffe.cpp sparknet/engine/*.so sparknet/proto/caffe_pb2.py* \
+	  sparknet/proto/caffe.proto $(VENV)/.built

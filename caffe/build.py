@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Obtain and build the Caffe that sparknet runs on.
+
+Caffe's C++ sources come from the pinned PyPI source package
+``brocolli-caffe==9.0.2`` (checked against its sha256), are compiled with this
+project's own recipe (``caffe.mk``) against Debian's libraries, and land in a
+cache directory outside the clone::
+
+    $SPARKNET_CACHE (default ~/.cache/sparknet)/caffe-<sdist sha>-<flavor>-<recipe sha>/
+        lib/libcaffe.so     the library (every source force-includes sparknet_fatal.hpp)
+        include/            generated caffe/proto/caffe.pb.h and caffe.proto
+        src/                the unpacked source package (headers under src/include)
+        build.json          written last: its presence means the build is complete
+
+A second build with the same source package and recipe costs nothing. The
+flavor is ``cpu`` unless ``SPARKNET_CUDA=1`` (or ``auto``, the default, with
+``nvcc`` on PATH and ``nvidia-smi`` listing a GPU), which gives ``cuda``.
+
+This module uses only the standard library: ``setup.py`` imports it before
+anything else is installed. Run it directly to build, or with ``--json`` to
+print the build description, ``--tools`` to also build Caffe's ``caffe`` tool.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+PACKAGE = "brocolli-caffe"
+VERSION = "9.0.2"
+SHA256 = "c6410cc60bdd6db685d441b66be7df05410f8850ac88d6b75d48ef9b2315c08a"
+
+HERE = Path(__file__).resolve().parent
+RECIPE_FILES = ("caffe.mk", "sparknet_fatal.hpp")  # what decides the compiled result
+
+
+class BuildError(RuntimeError):
+    """Caffe could not be obtained or compiled."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SPARKNET_CACHE") or Path.home() / ".cache" / "sparknet")
+
+
+def _log(msg: str) -> None:
+    print(f"[caffe] {msg}", file=sys.stderr, flush=True)
+
+
+def flavor() -> str:
+    """``cuda`` or ``cpu``, from ``SPARKNET_CUDA`` (``0``, ``1`` or ``auto``)."""
+    want = os.environ.get("SPARKNET_CUDA", "auto").lower()
+    if want in ("0", "no", "false", "cpu"):
+        return "cpu"
+    has_nvcc = shutil.which(os.environ.get("NVCC", "nvcc")) is not None
+    if want in ("1", "yes", "true", "cuda"):
+        if not has_nvcc:
+            raise BuildError("SPARKNET_CUDA=1 but nvcc is not on PATH")
+        return "cuda"
+    if has_nvcc and shutil.which("nvidia-smi"):
+        probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+        if probe.returncode == 0 and "GPU" in probe.stdout:
+            return "cuda"
+    return "cpu"
+
+
+def recipe_hash() -> str:
+    h = hashlib.sha256()
+    for name in RECIPE_FILES:
+        h.update((HERE / name).read_bytes())
+    return h.hexdigest()
+
+
+def prefix(kind: str | None = None) -> Path:
+    kind = kind or flavor()
+    return cache_root() / f"caffe-{SHA256[:12]}-{kind}-{recipe_hash()[:10]}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_sdist() -> Path:
+    """Return the verified source package, downloading it with pip if needed."""
+    given = os.environ.get("SPARKNET_CAFFE_SDIST")
+    if given:
+        path = Path(given)
+    else:
+        sources = cache_root() / "sources"
+        path = sources / f"{PACKAGE}-{VERSION}.tar.gz"
+        if not path.exists():
+            sources.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=sources) as tmp:
+                _log(f"downloading {PACKAGE}=={VERSION} (source package) with pip")
+                cmd = ["-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                       "--disable-pip-version-check", "-q", "-d", tmp,
+                       f"{PACKAGE}=={VERSION}"]
+                done = subprocess.run([sys.executable, *cmd])
+                if done.returncode != 0 and shutil.which("python3"):
+                    done = subprocess.run(["python3", *cmd])
+                if done.returncode != 0:
+                    raise BuildError(f"pip could not download {PACKAGE}=={VERSION}")
+                got = next(Path(tmp).glob("*.tar.gz"), None)
+                if got is None:
+                    raise BuildError(f"pip downloaded no source package for {PACKAGE}")
+                os.replace(got, path)
+    digest = _sha256(path)
+    if digest != SHA256:
+        raise BuildError(f"{path}: sha256 {digest} does not match the pinned {SHA256}")
+    return path
+
+
+def _unpack(sdist: Path, dest: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".unpack-"))
+    try:
+        with tarfile.open(sdist) as tar:
+            tar.extractall(tmp, filter="data")
+        (root,) = [p for p in tmp.iterdir() if p.is_dir()]
+        # The package ships a caffe.pb.{h,cc} generated by another protoc; they
+        # must not shadow the ones regenerated from caffe.proto by caffe.mk.
+        for stale in ("include/caffe/proto/caffe.pb.h", "src/caffe/proto/caffe.pb.cc"):
+            (root / stale).unlink(missing_ok=True)
+        shutil.rmtree(root / ".git", ignore_errors=True)
+        os.replace(root, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _make(out: Path, kind: str, *targets: str) -> None:
+    jobs = os.environ.get("SPARKNET_BUILD_JOBS") or str(os.cpu_count() or 2)
+    cmd = ["make", "-f", str(HERE / "caffe.mk"), f"-j{jobs}",
+           f"SRC={out / 'src'}", f"OUT={out}", f"FATAL={HERE / 'sparknet_fatal.hpp'}",
+           f"CUDA={1 if kind == 'cuda' else 0}", *targets]
+    if subprocess.run(cmd).returncode != 0:
+        raise BuildError(f"compiling Caffe failed (command: {' '.join(cmd)})")
+
+
+def describe(out: Path, kind: str) -> dict:
+    defs = ["USE_LMDB", "USE_LEVELDB", "NDEBUG"] + ([] if kind == "cuda" else ["CPU_ONLY"])
+    return {
+        "package": f"{PACKAGE}=={VERSION}",
+        "sha256": SHA256,
+        "flavor": kind,
+        "prefix": str(out),
+        "include_dirs": [str(out / "include"), str(out / "src" / "include"),
+                         "/usr/include/hdf5/serial"],
+        "library_dirs": [str(out / "lib")],
+        "libraries": ["caffe", "glog", "gflags", "protobuf", "boost_system", "openblas"],
+        "define_macros": defs,
+        "proto": str(out / "include" / "caffe" / "proto" / "caffe.proto"),
+        "caffe_tool": str(out / "bin" / "caffe"),
+    }
+
+
+def ensure_built(tools: bool = False) -> dict:
+    """Build Caffe into the cache unless it is there already; return build.json."""
+    kind = flavor()
+    out = prefix(kind)
+    manifest = out / "build.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time per cache entry
+        if not manifest.exists():
+            _log(f"building Caffe ({kind}) into {out}; this takes a few minutes once")
+            out.mkdir(exist_ok=True)
+            if not (out / "src").exists():
+                _unpack(fetch_sdist(), out / "src")
+            _make(out, kind)
+            info = describe(out, kind)
+            tmp = manifest.with_suffix(".tmp")
+            tmp.write_text(json.dumps(info, indent=2))
+            os.replace(tmp, manifest)
+        info = json.loads(manifest.read_text())
+        if tools and not Path(info["caffe_tool"]).exists():
+            _make(out, kind, "tools")
+    return info
+
+
+def main(argv: list[str]) -> int:
+    try:
+        info = ensure_built(tools="--tools" in argv)
+    except BuildError as e:
+        _log(f"error: {e}")
+        return 1
+    if "--json" in argv:
+        print(json.dumps(info, indent=2))
+    else:
+        _log(f"Caffe ready at {info['prefix']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,378 @@
+#include "ccaffe.hpp"
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <unistd.h>
+
+#include "caffe/caffe.hpp"
+#include "caffe/sgd_solvers.hpp"
+#include "caffe/util/io.hpp"
+#include "caffe/util/upgrade_proto.hpp"
+
+extern "C" {
+void openblas_set_num_threads(int);
+int openblas_get_num_threads(void);
+}
+
+namespace ccaffe {
+
+using caffe::Blob;
+using caffe::Caffe;
+using caffe::Net;
+using caffe::NetParameter;
+using caffe::SolverParameter;
+
+std::string current_exception_message() {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown C++ exception";
+  }
+}
+
+bool current_exception_is_usage_error() {
+  try {
+    throw;
+  } catch (const std::invalid_argument&) {
+    return true;
+  } catch (const std::out_of_range&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+void set_log_level(int level) { FLAGS_minloglevel = level; }
+
+bool cuda_build() {
+#ifdef CPU_ONLY
+  return false;
+#else
+  return true;
+#endif
+}
+
+int gpu_count() {
+#ifdef CPU_ONLY
+  return 0;
+#else
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) return 0;
+  return n;
+#endif
+}
+
+void set_blas_threads(int threads) {
+  if (threads < 1) throw std::invalid_argument("BLAS threads must be >= 1");
+  openblas_set_num_threads(threads);
+}
+
+int blas_threads() { return openblas_get_num_threads(); }
+
+namespace {
+
+std::string shape_string(const std::vector<int>& shape) {
+  std::ostringstream s;
+  s << "(";
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << (shape.size() == 1 ? ",)" : ")");
+  return s.str();
+}
+
+std::vector<int> proto_shape(const caffe::BlobProto& b) {
+  if (b.has_shape()) return std::vector<int>(b.shape().dim().begin(), b.shape().dim().end());
+  if (b.has_num() || b.has_channels() || b.has_height() || b.has_width())
+    return {b.num(), b.channels(), b.height(), b.width()};
+  return {};
+}
+
+void copy_inputs(Net<float>& net, const std::vector<const float*>& inputs) {
+  const std::vector<Blob<float>*>& blobs = net.input_blobs();
+  if (inputs.size() > blobs.size())
+    throw std::invalid_argument("more input arrays than the net has input blobs");
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (inputs[i] == nullptr) continue;
+    std::memcpy(blobs[i]->mutable_cpu_data(), inputs[i], sizeof(float) * blobs[i]->count());
+  }
+}
+
+// The loss of the last forward pass: the loss-weighted sum of the output blobs.
+float current_loss(const Net<float>& net) {
+  const std::vector<int>& outs = net.output_blob_indices();
+  const std::vector<float>& weights = net.blob_loss_weights();
+  double loss = 0;
+  for (size_t i = 0; i < outs.size(); ++i) {
+    const float w = weights[outs[i]];
+    if (w == 0) continue;
+    const Blob<float>& blob = *net.blobs()[outs[i]];
+    const float* data = blob.cpu_data();
+    for (int j = 0; j < blob.count(); ++j) loss += w * data[j];
+  }
+  return static_cast<float>(loss);
+}
+
+std::string dirname(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash);
+}
+
+std::string basename(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+bool file_exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
+
+void rename_or_throw(const std::string& from, const std::string& to) {
+  if (std::rename(from.c_str(), to.c_str()) != 0)
+    throw std::runtime_error("cannot rename " + from + " to " + to + ": " + std::strerror(errno));
+}
+
+}  // namespace
+
+Engine::Engine(const std::string& solver_param, int gpu) : gpu_(gpu) {
+  SolverParameter param;
+  if (!param.ParseFromString(solver_param))
+    throw std::invalid_argument("the bytes given are not a serialized caffe.SolverParameter");
+  if (gpu >= 0) {
+    if (!cuda_build())
+      throw std::invalid_argument("this Caffe was built without CUDA (CPU_ONLY); use the CPU");
+    Caffe::SetDevice(gpu);
+    Caffe::set_mode(Caffe::GPU);
+  } else {
+    Caffe::set_mode(Caffe::CPU);
+  }
+  solver_.reset(caffe::SolverRegistry<float>::CreateSolver(param));
+}
+
+Engine::~Engine() = default;
+
+Net<float>& Engine::net(NetId id) const {
+  if (id == kTrain) return *solver_->net();
+  if (!test_net_) {
+    // Built on first use: a TEST-phase instance of the solver's net, sharing
+    // the learnable blobs of the TRAIN net, as Caffe's own test nets do.
+    const SolverParameter& param = solver_->param();
+    NetParameter np;
+    if (param.has_net_param()) {
+      np = param.net_param();
+    } else if (param.has_train_net_param()) {
+      np = param.train_net_param();
+    } else if (param.has_net()) {
+      caffe::ReadNetParamsFromTextFileOrDie(param.net(), &np);
+    } else {
+      throw std::invalid_argument("the solver has no net to build a TEST net from");
+    }
+    caffe::NetState state;
+    state.set_phase(caffe::TEST);
+    state.MergeFrom(np.state());
+    if (param.test_state_size() > 0) state.MergeFrom(param.test_state(0));
+    np.mutable_state()->CopyFrom(state);
+    auto* self = const_cast<Engine*>(this);
+    self->test_net_.reset(new Net<float>(np));
+    self->test_net_->ShareTrainedLayersWith(solver_->net().get());
+  }
+  return *test_net_;
+}
+
+std::vector<BlobInfo> Engine::inputs(NetId id) const {
+  Net<float>& n = net(id);
+  std::vector<BlobInfo> out;
+  for (size_t i = 0; i < n.input_blob_indices().size(); ++i) {
+    int b = n.input_blob_indices()[i];
+    out.push_back({n.blob_names()[b], n.blobs()[b]->shape()});
+  }
+  return out;
+}
+
+std::vector<BlobInfo> Engine::outputs(NetId id) const {
+  Net<float>& n = net(id);
+  std::vector<BlobInfo> out;
+  for (int b : n.output_blob_indices()) out.push_back({n.blob_names()[b], n.blobs()[b]->shape()});
+  return out;
+}
+
+std::vector<std::string> Engine::blob_names(NetId id) const { return net(id).blob_names(); }
+
+float* Engine::input_data(NetId id, int i) {
+  Net<float>& n = net(id);
+  if (i < 0 || i >= static_cast<int>(n.input_blobs().size()))
+    throw std::out_of_range("no input blob with that index");
+  return n.input_blobs()[i]->mutable_cpu_data();
+}
+
+void Engine::reshape_inputs(NetId id, const std::vector<std::vector<int>>& shapes) {
+  Net<float>& n = net(id);
+  if (shapes.size() > n.input_blobs().size())
+    throw std::out_of_range("more shapes than the net has input blobs");
+  for (size_t i = 0; i < shapes.size(); ++i)
+    if (!shapes[i].empty()) n.input_blobs()[i]->Reshape(shapes[i]);
+  n.Reshape();
+}
+
+const float* Engine::blob_data(NetId id, const std::string& name, std::vector<int>* shape) const {
+  Net<float>& n = net(id);
+  if (!n.has_blob(name))
+    throw std::invalid_argument("the " + std::string(id == kTrain ? "TRAIN" : "TEST") +
+                                " net has no blob named '" + name + "'");
+  const boost::shared_ptr<Blob<float>> blob = n.blob_by_name(name);
+  *shape = blob->shape();
+  return blob->cpu_data();
+}
+
+bool Engine::step(const std::vector<const float*>& inputs, float* loss, std::string* error) {
+  try {
+    if (gpu_ >= 0 && Caffe::mode() != Caffe::GPU) Caffe::set_mode(Caffe::GPU);
+    Net<float>& n = *solver_->net();
+    copy_inputs(n, inputs);
+    solver_->Step(1);
+    *loss = current_loss(n);
+    return true;
+  } catch (...) {
+    *error = current_exception_message();
+    return false;
+  }
+}
+
+bool Engine::forward(NetId id, const std::vector<const float*>& inputs, std::string* error) {
+  try {
+    if (gpu_ >= 0 && Caffe::mode() != Caffe::GPU) Caffe::set_mode(Caffe::GPU);
+    Net<float>& n = net(id);
+    copy_inputs(n, inputs);
+    n.Forward();
+    return true;
+  } catch (...) {
+    *error = current_exception_message();
+    return false;
+  }
+}
+
+int Engine::iteration() const { return solver_->iter(); }
+
+std::vector<BlobInfo> Engine::param_layers() const {
+  const Net<float>& n = *solver_->net();
+  std::vector<BlobInfo> out;
+  for (size_t i = 0; i < n.layers().size(); ++i) {
+    if (n.layers()[i]->blobs().empty()) continue;
+    out.push_back({n.layer_names()[i], {static_cast<int>(i)}});
+  }
+  return out;
+}
+
+std::vector<std::vector<int>> Engine::param_shapes(int layer) const {
+  const Net<float>& n = *solver_->net();
+  std::vector<std::vector<int>> out;
+  for (const auto& blob : n.layers().at(layer)->blobs()) out.push_back(blob->shape());
+  return out;
+}
+
+float* Engine::param_data(int layer, int blob) {
+  const Net<float>& n = *solver_->net();
+  return n.layers().at(layer)->blobs().at(blob)->mutable_cpu_data();
+}
+
+void Engine::save_weights(const std::string& path) const {
+  NetParameter param;
+  solver_->net()->ToProto(&param, false);
+  const std::string tmp = path + ".tmp" + std::to_string(getpid());
+  caffe::WriteProtoToBinaryFile(param, tmp);
+  rename_or_throw(tmp, path);
+}
+
+void Engine::load_weights(const std::string& path) {
+  if (!file_exists(path)) throw std::invalid_argument(path + ": no such file");
+  NetParameter source;
+  caffe::ReadNetParamsFromBinaryFileOrDie(path, &source);
+  // Check every layer before copying any, so a mismatch changes nothing.
+  Net<float>& n = *solver_->net();
+  std::ostringstream bad;
+  int matched = 0;
+  for (const caffe::LayerParameter& layer : source.layer()) {
+    if (!n.has_layer(layer.name())) continue;
+    const auto& target = n.layer_by_name(layer.name())->blobs();
+    if (layer.blobs_size() == 0) continue;
+    ++matched;
+    if (static_cast<size_t>(layer.blobs_size()) != target.size()) {
+      bad << "\n  layer '" << layer.name() << "': the file has " << layer.blobs_size()
+          << " parameter blobs, the net " << target.size();
+      continue;
+    }
+    for (int j = 0; j < layer.blobs_size(); ++j) {
+      if (!target[j]->ShapeEquals(layer.blobs(j)))
+        bad << "\n  layer '" << layer.name() << "' blob " << j << ": the file has shape "
+            << shape_string(proto_shape(layer.blobs(j))) << ", the net "
+            << shape_string(target[j]->shape());
+    }
+  }
+  if (!bad.str().empty())
+    throw std::invalid_argument(path + " does not fit the net:" + bad.str());
+  if (matched == 0)
+    throw std::invalid_argument(path + " has no weights for any layer of the net");
+  n.CopyTrainedLayersFrom(source);
+}
+
+void Engine::snapshot(const std::string& prefix) {
+  auto& param = const_cast<SolverParameter&>(solver_->param());
+  const std::string iter = "_iter_" + std::to_string(solver_->iter());
+  const bool binary = param.snapshot_format() == SolverParameter::BINARYPROTO;
+  // Write under a temporary prefix, then rename into place, so a crash never
+  // leaves a half-written snapshot under the final name.
+  const std::string tmp_prefix = dirname(prefix) + "/.tmp" + std::to_string(getpid()) + "-" +
+                                 basename(prefix);
+  const std::string saved_prefix = param.snapshot_prefix();
+  param.set_snapshot_prefix(binary ? tmp_prefix : prefix);
+  try {
+    solver_->Snapshot();
+  } catch (...) {
+    param.set_snapshot_prefix(saved_prefix);
+    throw;
+  }
+  param.set_snapshot_prefix(saved_prefix);
+  if (!binary) return;
+  const std::string model = prefix + iter + ".caffemodel";
+  const std::string state_file = prefix + iter + ".solverstate";
+  rename_or_throw(tmp_prefix + iter + ".caffemodel", model);
+  caffe::SolverState state;
+  const std::string tmp_state = tmp_prefix + iter + ".solverstate";
+  caffe::ReadProtoFromBinaryFileOrDie(tmp_state, &state);
+  state.set_learned_net(model);
+  caffe::WriteProtoToBinaryFile(state, tmp_state);
+  rename_or_throw(tmp_state, state_file);
+}
+
+void Engine::restore(const std::string& solverstate) {
+  if (!file_exists(solverstate)) throw std::invalid_argument(solverstate + ": no such file");
+  const bool hdf5 = solverstate.size() >= 3 &&
+                    solverstate.compare(solverstate.size() - 3, 3, ".h5") == 0;
+  if (!hdf5) {
+    caffe::SolverState state;
+    caffe::ReadProtoFromBinaryFileOrDie(solverstate, &state);
+    // A snapshot moved to another directory still names its model by the old
+    // path; fall back to the model file next to the state file.
+    if (state.has_learned_net() && !file_exists(state.learned_net())) {
+      const std::string sibling = dirname(solverstate) + "/" + basename(state.learned_net());
+      if (!file_exists(sibling))
+        throw std::invalid_argument(solverstate + " names the model " + state.learned_net() +
+                                    ", which does not exist (nor does " + sibling + ")");
+      state.set_learned_net(sibling);
+      const std::string tmp = solverstate + ".tmp" + std::to_string(getpid());
+      caffe::WriteProtoToBinaryFile(state, tmp);
+      try {
+        solver_->Restore(tmp.c_str());
+      } catch (...) {
+        std::remove(tmp.c_str());
+        throw;
+      }
+      std::remove(tmp.c_str());
+      return;
+    }
+  }
+  solver_->Restore(solverstate.c_str());
+}
+
+}  // namespace ccaffe

@@ -1,0 +1,93 @@
+// ccaffe: sparknet's small C++ facade over Caffe.
+//
+// It owns one Caffe solver (whose TRAIN net learns) and a TEST-phase net that
+// shares the solver's weights, built from serialized protobuf bytes. Inputs are
+// Caffe "Input" layers whose blobs the caller fills before each step. Every
+// failure, including Caffe's own CHECKs (made catchable by sparknet_fatal.hpp,
+// which Caffe is compiled with), is a C++ exception for the caller to convert;
+// the two compute calls that run without Python's GIL report errors through a
+// status instead so that no exception has to cross that boundary.
+#ifndef CCAFFE_CCAFFE_HPP_
+#define CCAFFE_CCAFFE_HPP_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace caffe {
+template <typename Dtype> class Solver;
+template <typename Dtype> class Net;
+template <typename Dtype> class Blob;
+}  // namespace caffe
+
+namespace ccaffe {
+
+enum NetId { kTrain = 0, kTest = 1 };
+
+// Message of the C++ exception being handled; call only inside a catch block.
+std::string current_exception_message();
+// Whether that exception is a usage error (std::invalid_argument or
+// std::out_of_range from the facade) rather than a failure inside Caffe.
+bool current_exception_is_usage_error();
+
+// Process-wide settings.
+void set_log_level(int level);      // glog minloglevel: 0 INFO .. 3 FATAL
+bool cuda_build();                  // compiled with CUDA (not CPU_ONLY)
+int gpu_count();                    // 0 in a CPU build
+void set_blas_threads(int threads); // OpenBLAS worker threads, >= 1
+int blas_threads();
+
+struct BlobInfo {
+  std::string name;
+  std::vector<int> shape;
+};
+
+class Engine {
+ public:
+  // solver_param: a serialized caffe.SolverParameter whose net is inline
+  // (net_param or train_net_param). gpu < 0 selects the CPU.
+  Engine(const std::string& solver_param, int gpu);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  std::vector<BlobInfo> inputs(NetId net) const;
+  std::vector<BlobInfo> outputs(NetId net) const;
+  std::vector<std::string> blob_names(NetId net) const;
+  // Writable CPU memory of input i of a net; valid until the next reshape.
+  float* input_data(NetId net, int i);
+  // Give input blobs new shapes (an empty shape keeps that blob's) and
+  // propagate them through the net.
+  void reshape_inputs(NetId net, const std::vector<std::vector<int>>& shapes);
+  // A blob's CPU data (read only) and shape; throws for an unknown name.
+  const float* blob_data(NetId net, const std::string& name, std::vector<int>* shape) const;
+
+  // One solver step on whatever the TRAIN inputs hold (inputs[i], when not
+  // null, is first copied into input blob i). Sets *loss to this step's loss.
+  // Never throws: returns false and fills *error instead. Safe without the GIL.
+  bool step(const std::vector<const float*>& inputs, float* loss, std::string* error);
+  // Forward pass of a net after copying inputs as in step().
+  bool forward(NetId net, const std::vector<const float*>& inputs, std::string* error);
+  int iteration() const;
+
+  // Learnable layers of the TRAIN net, in order, with their blob shapes.
+  std::vector<BlobInfo> param_layers() const;
+  std::vector<std::vector<int>> param_shapes(int layer) const;
+  float* param_data(int layer, int blob);
+
+  void save_weights(const std::string& path) const;   // .caffemodel, atomically
+  void load_weights(const std::string& path);         // all-or-nothing
+  // Caffe's snapshot: <prefix>_iter_<N>.caffemodel and .solverstate.
+  void snapshot(const std::string& prefix);
+  void restore(const std::string& solverstate);
+
+ private:
+  caffe::Net<float>& net(NetId id) const;
+  std::unique_ptr<caffe::Solver<float>> solver_;
+  std::unique_ptr<caffe::Net<float>> test_net_;
+  int gpu_;
+};
+
+}  // namespace ccaffe
+
+#endif  // CCAFFE_CCAFFE_HPP_

@@ -1,0 +1,79 @@
+"""Build sparknet: Caffe (cached outside the clone), caffe_pb2, the engine extension.
+
+``pip install .`` (or ``pip install --no-build-isolation -e .``) runs, in order:
+
+1. ``caffe/build.py``: obtain the pinned Caffe source package and compile it,
+   unless the cache already holds that build;
+2. ``protoc --python_out`` on the very ``caffe.proto`` Caffe was compiled from,
+   giving ``sparknet/proto/caffe_pb2.py``;
+3. Cython on ``sparknet/engine/_caffe.pyx`` plus the ``ccaffe`` facade, linked
+   against that ``libcaffe.so``, which is copied next to the extension (found
+   through an ``$ORIGIN`` rpath) so an installed environment is self-contained.
+"""
+import functools
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "caffe"))
+import build as caffe_build  # noqa: E402  (caffe/build.py, standard library only)
+
+
+@functools.cache
+def caffe_info() -> dict:
+    info = caffe_build.ensure_built()
+    proto = Path(info["proto"])
+    out = HERE / "sparknet" / "proto"
+    target = out / "caffe_pb2.py"
+    if not target.exists() or target.stat().st_mtime < proto.stat().st_mtime:
+        subprocess.run(["protoc", f"--proto_path={proto.parent}", f"--python_out={out}",
+                        f"--pyi_out={out}", str(proto)], check=True)
+        shutil.copyfile(proto, out / "caffe.proto")
+    return info
+
+
+class BuildPy(build_py):
+    def run(self):
+        caffe_info()
+        super().run()
+
+
+class BuildExt(build_ext):
+    def run(self):
+        info = caffe_info()
+        for ext in self.extensions:
+            ext.include_dirs += [str(HERE / "ccaffe"), *info["include_dirs"]]
+            ext.library_dirs += info["library_dirs"]
+            ext.libraries += info["libraries"]
+            ext.define_macros += [(d, None) for d in info["define_macros"]]
+        super().run()
+        lib = Path(info["library_dirs"][0]) / "libcaffe.so"
+        dest = Path(self.get_ext_fullpath("sparknet.engine._caffe")).parent / "libcaffe.so"
+        if not dest.exists() or dest.read_bytes() != lib.read_bytes():
+            shutil.copyfile(lib, dest)
+
+
+def extensions():
+    from Cython.Build import cythonize
+
+    ext = Extension(
+        "sparknet.engine._caffe",
+        sources=["sparknet/engine/_caffe.pyx", "ccaffe/ccaffe.cpp"],
+        language="c++",
+        # The same forced include as Caffe itself, so inline Caffe code the facade
+        # uses throws on a failed CHECK instead of aborting.
+        extra_compile_args=["-std=c++14", "-O2", "-w",
+                            "-include", str(HERE / "caffe" / "sparknet_fatal.hpp")],
+        extra_link_args=["-Wl,-rpath,$ORIGIN"],
+        depends=["ccaffe/ccaffe.hpp", "caffe/sparknet_fatal.hpp"],
+    )
+    return cythonize([ext], compiler_directives={"language_level": "3"})
+
+
+setup(ext_modules=extensions(), cmdclass={"build_py": BuildPy, "build_ext": BuildExt})

@@ -1,0 +1,1 @@
+"""Data into Spark: loaders returning arrays, RDDs and DataFrames ready for training."""

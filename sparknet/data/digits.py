@@ -1,0 +1,53 @@
+"""The bundled default data set: scikit-learn's handwritten digits.
+
+1797 real 8x8 grey images (they ship with scikit-learn, so nothing is
+downloaded), upscaled to MNIST's 28x28 so that MNIST nets such as LeNet run on
+them unchanged. The train/test split is deterministic: every image whose index
+is a multiple of 5 is a test image (360 test, 1437 train), stratified enough
+for all ten classes to appear on both sides.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import numpy as np
+
+Split = Literal["train", "test", "all"]
+SIZE = 28
+
+
+@functools.lru_cache(maxsize=1)
+def _all() -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+    from sklearn.datasets import load_digits as sk_digits
+
+    digits = sk_digits()
+    # Values are 0..16; scale to [0, 1] like Caffe's MNIST example (1/256 of bytes).
+    images = digits.images.astype(np.float32) / 16.0
+    x = np.stack([
+        np.asarray(Image.fromarray(img, mode="F").resize((SIZE, SIZE), Image.BILINEAR))
+        for img in images
+    ])[:, None, :, :]
+    x = np.clip(x, 0.0, 1.0).astype(np.float32)
+    y = digits.target.astype(np.float32)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def load_digits(split: Split = "train") -> tuple[np.ndarray, np.ndarray]:
+    """``(images, labels)``: float32 ``(N, 1, 28, 28)`` in [0, 1] and float32 ``(N,)``.
+
+    ``split`` is ``"train"`` (1437 images), ``"test"`` (360) or ``"all"``.
+    The arrays are read-only and shared between calls.
+    """
+    x, y = _all()
+    if split == "all":
+        return x, y
+    test = np.arange(len(y)) % 5 == 0
+    if split == "test":
+        return x[test], y[test]
+    if split == "train":
+        return x[~test], y[~test]
+    raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")

@@ -1,0 +1,356 @@
+"""CaffeNet: a real Caffe solver and its TEST net, driven from Python."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from sparknet.engine import _caffe
+from sparknet.engine._caffe import TEST, TRAIN, CaffeError
+from sparknet.engine.weights import WeightCollection, check_layouts
+from sparknet.proto import caffe_pb2
+
+Batch = Union[Mapping[str, Any], Sequence[Any]]
+
+_LOG_LEVELS = {"INFO": 0, "WARNING": 1, "ERROR": 2, "FATAL": 3}
+_log_level_set = False
+
+
+def set_log_level(level: str | int) -> None:
+    """Caffe's log level: ``"INFO"``, ``"WARNING"`` (default), ``"ERROR"`` or 0-3."""
+    global _log_level_set
+    value = _LOG_LEVELS.get(str(level).upper(), level)
+    if not isinstance(value, int) or not 0 <= value <= 3:
+        raise ValueError(f"unknown Caffe log level {level!r}; use one of {list(_LOG_LEVELS)}")
+    _caffe.set_log_level(value)
+    _log_level_set = True
+
+
+def set_blas_threads(threads: int) -> None:
+    """Threads OpenBLAS uses for Caffe's CPU math (a Spark task: its cores)."""
+    _caffe.set_blas_threads(int(threads))
+
+
+def blas_threads() -> int:
+    return _caffe.blas_threads()
+
+
+def cuda_build() -> bool:
+    """Whether the Caffe sparknet was built with supports CUDA."""
+    return _caffe.cuda_build()
+
+
+def solver_proto(solver: Any) -> caffe_pb2.SolverParameter:
+    """A ``caffe_pb2.SolverParameter`` from one, its bytes, or a DSL object."""
+    if isinstance(solver, caffe_pb2.SolverParameter):
+        return solver
+    if isinstance(solver, (bytes, bytearray)):
+        p = caffe_pb2.SolverParameter()
+        p.ParseFromString(bytes(solver))
+        return p
+    to_proto = getattr(solver, "to_proto", None)
+    if callable(to_proto):
+        p = to_proto()
+        if isinstance(p, caffe_pb2.SolverParameter):
+            return p
+        raise TypeError(f"{type(solver).__name__}.to_proto() returned {type(p).__name__}, "
+                        "not a caffe_pb2.SolverParameter")
+    raise TypeError(f"expected a caffe_pb2.SolverParameter or an object with to_proto(), "
+                    f"got {type(solver).__name__}")
+
+
+def _engine_solver(param: caffe_pb2.SolverParameter) -> caffe_pb2.SolverParameter:
+    """The solver as the engine runs it: the caller drives testing and snapshots."""
+    if not (param.HasField("net_param") or param.HasField("train_net_param")
+            or param.HasField("net") or param.HasField("train_net")):
+        raise ValueError("the solver has no net: set net_param (the DSL and ProtoLoader do)")
+    p = caffe_pb2.SolverParameter()
+    p.CopyFrom(param)
+    for field in ("test_iter", "test_net", "test_net_param", "test_state"):
+        p.ClearField(field)
+    p.test_interval = 0
+    p.test_initialization = False
+    p.snapshot = 0
+    p.display = 0
+    return p
+
+
+def _numeric(name: str, value: Any) -> np.ndarray:
+    a = np.asarray(value)
+    if a.dtype == np.float32:
+        return np.ascontiguousarray(a)
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"input blob '{name}': dtype {a.dtype} cannot be fed to Caffe "
+                         "(needs numbers; float32 is copied as is)")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _fits(given: tuple[int, ...], blob: tuple[int, ...]) -> bool:
+    """Same shape, up to size-1 axes (a (64,) label feeds a (64, 1) blob)."""
+    return given == blob or [d for d in given if d != 1] == [d for d in blob if d != 1]
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+class CaffeNet:
+    """A Caffe solver (TRAIN net) plus a TEST net sharing its weights.
+
+    ``solver`` is a ``caffe_pb2.SolverParameter`` with the net inline
+    (``net_param``) or a DSL ``SolverParam`` (anything with ``to_proto()``).
+    The net is fed through Caffe ``Input`` layers: each training step copies
+    the next batch into the input blobs, then runs one solver step. Testing and
+    snapshots are driven from Python (``test_*`` and ``snapshot`` fields of the
+    solver are ignored by the engine).
+
+    ``gpu``: a CUDA device number, or ``None`` for the CPU. ``blas_threads``:
+    OpenBLAS threads for CPU math (process-wide).
+    """
+
+    def __init__(self, solver: Any, *, gpu: int | None = None,
+                 blas_threads: int | None = None):
+        if not _log_level_set:
+            set_log_level(os.environ.get("SPARKNET_CAFFE_LOG", "WARNING"))
+        if blas_threads is not None:
+            set_blas_threads(blas_threads)
+        self.solver_param = solver_proto(solver)
+        if gpu is not None and not cuda_build():
+            raise ValueError(f"gpu={gpu} asked for, but this Caffe was built without CUDA; "
+                             "rebuild with SPARKNET_CUDA=1 on a machine with nvcc")
+        self._gpu = gpu
+        self._engine = _caffe.Engine_(_engine_solver(self.solver_param).SerializeToString(),
+                                      -1 if gpu is None else int(gpu))
+        self._inputs = {TRAIN: self._engine.inputs(TRAIN)}
+        self._layout: tuple | None = None
+
+    # -- structure -----------------------------------------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the TRAIN net's input blobs, in feeding order."""
+        return [n for n, _ in self._inputs[TRAIN]]
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._inputs[TRAIN])
+
+    @property
+    def output_names(self) -> list[str]:
+        """Output blobs of the TRAIN net (its losses, usually)."""
+        return [n for n, _ in self._engine.outputs(TRAIN)]
+
+    @property
+    def test_input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._test_inputs())
+
+    @property
+    def test_output_names(self) -> list[str]:
+        """Output blobs of the TEST net (accuracy and loss, usually)."""
+        return [n for n, _ in self._engine.outputs(TEST)]
+
+    def blob_names(self, phase: str = "TEST") -> list[str]:
+        return self._engine.blob_names(self._phase(phase))
+
+    @property
+    def iteration(self) -> int:
+        """The solver's iteration count (steps taken, or restored)."""
+        return self._engine.iteration
+
+    @property
+    def mode(self) -> str:
+        return "cpu" if self._gpu is None else "gpu"
+
+    @property
+    def device(self) -> int | None:
+        return self._gpu
+
+    @staticmethod
+    def _phase(phase: str | int) -> int:
+        if phase in (TRAIN, "TRAIN", "train"):
+            return TRAIN
+        if phase in (TEST, "TEST", "test"):
+            return TEST
+        raise ValueError(f"phase must be 'TRAIN' or 'TEST', got {phase!r}")
+
+    def _test_inputs(self) -> list[tuple[str, tuple[int, ...]]]:
+        if TEST not in self._inputs:
+            self._inputs[TEST] = self._engine.inputs(TEST)
+        return self._inputs[TEST]
+
+    # -- feeding -------------------------------------------------------------------
+    def _arrays(self, net: int, batch: Batch, *, require_all: bool,
+                allow_resize: bool) -> tuple[list[np.ndarray | None], int | None]:
+        """Validated float32 arrays in input order (None: leave the blob as is)."""
+        inputs = self._inputs[TRAIN] if net == TRAIN else self._test_inputs()
+        names = [n for n, _ in inputs]
+        if isinstance(batch, Mapping):
+            unknown = [k for k in batch if k not in names]
+            if unknown:
+                raise ValueError(f"no input blob named '{unknown[0]}' "
+                                 f"(input blobs: {', '.join(names) or 'none'})")
+            given = [batch.get(n) for n in names]
+        elif isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)):
+            if len(batch) > len(names):
+                raise ValueError(f"a batch of {len(batch)} arrays for {len(names)} input blobs "
+                                 f"({', '.join(names)})")
+            given = list(batch) + [None] * (len(names) - len(batch))
+        else:
+            raise TypeError(f"a batch is a dict of input blob name -> array or a tuple of "
+                            f"arrays, got {type(batch).__name__}")
+        arrays: list[np.ndarray | None] = []
+        batch_size = None
+        for (name, shape), value in zip(inputs, given):
+            if value is None:
+                if require_all:
+                    raise ValueError(f"the batch has no array for input blob '{name}'")
+                arrays.append(None)
+                continue
+            a = _numeric(name, value)
+            if not _fits(a.shape, shape):
+                resizable = (allow_resize and a.ndim >= 1 and len(shape) >= 1
+                             and _fits(a.shape[1:], shape[1:]))
+                if not resizable:
+                    raise ValueError(f"input blob '{name}' has shape {_shape_str(shape)}, "
+                                     f"the batch gives {_shape_str(a.shape)}")
+                if batch_size is not None and a.shape[0] != batch_size:
+                    raise ValueError(f"input blob '{name}': batch of {a.shape[0]}, "
+                                     f"other inputs have {batch_size}")
+                batch_size = a.shape[0]
+            arrays.append(a)
+        if batch_size is not None:
+            self._resize(net, batch_size)
+        return arrays, batch_size
+
+    def _resize(self, net: int, n: int) -> None:
+        inputs = self._inputs[TRAIN] if net == TRAIN else self._test_inputs()
+        if all(not shape or shape[0] == n for _, shape in inputs):
+            return
+        self._engine.reshape_inputs(net, [(n, *shape[1:]) if shape else None
+                                          for _, shape in inputs])
+        self._inputs[net] = self._engine.inputs(net)
+
+    # -- training and testing --------------------------------------------------------
+    def train(self, steps: int, batches: Iterable[Batch] | None = None) -> np.ndarray:
+        """Run ``steps`` solver steps, feeding one batch per step; return the losses.
+
+        ``batches`` yields a dict (input blob name -> array) or a tuple in input
+        order per step; it may be omitted for nets that read their own data
+        (a Caffe ``Data`` layer). The GIL is released while Caffe computes.
+        """
+        steps = int(steps)
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        losses = np.empty(steps, np.float32)
+        if batches is None:
+            if self._inputs[TRAIN]:
+                raise ValueError(f"the net has input blobs ({', '.join(self.input_names)}); "
+                                 "give batches to train on")
+            for i in range(steps):
+                losses[i] = self._engine.step([])
+            return losses
+        it = iter(batches)
+        for i in range(steps):
+            try:
+                batch = next(it)
+            except StopIteration:
+                raise ValueError(f"the batches ran out after {i} of {steps} steps") from None
+            arrays, _ = self._arrays(TRAIN, batch, require_all=True, allow_resize=False)
+            losses[i] = self._engine.step(arrays)
+        return losses
+
+    def test(self, batches: Iterable[Batch], max_batches: int | None = None
+             ) -> dict[str, float | np.ndarray]:
+        """Score the current weights with the TEST net.
+
+        Returns the mean of each TEST output blob over the batches, keyed by blob
+        name (``{"accuracy": 0.97, "loss": 0.1}``), each batch weighted by its
+        size; a smaller last batch is fine. Non-scalar outputs give arrays.
+        """
+        totals: dict[str, np.ndarray] = {}
+        seen = 0
+        for k, batch in enumerate(batches):
+            if max_batches is not None and k >= max_batches:
+                break
+            arrays, n = self._arrays(TEST, batch, require_all=False, allow_resize=True)
+            self._engine.forward(TEST, arrays)
+            if n is None:
+                n = next((s[0] for _, s in self._test_inputs() if s), 1)
+            for name in self.test_output_names:
+                value = self._engine.blob(TEST, name).astype(np.float64) * n
+                totals[name] = totals[name] + value if name in totals else value
+            seen += n
+        if not seen:
+            raise ValueError("test() got no batches")
+        return {name: (float(t.reshape(-1)[0]) / seen if t.size == 1 else (t / seen))
+                for name, t in totals.items()}
+
+    def forward(self, inputs: Batch, blobs: Sequence[str] | None = None,
+                phase: str = "TEST") -> dict[str, np.ndarray]:
+        """One forward pass; returns copies of the requested blobs (default: outputs).
+
+        The batch dimension may differ from the net's: the inputs are reshaped.
+        """
+        net = self._phase(phase)
+        arrays, _ = self._arrays(net, inputs, require_all=False, allow_resize=True)
+        self._engine.forward(net, arrays)
+        if blobs is None:
+            blobs = [n for n, _ in self._engine.outputs(net)]
+        elif isinstance(blobs, str):
+            blobs = [blobs]
+        return {name: self._engine.blob(net, name) for name in blobs}
+
+    # -- weights -------------------------------------------------------------------
+    @property
+    def weight_layout(self) -> tuple:
+        if self._layout is None:
+            self._layout = self._engine.param_layout()
+        return self._layout
+
+    def get_weights(self) -> WeightCollection:
+        """A copy of every learnable layer's parameters."""
+        layout = self.weight_layout
+        flat = np.empty(sum(int(np.prod(s)) for _, shapes in layout for s in shapes),
+                        np.float32)
+        self._engine.read_params(flat)
+        return WeightCollection.from_flat(layout, flat)
+
+    def set_weights(self, weights: WeightCollection | Mapping[str, Sequence[Any]]) -> None:
+        """Overwrite the parameters; the layouts must match exactly."""
+        if not isinstance(weights, WeightCollection):
+            weights = WeightCollection(weights)
+        check_layouts(self.weight_layout, weights.layout)
+        self._engine.write_params(np.ascontiguousarray(weights.flat, np.float32))
+
+    def save_weights(self, path: str | os.PathLike) -> None:
+        """Write the weights as a ``.caffemodel`` (atomically)."""
+        self._engine.save_weights(os.fspath(path))
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Copy weights from a ``.caffemodel`` (by layer name, as Caffe does).
+
+        Every layer is checked before any is copied: a file that does not fit
+        raises ``ValueError`` naming each mismatching layer and changes nothing.
+        """
+        try:
+            self._engine.load_weights(os.fspath(path))
+        except CaffeError as e:  # Caffe could not read it: say which file
+            raise CaffeError(f"{os.fspath(path)}: {e}") from None
+
+    def snapshot(self, prefix: str | os.PathLike) -> tuple[Path, Path]:
+        """Caffe's snapshot: ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate``."""
+        prefix = os.fspath(prefix)
+        Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+        self._engine.snapshot(prefix)
+        stem = f"{prefix}_iter_{self.iteration}"
+        return Path(stem + ".caffemodel"), Path(stem + ".solverstate")
+
+    def restore(self, solverstate: str | os.PathLike) -> None:
+        """Continue from a ``.solverstate``: weights, solver history, iteration."""
+        self._engine.restore(os.fspath(solverstate))
+
+    def __repr__(self) -> str:
+        return (f"CaffeNet({self.solver_param.net_param.name or 'net'!r}, "
+                f"inputs={self.input_shapes}, iteration={self.iteration}, mode={self.mode})")

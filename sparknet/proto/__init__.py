@@ -1,0 +1,15 @@
+"""Caffe's protobuf schema as Python, and prototxt loading.
+
+``caffe_pb2`` is generated at build time (``setup.py``) by the system ``protoc``
+from the very ``caffe.proto`` that Caffe itself is compiled from, so the Python
+and C++ sides never disagree about a field.
+"""
+try:
+    from sparknet.proto import caffe_pb2
+except ImportError as e:  # pragma: no cover - only before the first build
+    raise ImportError(
+        "sparknet.proto.caffe_pb2 is generated when sparknet is built; "
+        "run `make build` (or `pip install .`) first"
+    ) from e
+
+__all__ = ["caffe_pb2"]
