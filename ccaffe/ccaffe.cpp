@@ -199,6 +199,13 @@ std::vector<BlobInfo> Engine::outputs(NetId id) const {
 
 std::vector<std::string> Engine::blob_names(NetId id) const { return net(id).blob_names(); }
 
+std::vector<BlobInfo> Engine::blob_shapes(NetId id) const {
+  Net<float>& n = net(id);
+  std::vector<BlobInfo> out;
+  for (size_t b = 0; b < n.blobs().size(); ++b) out.push_back({n.blob_names()[b], n.blobs()[b]->shape()});
+  return out;
+}
+
 float* Engine::input_data(NetId id, int i) {
   Net<float>& n = net(id);
   if (i < 0 || i >= static_cast<int>(n.input_blobs().size()))

@@ -54,6 +54,7 @@ class Engine {
   std::vector<BlobInfo> inputs(NetId net) const;
   std::vector<BlobInfo> outputs(NetId net) const;
   std::vector<std::string> blob_names(NetId net) const;
+  std::vector<BlobInfo> blob_shapes(NetId net) const;  // every blob, in net order
   // Writable CPU memory of input i of a net; valid until the next reshape.
   float* input_data(NetId net, int i);
   // Give input blobs new shapes (an empty shape keeps that blob's) and

@@ -56,6 +56,7 @@ cdef extern from "ccaffe.hpp" namespace "ccaffe":
         vector[BlobInfo] inputs(NetId net) except +_raise
         vector[BlobInfo] outputs(NetId net) except +_raise
         vector[string] blob_names(NetId net) except +_raise
+        vector[BlobInfo] blob_shapes(NetId net) except +_raise
         void reshape_inputs(NetId net, const vector[vector[int]]& shapes) except +_raise
         const float* blob_data(NetId net, const string& name, vector[int]* shape) except +_raise
         cbool step(const vector[const float*]& inputs, float* loss, string* error) nogil
@@ -136,6 +137,10 @@ cdef class Engine_:
 
     def blob_names(self, int net):
         return [n.decode("utf-8") for n in self.c.blob_names(<NetId>net)]
+
+    def blob_shapes(self, int net):
+        """[(name, shape)] of every blob of the net, in the net's order."""
+        return _infos(self.c.blob_shapes(<NetId>net))
 
     def reshape_inputs(self, int net, shapes):
         """New shapes for the input blobs (None keeps one), then reshape the net."""

@@ -152,7 +152,12 @@ class CaffeNet:
         return [n for n, _ in self._engine.outputs(TEST)]
 
     def blob_names(self, phase: str = "TEST") -> list[str]:
+        """Every blob of the TRAIN or TEST net, in the net's order."""
         return self._engine.blob_names(self._phase(phase))
+
+    def blob_shapes(self, phase: str = "TEST") -> dict[str, tuple[int, ...]]:
+        """Blob name -> shape, as Caffe computed it, for the TRAIN or TEST net."""
+        return dict(self._engine.blob_shapes(self._phase(phase)))
 
     @property
     def iteration(self) -> int:
