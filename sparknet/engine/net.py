@@ -17,6 +17,7 @@ Batch = Union[Mapping[str, Any], Sequence[Any]]
 
 _LOG_LEVELS = {"INFO": 0, "WARNING": 1, "ERROR": 2, "FATAL": 3}
 _log_level_set = False
+_LR_POLICIES = {"fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid"}
 
 
 def set_log_level(level: str | int) -> None:
@@ -67,6 +68,9 @@ def _engine_solver(param: caffe_pb2.SolverParameter) -> caffe_pb2.SolverParamete
     if not (param.HasField("net_param") or param.HasField("train_net_param")
             or param.HasField("net") or param.HasField("train_net")):
         raise ValueError("the solver has no net: set net_param (the DSL and ProtoLoader do)")
+    if param.lr_policy not in _LR_POLICIES:
+        raise ValueError(f"the solver's lr_policy is {param.lr_policy!r}; Caffe knows "
+                         f"{', '.join(sorted(_LR_POLICIES))}")
     p = caffe_pb2.SolverParameter()
     p.CopyFrom(param)
     for field in ("test_iter", "test_net", "test_net_param", "test_state"):

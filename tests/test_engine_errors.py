@@ -1,0 +1,109 @@
+"""Whatever Caffe rejects becomes a Python exception; the interpreter lives on.
+
+Each case runs in a fresh interpreter: were Caffe to abort (its CHECKs call
+abort() in a stock build), the subprocess would die by a signal and the test
+fail, rather than the whole test run.
+"""
+from __future__ import annotations
+
+import pytest
+
+from enginehelp import ROOT, run_isolated
+
+PRELUDE = """
+import sys
+sys.path.insert(0, "tests")
+import numpy as np
+from enginehelp import lenet_net, lenet_solver, digit_batches
+from sparknet.engine import CaffeNet, CaffeError
+from sparknet.proto import caffe_pb2
+
+def solver_for(net):
+    return caffe_pb2.SolverParameter(base_lr=0.01, lr_policy="fixed", net_param=net)
+
+def survive():
+    # The interpreter and Caffe still work after the failure.
+    net = CaffeNet(lenet_solver(batch=4))
+    net.train(1, digit_batches(4))
+    print("ALIVE")
+"""
+
+CASES = {
+    "unknown layer type": ("""
+        net = lenet_net()
+        net.layer[2].type = "Convolutionn"
+        try:
+            CaffeNet(solver_for(net))
+        except CaffeError as e:
+            print("ERROR:", e)
+        """, ["Unknown layer type: Convolutionn"]),
+    "bottom that does not exist": ("""
+        net = lenet_net()
+        net.layer[3].bottom[0] = "conv9"
+        try:
+            CaffeNet(solver_for(net))
+        except CaffeError as e:
+            print("ERROR:", e)
+        """, ["Unknown bottom blob 'conv9'", "pool1"]),
+    "kernel larger than its input": ("""
+        net = lenet_net()
+        net.layer[4].convolution_param.kernel_size[0] = 40
+        try:
+            CaffeNet(solver_for(net))
+        except CaffeError as e:
+            print("ERROR:", e)
+        """, ["Check failed"]),
+    "unreadable caffemodel": ("""
+        open("garbage.caffemodel", "wb").write(b"\\x08\\xff" * 100)
+        net = CaffeNet(lenet_solver())
+        before = net.get_weights()
+        try:
+            net.load_weights("garbage.caffemodel")
+        except CaffeError as e:
+            print("ERROR:", e)
+        assert net.get_weights() == before
+        """, ["garbage.caffemodel"]),
+    "shape mismatch on load_weights": ("""
+        small = lenet_net()
+        small.layer[6].inner_product_param.num_output = 300
+        other = CaffeNet(solver_for(small))
+        other.save_weights("small.caffemodel")
+        net = CaffeNet(lenet_solver())
+        before = net.get_weights()
+        try:
+            net.load_weights("small.caffemodel")
+        except ValueError as e:
+            print("ERROR:", e)
+        assert net.get_weights() == before  # nothing was copied
+        """, ["layer 'ip1' blob 0: the file has shape (300, 800), the net (500, 800)",
+              "layer 'ip2' blob 0"]),
+    "missing caffemodel": ("""
+        try:
+            CaffeNet(lenet_solver()).load_weights("nowhere.caffemodel")
+        except ValueError as e:
+            print("ERROR:", e)
+        """, ["nowhere.caffemodel: no such file"]),
+    "loss inputs of different sizes": ("""
+        net = lenet_net()
+        net.layer[-1].type = "EuclideanLoss"   # needs equal counts: 64x10 vs 64x1
+        try:
+            CaffeNet(solver_for(net))
+        except CaffeError as e:
+            print("ERROR:", e)
+        """, ["Check failed", "Inputs must have the same dimension"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_caffe_rejection_is_an_exception(case, tmp_path):
+    body, expected = CASES[case]
+    import textwrap
+
+    code = PRELUDE + textwrap.dedent(body) + "\nsurvive()\n"
+    code = code.replace('sys.path.insert(0, "tests")', f'sys.path.insert(0, {str(ROOT / "tests")!r})')
+    done = run_isolated(code, cwd=tmp_path)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-3000:]}"
+    assert "ERROR:" in done.stdout, done.stdout + done.stderr[-2000:]
+    for fragment in expected:
+        assert fragment in done.stdout, done.stdout
+    assert done.stdout.rstrip().endswith("ALIVE")
