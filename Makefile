@@ -22,7 +22,7 @@ DEBIAN_PACKAGES := build-essential pkg-config protobuf-compiler libprotobuf-dev 
 BUILD_INPUTS := setup.py setup.cfg pyproject.toml caffe/build.py caffe/caffe.mk \
 	caffe/sparknet_fatal.hpp ccaffe/ccaffe.cpp ccaffe/ccaffe.hpp sparknet/engine/_caffe.pyx
 
-.PHONY: run test build deps env bench clean
+.PHONY: run test build deps env bench wheel pack clean
 
 run: build
 	$(PY) examples/lenet_app.py --workers 2
@@ -59,6 +59,23 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | deps
 $(VENV)/.built: $(VENV)/.installed $(BUILD_INPUTS) | deps
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
+
+# A self-contained wheel: libcaffe and the Debian libraries it links are copied
+# in (auditwheel), so cluster nodes need neither a compiler nor those packages.
+wheel: build
+	rm -rf dist/raw && $(PY) -m pip wheel -q --no-build-isolation --no-deps -w dist/raw .
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/auditwheel repair -w dist dist/raw/sparknet-*.whl
+	rm -rf dist/raw
+
+# A packed virtual environment for executors (spark-submit --archives
+# dist/sparknet-env.tar.gz#env, PYSPARK_PYTHON=./env/bin/python). Spark ships
+# pyspark itself to executors, so the pack leaves it out.
+pack: wheel
+	rm -rf dist/env && $(PYTHON) -m venv dist/env
+	dist/env/bin/pip install -q --no-deps dist/sparknet-*manylinux*.whl
+	grep -v -e '^pyspark' -e '^#' requirements.txt | dist/env/bin/pip install -q -r /dev/stdin
+	$(VENV)/bin/venv-pack -q -f -p dist/env -o dist/sparknet-env.tar.gz
+	@echo "packed: dist/sparknet-env.tar.gz"
 
 clean:
 	rm -rf build sparknet/engine/_caffe.cpp sparknet/engine/*.so sparknet/proto/caffe_pb2.py* \
