@@ -2,7 +2,9 @@
 
 ``caffe_pb2`` is generated at build time (``setup.py``) by the system ``protoc``
 from the very ``caffe.proto`` that Caffe itself is compiled from, so the Python
-and C++ sides never disagree about a field.
+and C++ sides never disagree about a field. :class:`ProtoLoader` reads and
+writes prototxt and prepares nets for sparknet's feeding (see
+:mod:`sparknet.proto.loader`).
 """
 try:
     from sparknet.proto import caffe_pb2
@@ -12,4 +14,6 @@ except ImportError as e:  # pragma: no cover - only before the first build
         "run `make build` (or `pip install .`) first"
     ) from e
 
-__all__ = ["caffe_pb2"]
+from sparknet.proto.loader import DataLayerInfo, PrototxtError, ProtoLoader
+
+__all__ = ["DataLayerInfo", "ProtoLoader", "PrototxtError", "caffe_pb2"]

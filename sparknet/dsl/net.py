@@ -1,0 +1,214 @@
+"""``NetParam``: a whole net, checked as Caffe would build it, with its shapes."""
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, overload
+
+import attrs
+
+from sparknet.dsl._fields import BOOL, STR, Message, fail, param, read_fields, write_fields
+from sparknet.dsl.enums import Phase
+from sparknet.dsl.errors import NetDefinitionError
+from sparknet.dsl.layers.base import Layer, Shape
+from sparknet.dsl.params import NetState
+from sparknet.proto import caffe_pb2, loader
+
+__all__ = ["NetParam"]
+
+BlobShapes = dict[str, Shape | None]
+
+
+@attrs.frozen(init=False, repr=False)
+class NetParam:
+    """A Caffe net: a name and its layers, in order.
+
+    ::
+
+        net = NetParam("LeNet",
+            RDDLayer("data", shape=(64, 1, 28, 28)),
+            RDDLayer("label", shape=(64, 1)),
+            ConvolutionLayer("conv1", ["data"], kernel=(5, 5), num_output=20),
+            ...
+            SoftmaxWithLoss("loss", ["ip2", "label"]))
+        net.to_proto()      # caffe_pb2.NetParameter
+        net.to_prototxt()   # the same, as prototxt text
+        net.shapes()        # {"TRAIN": {"data": (64, 1, 28, 28), ...}, "TEST": {...}}
+
+    Layers may also be given as (nested) lists, which are spliced in, so a
+    function can return a block of layers (an inception module, a residual
+    unit). Building a ``NetParam`` builds both the TRAIN and the TEST net the
+    way Caffe would, keeping for each phase the layers whose ``include`` /
+    ``exclude`` rules allow it, and raises :class:`NetDefinitionError` for a
+    bottom no earlier layer produces, a top produced twice, two layers of one
+    name, or shapes Caffe would reject (a kernel larger than its input, a
+    concat of mismatched blobs ...). So a ``NetParam`` that exists is one
+    Caffe accepts.
+
+    Attributes:
+        name: the net's name.
+        layers: the layers, in order.
+        force_backward: backpropagate into every layer, even without a loss.
+        state: the net's level and stages, matched against layers' rules.
+        debug_info: Caffe prints per-layer statistics.
+    """
+
+    name: str | None = param(STR)
+    layers: tuple[Layer, ...] = attrs.field(default=())
+    force_backward: bool | None = param(BOOL)
+    state: NetState | None = param(Message(NetState))
+    debug_info: bool | None = param(BOOL)
+    _shapes: dict[str, BlobShapes] = attrs.field(init=False, eq=False, hash=False,
+                                                   repr=False, alias="_shapes")
+
+    def __init__(self, name: str | None = None, *layers: Layer | Iterable[Any],
+                 **options: Any) -> None:
+        known = ("force_backward", "state", "debug_info")
+        for key in options:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"it takes {', '.join(known)}"
+                raise NetDefinitionError(f"NetParam, field '{key}': no such field; {hint}",
+                                         field=key)
+        if name is not None and not isinstance(name, str):
+            raise NetDefinitionError(f"NetParam, field 'name': the first argument is the "
+                                     f"net's name (a string), got {name!r}", field="name")
+        self.__attrs_init__(name=name, layers=tuple(_flatten(layers)), **options)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_shapes", {phase.value: self._build(phase) for phase in Phase})
+
+    def _describe(self) -> tuple[str, str | None]:
+        return f"net '{self.name}'" if self.name else "NetParam", None
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n    {layer!r}," for layer in self.layers)
+        return f"NetParam({self.name!r},{inner}\n)"
+
+    # -- the phases, as Caffe builds them ----------------------------------------------
+    def layers_in(self, phase: Phase | str) -> tuple[Layer, ...]:
+        """The layers Caffe keeps in the net of ``phase``, in order."""
+        level = self.state.level or 0 if self.state else 0
+        stages = self.state.stage if self.state else ()
+        return tuple(layer for layer in self.layers if layer.active_in(phase, level, stages))
+
+    def _build(self, phase: Phase) -> BlobShapes:
+        shapes: BlobShapes = {}
+        producer: dict[str, str] = {}
+        names: set[str] = set()
+        for layer in self.layers_in(phase):
+            if layer.name in names:
+                fail(layer, "name", f"two layers in the {phase} net are named '{layer.name}'")
+            names.add(layer.name)
+            for blob in layer.bottoms:
+                if blob not in shapes:
+                    close = difflib.get_close_matches(blob, list(shapes), n=1)
+                    hint = (f"; did you mean '{close[0]}'?" if close else
+                            f"; the blobs so far are {', '.join(shapes) or 'none'}")
+                    fail(layer, "bottoms", f"no earlier layer of the {phase} net produces "
+                         f"'{blob}'{hint}")
+            for i, blob in enumerate(layer.tops):
+                in_place = i < len(layer.bottoms) and layer.bottoms[i] == blob
+                if blob in shapes and not in_place:
+                    fail(layer, "tops", f"blob '{blob}' is already produced by layer "
+                         f"'{producer[blob]}' in the {phase} net")
+            bottoms = tuple(shapes[b] for b in layer.bottoms)
+            if any(shape is None for shape in bottoms):
+                tops: tuple[Shape | None, ...] = (None,) * len(layer.tops)
+            else:
+                try:
+                    tops = layer.infer(bottoms)  # type: ignore[arg-type]
+                except NetDefinitionError as e:
+                    where = "" if self._same_in_both(layer) else f" (in the {phase} net)"
+                    raise NetDefinitionError(f"{e}{where}", layer=e.layer,
+                                             field=e.field) from None
+            for blob, shape in zip(layer.tops, tops):
+                shapes[blob] = shape
+                producer.setdefault(blob, layer.name)
+        return shapes
+
+    def _same_in_both(self, layer: Layer) -> bool:
+        return not layer.include and not layer.exclude
+
+    @overload
+    def shapes(self) -> dict[str, BlobShapes]: ...
+
+    @overload
+    def shapes(self, phase: Phase | str) -> BlobShapes: ...
+
+    def shapes(self, phase: Phase | str | None = None) -> Any:
+        """Each blob's shape, as Caffe will compute it: per phase, or for ``phase``.
+
+        ``shapes()`` maps ``"TRAIN"`` and ``"TEST"`` to ``{blob: shape}``; ``shapes("TEST")`` gives one of those. A loss is
+        ``()``. ``None`` marks a shape only the data can tell (the images of a
+        ``DataLayer``) and everything computed from it.
+        """
+        if phase is None:
+            return {p: dict(s) for p, s in self._shapes.items()}
+        return dict(self._shapes[Phase(phase).value])
+
+    # -- protobuf ----------------------------------------------------------------------
+    def to_proto(self) -> caffe_pb2.NetParameter:
+        """This net as a ``caffe_pb2.NetParameter``."""
+        proto = caffe_pb2.NetParameter()
+        write_fields(self, proto)
+        proto.layer.extend(layer.to_proto() for layer in self.layers)
+        return proto
+
+    def to_prototxt(self) -> str:
+        """This net as prototxt text."""
+        return loader.to_prototxt(self.to_proto())
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write this net as a prototxt file (atomically)."""
+        loader.save_prototxt(self.to_proto(), path)
+
+    @classmethod
+    def from_proto(cls, proto: caffe_pb2.NetParameter) -> NetParam:
+        """The DSL net for any ``NetParameter``.
+
+        ``NetParam.from_proto(p).to_proto() == p`` for every current-format
+        net. A net in Caffe's V1 format (``layers { type: CONVOLUTION }``) or
+        with the legacy ``input:`` fields is first upgraded the way Caffe
+        upgrades it when it reads the file (the result is then the upgraded
+        net); the older V0 format is refused.
+        """
+        if not isinstance(proto, caffe_pb2.NetParameter):
+            raise TypeError(f"expected a caffe_pb2.NetParameter, got {type(proto).__name__}")
+        if loader.net_needs_upgrade(proto):
+            proto = loader.upgrade_net(proto)
+        values = read_fields(_NetFields, proto)
+        return cls(values.name, *(Layer.from_proto(lp) for lp in proto.layer),
+                   force_backward=values.force_backward, state=values.state,
+                   debug_info=values.debug_info)
+
+    @classmethod
+    def from_prototxt(cls, text: str, source: str = "<prototxt>") -> NetParam:
+        """The DSL net for prototxt text (``source`` names it in parse errors)."""
+        return cls.from_proto(loader.parse_net(text, source))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> NetParam:
+        """The DSL net of a prototxt file."""
+        return cls.from_proto(loader.load_net_prototxt(path))
+
+
+@attrs.frozen
+class _NetFields:
+    """The scalar fields of a NetParameter, read generically."""
+    name: str | None = param(STR)
+    force_backward: bool | None = param(BOOL)
+    state: NetState | None = param(Message(NetState))
+    debug_info: bool | None = param(BOOL)
+
+
+def _flatten(items: Iterable[Any]) -> Iterable[Layer]:
+    for item in items:
+        if isinstance(item, Layer):
+            yield item
+        elif isinstance(item, Iterable) and not isinstance(item, (str, bytes, Mapping)):
+            yield from _flatten(item)
+        else:
+            raise NetDefinitionError(f"NetParam, field 'layers': expected layers (or lists "
+                                     f"of layers), got {item!r}", field="layers")
