@@ -9,7 +9,7 @@ for all ten classes to appear on both sides.
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -51,3 +51,24 @@ def load_digits(split: Split = "train") -> tuple[np.ndarray, np.ndarray]:
     if split == "train":
         return x[~test], y[~test]
     raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+
+
+def digits_rdd(spark: Any, split: Split = "train", num_partitions: int | None = None) -> Any:
+    """The digits as an RDD of ``(float32 (1, 28, 28), label)`` pairs, in split order.
+
+    ``spark`` is a SparkSession or SparkContext; ``num_partitions`` defaults
+    to Spark's default parallelism.
+    """
+    from sparknet.data.rdd import to_rdd
+
+    x, y = load_digits(split)
+    return to_rdd(spark, x, y, num_partitions)
+
+
+def digits_dataframe(spark: Any, split: Split = "train", num_partitions: int | None = None
+                     ) -> Any:
+    """The digits as a DataFrame: ``data`` (array<float>, 784 values, CHW) and ``label``."""
+    from sparknet.data.rdd import to_dataframe
+
+    x, y = load_digits(split)
+    return to_dataframe(spark, x, y, num_partitions=num_partitions)

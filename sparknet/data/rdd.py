@@ -1,0 +1,235 @@
+"""Arrays into RDDs and DataFrames the trainer consumes, and DataFrames back into examples.
+
+The trainer takes any of:
+
+* an RDD of ``(array, label)`` pairs: the array float32 CHW for one example,
+  the label a number;
+* an RDD of dicts keyed by input blob name (``{"data": array, "label": 3.0}``);
+* a DataFrame whose columns are named after input blobs.
+
+:func:`to_rdd` and :func:`to_dataframe` build those from numpy arrays (the
+loaders use them); :func:`dataframe_to_rdd` turns a DataFrame of Spark's image
+schema (``spark.read.format("image")``), of encoded image bytes, or of numeric
+array columns into dicts of float32 arrays.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+Example = tuple[np.ndarray, float]
+
+
+def _sc(spark: Any) -> Any:
+    return getattr(spark, "sparkContext", spark)
+
+
+def _default_partitions(sc: Any, n: int) -> int:
+    return max(1, min(n, int(getattr(sc, "defaultParallelism", 2) or 2)))
+
+
+def _chunks(x: np.ndarray, y: np.ndarray, parts: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    bounds = np.linspace(0, len(x), parts + 1).astype(int)
+    return [(x[a:b], y[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _expand(scale: float | None, dtype: Any) -> Callable[[Iterator], Iterator[Example]]:
+    def expand(chunks: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[Example]:
+        for xs, ys in chunks:
+            xs = np.asarray(xs)
+            if scale is not None or xs.dtype != dtype:
+                xs = xs.astype(dtype)
+                if scale is not None and scale != 1.0:
+                    xs *= np.asarray(scale, dtype)
+            for a, b in zip(xs, ys):
+                yield a, float(b)
+    return expand
+
+
+def to_rdd(spark: Any, x: np.ndarray, y: np.ndarray, num_partitions: int | None = None, *,
+           scale: float | None = None, dtype: Any = np.float32) -> Any:
+    """An RDD of ``(array, label)`` pairs from arrays ``x`` (N, C, H, W) and ``y`` (N,).
+
+    The arrays travel to the workers in ``num_partitions`` chunks (default:
+    Spark's default parallelism) in their own dtype, so pass uint8 pixels and
+    a ``scale`` to ship a quarter of the bytes; each worker converts to
+    ``dtype`` (float32) and multiplies by ``scale``. Order is kept.
+    """
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} examples but {len(y)} labels")
+    sc = _sc(spark)
+    parts = num_partitions or _default_partitions(sc, len(x))
+    if parts < 1:
+        raise ValueError(f"num_partitions must be >= 1, got {parts}")
+    chunks = _chunks(x, y, parts)
+    return sc.parallelize(chunks, len(chunks)).mapPartitions(_expand(scale, np.dtype(dtype)),
+                                                              preservesPartitioning=True)
+
+
+def to_dict_rdd(rdd: Any, names: Sequence[str] = ("data", "label")) -> Any:
+    """``(array, label)`` pairs -> dicts keyed by input blob name."""
+    a, b = names
+
+    def to_dict(pair: Example) -> dict[str, Any]:
+        return {a: pair[0], b: pair[1]}
+    return rdd.map(to_dict)
+
+
+def to_dataframe(spark: Any, x: np.ndarray, y: np.ndarray, *,
+                 names: Sequence[str] = ("data", "label"), num_partitions: int | None = None,
+                 scale: float | None = None) -> Any:
+    """A DataFrame with one column per input blob: ``data`` (array<float>), ``label`` (float).
+
+    Arrays are stored flattened in C order (CHW); the consumer reshapes them
+    to its input blob's shape. ``names`` names the two columns.
+    """
+    from pyspark.sql import SparkSession
+    from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
+
+    session = spark if isinstance(spark, SparkSession) else SparkSession.builder.getOrCreate()
+    data_name, label_name = names
+    schema = StructType([StructField(data_name, ArrayType(FloatType(), False), False),
+                         StructField(label_name, FloatType(), False)])
+    rows = to_rdd(session, x, y, num_partitions, scale=scale).map(
+        lambda p: (p[0].reshape(-1).tolist(), float(p[1])))
+    return session.createDataFrame(rows, schema)
+
+
+def collect_arrays(rdd: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Collect an RDD of ``(array, label)`` pairs as stacked ``(x, y)`` (for small data)."""
+    pairs = rdd.collect()
+    if not pairs:
+        return np.empty((0,), np.float32), np.empty((0,), np.float32)
+    return np.stack([p[0] for p in pairs]), np.asarray([p[1] for p in pairs], np.float32)
+
+
+# -- DataFrames in ------------------------------------------------------------------------
+
+_IMAGE_FIELDS = {"origin", "height", "width", "nChannels", "mode", "data"}
+
+
+def image_struct_to_array(image: Any, *, size: tuple[int, int] | None = None,
+                          channel_order: str = "BGR", dtype: Any = np.float32) -> np.ndarray:
+    """One value of Spark's image schema -> a CHW array.
+
+    Spark stores images as OpenCV does: bytes in HWC order, channels BGR(A),
+    one or three or four channels. The alpha channel is dropped;
+    ``channel_order`` is ``"BGR"`` (Spark's and Caffe's) or ``"RGB"``;
+    ``size`` ``(width, height)`` resizes.
+    """
+    h, w, c = int(image["height"]), int(image["width"]), int(image["nChannels"])
+    data = image["data"]
+    raw = np.frombuffer(bytes(data), np.uint8)
+    origin = image["origin"] if "origin" in _fields(image) else "?"
+    if raw.size != h * w * c:
+        raise ValueError(f"image {origin}: {raw.size} bytes for {h}x{w}x{c}")
+    hwc = raw.reshape(h, w, c)
+    if c == 4:
+        hwc = hwc[:, :, :3]
+    if c >= 3 and channel_order.upper() == "RGB":
+        hwc = hwc[:, :, ::-1]
+    elif c >= 3 and channel_order.upper() != "BGR":
+        raise ValueError(f"channel_order must be 'BGR' or 'RGB', got {channel_order!r}")
+    if size is not None and (w, h) != tuple(size):
+        from sparknet.data.images import resize_array
+
+        hwc = resize_array(hwc, size)
+    return np.ascontiguousarray(hwc.transpose(2, 0, 1), dtype=dtype)
+
+
+def _fields(value: Any) -> set[str]:
+    if hasattr(value, "asDict"):
+        return set(value.asDict())
+    if isinstance(value, Mapping):
+        return set(value)
+    return set(getattr(value, "__fields__", ()))
+
+
+def _column_converter(field: Any, shape: Sequence[int] | None, size: tuple[int, int] | None,
+                      channel_order: str) -> Callable[[Any], Any]:
+    from pyspark.sql import types as T
+
+    name = field.name
+    dt = field.dataType
+    if isinstance(dt, T.StructType) and _IMAGE_FIELDS <= set(dt.names):
+        return lambda v: image_struct_to_array(v, size=size, channel_order=channel_order)
+    if isinstance(dt, T.BinaryType):
+        if shape is not None:
+            def raw(v: Any) -> np.ndarray:
+                a = np.frombuffer(bytes(v), np.uint8)
+                if a.size != math.prod(shape):
+                    raise ValueError(f"column '{name}': {a.size} bytes do not fit shape "
+                                     f"{tuple(shape)}")
+                return a.reshape(shape).astype(np.float32)
+            return raw
+        from sparknet.data.images import decode_image
+
+        order = channel_order.upper()
+        return lambda v: np.ascontiguousarray(
+            decode_image(bytes(v), size=size, color=order).transpose(2, 0, 1), np.float32)
+    if isinstance(dt, T.ArrayType) or type(dt).__name__ == "VectorUDT":
+        def arr(v: Any) -> np.ndarray:
+            a = np.asarray(v.toArray() if hasattr(v, "toArray") else v, np.float32)
+            return a.reshape(shape) if shape is not None else a
+        return arr
+    if isinstance(dt, T.NumericType) or isinstance(dt, T.BooleanType):
+        return float
+    raise TypeError(f"column '{name}' has type {dt.simpleString()}: sparknet reads image "
+                    "structs, binary (encoded images, or raw bytes with a shape), numeric "
+                    "arrays/vectors and numbers")
+
+
+def dataframe_to_rdd(df: Any, columns: Mapping[str, str] | Sequence[str] | None = None, *,
+                     shapes: Mapping[str, Sequence[int]] | None = None,
+                     size: tuple[int, int] | None = None, channel_order: str = "BGR") -> Any:
+    """An RDD of dicts keyed by input blob name, from a DataFrame's columns.
+
+    ``columns`` maps blob name -> column name (a list keeps the names; default:
+    every column). Each column is converted by its type:
+
+    * Spark's image struct (``spark.read.format("image")``) -> float32 CHW,
+      ``channel_order`` BGR (as Spark and Caffe store it) or RGB, resized to
+      ``size`` ``(width, height)`` when given;
+    * binary -> an encoded image (JPEG, PNG...) decoded the same way, or raw
+      uint8 bytes reshaped to ``shapes[blob]`` when a shape is given;
+    * array<number> or an ML vector -> float32, reshaped to ``shapes[blob]``
+      when given;
+    * a number -> float (labels).
+    """
+    if columns is None:
+        mapping = {c: c for c in df.columns}
+    elif isinstance(columns, Mapping):
+        mapping = dict(columns)
+    else:
+        mapping = {c: c for c in columns}
+    fields = {f.name: f for f in df.schema.fields}
+    missing = [c for c in mapping.values() if c not in fields]
+    if missing:
+        raise ValueError(f"the DataFrame has no column '{missing[0]}' "
+                         f"(columns: {', '.join(df.columns)})")
+    shapes = dict(shapes or {})
+    converters = [(blob, col, _column_converter(fields[col], shapes.get(blob), size,
+                                                channel_order))
+                  for blob, col in mapping.items()]
+    cols = [col for _, col, _ in converters]
+
+    def convert(row: Any) -> dict[str, Any]:
+        return {blob: fn(row[col]) for blob, col, fn in converters}
+    return df.select(*cols).rdd.map(convert)
+
+
+def batched(examples: Iterable[Any], batch_size: int) -> Iterator[list[Any]]:
+    """Lists of ``batch_size`` items (the last may be shorter)."""
+    batch: list[Any] = []
+    for e in examples:
+        batch.append(e)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
