@@ -491,15 +491,17 @@ def transform_params(net: Any) -> dict[str, caffe_pb2.TransformationParameter]:
 
 
 def replace_data_layers(net: Any, train_batch: int, test_batch: int, channels: int,
-                        height: int, width: int) -> caffe_pb2.NetParameter:
+                        height: int, width: int, *, label_shape: Sequence[int] = (1,)
+                        ) -> caffe_pb2.NetParameter:
     """A copy of ``net`` fed by Input layers instead of Caffe's data layers.
 
     Data layers are found by type (Data, ImageData, HDF5Data, MemoryData,
     WindowData, DummyData ...) and phase, wherever they are in the net. Each
     of their tops becomes an Input layer named like the top, in the layer's
     place: the image top ``(batch, channels, height, width)``, label tops
-    ``(batch, 1)``, with ``train_batch`` in the TRAIN net and ``test_batch``
-    in the TEST net. Both common forms work: one data layer per phase with
+    ``(batch, 1)`` (``(batch, *label_shape)``: a segmentation net's labels are
+    ``label_shape=(1, height, width)``), with ``train_batch`` in the TRAIN net
+    and ``test_batch`` in the TEST net. Both common forms work: one data layer per phase with
     tops ``data`` and ``label``, and separate layers for images and labels.
     Within a phase the first top whose name does not contain ``label`` is
     the image top.
@@ -514,6 +516,8 @@ def replace_data_layers(net: Any, train_batch: int, test_batch: int, channels: i
                         ("channels", channels), ("height", height), ("width", width)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    if not all(isinstance(d, int) and d > 0 for d in label_shape):
+        raise ValueError(f"label_shape must be positive integers, got {tuple(label_shape)}")
     source = _net_message(net)
     indices = set(_data_layer_indices(source))
     if not indices:
@@ -541,7 +545,7 @@ def replace_data_layers(net: Any, train_batch: int, test_batch: int, channels: i
                 new = result.layer.add(name=top, type="Input", top=[top])
                 n = batch[group[0]]
                 new.input_param.shape.add().dim.extend(
-                    (n, channels, height, width) if image else (n, 1))
+                    (n, channels, height, width) if image else (n, *label_shape))
                 if len(group) == len(phases):
                     new.include.extend(layer.include)
                     new.exclude.extend(layer.exclude)

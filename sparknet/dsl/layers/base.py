@@ -115,6 +115,9 @@ class Layer:
                 self._fail(field, f"{self.type} takes {_count_text(lo, hi)} {field[:-1]}"
                            f"{'' if (lo, hi) == (1, 1) else 's'}, got {n} "
                            f"({', '.join(getattr(self, field)) or 'none'})")
+        if self.loss_weight and len(self.loss_weight) != len(self.tops):
+            self._fail("loss_weight", f"needs one weight per top ({len(self.tops)}), "
+                       f"got {len(self.loss_weight)}")
         if self.propagate_down and len(self.propagate_down) != len(self.bottoms):
             self._fail("propagate_down", f"needs one value per bottom "
                        f"({len(self.bottoms)}), got {len(self.propagate_down)}")

@@ -45,8 +45,9 @@ class _Loss(Layer):
 class SoftmaxWithLoss(_Loss):
     """Softmax over ``axis``, then the multinomial logistic loss of integer labels.
 
-    Bottoms: scores, labels (one per prediction). Tops: the loss and,
-    optionally, the probabilities.
+    Bottoms: scores, labels (one per prediction). Top: the loss. (Caffe allows
+    the probabilities as a second top, but this Caffe cannot build that: use a
+    separate ``SoftmaxLayer``.)
 
     Attributes:
         loss_param: ``ignore_label`` and ``normalization``.
@@ -57,6 +58,13 @@ class SoftmaxWithLoss(_Loss):
     loss_param: LossParam | None = _loss_param()
     engine: Engine | None = param(EnumKind(Engine))
     axis: int | None = param(INT32)
+
+    def _check(self) -> None:
+        if len(self.tops) == 2:
+            # Caffe wants a loss_weight per top here, and this Caffe's SoftmaxWithLoss
+            # hands them all to its inner one-top Softmax layer, which rejects two.
+            self._fail("tops", "this Caffe's SoftmaxWithLoss cannot output the "
+                       "probabilities as a second top; add a SoftmaxLayer for them")
 
     def infer(self, bottoms: tuple[Shape, ...]) -> tuple[Shape | None, ...]:
         self._check_batch(bottoms)
