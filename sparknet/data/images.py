@@ -149,8 +149,9 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None, *, color: str
         raise
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(str(e)) from None
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError,
-            Image.UnidentifiedImageError) as e:
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError("not an image (unrecognised format)") from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError) as e:
         raise ImageDecodeError(f"cannot decode image: {e}") from None
     if reverse:
         a = a[:, :, ::-1]

@@ -1,0 +1,451 @@
+"""ImageNet from S3: tar shards of JPEGs, one Spark partition per shard.
+
+The layout is SparkNet's (what ``python -m sparknet.data.imagenet_to_s3``
+writes): training images in tar shards under a prefix
+(``ILSVRC2012_train/train.00000.tar``, ...), validation shards likewise, and
+label lists ``train.txt`` / ``val.txt`` at the bucket root, one
+``<member name> <label>`` per line (Caffe's ``convert_imageset`` format).
+
+The driver lists only the shard keys under the prefix and reads the label
+list; each worker streams its shard from S3 (never whole, never through the
+driver), decodes and resizes every member to a fixed size, and yields
+``(float32 CHW array, label)`` pairs. A member that is not an image, is
+corrupt, or is cut short by a truncated shard is skipped and recorded with its
+shard and name; reads have timeouts and resume, so no bad file stalls a worker.
+After an action, :meth:`ImageNetData.report` says what was skipped, which
+members had no label, and which labelled files no shard held.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import posixpath
+import tarfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sparknet.data.images import ImageDecodeError, decode_image
+from sparknet.data.s3 import S3Options, list_keys, open_s3
+
+log = logging.getLogger(__name__)
+
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+#: Members larger than this are skipped (no ImageNet photo comes close).
+MAX_MEMBER_BYTES = 64 << 20
+
+
+# -- label lists --------------------------------------------------------------------------
+
+def parse_labels(lines: Iterable[str], name: str = "<labels>") -> dict[str, int]:
+    """``<file name> <label>`` lines -> dict; the label is after the last space, as in Caffe."""
+    labels: dict[str, int] = {}
+    for n, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        head, sep, tail = line.rpartition(" ")
+        if not sep:
+            head, sep, tail = line.rpartition("\t")
+        try:
+            labels[head.strip()] = int(tail)
+            if not head.strip():
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{name} line {n}: expected '<file> <integer label>', "
+                             f"got {line[:80]!r}") from None
+    return labels
+
+
+def read_labels(bucket: str, key: str, options: S3Options | None = None,
+                client: Any = None) -> dict[str, int]:
+    """Stream a label list from ``s3://bucket/key`` into a dict (``FileNotFoundError`` if absent)."""
+    opts = options or S3Options()
+    client = client or opts.client()
+    with open_s3(client, bucket, key, options=opts) as f:
+        text = io.TextIOWrapper(f, encoding="utf-8", errors="strict")
+        try:
+            return parse_labels(text, f"s3://{bucket}/{key}")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"s3://{bucket}/{key}: not a text label list ({e})") from None
+
+
+def _lookup(labels: Mapping[str, int], name: str) -> tuple[str, int] | None:
+    if name in labels:
+        return name, labels[name]
+    base = posixpath.basename(name)
+    if base in labels:
+        return base, labels[base]
+    return None
+
+
+# -- reports ------------------------------------------------------------------------------
+
+@dataclass
+class ShardReport:
+    """What one shard gave: images yielded, names matched, members skipped."""
+
+    shard: str
+    images: int = 0
+    matched: list[str] = field(default_factory=list)
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    unlabeled: list[str] = field(default_factory=list)
+    complete: bool = False
+
+
+def _merge_reports(a: dict[str, ShardReport], b: dict[str, ShardReport]
+                   ) -> dict[str, ShardReport]:
+    for key, rep in b.items():
+        old = a.get(key)
+        if old is None or rep.complete or not old.complete:
+            a[key] = rep  # a recomputed shard replaces, never doubles, its counts
+    return a
+
+
+def _report_param() -> Any:
+    from pyspark.accumulators import AccumulatorParam
+
+    class ReportParam(AccumulatorParam):
+        def zero(self, value: dict) -> dict:
+            return {}
+
+        def addInPlace(self, a: dict, b: dict) -> dict:  # noqa: N802 - pyspark's name
+            return _merge_reports(a, b)
+
+    return ReportParam()
+
+
+@dataclass
+class LoadReport:
+    """The outcome of loading shards, as far as Spark has computed them.
+
+    ``bad``: ``(shard, member, reason)`` for every skipped member (not an
+    image, corrupt, truncated). ``unlabeled``: ``(shard, member)`` for images
+    the label list does not name. ``missing``: label-list names that no shard
+    held (known once every shard has been read). ``shards_done`` of
+    ``shards_total`` shards were read to the end.
+    """
+
+    images: int
+    bad: list[tuple[str, str, str]]
+    unlabeled: list[tuple[str, str]]
+    missing: list[str]
+    shards_done: int
+    shards_total: int
+
+    @property
+    def complete(self) -> bool:
+        return self.shards_done == self.shards_total
+
+    @property
+    def skipped(self) -> int:
+        return len(self.bad) + len(self.unlabeled)
+
+    def summary(self) -> str:
+        parts = [f"{self.images} images from {self.shards_done}/{self.shards_total} shards"]
+        if self.bad:
+            parts.append(f"{len(self.bad)} bad members skipped")
+        if self.unlabeled:
+            parts.append(f"{len(self.unlabeled)} members without a label skipped")
+        if self.missing:
+            parts.append(f"{len(self.missing)} labelled files in no shard")
+        return ", ".join(parts)
+
+
+# -- the loader ---------------------------------------------------------------------------
+
+class ImageNetData:
+    """An RDD of ``(float32 (C, H, W), label)`` read from S3 tar shards, and its report.
+
+    Built by :func:`load_imagenet`. ``rdd`` has one partition per shard, in
+    key order; ``shards`` are the keys; ``labels`` the label list.
+    """
+
+    def __init__(self, rdd: Any, shards: list[str], labels: dict[str, int] | None,
+                 bucket: str, accumulator: Any):
+        self.rdd = rdd
+        self.shards = shards
+        self.labels = labels
+        self.bucket = bucket
+        self._acc = accumulator
+
+    def __repr__(self) -> str:
+        return f"ImageNetData(s3://{self.bucket}, {len(self.shards)} shards)"
+
+    def report(self, *, log_it: bool = True) -> LoadReport:
+        """What has been loaded so far (run an action on ``rdd`` first)."""
+        reports: dict[str, ShardReport] = dict(self._acc.value)
+        done = [r for r in reports.values() if r.complete]
+        bad = [(r.shard, m, why) for r in reports.values() for m, why in r.bad]
+        unlabeled = [(r.shard, m) for r in reports.values() for m in r.unlabeled]
+        missing: list[str] = []
+        if self.labels is not None and len(done) == len(self.shards):
+            seen = {m for r in done for m in r.matched}
+            for r in done:  # a bad member is in a shard, even if it gave no image
+                for name, _ in r.bad:
+                    seen.add(name)
+                    seen.add(posixpath.basename(name))
+            missing = sorted(k for k in self.labels if k not in seen)
+        rep = LoadReport(images=sum(r.images for r in reports.values()), bad=sorted(bad),
+                         unlabeled=sorted(unlabeled), missing=missing,
+                         shards_done=len(done), shards_total=len(self.shards))
+        if log_it:
+            level = logging.WARNING if (bad or unlabeled or missing) else logging.INFO
+            log.log(level, "s3://%s: %s", self.bucket, rep.summary())
+            for shard, member, why in rep.bad[:20]:
+                log.warning("skipped s3://%s/%s member %s: %s", self.bucket, shard, member, why)
+            for name in rep.missing[:20]:
+                log.warning("label list names %s, which no shard holds", name)
+        return rep
+
+
+def load_imagenet(spark: Any, bucket: str, *, shard_prefix: str = "ILSVRC2012_train/train.",
+                  labels_key: str | None = "train.txt", size: tuple[int, int] = (256, 256),
+                  color: str = "RGB", dtype: Any = np.float32,
+                  transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                  transform_batch: int = 64, max_shards: int | None = None,
+                  endpoint_url: str | None = None, region_name: str | None = None,
+                  options: S3Options | None = None) -> ImageNetData:
+    """ImageNet-style tar shards on S3 as an RDD of ``(array, label)``, one partition per shard.
+
+    ``shard_prefix`` selects the shards (keys under it ending in ``.tar``,
+    ``.tar.gz`` or ``.tgz``; ``max_shards`` keeps the first few).
+    ``labels_key`` names the label list (``None``: every label is -1).
+    Images are decoded and resized to ``size`` ``(width, height)`` on the
+    workers, in ``color`` order (``"RGB"``, ``"BGR"`` or ``"L"``), as
+    ``dtype`` CHW arrays. ``transform`` (a :class:`Transformer`, say) is applied
+    to uint8 NCHW batches of ``transform_batch`` on the workers.
+
+    S3 is reached through ``options`` or ``endpoint_url``/``region_name``
+    and boto3's standard chain; the workers need the same credentials (the
+    environment, a role, or ``spark.executorEnv.*``). A missing bucket, an
+    empty prefix or a missing label list raise ``FileNotFoundError`` naming it.
+    """
+    opts = options or S3Options(endpoint_url=endpoint_url, region_name=region_name)
+    sc = getattr(spark, "sparkContext", spark)
+    client = opts.client()
+    shards: list[str] = []
+    for key, _size in list_keys(client, bucket, shard_prefix, suffixes=SHARD_SUFFIXES,
+                                options=opts):
+        shards.append(key)
+        if max_shards is not None and len(shards) >= max_shards:
+            break
+    if not shards:
+        raise FileNotFoundError(f"no tar shards under s3://{bucket}/{shard_prefix}"
+                                f"{opts.where()}")
+    labels = read_labels(bucket, labels_key, opts, client) if labels_key else None
+    log.info("s3://%s/%s*: %d shards, %s labels", bucket, shard_prefix, len(shards),
+             len(labels) if labels is not None else "no")
+    labels_bc = sc.broadcast(labels) if labels is not None else None
+    acc = sc.accumulator({}, _report_param())
+    np_dtype = np.dtype(dtype)
+    wh = (int(size[0]), int(size[1]))
+
+    def partition(keys: Iterator[str]) -> Iterator[tuple[np.ndarray, float]]:
+        table = labels_bc.value if labels_bc is not None else None
+        worker_client = opts.client()
+        for key in keys:
+            examples = shard_examples(worker_client, bucket, key, table, size=wh, color=color,
+                                      options=opts, report_to=acc.add)
+            if transform is None:
+                for img, label in examples:
+                    yield np.ascontiguousarray(img.transpose(2, 0, 1), np_dtype), label
+            else:
+                yield from _transformed(examples, transform, transform_batch, np_dtype)
+
+    rdd = sc.parallelize(shards, len(shards)).mapPartitions(partition)
+    return ImageNetData(rdd, shards, labels, bucket, acc)
+
+
+def _transformed(examples: Iterator[tuple[np.ndarray, float]],
+                 transform: Callable[[np.ndarray], np.ndarray], batch: int, dtype: np.dtype
+                 ) -> Iterator[tuple[np.ndarray, float]]:
+    imgs: list[np.ndarray] = []
+    labels: list[float] = []
+
+    def flush() -> Iterator[tuple[np.ndarray, float]]:
+        x = np.stack(imgs).transpose(0, 3, 1, 2)
+        out = transform(x)
+        for a, y in zip(out, labels):
+            yield np.asarray(a, dtype), y
+        imgs.clear()
+        labels.clear()
+
+    for img, label in examples:
+        imgs.append(img)
+        labels.append(label)
+        if len(imgs) == batch:
+            yield from flush()
+    if imgs:
+        yield from flush()
+
+
+def shard_examples(client: Any, bucket: str, key: str, labels: Mapping[str, int] | None, *,
+                   size: tuple[int, int] | None = (256, 256), color: str = "RGB",
+                   options: S3Options | None = None,
+                   report_to: Callable[[dict[str, ShardReport]], None] | None = None,
+                   max_member_bytes: int = MAX_MEMBER_BYTES
+                   ) -> Iterator[tuple[np.ndarray, float]]:
+    """Stream one tar shard from S3; yield ``(uint8 HWC image, label)`` per good member.
+
+    Bad members are logged and recorded; the :class:`ShardReport` is passed to
+    ``report_to`` when the shard ends (``complete`` when it was read to the
+    end). A shard that cannot be fetched at all raises an ``OSError`` naming it.
+    """
+    report = ShardReport(shard=key)
+    uri = f"s3://{bucket}/{key}"
+    try:
+        with open_s3(client, bucket, key, options=options) as f:
+            yield from _tar_examples(f, uri, labels, report, size=size, color=color,
+                                     max_member_bytes=max_member_bytes)
+        report.complete = True
+    finally:
+        if report_to is not None:
+            report_to({key: report})
+
+
+def _tar_examples(f: Any, where: str, labels: Mapping[str, int] | None, report: ShardReport,
+                  *, size: tuple[int, int] | None, color: str, max_member_bytes: int
+                  ) -> Iterator[tuple[np.ndarray, float]]:
+    try:
+        tar = tarfile.open(fileobj=f, mode="r|*")
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        report.bad.append(("<shard>", f"not a readable tar file: {e}"))
+        log.warning("%s: not a readable tar file (%s); shard skipped", where, e)
+        return
+    with tar:
+        while True:
+            try:
+                member = tar.next()
+            except (tarfile.TarError, EOFError, zlib.error) as e:
+                report.bad.append(("<end of shard>", f"truncated or corrupt tar: {e}"))
+                log.warning("%s: truncated or corrupt after %d members (%s); rest of the shard "
+                            "skipped", where, report.images, e)
+                return
+            if member is None:
+                return
+            if not member.isfile():
+                continue
+            name = member.name
+            if member.size > max_member_bytes:
+                report.bad.append((name, f"{member.size} bytes is more than "
+                                         f"max_member_bytes ({max_member_bytes})"))
+                log.warning("%s: %s is %d bytes; skipped", where, name, member.size)
+                continue
+            found = _lookup(labels, name) if labels is not None else (name, -1)
+            try:
+                handle = tar.extractfile(member)
+                data = handle.read() if handle is not None else b""
+                if len(data) != member.size:
+                    raise tarfile.ReadError(f"{len(data)} of {member.size} bytes")
+            except (tarfile.TarError, EOFError, zlib.error) as e:
+                report.bad.append((name, f"truncated: {e}"))
+                log.warning("%s: member %s is truncated (%s); rest of the shard skipped",
+                            where, name, e)
+                return
+            if found is None:
+                report.unlabeled.append(name)
+                log.warning("%s: member %s is not in the label list; skipped", where, name)
+                continue
+            try:
+                img = decode_image(data, size, color=color)
+            except ImageDecodeError as e:
+                report.bad.append((name, str(e)))
+                log.warning("%s: member %s skipped: %s", where, name, e)
+                continue
+            report.images += 1
+            report.matched.append(found[0])
+            yield img, float(found[1])
+
+
+def tar_examples(path_or_file: Any, labels: Mapping[str, int] | None = None, *,
+                 size: tuple[int, int] | None = None, color: str = "RGB"
+                 ) -> Iterator[tuple[np.ndarray, float]]:
+    """The same streaming decode for a local tar file (path or binary file object)."""
+    report = ShardReport(shard=str(path_or_file))
+    if isinstance(path_or_file, (str, bytes)) or hasattr(path_or_file, "__fspath__"):
+        with open(path_or_file, "rb") as f:
+            yield from _tar_examples(f, str(path_or_file), labels, report, size=size,
+                                     color=color, max_member_bytes=MAX_MEMBER_BYTES)
+    else:
+        yield from _tar_examples(path_or_file, "<tar>", labels, report, size=size, color=color,
+                                 max_member_bytes=MAX_MEMBER_BYTES)
+
+
+def tar_members(f: Any) -> Iterator[tuple[str, bytes]]:
+    """``(name, bytes)`` of each regular member of a tar stream, in order."""
+    with tarfile.open(fileobj=f, mode="r|*") as tar:
+        for member in tar:
+            if member.isfile():
+                handle = tar.extractfile(member)
+                yield member.name, handle.read() if handle is not None else b""
+
+
+def tar_minibatches(path_or_file: Any, transformer: Callable[[np.ndarray], np.ndarray],
+                    batch_size: int, labels: Mapping[str, int] | None = None, *,
+                    size: tuple[int, int] | None = None, color: str = "RGB"
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The training-time path: a tar shard -> transformed float32 ``(x, y)`` minibatches.
+
+    Members are decoded a batch at a time straight into one uint8 buffer
+    (:func:`~sparknet.data.images.decode_batch`), then ``transformer`` (a
+    :class:`~sparknet.data.transform.Transformer`: mean, crop, mirror, scale)
+    runs on the whole uint8 NCHW batch. ``size`` defaults to the first
+    image's; a bad member is skipped (and logged), never fatal. Labels come
+    from ``labels`` by member name (default -1).
+    """
+    from sparknet.data.images import decode_batch
+
+    close = False
+    f = path_or_file
+    if isinstance(path_or_file, (str, bytes)) or hasattr(path_or_file, "__fspath__"):
+        f = open(path_or_file, "rb")  # noqa: SIM115 - closed below
+        close = True
+    try:
+        datas: list[bytes] = []
+        ys: list[float] = []
+
+        def flush() -> tuple[np.ndarray, np.ndarray]:
+            nonlocal size
+            try:
+                batch = decode_batch(datas, size, color=color)
+                y = np.asarray(ys, np.float32)
+            except ImageDecodeError:
+                good, keep = [], []
+                for d, label in zip(datas, ys):
+                    try:
+                        good.append(decode_image(d, size, color=color))
+                        keep.append(label)
+                    except ImageDecodeError as e:
+                        log.warning("tar member skipped: %s", e)
+                batch = np.stack(good).transpose(0, 3, 1, 2) if good else None
+                y = np.asarray(keep, np.float32)
+            datas.clear()
+            ys.clear()
+            if batch is None:
+                return np.empty((0,), np.float32), y
+            if size is None:
+                size = (batch.shape[3], batch.shape[2])
+            return transformer(batch), y
+
+        for name, data in tar_members(f):
+            found = _lookup(labels, name) if labels is not None else (name, -1)
+            if found is None:
+                log.warning("tar member %s is not in the label list; skipped", name)
+                continue
+            datas.append(data)
+            ys.append(float(found[1]))
+            if len(datas) == batch_size:
+                x, y = flush()
+                if len(y):
+                    yield x, y
+        if datas:
+            x, y = flush()
+            if len(y):
+                yield x, y
+    finally:
+        if close:
+            f.close()
