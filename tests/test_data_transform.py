@@ -1,0 +1,146 @@
+"""Caffe-style batch preprocessing and mean.binaryproto, checked against Caffe's own formula."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sparknet.data import Transformer, compute_mean, read_mean, to_rdd, write_mean
+from sparknet.data.transform import blobproto_to_array, mean_to_blobproto, transform_batches
+from sparknet.proto import caffe_pb2
+
+
+def caffe_reference(x, ys, xs, flips, crop, scale, mean_image=None, mean_values=None):
+    """DataTransformer::Transform(Datum), one element at a time, for every image."""
+    n, c, h, w = x.shape
+    ch, cw = (crop, crop) if crop else (h, w)
+    top = np.zeros((n, c, ch, cw), np.float64)
+    for i in range(n):
+        for k in range(c):
+            for r in range(ch):
+                for q in range(cw):
+                    v = float(x[i, k, ys[i] + r, xs[i] + q])
+                    if mean_image is not None:
+                        v -= float(mean_image[k, ys[i] + r, xs[i] + q])
+                    elif mean_values is not None:
+                        v -= float(mean_values[k] if len(mean_values) > 1 else mean_values[0])
+                    top[i, k, r, cw - 1 - q if flips[i] else q] = v * scale
+    return top.astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_train_crop_mirror_mean_image_scale(dtype):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (6, 3, 9, 11)).astype(dtype)
+    mean = rng.random((3, 9, 11), dtype=np.float32) * 255
+    kw = dict(crop_size=5, mirror=True, scale=0.017, mean=mean, phase="TRAIN")
+    ys, xs, flips = Transformer(seed=7, **kw).offsets(6, 9, 11)
+    out = Transformer(seed=7, **kw)(x)
+    assert out.dtype == np.float32 and out.shape == (6, 3, 5, 5)
+    np.testing.assert_allclose(out, caffe_reference(x, ys, xs, flips, 5, 0.017, mean_image=mean),
+                               rtol=1e-6, atol=1e-5)
+    # the same batch channels-last gives the same result
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(Transformer(seed=7, **kw)(nhwc, layout="NHWC"), out)
+    # offsets cover the whole valid range over many draws
+    many_y, many_x, many_f = Transformer(seed=1, **kw).offsets(2000, 9, 11)
+    assert set(many_y) == set(range(5)) and set(many_x) == set(range(7))
+    assert 0.4 < many_f.mean() < 0.6
+
+
+def test_test_phase_centre_crop_and_mean_values():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (4, 3, 10, 8), dtype=np.uint8)
+    t = Transformer(crop_size=6, mean=[104.0, 117.0, 123.0], phase="TEST")
+    ys, xs = np.full(4, 2), np.full(4, 1)
+    np.testing.assert_allclose(t(x), caffe_reference(x, ys, xs, np.zeros(4, bool), 6, 1.0,
+                                                     mean_values=[104.0, 117.0, 123.0]),
+                               atol=1e-5)
+    one = Transformer(mean=[50.0], scale=2.0)
+    np.testing.assert_allclose(one(x), (x.astype(np.float32) - 50) * 2)
+    swapped = Transformer(swap_channels=True)(x)
+    np.testing.assert_array_equal(swapped, x[:, ::-1].astype(np.float32))
+
+
+def test_transformer_errors():
+    x = np.zeros((2, 3, 8, 8), np.uint8)
+    with pytest.raises(ValueError, match="crop_size 9 is larger than the input"):
+        Transformer(crop_size=9)(x)
+    with pytest.raises(ValueError, match=r"mean image has shape \(3, 4, 4\).*\(3, 8, 8\)"):
+        Transformer(mean=np.zeros((3, 4, 4)))(x)
+    with pytest.raises(ValueError, match="2 mean values for 3 channels"):
+        Transformer(mean=[1.0, 2.0])(x)
+    with pytest.raises(ValueError, match="phase must be"):
+        Transformer(phase="VAL")
+    p = caffe_pb2.TransformationParameter(mean_file="m.binaryproto", mean_value=[1.0])
+    with pytest.raises(ValueError, match="either mean_file or mean_value"):
+        Transformer.from_proto(p)
+
+
+def test_mean_binaryproto_roundtrip_and_distributed_mean(tmp_path, spark):
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (50, 3, 6, 7), dtype=np.uint8)
+    rdd = to_rdd(spark, x, np.zeros(50), num_partitions=3)
+    mean = compute_mean(rdd)
+    np.testing.assert_allclose(mean, x.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(compute_mean(iter(x)), x.mean(0), rtol=1e-6)
+    path = tmp_path / "mean.binaryproto"
+    write_mean(path, mean)
+    blob = caffe_pb2.BlobProto()
+    blob.ParseFromString(path.read_bytes())
+    assert (blob.num, blob.channels, blob.height, blob.width) == (1, 3, 6, 7)
+    np.testing.assert_array_equal(read_mean(path), mean)
+    # the newer BlobShape form reads too
+    shaped = caffe_pb2.BlobProto()
+    shaped.shape.dim.extend([1, 3, 6, 7])
+    shaped.data.extend(mean.reshape(-1).tolist())
+    (tmp_path / "shaped.binaryproto").write_bytes(shaped.SerializeToString())
+    np.testing.assert_array_equal(read_mean(tmp_path / "shaped.binaryproto"), mean)
+    np.testing.assert_array_equal(blobproto_to_array(mean_to_blobproto(mean))[0], mean)
+    (tmp_path / "junk.binaryproto").write_bytes(b"\xff\xff\xff")
+    with pytest.raises(ValueError, match="junk.binaryproto: not a BlobProto"):
+        read_mean(tmp_path / "junk.binaryproto")
+    with pytest.raises(FileNotFoundError, match="nothere.binaryproto"):
+        read_mean(tmp_path / "nothere.binaryproto")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # atomic writes
+
+
+PROTOTXT = """
+name: "net"
+layer {
+  name: "data" type: "Data" top: "data" top: "label"
+  include { phase: TRAIN }
+  transform_param { mirror: true crop_size: 4 mean_file: "mean.binaryproto" scale: 0.5 }
+  data_param { source: "train_lmdb" batch_size: 8 backend: LMDB }
+}
+layer {
+  name: "data" type: "Data" top: "data" top: "label"
+  include { phase: TEST }
+  transform_param { crop_size: 4 mean_value: 10 mean_value: 20 mean_value: 30 }
+  data_param { source: "test_lmdb" batch_size: 8 backend: LMDB }
+}
+"""
+
+
+def test_from_prototxt_data_layer(tmp_path):
+    mean = np.arange(3 * 6 * 6, dtype=np.float32).reshape(3, 6, 6)
+    write_mean(tmp_path / "mean.binaryproto", mean)
+    (tmp_path / "net.prototxt").write_text(PROTOTXT)
+    train = Transformer.from_prototxt(tmp_path / "net.prototxt", "TRAIN", root=tmp_path)
+    assert (train.crop_size, train.mirror, train.scale, train.phase) == (4, True, 0.5, "TRAIN")
+    np.testing.assert_array_equal(train.mean_image, mean)
+    test = Transformer.from_prototxt(PROTOTXT, "TEST")
+    assert test.mean_values.tolist() == [10, 20, 30] and not test.mirror
+    assert test.output_shape((8, 3, 6, 6)) == (8, 3, 4, 4)
+    with pytest.raises(FileNotFoundError, match="mean.binaryproto"):
+        Transformer.from_prototxt(PROTOTXT, "TRAIN", root=tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="no layer named 'nope'"):
+        Transformer.from_prototxt(PROTOTXT, layer="nope")
+    with pytest.raises(ValueError, match=r"<text>: .*"):
+        Transformer.from_prototxt("layer { name: \n")
+
+
+def test_transform_batches():
+    x = np.arange(5 * 1 * 2 * 2, dtype=np.float32).reshape(5, 1, 2, 2)
+    got = list(transform_batches(zip(x, range(5)), Transformer(scale=2.0), 2))
+    assert [len(b[1]) for b in got] == [2, 2, 1]
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in got]), x * 2)
