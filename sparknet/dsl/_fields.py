@@ -201,7 +201,10 @@ class Message(Kind):
 
     def check(self, value: Any, fail: Fail) -> Any:
         if self.coerce is not None and not isinstance(value, self.cls):
-            value = self.coerce(value)
+            try:
+                value = self.coerce(value)
+            except NetDefinitionError as e:
+                fail(str(e))
         if not isinstance(value, self.cls):
             fail(f"must be a {self.cls.__name__}, got {value!r}")
         return value

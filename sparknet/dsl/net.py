@@ -97,7 +97,9 @@ class NetParam:
         shapes: BlobShapes = {}
         producer: dict[str, str] = {}
         names: set[str] = set()
-        for layer in self.layers_in(phase):
+        layers = self.layers_in(phase)
+        self._check_in_place_splits(layers, phase)
+        for layer in layers:
             if layer.name in names:
                 fail(layer, "name", f"two layers in the {phase} net are named '{layer.name}'")
             names.add(layer.name)
@@ -120,7 +122,7 @@ class NetParam:
                 try:
                     tops = layer.infer(bottoms)  # type: ignore[arg-type]
                 except NetDefinitionError as e:
-                    where = "" if self._same_in_both(layer) else f" (in the {phase} net)"
+                    where = f" (in the {phase} net)" if self._phased() else ""
                     raise NetDefinitionError(f"{e}{where}", layer=e.layer,
                                              field=e.field) from None
             for blob, shape in zip(layer.tops, tops):
@@ -128,8 +130,41 @@ class NetParam:
                 producer.setdefault(blob, layer.name)
         return shapes
 
-    def _same_in_both(self, layer: Layer) -> bool:
-        return not layer.include and not layer.exclude
+    @staticmethod
+    def _check_in_place_splits(layers: tuple[Layer, ...], phase: Phase) -> None:
+        """An in-place layer must be the only reader of the blob it overwrites.
+
+        Caffe gives a blob read by several layers a Split layer and renames
+        the readers' bottoms; an in-place reader's top then keeps the old name
+        and Caffe fails with "Top blob produced by multiple sources".
+        """
+        version: dict[str, tuple[int, int]] = {}  # blob -> (layer, top) that wrote it last
+        readers: dict[tuple[int, int], list[str]] = {}
+        in_place: list[tuple[Layer, str, tuple[int, int]]] = []
+        for position, layer in enumerate(layers):
+            for i, blob in enumerate(layer.bottoms):
+                if blob not in version:
+                    return  # an unknown bottom: _build reports it
+                readers.setdefault(version[blob], []).append(layer.name)
+                if i < len(layer.tops) and layer.tops[i] == blob:
+                    in_place.append((layer, blob, version[blob]))
+            for j, blob in enumerate(layer.tops):
+                version[blob] = (position, j)
+            for j, weight in enumerate(layer.loss_weight[:len(layer.tops)]):
+                if weight:  # a weighted loss counts as a reader, as in Caffe
+                    readers.setdefault((position, j), []).append(f"{layer.name}'s loss")
+        for layer, blob, source in in_place:
+            others = [name for name in readers[source] if name != layer.name]
+            if len(readers[source]) > 1:
+                also = (f"layer(s) {', '.join(repr(o) for o in others)} also read it" if others
+                        else "it reads the blob twice")
+                fail(layer, "tops", f"computes '{blob}' in place, but {also} in the {phase} "
+                     "net; Caffe splits a blob with several readers and then fails "
+                     "('produced by multiple sources'): give this top its own name")
+
+    def _phased(self) -> bool:
+        """Whether the TRAIN and TEST nets differ (so errors should say which)."""
+        return any(layer.include or layer.exclude for layer in self.layers)
 
     @overload
     def shapes(self) -> dict[str, BlobShapes]: ...

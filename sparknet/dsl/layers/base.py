@@ -157,7 +157,7 @@ class Layer:
         parts = [repr(self.name)]
         if self.bottoms:
             parts.append(repr(list(self.bottoms)))
-        if self.tops != (self.name,):
+        if self.tops != (self.name,) or not self.top_count[0]:  # not the default tops
             parts.append(f"tops={list(self.tops)!r}")
         common = {"name", "bottoms", "tops"}
         for f in attrs.fields(type(self)):
@@ -292,9 +292,10 @@ class RawLayer(Layer):
     identically; nothing of the prototxt is lost. Build one by hand for a layer
     type of this Caffe that the DSL does not model::
 
-        RawLayer("norm", ["conv4_3"], type="Normalize",
+        RawLayer("norm", ["conv4_3"], tops=["norm"], type="Normalize",
                  proto=caffe_pb2.LayerParameter(norm_param={"across_spatial": False}))
 
+    Unlike typed layers, a ``RawLayer`` has no default tops: give them.
     Shapes are inferred where the type is known to the DSL or keeps its
     bottom's shape; otherwise the tops' shapes are unknown (``None``).
 
