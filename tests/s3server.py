@@ -17,9 +17,14 @@ in boto3 is mocked, every call goes over HTTP to the server.
 """
 from __future__ import annotations
 
+import http.client
 import itertools
 import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -79,6 +84,105 @@ class S3Server:
 
     def stop(self) -> None:
         self._server.stop()
+
+
+class FlakyProxy:
+    """An HTTP proxy on loopback in front of the S3 server that breaks chosen downloads.
+
+    ``fail(key_part, after=..., mode="cut"|"stall", times=1)``: the next
+    ``times`` GETs whose path contains ``key_part`` send their headers and
+    ``after`` bytes of the body, then the connection is closed (``cut``) or
+    goes silent for ``stall_s`` seconds first (``stall``). Everything else is
+    forwarded unchanged. ``gets`` counts the GET requests per path.
+    """
+
+    def __init__(self, upstream: str, stall_s: float = 3.0):
+        host, port = upstream.removeprefix("http://").split(":")
+        self._upstream = (host, int(port))
+        self._faults: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self.stall_s = stall_s
+        self.gets: dict[str, int] = {}
+        self.ranges: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                conn = http.client.HTTPConnection(*proxy._upstream, timeout=30)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("connection", "keep-alive")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                fault = proxy._take(self.command, self.path, self.headers.get("Range"))
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command == "HEAD":
+                    return
+                if fault is None:
+                    self.wfile.write(data)
+                    return
+                self.wfile.write(data[:fault["after"]])
+                self.wfile.flush()
+                if fault["mode"] == "stall":
+                    time.sleep(proxy.stall_s)
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward  # noqa: N815
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.endpoint_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def fail(self, key_part: str, *, after: int, mode: str = "cut", times: int = 1) -> None:
+        with self._lock:
+            self._faults.append({"key": key_part, "after": after, "mode": mode,
+                                 "times": times})
+
+    def _take(self, method: str, path: str, rng: str | None) -> dict[str, Any] | None:
+        if method != "GET":
+            return None
+        with self._lock:
+            self.gets[path] = self.gets.get(path, 0) + 1
+            if rng:
+                self.ranges.append(rng)
+            for f in self._faults:
+                if f["key"] in path and f["times"] > 0:
+                    f["times"] -= 1
+                    return f
+        return None
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture()
+def flaky_s3(s3: S3Server) -> Iterator[FlakyProxy]:
+    """A :class:`FlakyProxy` in front of the session's S3 server."""
+    proxy = FlakyProxy(s3.endpoint_url)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
 
 
 @pytest.fixture(scope="session")

@@ -140,18 +140,21 @@ class S3ObjectReader(io.RawIOBase):
 
     A read that fails mid-body (timeout, reset connection, short body) is
     resumed with a ranged ``GET`` from the current offset, pinned to the
-    object's ETag, up to ``retries`` times in a row; after that an
-    ``OSError`` naming the key is raised. Wrap it in ``io.BufferedReader``
-    for small reads.
+    object's ETag, up to ``retries`` times in a row and ``max_resumes`` times
+    in all (a connection that keeps breaking fails rather than crawls); after
+    that an ``OSError`` naming the key is raised. Wrap it in
+    ``io.BufferedReader`` for small reads.
     """
 
     def __init__(self, client: Any, bucket: str, key: str, *, retries: int = _STREAM_RETRIES,
-                 options: S3Options | None = None):
+                 max_resumes: int = 16, options: S3Options | None = None):
         super().__init__()
         self._client = client
         self.bucket = bucket
         self.key = key
         self._retries = retries
+        self._max_resumes = max_resumes
+        self.resumes = 0
         self._options = options
         self._pos = 0
         self._etag: str | None = None
@@ -211,11 +214,12 @@ class S3ObjectReader(io.RawIOBase):
             except (ReadTimeoutError, ResponseStreamingError, IncompleteReadError,
                     ConnectionClosedError, ConnectionError, Urllib3Error, TimeoutError) as e:
                 failures += 1
-                if failures > self._retries:
+                self.resumes += 1
+                if failures > self._retries or self.resumes > self._max_resumes:
                     raise OSError(f"{self.uri}: reading failed at byte {self._pos} after "
-                                  f"{self._retries} resumed attempts: {e}") from e
+                                  f"{self.resumes - 1} resumed attempts: {e}") from e
                 log.warning("%s: read failed at byte %d (%s); resuming", self.uri, self._pos, e)
-                time.sleep(min(0.2 * 2 ** failures, 5.0))
+                time.sleep(min(0.05 * 2 ** failures, 5.0))
                 self._close_body()
                 self._open()
         n = len(data)
