@@ -8,9 +8,26 @@ from google.protobuf import text_format
 
 import sparknet.dsl as dsl
 from sparknet.dsl import (
-    AccuracyLayer, ConvolutionLayer, DataLayer, Filler, ImageDataLayer, InnerProductLayer,
-    InputLayer, LrPolicy, NetDefinitionError, NetParam, ParamSpec, Phase, Pooling,
-    PoolingLayer, RawLayer, RDDLayer, ReLULayer, SoftmaxWithLoss, SolverParam, SolverType,
+    AccuracyLayer,
+    ConvolutionLayer,
+    DataLayer,
+    Filler,
+    ImageDataLayer,
+    InnerProductLayer,
+    InputLayer,
+    LrPolicy,
+    NetDefinitionError,
+    NetParam,
+    ParamSpec,
+    Phase,
+    Pooling,
+    PoolingLayer,
+    RawLayer,
+    RDDLayer,
+    ReLULayer,
+    SoftmaxWithLoss,
+    SolverParam,
+    SolverType,
     TransformParam,
 )
 from sparknet.dsl.layers import Layer

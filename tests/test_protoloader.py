@@ -8,8 +8,7 @@ import pytest
 from google.protobuf import text_format
 
 from sparknet.dsl import NetParam
-from sparknet.proto import ProtoLoader, PrototxtError, caffe_pb2
-from sparknet.proto import loader
+from sparknet.proto import ProtoLoader, PrototxtError, caffe_pb2, loader
 
 CORPUS = Path(__file__).parent / "corpus"
 

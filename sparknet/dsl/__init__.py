@@ -33,8 +33,20 @@ Conventions:
 * Values are frozen: change one with ``attrs.evolve(layer, num_output=64)``.
 """
 from sparknet.dsl.enums import (
-    Backend, EltwiseOp, Engine, HingeNorm, LossNormalization, NormRegion, Phase, Pooling,
-    ReductionOp, Regularization, ShareMode, SnapshotFormat, SolverMode, SolverType,
+    Backend,
+    EltwiseOp,
+    Engine,
+    HingeNorm,
+    LossNormalization,
+    NormRegion,
+    Phase,
+    Pooling,
+    ReductionOp,
+    Regularization,
+    ShareMode,
+    SnapshotFormat,
+    SolverMode,
+    SolverType,
     VarianceNorm,
 )
 from sparknet.dsl.errors import NetDefinitionError
@@ -42,7 +54,12 @@ from sparknet.dsl.layers import *  # noqa: F403 - the layer classes are the DSL
 from sparknet.dsl.layers import __all__ as _layers
 from sparknet.dsl.net import NetParam
 from sparknet.dsl.params import (
-    Filler, LossParam, NetState, NetStateRule, ParamSpec, TransformParam,
+    Filler,
+    LossParam,
+    NetState,
+    NetStateRule,
+    ParamSpec,
+    TransformParam,
 )
 from sparknet.dsl.solver import LrPolicy, SolverParam
 

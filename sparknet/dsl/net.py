@@ -175,9 +175,10 @@ class NetParam:
     def shapes(self, phase: Phase | str | None = None) -> Any:
         """Each blob's shape, as Caffe will compute it: per phase, or for ``phase``.
 
-        ``shapes()`` maps ``"TRAIN"`` and ``"TEST"`` to ``{blob: shape}``; ``shapes("TEST")`` gives one of those. A loss is
-        ``()``. ``None`` marks a shape only the data can tell (the images of a
-        ``DataLayer``) and everything computed from it.
+        ``shapes()`` maps ``"TRAIN"`` and ``"TEST"`` to ``{blob: shape}``;
+        ``shapes("TEST")`` gives one of those. A loss is ``()``. ``None`` marks
+        a shape only the data can tell (the images of a ``DataLayer``) and
+        everything computed from it.
         """
         if phase is None:
             return {p: dict(s) for p, s in self._shapes.items()}

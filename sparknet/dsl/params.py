@@ -6,8 +6,19 @@ import difflib
 from typing import Any
 
 from sparknet.dsl._fields import (
-    ANY_STR, BOOL, INT32, NON_NEGATIVE, POSITIVE_REAL, REAL, STR, EnumKind, Int, Repeated,
-    dsl_class, fail, param,
+    ANY_STR,
+    BOOL,
+    INT32,
+    NON_NEGATIVE,
+    POSITIVE_REAL,
+    REAL,
+    STR,
+    EnumKind,
+    Int,
+    Repeated,
+    dsl_class,
+    fail,
+    param,
 )
 from sparknet.dsl.enums import LossNormalization, Phase, ShareMode, VarianceNorm
 

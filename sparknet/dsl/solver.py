@@ -7,8 +7,24 @@ from typing import Any
 import attrs
 
 from sparknet.dsl._fields import (
-    BOOL, INT64, NON_NEGATIVE, POSITIVE, POSITIVE_REAL, REAL, STR, EnumKind, Float, Repeated,
-    dsl_class, fail, fields_in, param, proto_name, read_fields, read_values, write_fields,
+    BOOL,
+    INT64,
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_REAL,
+    REAL,
+    STR,
+    EnumKind,
+    Float,
+    Repeated,
+    dsl_class,
+    fail,
+    fields_in,
+    param,
+    proto_name,
+    read_fields,
+    read_values,
+    write_fields,
 )
 from sparknet.dsl.enums import Regularization, SnapshotFormat, SolverMode, SolverType
 from sparknet.dsl.errors import NetDefinitionError

@@ -7,8 +7,21 @@ Mirrors ``caffe/models/caffenet/train_val.prototxt`` and ``solver.prototxt``
 from __future__ import annotations
 
 from sparknet.dsl import (
-    AccuracyLayer, ConvolutionLayer, DropoutLayer, Filler, InnerProductLayer, Layer, LRNLayer,
-    LrPolicy, NetParam, Phase, Pooling, PoolingLayer, ReLULayer, SoftmaxWithLoss, SolverMode,
+    AccuracyLayer,
+    ConvolutionLayer,
+    DropoutLayer,
+    Filler,
+    InnerProductLayer,
+    Layer,
+    LRNLayer,
+    LrPolicy,
+    NetParam,
+    Phase,
+    Pooling,
+    PoolingLayer,
+    ReLULayer,
+    SoftmaxWithLoss,
+    SolverMode,
     SolverParam,
 )
 from sparknet.models._common import WEIGHTS_AND_BIASES, imagenet_inputs

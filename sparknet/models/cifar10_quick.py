@@ -6,8 +6,20 @@ Mirrors ``caffe/models/cifar10_quick/train_val.prototxt`` and ``solver.prototxt`
 from __future__ import annotations
 
 from sparknet.dsl import (
-    AccuracyLayer, ConvolutionLayer, Filler, InnerProductLayer, InputLayer, LrPolicy, NetParam,
-    ParamSpec, Phase, Pooling, PoolingLayer, ReLULayer, SoftmaxWithLoss, SolverMode,
+    AccuracyLayer,
+    ConvolutionLayer,
+    Filler,
+    InnerProductLayer,
+    InputLayer,
+    LrPolicy,
+    NetParam,
+    ParamSpec,
+    Phase,
+    Pooling,
+    PoolingLayer,
+    ReLULayer,
+    SoftmaxWithLoss,
+    SolverMode,
     SolverParam,
 )
 

@@ -7,9 +7,23 @@ nine inception modules and two auxiliary classifiers whose losses weigh 0.3;
 from __future__ import annotations
 
 from sparknet.dsl import (
-    AccuracyLayer, ConcatLayer, ConvolutionLayer, DropoutLayer, Filler, InnerProductLayer,
-    Layer, LRNLayer, LrPolicy, NetParam, Phase, Pooling, PoolingLayer, ReLULayer,
-    SoftmaxWithLoss, SolverMode, SolverParam,
+    AccuracyLayer,
+    ConcatLayer,
+    ConvolutionLayer,
+    DropoutLayer,
+    Filler,
+    InnerProductLayer,
+    Layer,
+    LRNLayer,
+    LrPolicy,
+    NetParam,
+    Phase,
+    Pooling,
+    PoolingLayer,
+    ReLULayer,
+    SoftmaxWithLoss,
+    SolverMode,
+    SolverParam,
 )
 from sparknet.models._common import WEIGHTS_AND_BIASES, imagenet_inputs
 

@@ -6,8 +6,19 @@ Mirrors ``caffe/models/lenet/lenet_train_test.prototxt`` and
 from __future__ import annotations
 
 from sparknet.dsl import (
-    AccuracyLayer, ConvolutionLayer, InnerProductLayer, InputLayer, LrPolicy, NetParam,
-    ParamSpec, Phase, Pooling, PoolingLayer, ReLULayer, SoftmaxWithLoss, SolverMode,
+    AccuracyLayer,
+    ConvolutionLayer,
+    InnerProductLayer,
+    InputLayer,
+    LrPolicy,
+    NetParam,
+    ParamSpec,
+    Phase,
+    Pooling,
+    PoolingLayer,
+    ReLULayer,
+    SoftmaxWithLoss,
+    SolverMode,
     SolverParam,
 )
 

@@ -14,6 +14,6 @@ except ImportError as e:  # pragma: no cover - only before the first build
         "run `make build` (or `pip install .`) first"
     ) from e
 
-from sparknet.proto.loader import DataLayerInfo, PrototxtError, ProtoLoader
+from sparknet.proto.loader import DataLayerInfo, ProtoLoader, PrototxtError
 
 __all__ = ["DataLayerInfo", "ProtoLoader", "PrototxtError", "caffe_pb2"]

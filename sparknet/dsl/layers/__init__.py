@@ -1,24 +1,61 @@
 """Every layer class of the DSL, grouped as Caffe groups them."""
 from sparknet.dsl.layers.base import CAFFE_LAYER_TYPES, Layer, RawLayer, Shape, layer_class_for
 from sparknet.dsl.layers.common import (
-    ArgMaxLayer, BatchNormLayer, BiasLayer, ConcatLayer, EltwiseLayer, EmbedLayer, FlattenLayer,
-    InnerProductLayer, MVNLayer, ReductionLayer, ReshapeLayer, ScaleLayer, SilenceLayer,
-    SliceLayer, SoftmaxLayer, SplitLayer, TileLayer,
+    ArgMaxLayer,
+    BatchNormLayer,
+    BiasLayer,
+    ConcatLayer,
+    EltwiseLayer,
+    EmbedLayer,
+    FlattenLayer,
+    InnerProductLayer,
+    MVNLayer,
+    ReductionLayer,
+    ReshapeLayer,
+    ScaleLayer,
+    SilenceLayer,
+    SliceLayer,
+    SoftmaxLayer,
+    SplitLayer,
+    TileLayer,
 )
 from sparknet.dsl.layers.data import (
-    DataLayer, DummyDataLayer, HDF5DataLayer, ImageDataLayer, InputLayer, MemoryDataLayer,
+    DataLayer,
+    DummyDataLayer,
+    HDF5DataLayer,
+    ImageDataLayer,
+    InputLayer,
+    MemoryDataLayer,
     RDDLayer,
 )
 from sparknet.dsl.layers.loss import (
-    AccuracyLayer, ContrastiveLoss, EuclideanLoss, HingeLoss, SigmoidCrossEntropyLoss,
+    AccuracyLayer,
+    ContrastiveLoss,
+    EuclideanLoss,
+    HingeLoss,
+    SigmoidCrossEntropyLoss,
     SoftmaxWithLoss,
 )
 from sparknet.dsl.layers.neuron import (
-    AbsValLayer, BNLLLayer, DropoutLayer, ELULayer, ExpLayer, LogLayer, PowerLayer, PReLULayer,
-    ReLULayer, SigmoidLayer, TanHLayer, ThresholdLayer,
+    AbsValLayer,
+    BNLLLayer,
+    DropoutLayer,
+    ELULayer,
+    ExpLayer,
+    LogLayer,
+    PowerLayer,
+    PReLULayer,
+    ReLULayer,
+    SigmoidLayer,
+    TanHLayer,
+    ThresholdLayer,
 )
 from sparknet.dsl.layers.vision import (
-    ConvolutionLayer, CropLayer, DeconvolutionLayer, LRNLayer, PoolingLayer,
+    ConvolutionLayer,
+    CropLayer,
+    DeconvolutionLayer,
+    LRNLayer,
+    PoolingLayer,
 )
 
 __all__ = [

@@ -9,7 +9,16 @@ from typing import Any, ClassVar, NoReturn, TypeVar, dataclass_transform
 import attrs
 
 from sparknet.dsl._fields import (
-    BOOL, REAL, STR, Message, Repeated, _fmt, dsl_class, fail, param, read_values,
+    BOOL,
+    REAL,
+    STR,
+    Message,
+    Repeated,
+    _fmt,
+    dsl_class,
+    fail,
+    param,
+    read_values,
     write_fields,
 )
 from sparknet.dsl.enums import Phase

@@ -3,8 +3,18 @@ scaling, element-wise sums, concatenation, slicing, reshaping, softmax ..."""
 from __future__ import annotations
 
 from sparknet.dsl._fields import (
-    BOOL, INT32, NON_NEGATIVE, POSITIVE, REAL, BlobShapeKind, EnumKind, Float, Int, Message,
-    Repeated, param,
+    BOOL,
+    INT32,
+    NON_NEGATIVE,
+    POSITIVE,
+    REAL,
+    BlobShapeKind,
+    EnumKind,
+    Float,
+    Int,
+    Message,
+    Repeated,
+    param,
 )
 from sparknet.dsl.enums import EltwiseOp, Engine, ReductionOp
 from sparknet.dsl.layers.base import Layer, Shape, _shape_text, count, layer

@@ -7,8 +7,19 @@ from typing import Any
 from google.protobuf.message import Message as ProtoMessage
 
 from sparknet.dsl._fields import (
-    ANY_STR, BOOL, NON_NEGATIVE, POSITIVE, STR, BlobShapeKind, EnumKind, Fail, Kind, Message,
-    Repeated, _is_sequence, param,
+    ANY_STR,
+    BOOL,
+    NON_NEGATIVE,
+    POSITIVE,
+    STR,
+    BlobShapeKind,
+    EnumKind,
+    Fail,
+    Kind,
+    Message,
+    Repeated,
+    _is_sequence,
+    param,
 )
 from sparknet.dsl.enums import Backend
 from sparknet.dsl.layers.base import Layer, Shape, layer

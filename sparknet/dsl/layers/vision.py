@@ -3,7 +3,16 @@ normalization, cropping."""
 from __future__ import annotations
 
 from sparknet.dsl._fields import (
-    BOOL, INT32, NON_NEGATIVE, POSITIVE, REAL, EnumKind, Message, Repeated, Spatial, param,
+    BOOL,
+    INT32,
+    NON_NEGATIVE,
+    POSITIVE,
+    REAL,
+    EnumKind,
+    Message,
+    Repeated,
+    Spatial,
+    param,
     per_axis,
 )
 from sparknet.dsl.enums import Engine, NormRegion, Pooling
