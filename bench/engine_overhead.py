@@ -40,7 +40,7 @@ from sparknet.proto import caffe_pb2  # noqa: E402
 
 NETS = {
     "LeNet": ("caffe/models/lenet/lenet_train_test.prototxt", 64),
-    "CIFAR-10 quick": ("caffe/models/cifar10_quick/cifar10_quick_train_test.prototxt", 100),
+    "CIFAR-10 quick": ("caffe/models/cifar10_quick/train_val.prototxt", 100),
 }
 
 
