@@ -124,6 +124,25 @@ def test_layers_are_frozen_values_that_evolve_with_checks():
         attrs.evolve(conv, num_output=-1)
 
 
+def test_nets_evolve_like_layers():
+    net = readme_net()
+    renamed = attrs.evolve(net, name="LeNet-2")
+    assert renamed.name == "LeNet-2" and renamed.layers == net.layers
+    headless = attrs.evolve(net, layers=net.layers[:-1])
+    assert "loss" not in headless.shapes("TRAIN")
+    with pytest.raises(NetDefinitionError, match="bottoms"):
+        attrs.evolve(net, layers=net.layers[3:])  # pool1 without its conv1
+
+
+def test_floats_are_the_float32_caffe_keeps():
+    assert Filler.gaussian(std=0.01).std == 0.01
+    assert Filler.constant(1 / 3).value == 0.33333334  # float32(1/3), shortest
+    layer = ReLULayer("r", ["x"], negative_slope=0.123456789)
+    assert Layer.from_proto(layer.to_proto()) == layer
+    with pytest.raises(NetDefinitionError, match="finite float32"):
+        Filler.constant(1e40)
+
+
 def test_repr_is_the_python_that_builds_the_net():
     net = readme_net()
     rebuilt = eval(repr(net), vars(dsl))  # noqa: S307 - our own repr

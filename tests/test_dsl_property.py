@@ -121,7 +121,7 @@ def random_nets(draw) -> NetParam:
         elif kind == "relu":
             in_place = not shared and draw(st.booleans())
             add(ReLULayer(name, [current], tops=[current] if in_place else None,
-                          negative_slope=draw(st.sampled_from([None, 0.5]))))
+                          negative_slope=draw(st.none() | st.floats(0, 1))))
             name = current if in_place else name
         elif kind == "neuron":
             cls = draw(st.sampled_from([SigmoidLayer, TanHLayer]))

@@ -33,6 +33,7 @@ T = TypeVar("T")
 
 UINT32_MAX = 2**32 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+FLOAT32_MAX = 3.4028234663852886e38
 
 _KIND = "sparknet.kind"
 _PROTO = "sparknet.proto"
@@ -68,6 +69,7 @@ def shortest_float32(value: float) -> float:
     if not math.isfinite(value):
         return value
     target = struct.pack("<f", value)
+    value = struct.unpack("<f", target)[0]  # decide from the float32 itself: idempotent
     for digits in range(1, 10):
         candidate = float(f"{value:.{digits}g}")
         if struct.pack("<f", candidate) == target:
@@ -102,7 +104,11 @@ INT64 = Int(-(2**63), 2**63 - 1)
 
 @attrs.frozen
 class Float(Kind):
-    """A finite number, optionally bounded; stored as a Python float."""
+    """A finite number, optionally bounded, stored as the float32 Caffe keeps.
+
+    ``0.1`` stays ``0.1``; a value with more digits than a float32 holds is
+    rounded to it, so a value read back from the proto equals the one given.
+    """
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False
@@ -112,8 +118,9 @@ class Float(Kind):
         if not isinstance(value, numbers.Real) or isinstance(value, bool):
             fail(f"must be a number, got {value!r}")
         value = float(value)
-        if not math.isfinite(value):
-            fail(f"must be finite, got {value}")
+        if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+            fail(f"must be a finite float32, got {value}")
+        value = shortest_float32(value)  # what Caffe will hold
         too_low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
         too_high = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
         if too_low or too_high:
@@ -370,19 +377,19 @@ def per_axis(value: int | tuple[int, ...] | None, axes: int, default: int) -> li
 # -- fields and classes -----------------------------------------------------------------
 
 def param(kind: Kind, *, proto: str | None = None, default: Any = None,
-          required: bool = False, scope: str = "param", positional: bool = False) -> Any:
+          required: bool = False, scope: str = "param", kw_only: bool = True) -> Any:
     """Declare a checked field of a DSL class, written to proto field ``proto``.
 
     ``proto`` defaults to the attribute's own name. ``scope`` says which message
     of a layer the field lives in: ``"param"`` (the layer type's ``*_param``
     message) or ``"layer"`` (the ``LayerParameter`` itself). Fields are
-    keyword-only unless ``positional``.
+    keyword-only unless ``kw_only=False``.
     """
     if default is None and kind.empty is not None:
         default = kind.empty
     return attrs.field(
         default=attrs.NOTHING if required else default,
-        kw_only=not positional,
+        kw_only=kw_only,
         converter=attrs.Converter(_converter(kind), takes_self=True, takes_field=True),
         metadata={_KIND: kind, _PROTO: proto, _SCOPE: scope},
     )

@@ -63,18 +63,24 @@ class NetParam:
                                                    repr=False, alias="_shapes")
 
     def __init__(self, name: str | None = None, *layers: Layer | Iterable[Any],
-                 **options: Any) -> None:
-        known = ("force_backward", "state", "debug_info")
-        for key in options:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"it takes {', '.join(known)}"
-                raise NetDefinitionError(f"NetParam, field '{key}': no such field; {hint}",
-                                         field=key)
+                 force_backward: bool | None = None, state: NetState | None = None,
+                 debug_info: bool | None = None, **unknown: Any) -> None:
+        if "layers" in unknown:  # attrs.evolve passes them by keyword
+            if layers:
+                raise NetDefinitionError("NetParam, field 'layers': given both positionally "
+                                         "and by keyword", field="layers")
+            layers = (unknown.pop("layers"),)
+        for key in unknown:
+            known = ("force_backward", "state", "debug_info")
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"it takes {', '.join(known)}"
+            raise NetDefinitionError(f"NetParam, field '{key}': no such field; {hint}",
+                                     field=key)
         if name is not None and not isinstance(name, str):
             raise NetDefinitionError(f"NetParam, field 'name': the first argument is the "
                                      f"net's name (a string), got {name!r}", field="name")
-        self.__attrs_init__(name=name, layers=tuple(_flatten(layers)), **options)
+        self.__attrs_init__(name=name, layers=tuple(_flatten(layers)),
+                            force_backward=force_backward, state=state, debug_info=debug_info)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "_shapes", {phase.value: self._build(phase) for phase in Phase})

@@ -49,7 +49,7 @@ class Filler:
         variance_norm: the fan ``xavier`` and ``msra`` scale by.
     """
 
-    type: str | None = param(STR, positional=True)
+    type: str | None = param(STR, kw_only=False)
     value: float | None = param(REAL)
     min: float | None = param(REAL)
     max: float | None = param(REAL)
@@ -126,8 +126,8 @@ class ParamSpec:
         share_mode: whether shared blobs must match in shape exactly.
     """
 
-    lr_mult: float | None = param(REAL, positional=True)
-    decay_mult: float | None = param(REAL, positional=True)
+    lr_mult: float | None = param(REAL, kw_only=False)
+    decay_mult: float | None = param(REAL, kw_only=False)
     name: str | None = param(STR)
     share_mode: ShareMode | None = param(EnumKind(ShareMode))
 
@@ -153,7 +153,7 @@ class NetStateRule:
         not_stage: stages it must not have.
     """
 
-    phase: Phase | None = param(EnumKind(Phase), positional=True)
+    phase: Phase | None = param(EnumKind(Phase), kw_only=False)
     min_level: int | None = param(INT32)
     max_level: int | None = param(INT32)
     stage: tuple[str, ...] = param(Repeated(STR))
@@ -176,7 +176,7 @@ class NetState:
     matched against layers' rules.
     """
 
-    phase: Phase | None = param(EnumKind(Phase), positional=True)
+    phase: Phase | None = param(EnumKind(Phase), kw_only=False)
     level: int | None = param(INT32)
     stage: tuple[str, ...] = param(Repeated(STR))
 

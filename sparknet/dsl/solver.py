@@ -65,7 +65,7 @@ class LrPolicy:
         gamma, power, stepsize, stepvalue: its parameters (see above).
     """
 
-    policy: str = param(STR, proto="lr_policy", positional=True, required=True)
+    policy: str = param(STR, proto="lr_policy", kw_only=False, required=True)
     gamma: float | None = param(REAL)
     power: float | None = param(REAL)
     stepsize: int | None = param(POSITIVE)

@@ -82,9 +82,9 @@ class Layer:
             A layer has one kind or the other, as in Caffe.
     """
 
-    name: str = param(STR, scope="layer", positional=True, required=True)
+    name: str = param(STR, scope="layer", kw_only=False, required=True)
     bottoms: tuple[str, ...] = param(Repeated(STR), proto="bottom", scope="layer",
-                                     positional=True)
+                                     kw_only=False)
     tops: tuple[str, ...] = param(Repeated(STR), proto="top", scope="layer")
     params: tuple[ParamSpec, ...] = param(Repeated(Message(ParamSpec)), proto="param",
                                           scope="layer")
