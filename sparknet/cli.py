@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger("sparknet")
 
 MODELS = ("lenet", "cifar10_quick", "caffenet", "googlenet")
@@ -65,7 +67,7 @@ def load_solver(spec: str, solver: str | None, batch_size: int | None,
         if not Path(spec).exists():
             raise UsageError(f"{spec}: no such file")
         net = ProtoLoader.load_net_prototxt(spec)
-        if ProtoLoader.data_layers(net):
+        if _reads_own_data(net):
             if input_shape is None:
                 raise UsageError(f"{spec} reads its own data; sparknet feeds it instead, "
                                  "but needs the data's shape (give --data)")
@@ -83,6 +85,12 @@ def load_solver(spec: str, solver: str | None, batch_size: int | None,
     if not hasattr(module, "solver"):
         raise UsageError(f"module '{spec}' has no solver() function")
     return _proto(module.solver(**kwargs))
+
+
+def _reads_own_data(net: Any) -> bool:
+    from sparknet.proto.loader import DATA_LAYER_TYPES, data_layers
+
+    return any(d.type in DATA_LAYER_TYPES for d in data_layers(net))
 
 
 def _proto(obj: Any) -> Any:
@@ -216,16 +224,26 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"parameters: {total:,}")
         return 0
     from sparknet.dsl import NetParam, Phase
+    from sparknet.proto import ProtoLoader
 
-    net = NetParam.from_proto(load_net(path))
+    proto = load_net(path)
+    net = NetParam.from_proto(proto)
     shapes = net.shapes(Phase.TRAIN)
-    print(f"{net.name}: {len(net.layers)} layers")
+    print(f"{net.name}: {len(net.layers)} layers (TRAIN phase shown)")
     for layer in net.layers_in(Phase.TRAIN):
         tops = ", ".join(f"{t} {shapes.get(t, '?')}" for t in layer.tops)
         print(f"  {layer.name:<24} {type(layer).__name__:<24} -> {tops}")
-    params = net.param_count() if hasattr(net, "param_count") else None
-    if params is not None:
-        print(f"parameters: {params:,}")
+    if _reads_own_data(proto):
+        print("parameters: unknown until the data layers are replaced by inputs")
+        return 0
+    from sparknet.engine import CaffeNet
+    engine = CaffeNet(caffe_pb2.SolverParameter(base_lr=0.01, lr_policy="fixed", net_param=proto))
+    total = 0
+    for name, blob_shapes in engine.weight_layout:
+        count = sum(int(np.prod(s)) for s in blob_shapes)
+        total += count
+        log.debug("%s %s %d", name, blob_shapes, count)
+    print(f"parameters: {total:,} in {len(engine.weight_layout)} layers")
     return 0
 
 
