@@ -95,7 +95,7 @@ class NetParam:
     # -- the phases, as Caffe builds them ----------------------------------------------
     def layers_in(self, phase: Phase | str) -> tuple[Layer, ...]:
         """The layers Caffe keeps in the net of ``phase``, in order."""
-        level = self.state.level or 0 if self.state else 0
+        level = (self.state.level or 0) if self.state else 0
         stages = self.state.stage if self.state else ()
         return tuple(layer for layer in self.layers if layer.active_in(phase, level, stages))
 

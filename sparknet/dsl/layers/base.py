@@ -53,10 +53,6 @@ _REGISTRY: dict[str, type[Layer]] = {}
 L = TypeVar("L", bound="Layer")
 
 
-def _tops_default(value: Any) -> Any:
-    return () if value is None else value
-
-
 @dsl_class
 class Layer:
     """A Caffe layer: a name, the blobs it reads (bottoms) and writes (tops).
@@ -280,10 +276,6 @@ def layer(type: str, *, param: str | None = None, bottoms: tuple[int, int | None
 def layer_class_for(type: str) -> type[Layer] | None:
     """The DSL class for Caffe layer type ``type``, if there is one."""
     return _REGISTRY.get(type)
-
-
-def registered_types() -> dict[str, type[Layer]]:
-    return dict(_REGISTRY)
 
 
 # -- the escape hatch -----------------------------------------------------------------
