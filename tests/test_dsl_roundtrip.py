@@ -100,3 +100,14 @@ def test_v0_nets_are_refused_clearly():
     v0 = parse_net('name: "old" layers { layer { name: "conv1" type: "conv" } }')
     with pytest.raises(ValueError, match="V0 format.*upgrade_net_proto_text"):
         NetParam.from_proto(v0)
+
+
+def test_a_bad_layer_in_a_file_is_named_with_its_line(tmp_path):
+    path = tmp_path / "bad.prototxt"
+    text = (CORPUS / "lenet_train_test.prototxt").read_text()
+    path.write_text(text.replace("num_output: 50\n", "num_output: 50\n    group: 3\n"))
+    with pytest.raises(ValueError) as info:
+        NetParam.load(path)
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if 'name: "conv2"' in row)
+    assert str(info.value).startswith(f"{path}:{line}: layer 'conv2' (Convolution), "
+                                      "field 'group'")

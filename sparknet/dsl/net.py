@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, overload
 
 import attrs
@@ -232,8 +234,21 @@ class NetParam:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> NetParam:
-        """The DSL net of a prototxt file."""
-        return cls.from_proto(loader.load_net_prototxt(path))
+        """The DSL net of a prototxt file.
+
+        A definition error names the file and the line of the offending
+        layer's ``name:``, as well as the layer and field.
+        """
+        try:
+            return cls.from_proto(loader.load_net_prototxt(path))
+        except NetDefinitionError as e:
+            where = os.fspath(path)
+            if e.layer is not None:
+                text = Path(path).read_text(encoding="utf-8")
+                found = re.search(rf'^\s*name:\s*"{re.escape(e.layer)}"', text, re.MULTILINE)
+                if found:
+                    where += f":{text.count(chr(10), 0, found.start()) + 1}"
+            raise NetDefinitionError(f"{where}: {e}", layer=e.layer, field=e.field) from None
 
 
 @attrs.frozen
