@@ -248,6 +248,8 @@ def test_raw_layers_keep_what_the_dsl_does_not_model():
     assert kept.typed() == ConvolutionLayer("c", ["x"], num_output=2, kernel=(3, 3))
     assert NetParam("odd", InputLayer("x", shape=(1, 3, 4, 4)), kept).shapes("TEST")["c"] == (
         1, 2, 2, 2)
+    with pytest.raises(NetDefinitionError, match=r"layer 'x' \(RawLayer\), field 'type'"):
+        RawLayer("x", ["a"], tops=["x"])
     with pytest.raises(NetDefinitionError, match="give those as the layer's own fields"):
         RawLayer("x", type="Python", proto=caffe_pb2.LayerParameter(name="x"))
 

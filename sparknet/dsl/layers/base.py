@@ -261,7 +261,8 @@ def layer(type: str, *, param: str | None = None, bottoms: tuple[int, int | None
     whether a top may overwrite its bottom.
     """
     def decorate(cls: type[L]) -> type[L]:
-        cls.type = type
+        if type:  # RawLayer declares ``type`` as a field instead
+            cls.type = type
         cls.param_message = param
         cls.bottom_count = bottoms
         cls.top_count = tops
@@ -332,6 +333,10 @@ class RawLayer(Layer):
         except AttributeError:
             return "RawLayer", None
         return f"layer '{name}' ({kind})", name
+
+    @classmethod
+    def _describe_as(cls, name: str) -> tuple[str, str | None]:
+        return f"layer '{name}' (RawLayer)", name
 
     def to_proto(self) -> caffe_pb2.LayerParameter:
         lp = caffe_pb2.LayerParameter()
