@@ -236,7 +236,8 @@ def test_raw_layers_keep_what_the_dsl_does_not_model():
     assert layer.to_proto() == proto
     assert layer == RawLayer("norm", ["x"], tops=["norm"], type="Normalize",
                              proto=caffe_pb2.LayerParameter(norm_param={"across_spatial": False}))
-    assert eval(repr(layer), {**vars(dsl), "caffe_pb2": caffe_pb2}).type == "Normalize"
+    names = {**vars(dsl), "caffe_pb2": caffe_pb2, "text_format": text_format}
+    assert eval(repr(layer), names) == layer  # noqa: S307 - our own repr
     net = NetParam("raw", InputLayer("x", shape=(1, 3, 4, 4)), layer)
     assert net.shapes("TRAIN")["norm"] == (1, 3, 4, 4)  # Normalize keeps its bottom's shape
     # A known type spelled in a way the typed class would not write back stays raw,

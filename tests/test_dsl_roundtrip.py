@@ -40,6 +40,10 @@ def test_round_trip_is_exact_and_typed(path):
     raw = {layer.type for layer in net.layers if isinstance(layer, RawLayer)}
     assert raw <= RAW_TYPES, f"layers the DSL should have typed: {raw - RAW_TYPES}"
     assert NetParam.from_proto(net.to_proto()) == net
+    # ... and as Python source, the prototxt converted to the DSL.
+    namespace: dict = {}
+    exec(net.to_python(), namespace)  # noqa: S102 - our own output
+    assert namespace["net"] == net
 
 
 def caffe_shapes(proto: caffe_pb2.NetParameter) -> dict[str, dict[str, tuple]]:

@@ -28,6 +28,14 @@ def test_dsl_module_and_prototxt_compile_to_the_same_net(root, model):
     assert NetParam.from_proto(prototxt) == model.net()
 
 
+def test_the_prototxt_converts_to_python_that_builds_the_module_net(root, model):
+    source = NetParam.load(root / model.PROTOTXT).to_python(variable="converted")
+    namespace: dict = {}
+    exec(source, namespace)  # noqa: S102 - our own output
+    assert namespace["converted"] == model.net()
+    assert all(len(line) <= 110 for line in source.splitlines())
+
+
 def test_dsl_module_and_prototxt_compile_to_the_same_solver(root, model):
     from_files = ProtoLoader.load_solver_prototxt_with_net(
         root / model.SOLVER_PROTOTXT, ProtoLoader.load_net_prototxt(root / model.PROTOTXT))

@@ -490,6 +490,8 @@ def _compact_repr(self: Any) -> str:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))  # 1 for 1.0: the DSL takes either
     if isinstance(value, Enum):
         return f"{type(value).__name__}.{value.name}"
     if isinstance(value, tuple):

@@ -204,6 +204,28 @@ class NetParam:
         """This net as prototxt text."""
         return loader.to_prototxt(self.to_proto())
 
+    def to_python(self, variable: str = "net") -> str:
+        """Python source that builds this net with the DSL: a prototxt converter.
+
+        ``exec`` of the text defines ``variable`` as a ``NetParam`` equal to
+        this one; it imports what it uses from :mod:`sparknet.dsl`.
+        """
+        import sparknet.dsl as dsl  # the package, which imports this module
+
+        options = [f"{key}={_python(value)}" for key, value in (
+            ("force_backward", self.force_backward), ("state", self.state),
+            ("debug_info", self.debug_info)) if value is not None]
+        body = [_wrap(f"    {arg},") for arg in
+                (repr(self.name), *map(repr, self.layers), *options)]
+        code = f"{variable} = NetParam(\n" + "\n".join(body) + "\n)\n"
+        names = sorted(set(re.findall(r"\b([A-Z]\w*)\b", code)) & set(dsl.__all__))
+        header = _wrap(f"from sparknet.dsl import {', '.join(names)}", indent="    ",
+                       parenthesize=True)
+        if "caffe_pb2." in code:
+            header = ("from google.protobuf import text_format\n\n" + header
+                      + "\nfrom sparknet.proto import caffe_pb2")
+        return f"{header}\n\n{code}"
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write this net as a prototxt file (atomically)."""
         loader.save_prototxt(self.to_proto(), path)
@@ -258,6 +280,65 @@ class _NetFields:
     force_backward: bool | None = param(BOOL)
     state: NetState | None = param(Message(NetState))
     debug_info: bool | None = param(BOOL)
+
+
+def _python(value: Any) -> str:
+    return repr(value)
+
+
+def _wrap(line: str, indent: str = "        ", width: int = 99,
+          parenthesize: bool = False) -> str:
+    """Break a long line of Python after its outermost commas, to fit ``width``.
+
+    The line is a call (or, with ``parenthesize``, an import list to wrap in
+    parentheses); breaks go only where no bracket or string is open.
+    """
+    if len(line) <= width:
+        return line
+    if parenthesize:
+        head, _, tail = line.partition(" import ")
+        items = tail.split(", ")
+        rows, row = [], ""
+        for item in items:
+            if row and len(indent + row + item) + 2 > width:
+                rows.append(row.rstrip())
+                row = ""
+            row += item + ", "
+        rows.append(row.rstrip().rstrip(","))
+        return f"{head} import (\n" + "\n".join(indent + r for r in rows) + "\n)"
+    lead = len(line) - len(line.lstrip())
+    depth, quote, cuts, start = 0, "", [], None
+    for i, ch in enumerate(line):
+        if quote:
+            if ch == quote and line[i - 1] != "\\":
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+            if start is None:
+                start = i + 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 1:
+            cuts.append(i + 1)
+    if start is None or not cuts:
+        return line
+    pieces, last = [], start
+    for cut in cuts:
+        pieces.append(line[last:cut].strip())
+        last = cut
+    pieces.append(line[last:].strip())
+    pad = " " * (lead + 4)
+    out, row = [line[:start]], ""
+    for piece in pieces:
+        if row and len(pad + row + " " + piece) > width:
+            out.append(pad + row)
+            row = piece
+        else:
+            row = f"{row} {piece}".strip()
+    out.append(pad + row)
+    return "\n".join(out)
 
 
 def _flatten(items: Iterable[Any]) -> Iterable[Layer]:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NoReturn, TypeVar, dataclass_transform
 
 import attrs
+from google.protobuf import text_format
 
 from sparknet.dsl._fields import (
     BOOL,
@@ -169,6 +170,9 @@ class Layer:
             value = getattr(self, f.name)
             if f.name in common or not f.repr or value is None or value == ():
                 continue
+            if f.name in ("include", "exclude") and len(value) == 1 \
+                    and value[0] == NetStateRule(value[0].phase):
+                value = value[0].phase  # the shorthand: include=Phase.TEST
             parts.append(f"{f.alias}={_fmt(value)}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
@@ -337,6 +341,14 @@ class RawLayer(Layer):
     @classmethod
     def _describe_as(cls, name: str) -> tuple[str, str | None]:
         return f"layer '{name}' (RawLayer)", name
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        if self.proto.ListFields():
+            rest = text_format.MessageToString(self.proto, as_one_line=True)
+            text = (f"{text[:-1]}, proto=text_format.Parse({rest!r}, "
+                    "caffe_pb2.LayerParameter()))")
+        return text
 
     def to_proto(self) -> caffe_pb2.LayerParameter:
         lp = caffe_pb2.LayerParameter()
