@@ -390,10 +390,10 @@ def tar_minibatches(path_or_file: Any, transformer: Callable[[np.ndarray], np.nd
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The training-time path: a tar shard -> transformed float32 ``(x, y)`` minibatches.
 
-    Members are decoded a batch at a time straight into one uint8 buffer
-    (:func:`~sparknet.data.images.decode_batch`), then ``transformer`` (a
-    :class:`~sparknet.data.transform.Transformer`: mean, crop, mirror, scale)
-    runs on the whole uint8 NCHW batch. ``size`` defaults to the first
+    Members are decoded a batch at a time straight into one reused uint8 NHWC
+    buffer (:func:`~sparknet.data.images.decode_batch`), then ``transformer``
+    (a :class:`~sparknet.data.transform.Transformer`: mean, crop, mirror,
+    scale) runs on the whole batch (called with ``layout="NHWC"``). ``size`` defaults to the first
     image's; a bad member is skipped (and logged), never fatal. Labels come
     from ``labels`` by member name (default -1).
     """
@@ -407,11 +407,13 @@ def tar_minibatches(path_or_file: Any, transformer: Callable[[np.ndarray], np.nd
     try:
         datas: list[bytes] = []
         ys: list[float] = []
+        buffer: np.ndarray | None = None  # decoded pixels, reused batch after batch
 
         def flush() -> tuple[np.ndarray, np.ndarray]:
-            nonlocal size
+            nonlocal size, buffer
             try:
-                batch = decode_batch(datas, size, color=color)
+                batch = buffer = decode_batch(datas, size, color=color, layout="NHWC",
+                                              out=buffer)
                 y = np.asarray(ys, np.float32)
             except ImageDecodeError:
                 good, keep = [], []
@@ -421,15 +423,15 @@ def tar_minibatches(path_or_file: Any, transformer: Callable[[np.ndarray], np.nd
                         keep.append(label)
                     except ImageDecodeError as e:
                         log.warning("tar member skipped: %s", e)
-                batch = np.stack(good).transpose(0, 3, 1, 2) if good else None
+                batch = np.stack(good) if good else None
                 y = np.asarray(keep, np.float32)
             datas.clear()
             ys.clear()
             if batch is None:
                 return np.empty((0,), np.float32), y
             if size is None:
-                size = (batch.shape[3], batch.shape[2])
-            return transformer(batch), y
+                size = (batch.shape[2], batch.shape[1])
+            return transformer(batch, layout="NHWC"), y
 
         for name, data in tar_members(f):
             found = _lookup(labels, name) if labels is not None else (name, -1)

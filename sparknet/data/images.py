@@ -173,14 +173,16 @@ def image_size(data: bytes) -> tuple[int, int]:
 
 
 def decode_batch(images: Sequence[bytes], size: tuple[int, int] | None = None, *,
-                 color: str = "RGB", out: np.ndarray | None = None) -> np.ndarray:
-    """Decode many images into one uint8 ``(N, C, H, W)`` batch.
+                 color: str = "RGB", layout: str = "NCHW", out: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """Decode many images into one uint8 batch, ``(N, C, H, W)`` or ``(N, H, W, C)``.
 
     ``size`` ``(width, height)``: images of another size are resized to it
     (default: the first image's size). JPEGs of exactly that size are decoded
-    straight into a shared HWC buffer, then the whole batch is transposed to
-    CHW at once. Raises :class:`ImageDecodeError` naming the batch index of a
-    bad image; ``out`` may give a preallocated ``(N, C, H, W)`` uint8 array.
+    straight into one HWC buffer (``out``, reused if given and of the right
+    shape), which ``layout="NHWC"`` returns as is and ``"NCHW"`` transposes
+    in one pass. Raises :class:`ImageDecodeError` naming the batch index of a
+    bad image.
     """
     n = len(images)
     channels = 1 if _mode(color)[0] == "L" else 3
@@ -192,7 +194,13 @@ def decode_batch(images: Sequence[bytes], size: tuple[int, int] | None = None, *
         except ImageDecodeError as e:
             raise ImageDecodeError(f"image 0 of the batch: {e}") from None
     w, h = int(size[0]), int(size[1])
-    hwc = np.empty((n, h, w, channels), np.uint8)
+    if layout.upper() not in ("NCHW", "NHWC"):
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    nhwc = layout.upper() == "NHWC"
+    if nhwc and out is not None and out.shape == (n, h, w, channels) and out.dtype == np.uint8:
+        hwc = out
+    else:
+        hwc = np.empty((n, h, w, channels), np.uint8)
     fast = _simplejpeg is not None and channels == 3
     cs = color.upper()
     for i, data in enumerate(images):
@@ -207,7 +215,9 @@ def decode_batch(images: Sequence[bytes], size: tuple[int, int] | None = None, *
             raise ImageDecodeError(f"image {i} of the batch: {e}") from None
         except (ValueError, OSError) as e:
             raise ImageDecodeError(f"image {i} of the batch: cannot decode image: {e}") from None
-    if out is None:
+    if nhwc:
+        return hwc
+    if out is None or out.shape != (n, channels, h, w) or out.dtype != np.uint8:
         out = np.empty((n, channels, h, w), np.uint8)
     np.copyto(out, hwc.transpose(0, 3, 1, 2))
     return out

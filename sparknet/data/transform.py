@@ -270,21 +270,25 @@ class Transformer:
 
     def __call__(self, batch: np.ndarray, *, layout: str = "NCHW",
                  out: np.ndarray | None = None) -> np.ndarray:
-        """Transform a batch; returns float32 ``(N, C, crop, crop)`` (or ``out``)."""
+        """Transform a batch; returns float32 ``(N, C, crop, crop)`` (or ``out``).
+
+        ``layout="NHWC"`` takes channels-last input (what image decoders
+        produce); the transpose to CHW happens in the same pass as the crop.
+        """
         x = np.asarray(batch)
-        if layout.upper() == "NHWC":
-            if x.ndim != 4:
-                raise ValueError(f"expected an (N, H, W, C) batch, got shape {x.shape}")
-            x = x.transpose(0, 3, 1, 2)  # a view; the copy below makes it contiguous
-        elif layout.upper() != "NCHW":
+        lay = layout.upper()
+        if lay not in ("NCHW", "NHWC"):
             raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4:
-            raise ValueError(f"expected an (N, C, H, W) batch, got shape {x.shape}")
+            raise ValueError(f"expected an ({'N, H, W, C' if lay == 'NHWC' else 'N, C, H, W'}) "
+                             f"batch, got shape {np.asarray(batch).shape}")
+        # work on a CHW *view*: strides only, the copy below does the real transpose
+        chw = x.transpose(0, 3, 1, 2) if lay == "NHWC" else x
         if self.swap_channels:
-            x = x[:, ::-1]
-        n, c, h, w = x.shape
+            chw = chw[:, ::-1]
+        n, c, h, w = chw.shape
         ch, cw = (self.crop_size, self.crop_size) if self.crop_size else (h, w)
         mean_image = self.mean_image
         if mean_image is not None and mean_image.shape != (c, h, w):
@@ -294,33 +298,28 @@ class Transformer:
         if mean_values is not None and mean_values.size not in (1, c):
             raise ValueError(f"{mean_values.size} mean values for {c} channels "
                              "(give one, or one per channel)")
-        if layout.upper() == "NHWC" and x.dtype == np.uint8:
-            x = np.ascontiguousarray(x)  # one uint8 transpose is cheaper than n float ones
         ys, xs, flips = self.offsets(n, h, w)
         if out is None:
             out = np.empty((n, c, ch, cw), np.float32)
         elif out.shape != (n, c, ch, cw) or out.dtype != np.float32:
             raise ValueError(f"out must be float32 {(n, c, ch, cw)}, got {out.dtype} {out.shape}")
-        same = self.phase == "TEST" or not self.crop_size
-        if same and not self.mirror:
-            # one slice for the whole batch
-            y0, x0 = int(ys[0]) if n else 0, int(xs[0]) if n else 0
-            src = x[:, :, y0:y0 + ch, x0:x0 + cw]
+        if n and not self.mirror and (self.phase == "TEST" or not self.crop_size):
+            # the same window for every image: one copy for the whole batch
+            y0, x0 = int(ys[0]), int(xs[0])
+            np.copyto(out, chw[:, :, y0:y0 + ch, x0:x0 + cw])
             if mean_image is not None:
-                np.subtract(src, mean_image[:, y0:y0 + ch, x0:x0 + cw], out=out)
-            else:
-                np.copyto(out, src)
+                out -= mean_image[:, y0:y0 + ch, x0:x0 + cw]
         else:
             for i in range(n):
                 y0, x0 = int(ys[i]), int(xs[i])
-                src = x[i, :, y0:y0 + ch, x0:x0 + cw]
+                src = chw[i, :, y0:y0 + ch, x0:x0 + cw]
+                if flips[i]:
+                    src = src[:, :, ::-1]
+                o = out[i]
+                np.copyto(o, src)  # crop, mirror, to float32 (and to CHW) in one pass
                 if mean_image is not None:
                     m = mean_image[:, y0:y0 + ch, x0:x0 + cw]
-                    if flips[i]:
-                        src, m = src[:, :, ::-1], m[:, :, ::-1]
-                    np.subtract(src, m, out=out[i])
-                else:
-                    np.copyto(out[i], src[:, :, ::-1] if flips[i] else src)
+                    o -= m[:, :, ::-1] if flips[i] else m
         if mean_values is not None:
             out -= mean_values.reshape(1, -1, 1, 1) if mean_values.size > 1 else mean_values[0]
         if self.scale != 1.0:
