@@ -106,12 +106,19 @@ def load_net(spec: str) -> Any:
             raise UsageError(f"{spec}: no such file")
         return ProtoLoader.load_net_prototxt(spec)
     module = _module(spec)
-    if not hasattr(module, "net"):
-        raise UsageError(f"module '{spec}' has no net() function")
-    return _proto(module.net())
+    net = getattr(module, "net", None)
+    if net is None:
+        raise UsageError(f"module '{spec}' has no net (a NetParam or a net() function)")
+    return _proto(net if hasattr(net, "to_proto") else net())
 
 
 # -- data ------------------------------------------------------------------------------
+
+
+def check_uri(uri: str | None) -> None:
+    """Refuse an unknown data URI before anything starts."""
+    if uri is not None and uri != "digits" and not uri.startswith(SCHEMES):
+        raise UsageError(f"unknown data source '{uri}'; use one of {', '.join(SCHEMES)}")
 
 
 def load_data(spark: Any, uri: str, split: str, partitions: int | None) -> Any:
@@ -149,6 +156,8 @@ def _spark(master: str | None, app: str) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    check_uri(args.data)
+    check_uri(args.test_data)
     from sparknet.spark import train
 
     spark = _spark(args.master, "sparknet-train")
@@ -172,6 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
+    check_uri(args.data)
     from sparknet.spark import evaluate
 
     spark = _spark(args.master, "sparknet-test")
@@ -185,6 +195,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_featurize(args: argparse.Namespace) -> int:
+    check_uri(args.data)
     from sparknet.spark import featurize
 
     spark = _spark(args.master, "sparknet-featurize")
