@@ -7,9 +7,10 @@ import struct
 import numpy as np
 import pytest
 from PIL import Image
-
 from s3server import s3  # noqa: F401 - the fixture
+
 from sparknet.data import (
+    _io,
     cifar10_rdd,
     dataframe_to_rdd,
     digits_dataframe,
@@ -21,7 +22,6 @@ from sparknet.data import (
     mnist_rdd,
     to_rdd,
 )
-from sparknet.data import _io
 from sparknet.data.cifar import RECORD, write_cifar
 from sparknet.data.mnist import CAFFE_SCALE, parse_idx, write_idx
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from s3server import flaky_s3, s3  # noqa: F401 - fixtures
+
 from sparknet.data import S3Options, load_imagenet, synthetic
 from sparknet.data.imagenet import tar_members, tar_minibatches
 from sparknet.data.imagenet_to_s3 import main as upload_main
@@ -200,6 +200,7 @@ def test_upload_tool_ilsvrc_layout_resume_and_load(tmp_path, s3, spark, capsys, 
     assert "train: 12 images in 3 shards (3 uploaded, 0 already there), 1 skipped" in out
     assert "n01443537_bad.JPEG" in out
     assert "val: 3 images in 1 shards (1 uploaded" in out
+    assert "the label list names ILSVRC2012_val_00000099.JPEG, which is not there" in out
     keys = s3.keys(bucket)
     shard_keys = [f"ILSVRC2012_train/train.0000{i}.tar" for i in range(3)]
     assert set(shard_keys + ["ILSVRC2012_val/val.00000.tar", "train.txt", "val.txt",

@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 
 from sparknet.data import Transformer, compute_mean, read_mean, to_rdd, write_mean
-from sparknet.data.transform import blobproto_to_array, mean_to_blobproto, transform_batches
+from sparknet.data.transform import (
+    blobproto_to_array,
+    mean_to_blobproto,
+    transform_batches,
+)
 from sparknet.proto import caffe_pb2
 
 

@@ -95,7 +95,7 @@ def datum_to_array(datum: caffe_pb2.Datum | bytes, *, name: str = "datum"
         d = caffe_pb2.Datum()
         try:
             d.ParseFromString(datum)
-        except Exception as e:  # noqa: BLE001 - protobuf DecodeError
+        except Exception as e:
             raise ValueError(f"{name}: not a Caffe Datum ({e})") from None
         datum = d
     if datum.encoded:
@@ -107,7 +107,7 @@ def datum_to_array(datum: caffe_pb2.Datum | bytes, *, name: str = "datum"
         try:
             with Image.open(io.BytesIO(data)) as im:
                 grey = im.mode in ("1", "L", "I", "I;16", "F")
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise ValueError(f"{name}: encoded datum is not a readable image ({e})") from None
         try:
             hwc = decode_image(data, color="L" if grey else "BGR")

@@ -112,7 +112,7 @@ def _report_param() -> Any:
         def zero(self, value: dict) -> dict:
             return {}
 
-        def addInPlace(self, a: dict, b: dict) -> dict:  # noqa: N802 - pyspark's name
+        def addInPlace(self, a: dict, b: dict) -> dict:
             return _merge_reports(a, b)
 
     return ReportParam()
@@ -402,7 +402,7 @@ def tar_minibatches(path_or_file: Any, transformer: Callable[[np.ndarray], np.nd
     close = False
     f = path_or_file
     if isinstance(path_or_file, (str, bytes)) or hasattr(path_or_file, "__fspath__"):
-        f = open(path_or_file, "rb")  # noqa: SIM115 - closed below
+        f = open(path_or_file, "rb")
         close = True
     try:
         datas: list[bytes] = []

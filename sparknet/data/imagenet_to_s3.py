@@ -27,6 +27,7 @@ error unless ``--overwrite``.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -37,15 +38,15 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sparknet.data.images import ImageDecodeError, decode_image, encode_jpeg
 from sparknet.data.imagenet import parse_labels
+from sparknet.data.images import ImageDecodeError, decode_image, encode_jpeg
 from sparknet.data.s3 import S3Options, head, list_keys, s3_error
 
 log = logging.getLogger("sparknet.data.imagenet_to_s3")
@@ -55,7 +56,7 @@ FORMAT_VERSION = 1
 RUN_META = "sparknet-run"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
     """One source image: its name in the shards, its label, and where its bytes are."""
 
@@ -212,8 +213,8 @@ def fingerprint(split: str, items: Sequence[Item], *, seed: int, shard_size: int
 
 
 def _with_retries(what: str, fn: Any, attempts: int = 5) -> Any:
-    from botocore.exceptions import BotoCoreError, ClientError
     from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     for attempt in range(1, attempts + 1):
         try:
@@ -241,6 +242,7 @@ class SplitResult:
     kept: int
     skipped: list[tuple[str, str]]
     labels_key: str
+    problems: list[str] = field(default_factory=list)
 
 
 def upload_split(client: Any, bucket: str, split: str, items: list[Item], *, prefix: str,
@@ -314,10 +316,11 @@ def upload_split(client: Any, bucket: str, split: str, items: list[Item], *, pre
                         lines.append(f"{item.name} {item.label}")
                 body = ("\n".join(lines) + "\n").encode() if lines else b""
                 meta = {RUN_META: fp, "sparknet-images": str(len(lines))}
-                _with_retries(f"upload s3://{bucket}/{side_of[i]}", lambda: client.put_object(
-                    Bucket=bucket, Key=side_of[i], Body=body, Metadata=meta))
-                _with_retries(f"upload s3://{bucket}/{key_of[i]}", lambda: client.upload_file(
-                    tmp, bucket, key_of[i], ExtraArgs={"Metadata": meta}))
+                # the label sidecar first: a shard that exists always has its labels
+                _with_retries(f"upload s3://{bucket}/{side_of[i]}", functools.partial(
+                    client.put_object, Bucket=bucket, Key=side_of[i], Body=body, Metadata=meta))
+                _with_retries(f"upload s3://{bucket}/{key_of[i]}", functools.partial(
+                    client.upload_file, tmp, bucket, key_of[i], ExtraArgs={"Metadata": meta}))
             finally:
                 os.unlink(tmp)
             shard_lines[i] = lines
@@ -438,12 +441,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.limit:
                 items = sorted(items, key=lambda it: it.name)[:args.limit]
             log.info("%s: %d images from %s", split, len(items), source)
-            results.append(upload_split(
+            result = upload_split(
                 client, args.bucket, split, items, prefix=prefix,
                 labels_prefix=args.labels_prefix, seed=args.seed, shard_size=args.shard_size,
                 size=args.size, quality=args.quality, jobs=max(1, args.jobs),
                 overwrite=args.overwrite, tmp_dir=args.tmp_dir,
-                progress=not args.no_progress, options=opts))
+                progress=not args.no_progress, options=opts)
+            result.problems = problems
+            results.append(result)
         if classes:
             body = ("\n".join(classes) + "\n").encode()
             key = f"{args.labels_prefix}classes.txt"
@@ -458,6 +463,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"labels: s3://{args.bucket}/{r.labels_key}")
         for name, why in r.skipped[:20]:
             print(f"  skipped {name}: {why}")
+        if r.problems:
+            print(f"  {len(r.problems)} problems with the sources (not uploaded):")
+            for msg in r.problems[:20]:
+                print(f"  {msg}")
     return 0
 
 

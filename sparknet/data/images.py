@@ -141,7 +141,7 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None, *, color: str
                     a = a[:, :, None]
             except ImageDecodeError:
                 raise
-            except Exception:  # noqa: BLE001 - CMYK and the like: Pillow knows more
+            except Exception:
                 a = None
         if a is None:
             a = _decode_pil(data, size, mode)

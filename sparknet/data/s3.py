@@ -231,7 +231,7 @@ class S3ObjectReader(io.RawIOBase):
         if self._body is not None:
             try:
                 self._body.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
+            except Exception:
                 pass
             self._body = None
 

@@ -73,7 +73,7 @@ def read_mean(path: PathLike) -> np.ndarray:
     blob = caffe_pb2.BlobProto()
     try:
         blob.ParseFromString(data)
-    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError
+    except Exception as e:
         raise ValueError(f"{path}: not a BlobProto ({e})") from None
     a = blobproto_to_array(blob, str(path))
     if a.ndim == 4:
