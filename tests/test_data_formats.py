@@ -165,6 +165,7 @@ def test_cifar_files_read_back(tmp_path):
     np.testing.assert_array_equal(ys, y[perm])
     xs2, ys2 = load_cifar10(tmp_path, "train", shuffle_seed=3)
     np.testing.assert_array_equal(xs2, xs)  # the seed fixes it
+    np.testing.assert_array_equal(ys2, ys)
 
 
 def test_cifar_bad_files(tmp_path):

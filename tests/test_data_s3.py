@@ -278,7 +278,6 @@ def test_upload_tool_command_line_class_folders(tmp_path, s3):
 def test_local_tar_minibatches(tmp_path):
     from sparknet.data import Transformer
 
-    imgs = photos(5, seed=30, w=64, h=64)
     imgs = [synthetic.photo_jpeg(64, 64, 30 + i) for i in range(5)]
     members = [(f"m{i}.jpg", b) for i, b in enumerate(imgs)]
     members.insert(2, ("broken.jpg", imgs[0][:300]))
