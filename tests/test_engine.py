@@ -281,3 +281,19 @@ def test_iteration_counts_steps(steps):
     net = CaffeNet(lenet_solver(batch=4))
     net.train(steps, itertools.islice(digit_batches(4), steps))
     assert net.iteration == steps
+
+
+def test_a_data_reader_shared_by_both_phases_is_refused_not_hung():
+    def net_with(*phases):
+        net = caffe_pb2.NetParameter(name="shared")
+        for phase in phases:
+            layer = net.layer.add(name="data", type="Data", top=["data", "label"])
+            layer.data_param.source = "/nonexistent/lmdb"
+            layer.data_param.batch_size = 4
+            if phase is not None:
+                layer.include.add(phase=phase)
+        return caffe_pb2.SolverParameter(base_lr=0.1, lr_policy="fixed", net_param=net)
+
+    for solver in (net_with(None), net_with(caffe_pb2.TRAIN, caffe_pb2.TEST)):
+        with pytest.raises(ValueError, match="Data layer 'data' reads '/nonexistent/lmdb' in both"):
+            CaffeNet(solver)

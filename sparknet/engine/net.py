@@ -71,6 +71,7 @@ def _engine_solver(param: caffe_pb2.SolverParameter) -> caffe_pb2.SolverParamete
     if param.lr_policy not in _LR_POLICIES:
         raise ValueError(f"the solver's lr_policy is {param.lr_policy!r}; Caffe knows "
                          f"{', '.join(sorted(_LR_POLICIES))}")
+    _check_data_readers(param)
     p = caffe_pb2.SolverParameter()
     p.CopyFrom(param)
     for field in ("test_iter", "test_net", "test_net_param", "test_state"):
@@ -80,6 +81,39 @@ def _engine_solver(param: caffe_pb2.SolverParameter) -> caffe_pb2.SolverParamete
     p.snapshot = 0
     p.display = 0
     return p
+
+
+def _phases(layer: caffe_pb2.LayerParameter) -> set[int]:
+    """The phases a layer runs in, from its phase-only include/exclude rules."""
+    phases = {caffe_pb2.TRAIN, caffe_pb2.TEST}
+    if layer.include:
+        phases = {r.phase for r in layer.include if r.HasField("phase")} or phases
+    for rule in layer.exclude:
+        if rule.HasField("phase"):
+            phases.discard(rule.phase)
+    return phases
+
+
+def _check_data_readers(param: caffe_pb2.SolverParameter) -> None:
+    """Refuse what would hang Caffe: one Data reader shared by TRAIN and TEST.
+
+    Caffe keys its background database readers by layer name and source, so a
+    Data layer active in both phases (or two of the same name and source)
+    would have the TEST net wait forever for records the TRAIN net takes.
+    """
+    net = param.net_param if param.HasField("net_param") else param.train_net_param
+    seen: dict[tuple[str, str], set[int]] = {}
+    for layer in net.layer:
+        if layer.type != "Data":
+            continue
+        key = (layer.name, layer.data_param.source)
+        phases = _phases(layer)
+        if len(phases) > 1 or key in seen:
+            raise ValueError(f"Data layer '{layer.name}' reads {layer.data_param.source!r} in "
+                             "both TRAIN and TEST; Caffe would share one reader between them "
+                             "and hang. Give each phase its own Data layer with a different "
+                             "name or source (or feed the net through Input layers)")
+        seen[key] = phases
 
 
 def _numeric(name: str, value: Any) -> np.ndarray:
