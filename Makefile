@@ -62,21 +62,29 @@ $(VENV)/.built: $(VENV)/.installed $(BUILD_INPUTS) | deps
 
 # A self-contained wheel: libcaffe and the Debian libraries it links are copied
 # in (auditwheel), so cluster nodes need neither a compiler nor those packages.
-wheel: build
-	rm -rf dist/raw && $(PY) -m pip wheel -q --no-build-isolation --no-deps -w dist/raw .
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/auditwheel repair -w dist dist/raw/sparknet-*.whl
+PY_SOURCES := $(shell find sparknet -name '*.py' -o -name '*.pyx')
+
+wheel: dist/.wheel
+
+dist/.wheel: $(VENV)/.built $(PY_SOURCES)
+	rm -rf dist/raw dist/sparknet-*.whl
+	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w dist/raw .
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/auditwheel -q repair -w dist dist/raw/sparknet-*.whl
 	rm -rf dist/raw
+	touch $@
 
 # A packed virtual environment for executors (spark-submit --archives
-# dist/sparknet-env.tar.gz#env, PYSPARK_PYTHON=./env/bin/python). Spark ships
-# pyspark itself to executors, so the pack leaves it out.
-pack: wheel
+# dist/sparknet-env.tar.gz#env, spark.pyspark.python=./env/bin/python). Spark
+# ships pyspark itself to executors, so the pack leaves it out.
+pack: dist/sparknet-env.tar.gz
+
+dist/sparknet-env.tar.gz: dist/.wheel requirements.txt
 	rm -rf dist/env && $(PYTHON) -m venv dist/env
 	dist/env/bin/pip install -q --no-deps dist/sparknet-*manylinux*.whl
 	grep -v -e '^pyspark' -e '^#' requirements.txt | dist/env/bin/pip install -q -r /dev/stdin
-	$(VENV)/bin/venv-pack -q -f -p dist/env -o dist/sparknet-env.tar.gz
-	@echo "packed: dist/sparknet-env.tar.gz"
+	$(VENV)/bin/venv-pack -q -f -p dist/env -o $@.tmp && mv $@.tmp $@
+	@echo "packed: $@"
 
 clean:
-	rm -rf build sparknet/engine/_caffe.cpp sparknet/engine/*.so sparknet/proto/caffe_pb2.py* \
+	rm -rf build dist sparknet/engine/_caffe.cpp sparknet/engine/*.so sparknet/proto/caffe_pb2.py* \
 	  sparknet/proto/caffe.proto $(VENV)/.built
