@@ -1,0 +1,113 @@
+"""SparkNet's CifarApp: the CIFAR-10 "quick" net trained on Spark.
+
+The net is loaded from caffe/models/cifar10_quick/train_val.prototxt with
+ProtoLoader, its data layers are replaced by inputs sparknet feeds, and the
+solver comes from caffe/models/cifar10_quick/solver.prototxt. The data are
+the CIFAR-10 binary batches (data_batch_1.bin ... data_batch_5.bin,
+test_batch.bin) in DATA_DIR, from https://www.cs.toronto.edu/~kriz/cifar.html
+("CIFAR-10 binary version"). As in SparkNet, the training images are
+shuffled, the mean image is computed on the workers and subtracted from every
+image, and the weights are averaged every --sync-interval steps (10).
+
+examples:
+  python examples/cifar_app.py ~/data/cifar-10-batches-bin --workers 2
+  spark-submit --master spark://host:7077 examples/cifar_app.py \\
+      s3://bucket/cifar-10-batches-bin --workers 8 --rounds 500
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import appkit
+
+log = logging.getLogger("sparknet.examples.cifar")
+
+ROOT = Path(__file__).resolve().parent.parent
+NET = ROOT / "caffe/models/cifar10_quick/train_val.prototxt"
+SOLVER = ROOT / "caffe/models/cifar10_quick/solver.prototxt"
+
+
+def build_parser():
+    p = appkit.parser(__doc__, prog="cifar_app.py")
+    p.add_argument("data", metavar="DATA_DIR",
+                   help="folder (or s3://, hdfs:// URI) holding the CIFAR-10 binary batches")
+    p.add_argument("--net", default=str(NET), metavar="PROTOTXT",
+                   help="net prototxt (default: the shipped cifar10_quick)")
+    p.add_argument("--solver", default=str(SOLVER), metavar="PROTOTXT",
+                   help="solver prototxt (default: the shipped cifar10_quick solver)")
+    p.add_argument("--batch-size", type=appkit.positive_int, default=100,
+                   help="training minibatch per worker (default 100, as SparkNet)")
+    p.add_argument("--test-batch-size", type=appkit.positive_int, default=100,
+                   help="test minibatch (default 100)")
+    p.add_argument("--train-files", nargs="+", metavar="FILE",
+                   help="training batch files (default data_batch_1.bin ... data_batch_5.bin)")
+    appkit.add_spark_options(p)
+    appkit.add_training_options(p, sync_interval=10, rounds=100, test_interval=5,
+                                output="runs/cifar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    appkit.check_training_options(args)
+    if "://" not in args.data and not Path(args.data).is_dir():
+        raise appkit.UsageError(f"{args.data}: no such folder")
+    for path in (args.net, args.solver):
+        if not Path(path).is_file():
+            raise appkit.UsageError(f"{path}: no such file")
+
+    from sparknet.data import cifar10_rdd, compute_mean, write_mean
+    from sparknet.proto import ProtoLoader
+    from sparknet.spark import train
+
+    # The net and solver as SparkNet's CifarApp built them, fed by sparknet.
+    net = ProtoLoader.load_net_prototxt(args.net)
+    net = ProtoLoader.replace_data_layers(net, args.batch_size, args.test_batch_size, 3, 32, 32)
+    solver = ProtoLoader.load_solver_prototxt_with_net(args.solver, net)
+    solver.random_seed = args.seed
+
+    spark = appkit.spark_session("sparknet-cifar", args.master, args.workers)
+    try:
+        train_rdd = cifar10_rdd(spark, args.data, "train", shuffle_seed=args.seed,
+                                num_partitions=args.workers, files=args.train_files).cache()
+        test_rdd = cifar10_rdd(spark, args.data, "test", shuffle_seed=None,
+                               num_partitions=args.workers)
+        log.info("computing the mean image on the workers")
+        mean = compute_mean(train_rdd)
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        mean_file = out / "mean.binaryproto"
+        write_mean(mean_file, mean)
+
+        def subtract_mean(example):  # runs on the workers (pickled with this app)
+            image, label = example
+            return image - mean, label
+
+        log.info("CIFAR-10 quick: %d workers, tau %d, %d rounds, batch %d", args.workers,
+                 args.sync_interval, args.rounds, args.batch_size)
+        t0 = time.perf_counter()
+        result = train(spark, solver, train_rdd.map(subtract_mean),
+                       test_data=test_rdd.map(subtract_mean), workers=args.workers,
+                       sync_interval=args.sync_interval, rounds=args.rounds,
+                       test_interval=args.test_interval, output_dir=args.output,
+                       checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed)
+        seconds = time.perf_counter() - t0
+        weights = out / "cifar10_quick.caffemodel"
+        result.save(weights)
+    finally:
+        spark.stop()
+
+    metrics = appkit.last_test(result.history)
+    print(f"trained CIFAR-10 quick in {seconds:.1f} s ({len(result.history)} rounds)")
+    if metrics:
+        print("test: " + appkit.format_metrics(metrics))
+    appkit.print_outputs({**appkit.result_files(result), "weights": weights,
+                          "mean image": mean_file})
+    return 0
+
+
+if __name__ == "__main__":
+    appkit.run(main)

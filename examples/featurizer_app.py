@@ -1,0 +1,104 @@
+"""SparkNet's FeaturizerApp: a trained net's blobs as features, written to Parquet.
+
+Every image of the data set goes through the net (TEST phase) on the Spark
+workers with the weights of a .caffemodel; the requested blobs (--blob, one
+or more; for example ip1 of LeNet or CIFAR-10 quick, fc7 of CaffeNet) become
+columns of a DataFrame, next to the image's label, which is written as a
+Parquet file (a folder, as Spark writes it).
+
+The net is a shipped model (lenet, cifar10_quick, caffenet, googlenet) or a
+net prototxt, whose data layers are replaced by inputs of the data's shape.
+
+examples:
+  python examples/featurizer_app.py --weights runs/lenet/lenet.caffemodel \\
+      --blob ip1 --output runs/features.parquet
+  python examples/featurizer_app.py --net cifar10_quick --weights cifar.caffemodel \\
+      --data cifar10:~/data/cifar-10-batches-bin --split train --blob ip1 --blob prob \\
+      --mean runs/cifar/mean.binaryproto --output cifar_ip1.parquet
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import appkit
+
+log = logging.getLogger("sparknet.examples.featurizer")
+
+
+def build_parser():
+    p = appkit.parser(__doc__, prog="featurizer_app.py")
+    p.add_argument("--weights", required=True, metavar="CAFFEMODEL",
+                   help="trained weights for the net")
+    p.add_argument("--net", default="lenet", metavar="MODEL|PROTOTXT",
+                   help="the net (default lenet)")
+    p.add_argument("--data", default="digits:", metavar="URI",
+                   help="digits:, mnist:DIR or cifar10:DIR (default digits:)")
+    p.add_argument("--split", default="test", choices=("train", "test"),
+                   help="which split to featurize (default test)")
+    p.add_argument("--blob", action="append", required=True, metavar="NAME",
+                   help="a blob to extract (repeat for several)")
+    p.add_argument("--mean", metavar="BINARYPROTO",
+                   help="subtract this mean image first (as the net was trained)")
+    p.add_argument("--batch-size", type=appkit.positive_int, default=100,
+                   help="images per forward pass (default 100)")
+    p.add_argument("--output", required=True, metavar="PARQUET",
+                   help="where to write the features (overwritten)")
+    appkit.add_spark_options(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    appkit.check_data_uri(args.data)
+    for path in (args.weights, args.mean):
+        if path is not None and not Path(path).is_file():
+            raise appkit.UsageError(f"{path}: no such file")
+
+    from sparknet.data import read_mean
+    from sparknet.engine import CaffeNet
+    from sparknet.spark import featurize
+
+    spark = appkit.spark_session("sparknet-featurizer", args.master, args.workers)
+    try:
+        data = appkit.load_examples(spark, args.data, args.split, args.workers)
+        image, _ = data.first()
+        solver = appkit.load_solver(args.net, None, args.batch_size, args.batch_size,
+                                    image.shape)
+        # Check on the driver what would otherwise fail on every worker.
+        engine = CaffeNet(solver)
+        engine.load_weights(args.weights)
+        blobs = engine.blob_names("TEST")
+        unknown = [b for b in args.blob if b not in blobs]
+        if unknown:
+            raise appkit.UsageError(f"net {args.net} has no blob {unknown[0]!r} in its TEST "
+                                    f"phase (blobs: {', '.join(blobs)})")
+        del engine
+        if args.mean:
+            mean = read_mean(args.mean)
+            if mean.shape != tuple(image.shape):
+                raise appkit.UsageError(f"{args.mean}: a {mean.shape} mean image for "
+                                        f"{tuple(image.shape)} images")
+
+            def subtract_mean(example):  # runs on the workers
+                return example[0] - mean, example[1]
+            data = data.map(subtract_mean)
+
+        t0 = time.perf_counter()
+        frame = featurize(spark, solver, args.weights, data, blobs=args.blob)
+        frame.write.mode("overwrite").parquet(args.output)
+        rows = spark.read.parquet(args.output).count()
+        seconds = time.perf_counter() - t0
+    finally:
+        spark.stop()
+
+    print(f"featurized {rows} images ({args.data} {args.split}) in {seconds:.1f} s: "
+          f"{', '.join(args.blob)}")
+    appkit.print_outputs({"features (Parquet)": args.output})
+    return 0
+
+
+if __name__ == "__main__":
+    appkit.run(main)

@@ -1,0 +1,168 @@
+"""Fine-tune a trained net on new labels: new last layer, the rest from a .caffemodel.
+
+The .caffemodel may come from sparknet or from Caffe's own tools. The net's
+last layer with outputs (an InnerProduct or Convolution, by default the last
+one in the net; --layer names another) gets --num-classes outputs and a fresh
+name, so that Caffe copies every other layer's weights by name and starts the
+new one from its filler. The data's labels (0 .. num-classes-1) are the new
+task. With --freeze only the new layer learns.
+
+The net is a shipped model (lenet, cifar10_quick, caffenet, googlenet) or a
+net prototxt (its data layers are replaced by inputs of the data's shape);
+the solver is the model's, a --solver prototxt, or plain SGD.
+
+examples:
+  python examples/finetune_app.py --weights lenet.caffemodel --net lenet \\
+      --data mnist:~/data/fashion-mnist --num-classes 10
+  python examples/finetune_app.py --weights cifar10_quick.caffemodel \\
+      --net caffe/models/cifar10_quick/train_val.prototxt \\
+      --data cifar10:~/data/my-cifar-format --num-classes 3 --freeze --base-lr 0.001
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import appkit
+
+log = logging.getLogger("sparknet.examples.finetune")
+
+
+def build_parser():
+    p = appkit.parser(__doc__, prog="finetune_app.py")
+    p.add_argument("--weights", required=True, metavar="CAFFEMODEL",
+                   help="the trained weights to start from")
+    p.add_argument("--net", default="lenet", metavar="MODEL|PROTOTXT",
+                   help="the net the weights belong to (default lenet)")
+    p.add_argument("--solver", metavar="PROTOTXT", help="solver prototxt (default: the "
+                   "model's solver; plain SGD for a prototxt net)")
+    p.add_argument("--data", default="digits:", metavar="URI",
+                   help="the new task's data: digits:, mnist:DIR or cifar10:DIR "
+                   "(default digits:)")
+    p.add_argument("--num-classes", type=appkit.positive_int, required=True,
+                   help="outputs of the new last layer (labels 0 .. N-1)")
+    p.add_argument("--layer", help="the layer to replace (default: the last one with "
+                   "num_output)")
+    p.add_argument("--new-name", help="the new layer's name (default: LAYER_finetune)")
+    p.add_argument("--freeze", action="store_true",
+                   help="train only the new layer (every other layer gets lr_mult 0)")
+    p.add_argument("--base-lr", type=float, help="override the solver's base learning rate")
+    p.add_argument("--batch-size", type=appkit.positive_int, default=64,
+                   help="minibatch per worker (default 64)")
+    appkit.add_spark_options(p)
+    appkit.add_training_options(p, sync_interval=20, rounds=10, test_interval=2,
+                                output="runs/finetune")
+    return p
+
+
+def replace_last_layer(net: Any, num_classes: int, layer: str | None = None,
+                       new_name: str | None = None) -> tuple[Any, str, str]:
+    """``(net, old name, new name)``: ``net`` (a NetParameter) with its last layer replaced.
+
+    The layer keeps its bottoms and tops (so the loss and accuracy layers
+    still read it) and its fillers; it gets ``num_classes`` outputs and a new
+    name. The DSL re-checks every shape of the new net.
+    """
+    import attrs
+
+    from sparknet.dsl import NetParam
+
+    dsl = NetParam.from_proto(net)
+    with_outputs = [x for x in dsl.layers if getattr(x, "num_output", None) is not None]
+    if layer is None:
+        if not with_outputs:
+            raise appkit.UsageError(f"net '{dsl.name}' has no layer with num_output to replace")
+        target = with_outputs[-1]
+    else:
+        found = [x for x in dsl.layers if x.name == layer]
+        if not found:
+            raise appkit.UsageError(f"net '{dsl.name}' has no layer named {layer!r}")
+        target = found[0]
+        if getattr(target, "num_output", None) is None:
+            raise appkit.UsageError(f"layer {layer!r} ({type(target).__name__}) has no "
+                                    "num_output to change")
+    name = new_name or f"{target.name}_finetune"
+    if any(x.name == name for x in dsl.layers):
+        raise appkit.UsageError(f"net '{dsl.name}' already has a layer named {name!r}")
+    replacement = attrs.evolve(target, name=name, num_output=num_classes)
+    layers = [replacement if x is target else x for x in dsl.layers]
+    return attrs.evolve(dsl, layers=layers).to_proto(), target.name, name
+
+
+def freeze_all_but(solver: Any, layout: Sequence[tuple[str, Sequence[Any]]], keep: str) -> None:
+    """Give every learnable layer except ``keep`` ``lr_mult: 0`` (in ``solver.net_param``)."""
+    blobs = {name: len(shapes) for name, shapes in layout}
+    for layer in solver.net_param.layer:
+        if layer.name == keep or layer.name not in blobs:
+            continue
+        del layer.param[:]
+        for _ in range(blobs[layer.name]):
+            layer.param.add(lr_mult=0.0, decay_mult=0.0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    appkit.check_training_options(args)
+    appkit.check_data_uri(args.data)
+    if not Path(args.weights).is_file():
+        raise appkit.UsageError(f"--weights {args.weights}: no such file")
+    if args.base_lr is not None and args.base_lr <= 0:
+        raise appkit.UsageError(f"--base-lr must be positive, got {args.base_lr}")
+
+    from sparknet.engine import CaffeNet
+    from sparknet.spark import train
+
+    spark = appkit.spark_session("sparknet-finetune", args.master, args.workers)
+    try:
+        train_rdd = appkit.load_examples(spark, args.data, "train", args.workers)
+        test_rdd = appkit.load_examples(spark, args.data, "test", args.workers)
+        image, _ = train_rdd.first()
+        solver = appkit.load_solver(args.net, args.solver, args.batch_size, args.batch_size,
+                                    image.shape)
+        net, old, new = replace_last_layer(solver.net_param, args.num_classes, args.layer,
+                                           args.new_name)
+        solver.net_param.CopyFrom(net)
+        if args.base_lr is not None:
+            solver.base_lr = args.base_lr
+        solver.random_seed = args.seed
+
+        # The starting point: every layer Caffe finds by name in the .caffemodel;
+        # the new layer keeps its filler's values.
+        engine = CaffeNet(solver)
+        engine.load_weights(args.weights)
+        if args.freeze:
+            freeze_all_but(solver, engine.weight_layout, new)
+        start = engine.get_weights()
+        del engine
+        log.info("fine-tuning %s from %s: layer %s replaced by %s (%d outputs)%s",
+                 args.net, args.weights, old, new, args.num_classes,
+                 ", the rest frozen" if args.freeze else "")
+
+        t0 = time.perf_counter()
+        result = train(spark, solver, train_rdd, test_data=test_rdd, workers=args.workers,
+                       sync_interval=args.sync_interval, rounds=args.rounds,
+                       test_interval=args.test_interval, output_dir=args.output,
+                       checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
+                       weights=start)
+        seconds = time.perf_counter() - t0
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        weights = out / "finetuned.caffemodel"
+        result.save(weights)
+    finally:
+        spark.stop()
+
+    metrics = appkit.last_test(result.history)
+    print(f"fine-tuned {args.net} ({old} -> {new}, {args.num_classes} classes) in "
+          f"{seconds:.1f} s ({len(result.history)} rounds)")
+    if metrics:
+        print("test: " + appkit.format_metrics(metrics))
+    appkit.print_outputs({**appkit.result_files(result), "weights": weights})
+    return 0
+
+
+if __name__ == "__main__":
+    appkit.run(main)
