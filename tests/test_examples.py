@@ -1,0 +1,312 @@
+"""The example apps, run end to end as a user runs them: a subprocess each, small settings.
+
+LeNet on the bundled digits (with ``python`` and with ``spark-submit``), the
+CIFAR-10 app on generated files in CIFAR's binary format, the ImageNet app on
+generated JPEG tar shards uploaded with the upload tool to an S3 server on
+loopback, the featurizer (Parquet read back and checked against the engine),
+and fine-tuning from a ``.caffemodel`` trained without Spark.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from s3server import s3  # noqa: F401 - the fixture
+
+from sparknet.proto import caffe_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+VENV_BIN = Path(sys.executable).parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+pytestmark = pytest.mark.timeout(300)
+
+
+# -- running an app -----------------------------------------------------------------------
+
+def app_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYSPARK_PYTHON"] = sys.executable
+    env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    return env
+
+
+def run(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(args, check=False, cwd=cwd, env=app_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def run_app(app: str, *args: str, cwd: Path, status: int = 0,
+            timeout: float = 240) -> subprocess.CompletedProcess:
+    """``python examples/<app>.py args`` in ``cwd``; fails showing the output unless ``status``."""
+    proc = run([sys.executable, str(EXAMPLES / f"{app}.py"), *args], cwd, timeout)
+    check_status(proc, status)
+    return proc
+
+
+def check_status(proc: subprocess.CompletedProcess, status: int) -> None:
+    assert proc.returncode == status, (
+        f"exit status {proc.returncode}, expected {status}\n--- stdout\n{proc.stdout}"
+        f"\n--- stderr\n{proc.stderr[-6000:]}")
+
+
+def printed_paths(stdout: str) -> dict[str, Path]:
+    """The ``what: path`` lines the apps print at the end."""
+    found = {}
+    for line in stdout.splitlines():
+        m = re.match(r"^([a-zA-Z][\w ()]*?):\s+(\S.*)$", line)
+        if m and ("/" in m.group(2) or m.group(2).endswith((".json", ".png", ".txt"))):
+            found[m.group(1)] = Path(m.group(2).strip())
+    return found
+
+
+def printed_metrics(stdout: str) -> dict[str, float]:
+    """``test: accuracy 0.97, loss 0.1`` -> ``{"accuracy": 0.97, "loss": 0.1}``."""
+    lines = [line for line in stdout.splitlines() if line.startswith("test: ")]
+    assert lines, f"no test metrics printed:\n{stdout}"
+    return {k: float(v) for k, v in re.findall(r"(\w+) ([-\d.eE+naif]+)", lines[-1][6:])}
+
+
+def check_training_outputs(stdout: str, cwd: Path, rounds: int) -> list[dict]:
+    """The log, JSON history and PNG plot exist where the app says; returns the history."""
+    paths = {k: (p if p.is_absolute() else cwd / p) for k, p in printed_paths(stdout).items()}
+    log = next(p for k, p in paths.items() if "log" in k)
+    history = next(p for k, p in paths.items() if "history" in k)
+    plot = next(p for k, p in paths.items() if "plot" in k)
+    assert log.is_file() and log.stat().st_size > 0
+    assert plot.read_bytes()[:8] == PNG_MAGIC
+    records = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+    rounds_seen = [r["round"] for r in records if "round" in r]
+    assert len(rounds_seen) == rounds, records
+    return records
+
+
+def caffemodel_layers(path: Path) -> dict[str, list[np.ndarray]]:
+    """A ``.caffemodel``'s blobs by layer name, read with Caffe's own schema."""
+    net = caffe_pb2.NetParameter()
+    net.ParseFromString(path.read_bytes())
+    return {layer.name: [np.asarray(b.data, np.float32).reshape(tuple(b.shape.dim))
+                         for b in layer.blobs]
+            for layer in net.layer if layer.blobs}
+
+
+# -- LeNet ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lenet_run(tmp_path_factory):
+    """One LeNet run on the digits: (stdout, working folder), shared by several tests."""
+    cwd = tmp_path_factory.mktemp("lenet")
+    proc = run_app("lenet_app", "--workers", "2", "--rounds", "4", "--test-interval", "2",
+                   "--output", "out", cwd=cwd)
+    return proc.stdout, cwd
+
+
+def test_lenet_app_trains_on_the_digits(lenet_run):
+    stdout, cwd = lenet_run
+    metrics = printed_metrics(stdout)
+    assert metrics["accuracy"] >= 0.9, stdout
+    history = check_training_outputs(stdout, cwd, rounds=4)
+    tested = [r for r in history if r.get("test")]
+    assert tested and tested[-1]["test"]["accuracy"] == pytest.approx(metrics["accuracy"],
+                                                                    abs=1e-4)
+    weights = caffemodel_layers(cwd / "out" / "lenet.caffemodel")
+    assert weights["ip2"][0].shape == (10, 500)
+
+
+def test_lenet_app_under_spark_submit(tmp_path):
+    proc = run([str(VENV_BIN / "spark-submit"), str(EXAMPLES / "lenet_app.py"),
+                "--workers", "2", "--rounds", "2", "--test-interval", "1"], tmp_path)
+    check_status(proc, 0)
+    assert "on local[*]" in proc.stderr  # spark-submit's (default) master, not local[2]
+    printed_metrics(proc.stdout)
+    check_training_outputs(proc.stdout, tmp_path, rounds=2)
+    assert (tmp_path / "runs" / "lenet" / "lenet.caffemodel").is_file()
+
+
+# -- CIFAR-10 --------------------------------------------------------------------------------
+
+def colour_images(rng: np.random.Generator, labels: np.ndarray, size: int = 32) -> np.ndarray:
+    """uint8 ``(N, 3, size, size)`` noisy images whose strongest channel is the label (0-2)."""
+    images = rng.integers(0, 150, (len(labels), 3, size, size)).astype(np.uint8)
+    for c in range(3):
+        images[labels == c, c] += 100
+    return images
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    """CIFAR-10 binary batches (5 training files of 60 images, a test file of 90), 3 classes."""
+    from sparknet.data.cifar import write_cifar
+
+    folder = tmp_path_factory.mktemp("cifar-10-batches-bin")
+    rng = np.random.default_rng(0)
+    for name, n in [*((f"data_batch_{i}.bin", 60) for i in range(1, 6)),
+                    ("test_batch.bin", 90)]:
+        labels = rng.integers(0, 3, n)
+        write_cifar(folder / name, colour_images(rng, labels), labels)
+    return folder
+
+
+def test_cifar_app_on_cifar_format_files(cifar_dir, tmp_path):
+    from sparknet.data import load_cifar10, read_mean
+
+    proc = run_app("cifar_app", str(cifar_dir), "--workers", "2", "--batch-size", "20",
+                   "--test-batch-size", "30", "--rounds", "4", "--sync-interval", "10",
+                   "--test-interval", "2", "--output", "out", cwd=tmp_path)
+    check_training_outputs(proc.stdout, tmp_path, rounds=4)
+    # SparkNet's mean image: the mean of every training image, written as Caffe's binaryproto
+    x, _ = load_cifar10(cifar_dir, "train")
+    np.testing.assert_allclose(read_mean(tmp_path / "out" / "mean.binaryproto"), x.mean(0),
+                               rtol=1e-5)
+    assert printed_metrics(proc.stdout)["accuracy"] >= 0.6  # chance is 1/3
+    weights = caffemodel_layers(tmp_path / "out" / "cifar10_quick.caffemodel")
+    assert weights["conv1"][0].shape == (32, 3, 5, 5)
+
+
+# -- ImageNet from S3 ---------------------------------------------------------------------
+
+def test_imagenet_app_on_s3_shards(s3, tmp_path):  # noqa: F811 - the fixture
+    """JPEGs in class folders -> the upload tool -> a loopback S3 bucket -> the app."""
+    from PIL import Image
+
+    from sparknet.data import synthetic
+    from sparknet.data.imagenet_to_s3 import main as upload
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 4)):
+        for c, synset in enumerate(("n01440764", "n01443537", "n01484850")):
+            folder = tmp_path / split / synset
+            folder.mkdir(parents=True)
+            for i in range(n):
+                img = synthetic.photo(90 + 3 * i, 80, rng)
+                img[..., c] = np.maximum(img[..., c], 180)  # a class you can see
+                Image.fromarray(img).save(folder / f"{synset}_{i}.JPEG", quality=90)
+    bucket = s3.bucket()
+    assert upload(["--bucket", bucket, "--endpoint-url", s3.endpoint_url,
+                   "--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"),
+                   "--size", "72", "--shard-size", "12", "--jobs", "1", "--no-progress"]) == 0
+    assert sorted(k for k in s3.keys(bucket) if k.endswith(".tar")) == [
+        "ILSVRC2012_train/train.00000.tar", "ILSVRC2012_train/train.00001.tar",
+        "ILSVRC2012_val/val.00000.tar"]
+
+    proc = run_app("imagenet_app", "2", bucket, "--endpoint-url", s3.endpoint_url,
+                   "--image-size", "72", "--crop", "67", "--batch-size", "4",
+                   "--test-batch-size", "4", "--rounds", "2", "--sync-interval", "2",
+                   "--test-interval", "2", "--output", "out", cwd=tmp_path, timeout=280)
+    assert "24 images from 2/2 shards" in proc.stdout
+    history = check_training_outputs(proc.stdout, tmp_path, rounds=2)
+    assert all(np.isfinite(r["loss"]) for r in history if "loss" in r)
+    metrics = printed_metrics(proc.stdout)
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    from sparknet.data import read_mean
+    mean = read_mean(tmp_path / "out" / "mean.binaryproto")
+    assert mean.shape == (3, 72, 72) and 0 < mean.mean() < 255
+    weights = caffemodel_layers(tmp_path / "out" / "caffenet.caffemodel")
+    assert weights["conv1"][0].shape == (96, 3, 11, 11)
+
+
+# -- features and fine-tuning ---------------------------------------------------------------
+
+def test_featurizer_app_writes_parquet(lenet_run, spark, tmp_path):
+    from sparknet.data import load_digits
+    from sparknet.engine import CaffeNet
+    from sparknet.models import lenet
+
+    _, lenet_cwd = lenet_run
+    weights = lenet_cwd / "out" / "lenet.caffemodel"
+    out = tmp_path / "features.parquet"
+    proc = run_app("featurizer_app", "--weights", str(weights), "--blob", "ip1",
+                   "--blob", "ip2", "--output", str(out), cwd=tmp_path)
+    assert printed_paths(proc.stdout)["features (Parquet)"] == out
+    rows = spark.read.parquet(str(out)).collect()
+    x, y = load_digits("test")
+    assert len(rows) == len(y) == 360
+    assert {len(r["ip1"]) for r in rows} == {500} and {len(r["ip2"]) for r in rows} == {10}
+    # the same numbers as the engine's own forward pass with those weights
+    engine = CaffeNet(lenet.solver(batch_size=len(y)))
+    engine.load_weights(weights)
+    expected = engine.forward({"data": x}, blobs=["ip2"])["ip2"]
+    got = np.asarray([r["ip2"] for r in rows], np.float32)
+    order = np.lexsort(expected.T[::-1])
+    np.testing.assert_allclose(got[np.lexsort(got.T[::-1])], expected[order], rtol=1e-4,
+                               atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def parity_mnist(tmp_path_factory):
+    """The digits as MNIST IDX files, labelled even (0) / odd (1): a new task for LeNet."""
+    from sparknet.data import load_digits
+    from sparknet.data.mnist import write_idx
+
+    folder = tmp_path_factory.mktemp("parity-mnist")
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        x, y = load_digits(split)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", np.round(x[:, 0] * 255).astype(np.uint8))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", (y % 2).astype(np.uint8))
+    return folder
+
+
+def pretrained_lenet(path: Path, steps: int = 150) -> None:
+    """LeNet trained on the ten digits with the engine alone (no Spark), saved as .caffemodel."""
+    from sparknet.data import load_digits
+    from sparknet.engine import CaffeNet
+    from sparknet.models import lenet
+
+    x, y = load_digits("train")
+    rng = np.random.default_rng(0)
+    engine = CaffeNet(lenet.solver(batch_size=32))
+
+    def batches():
+        while True:
+            j = rng.integers(0, len(y), 32)
+            yield {"data": x[j], "label": y[j]}
+    losses = engine.train(steps, batches())
+    assert losses[-20:].mean() < 0.5
+    engine.save_weights(path)
+
+
+def test_finetune_app_new_last_layer(parity_mnist, tmp_path):
+    pre = tmp_path / "digits.caffemodel"
+    pretrained_lenet(pre)
+    proc = run_app("finetune_app", "--weights", str(pre), "--net", "lenet",
+                   "--data", f"mnist:{parity_mnist}", "--num-classes", "2", "--freeze",
+                   "--rounds", "2", "--sync-interval", "20", "--test-interval", "1",
+                   "--output", "out", cwd=tmp_path)
+    assert "ip2 -> ip2_finetune" in proc.stdout
+    check_training_outputs(proc.stdout, tmp_path, rounds=2)
+    assert printed_metrics(proc.stdout)["accuracy"] >= 0.9
+    before = caffemodel_layers(pre)
+    after = caffemodel_layers(tmp_path / "out" / "finetuned.caffemodel")
+    assert "ip2" not in after and after["ip2_finetune"][0].shape == (2, 500)
+    for layer in ("conv1", "conv2", "ip1"):  # loaded from the .caffemodel, then frozen
+        for a, b in zip(before[layer], after[layer]):
+            np.testing.assert_array_equal(a, b)
+
+
+# -- mistakes -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("app", "args", "message"), [
+    ("lenet_app", ["--workers", "0"], "positive integer"),
+    ("lenet_app", ["--mnist", "/no/such/folder"], "no such folder"),
+    ("lenet_app", ["--resume"], "--resume needs --checkpoint-dir"),
+    ("cifar_app", ["/no/such/cifar"], "no such folder"),
+    ("imagenet_app", ["2", "bucket", "--crop", "300"], "larger than --image-size"),
+    ("featurizer_app", ["--weights", "/no/such.caffemodel", "--blob", "ip1",
+                        "--output", "x.parquet"], "no such file"),
+    ("finetune_app", ["--weights", "/no/such.caffemodel", "--num-classes", "2"],
+     "no such file"),
+    ("finetune_app", ["--weights", __file__, "--num-classes", "2", "--data", "lmdb:/x"],
+     "unknown data source"),
+])
+def test_user_mistakes_exit_2_without_traceback(app, args, message, tmp_path):
+    proc = run_app(app, *args, cwd=tmp_path, status=2, timeout=60)
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
