@@ -65,6 +65,67 @@ def test_test_phase_centre_crop_and_mean_values():
     np.testing.assert_array_equal(swapped, x[:, ::-1].astype(np.float32))
 
 
+def test_nhwc_uint8_matches_the_float32_formula_exactly():
+    """Crop, mirror and mean as the per-image float32 code computes them, bit for bit."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (8, 12, 10, 3), dtype=np.uint8)
+    mean = (rng.random((3, 12, 10), dtype=np.float32) * 40 + 100).astype(np.float32)
+    kw = {"crop_size": 7, "mirror": True, "mean": mean, "phase": "TRAIN"}
+    ys, xs, flips = Transformer(seed=5, **kw).offsets(8, 12, 10)
+    assert flips.any() and not flips.all()
+    out = Transformer(seed=5, **kw)(x, layout="NHWC")
+    for i in range(8):
+        a = x[i].astype(np.float32) - mean.transpose(1, 2, 0)
+        a = a[ys[i]:ys[i] + 7, xs[i]:xs[i] + 7]
+        if flips[i]:
+            a = a[:, ::-1]
+        np.testing.assert_array_equal(out[i], a.transpose(2, 0, 1))
+
+
+def test_output_batches_recycled_only_once_released(monkeypatch):
+    from sparknet.data import transform
+
+    monkeypatch.setattr(transform, "_RECYCLE_MIN_BYTES", 0)
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (4, 3, 9, 9), dtype=np.uint8)
+    other = rng.integers(0, 256, (4, 3, 9, 9), dtype=np.uint8)
+    kw = {"crop_size": 5, "mirror": True, "mean": rng.random((3, 9, 9), dtype=np.float32)}
+    t, fresh = Transformer(seed=2, **kw), Transformer(seed=2, **kw)
+    a = t(x)
+    kept = a.copy()
+    np.testing.assert_array_equal(a, fresh(x))
+    b = t(other)  # a is held: b is another buffer, a unchanged
+    b_kept = b.copy()
+    assert not np.shares_memory(a, b)
+    np.testing.assert_array_equal(a, kept)
+    np.testing.assert_array_equal(b, fresh(other))
+    view = a[1:]
+    where = a.ctypes.data
+    del a  # a view still holds it
+    c = t(x)
+    assert c.ctypes.data != where and not np.shares_memory(c, view)
+    np.testing.assert_array_equal(view, kept[1:])
+    np.testing.assert_array_equal(c, fresh(x))
+    del view, c  # now nobody holds it: recycled, with the right values
+    d = t(other)
+    assert d.ctypes.data == where
+    np.testing.assert_array_equal(d, fresh(other))
+    np.testing.assert_array_equal(b, b_kept)  # b (still held) untouched by the reuse
+    # the usual loop needs two buffers, whatever its length; a list keeps fresh ones
+    t = Transformer(seed=2, **kw)
+    seen = set()
+    for xb, _ in transform_batches(zip(np.concatenate([x] * 5), range(20)), t, 4):
+        seen.add(xb.ctypes.data)
+    assert len(seen) <= 2
+    got = list(transform_batches(zip(np.concatenate([x] * 5), range(20)), t, 4))
+    assert len({b[0].ctypes.data for b in got}) == 5
+    ref = Transformer(seed=3, **kw)
+    t.rng = np.random.default_rng(3)
+    again = list(transform_batches(zip(np.concatenate([x] * 5), range(20)), t, 4))
+    for xb, _ in again:
+        np.testing.assert_array_equal(xb, ref(x))
+
+
 def test_transformer_errors():
     x = np.zeros((2, 3, 8, 8), np.uint8)
     with pytest.raises(ValueError, match="crop_size 9 is larger than the input"):
@@ -148,3 +209,20 @@ def test_transform_batches():
     got = list(transform_batches(zip(x, range(5)), Transformer(scale=2.0), 2))
     assert [len(b[1]) for b in got] == [2, 2, 1]
     np.testing.assert_array_equal(np.concatenate([b[0] for b in got]), x * 2)
+
+
+def test_pickled_transformer_leaves_recycled_batches_behind(monkeypatch):
+    import pickle
+
+    from sparknet.data import transform
+
+    monkeypatch.setattr(transform, "_RECYCLE_MIN_BYTES", 0)
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 256, (4, 9, 9, 3), dtype=np.uint8)
+    t = Transformer(crop_size=5, mirror=True, mean=rng.random((3, 9, 9), dtype=np.float32),
+                    seed=1)
+    t(x, layout="NHWC")
+    assert t._pool and t._flipped is not None
+    copy = pickle.loads(pickle.dumps(t))
+    assert copy._pool == [] and copy._flipped is None
+    np.testing.assert_array_equal(copy(x, layout="NHWC"), t(x, layout="NHWC"))

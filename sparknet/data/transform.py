@@ -11,6 +11,8 @@ float32 NCHW. It is built from keyword arguments, from a
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,24 @@ from sparknet.data._io import PathLike, atomic_write_bytes
 from sparknet.proto import caffe_pb2
 
 log = logging.getLogger(__name__)
+
+# Outputs at least this large are recycled (see ``Transformer._output``): a fresh
+# allocation of that size comes from mmap, and the kernel zeroes every page of it on
+# first touch, which costs about a third of the transform itself.
+_RECYCLE_MIN_BYTES = 1 << 22
+_RECYCLE_KEEP = 2  # the batch being filled and the one the caller still holds
+# Recycling relies on exact reference counts (CPython with the GIL).
+_CAN_RECYCLE = (sys.implementation.name == "cpython"
+                and getattr(sys, "_is_gil_enabled", lambda: True)())
+
+
+def _unheld_refs() -> int:
+    """``sys.getrefcount(pool[k])`` of an array that only the list ``pool`` holds."""
+    pool = [np.empty(1)]
+    return sys.getrefcount(pool[0])
+
+
+_UNHELD = _unheld_refs()
 
 _PHASES = {"TRAIN": "TRAIN", "TEST": "TEST", "train": "TRAIN", "test": "TEST",
            caffe_pb2.TRAIN: "TRAIN", caffe_pb2.TEST: "TEST"}
@@ -141,7 +161,12 @@ class Transformer:
     generator's seed.
 
     Call it on a uint8 or float ``(N, C, H, W)`` batch (``layout="NHWC"`` for
-    channels-last input) to get float32 ``(N, C, crop, crop)``.
+    channels-last input) to get float32 ``(N, C, crop, crop)``. Large output
+    batches are recycled: one the caller has dropped (no reference and no view
+    left) is filled again by a later call instead of allocating a new one, so
+    keep a batch, or a view of it, for as long as you use it (as Python
+    code does anyway); ``out=`` gives the buffer explicitly. ``mean`` is
+    read-only once given (a mirrored copy of a mean image is cached).
     """
 
     def __init__(self, *, crop_size: int = 0, mirror: bool = False, scale: float = 1.0,
@@ -169,6 +194,23 @@ class Transformer:
                 raise ValueError(f"mean is a (C, H, W) image or per-channel values, "
                                  f"got shape {m.shape}")
         self.rng = np.random.default_rng(seed)
+        self._init_caches()
+
+    def _init_caches(self) -> None:
+        self._pool: list[np.ndarray] = []  # output batches to recycle (see _output)
+        self._pool_lock = threading.Lock()
+        self._flipped: tuple[np.ndarray, np.ndarray] | None = None  # (mean, mirrored copy)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # shipped to Spark workers: without the recycled batches (tens of MB) or the lock
+        state = self.__dict__.copy()
+        for k in ("_pool", "_pool_lock", "_flipped"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_caches()
 
     # -- construction --------------------------------------------------------------
     @classmethod
@@ -251,6 +293,38 @@ class Transformer:
                 f"mirror={self.mirror}, scale={self.scale}, mean={mean})")
 
     # -- the work ------------------------------------------------------------------
+    def _output(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 output batch: a recycled one when nobody holds it any more.
+
+        A large fresh array costs page faults and the kernel's zeroing of every
+        page on first touch. So the last few output batches are kept, and one is
+        handed out again once the only references left to it are this pool's
+        (a caller still holding a batch, or any view of it, keeps it out of
+        reuse; a dropped batch is recycled as its memory would have been freed).
+        """
+        if not _CAN_RECYCLE or int(np.prod(shape)) * 4 < _RECYCLE_MIN_BYTES:
+            return np.empty(shape, np.float32)
+        pool = self._pool
+        with self._pool_lock:  # two threads must not both take the same free batch
+            spare = -1
+            for k in range(len(pool)):
+                if sys.getrefcount(pool[k]) == _UNHELD:  # held by the pool alone
+                    if pool[k].shape == shape:
+                        return pool[k]
+                    spare = k
+            out = np.empty(shape, np.float32)
+            if len(pool) < _RECYCLE_KEEP:
+                pool.append(out)
+            elif spare >= 0:
+                pool[spare] = out  # a free batch of another shape (say, a short last batch)
+            return out
+
+    def _mirrored(self, mean_image: np.ndarray) -> np.ndarray:
+        """The mean image mirrored left-right (cached)."""
+        if self._flipped is None or self._flipped[0] is not mean_image:
+            self._flipped = (mean_image, np.ascontiguousarray(mean_image[:, :, ::-1]))
+        return self._flipped[1]
+
     def offsets(self, n: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Crop offsets (rows, cols) and mirror flags for a batch of ``n``, as Caffe draws them."""
         c = self.crop_size
@@ -300,7 +374,7 @@ class Transformer:
                              "(give one, or one per channel)")
         ys, xs, flips = self.offsets(n, h, w)
         if out is None:
-            out = np.empty((n, c, ch, cw), np.float32)
+            out = self._output((n, c, ch, cw))
         elif out.shape != (n, c, ch, cw) or out.dtype != np.float32:
             raise ValueError(f"out must be float32 {(n, c, ch, cw)}, got {out.dtype} {out.shape}")
         if n and not self.mirror and (self.phase == "TEST" or not self.crop_size):
@@ -310,16 +384,24 @@ class Transformer:
             if mean_image is not None:
                 out -= mean_image[:, y0:y0 + ch, x0:x0 + cw]
         else:
+            # one image at a time (its own window and flip), in two passes over its output:
+            # crop + mirror + CHW + float in one copy, then the mean subtracted in place.
+            # A mirrored image takes its mean window from a mirrored copy of the mean, so
+            # that subtraction runs over memory in order too.
+            flipped = self._mirrored(mean_image) if mean_image is not None and flips.any() \
+                else None
             for i in range(n):
                 y0, x0 = int(ys[i]), int(xs[i])
                 src = chw[i, :, y0:y0 + ch, x0:x0 + cw]
-                if flips[i]:
-                    src = src[:, :, ::-1]
                 o = out[i]
-                np.copyto(o, src)  # crop, mirror, to float32 (and to CHW) in one pass
-                if mean_image is not None:
-                    m = mean_image[:, y0:y0 + ch, x0:x0 + cw]
-                    o -= m[:, :, ::-1] if flips[i] else m
+                if flips[i]:
+                    np.copyto(o, src[:, :, ::-1])
+                    if flipped is not None:
+                        o -= flipped[:, y0:y0 + ch, w - x0 - cw:w - x0]
+                else:
+                    np.copyto(o, src)
+                    if mean_image is not None:
+                        o -= mean_image[:, y0:y0 + ch, x0:x0 + cw]
         if mean_values is not None:
             out -= mean_values.reshape(1, -1, 1, 1) if mean_values.size > 1 else mean_values[0]
         if self.scale != 1.0:
