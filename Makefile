@@ -20,7 +20,8 @@ DEBIAN_PACKAGES := build-essential pkg-config protobuf-compiler libprotobuf-dev 
 	libsnappy-dev libgtest-dev
 
 BUILD_INPUTS := setup.py setup.cfg pyproject.toml caffe/build.py caffe/caffe.mk \
-	caffe/sparknet_fatal.hpp ccaffe/ccaffe.cpp ccaffe/ccaffe.hpp sparknet/engine/_caffe.pyx
+	caffe/sparknet_fatal.hpp ccaffe/ccaffe.cpp ccaffe/ccaffe.hpp sparknet/engine/_caffe.pyx \
+	sparknet/data/_kernels.pyx sparknet/data/_crop_kernel.h
 
 .PHONY: run test build deps env bench wheel pack clean
 

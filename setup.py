@@ -48,6 +48,8 @@ class BuildExt(build_ext):
     def run(self):
         info = caffe_info()
         for ext in self.extensions:
+            if ext.name != "sparknet.engine._caffe":
+                continue
             ext.include_dirs += [str(HERE / "ccaffe"), *info["include_dirs"]]
             ext.library_dirs += info["library_dirs"]
             ext.libraries += info["libraries"]
@@ -73,7 +75,13 @@ def extensions():
         extra_link_args=["-Wl,-rpath,$ORIGIN"],
         depends=["ccaffe/ccaffe.hpp", "caffe/sparknet_fatal.hpp"],
     )
-    return cythonize([ext], compiler_directives={"language_level": "3"})
+    kernels = Extension(
+        "sparknet.data._kernels",
+        sources=["sparknet/data/_kernels.pyx"],
+        extra_compile_args=["-O3", "-w"],
+        depends=["sparknet/data/_crop_kernel.h"],
+    )
+    return cythonize([ext, kernels], compiler_directives={"language_level": "3"})
 
 
 setup(ext_modules=extensions(), cmdclass={"build_py": BuildPy, "build_ext": BuildExt})

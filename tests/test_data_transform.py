@@ -226,3 +226,18 @@ def test_pickled_transformer_leaves_recycled_batches_behind(monkeypatch):
     copy = pickle.loads(pickle.dumps(t))
     assert copy._pool == [] and copy._flipped is None
     np.testing.assert_array_equal(copy(x, layout="NHWC"), t(x, layout="NHWC"))
+
+
+@pytest.mark.parametrize("with_mean", [True, False])
+def test_compiled_path_equals_the_numpy_path(with_mean):
+    """uint8 NHWC batches take the compiled one-pass kernel; floats take numpy."""
+    from sparknet.data import transform
+
+    assert transform._kernels is not None
+    rng = np.random.default_rng(5)
+    batch = rng.integers(0, 256, (9, 40, 36, 3), dtype=np.uint8)
+    mean = rng.random((3, 40, 36), dtype=np.float32) * 100 if with_mean else None
+    fast = Transformer(crop_size=31, mirror=True, mean=mean, seed=3)(batch, layout="NHWC")
+    slow = Transformer(crop_size=31, mirror=True, mean=mean, seed=3)(
+        batch.astype(np.float32), layout="NHWC")
+    np.testing.assert_array_equal(fast, slow)

@@ -22,6 +22,11 @@ import numpy as np
 from sparknet.data._io import PathLike, atomic_write_bytes
 from sparknet.proto import caffe_pb2
 
+try:  # the compiled one-pass crop/mirror/mean (built with the package)
+    from sparknet.data import _kernels
+except ImportError:  # pragma: no cover - a source checkout before `make build`
+    _kernels = None
+
 log = logging.getLogger(__name__)
 
 # Outputs at least this large are recycled (see ``Transformer._output``): a fresh
@@ -383,6 +388,15 @@ class Transformer:
             np.copyto(out, chw[:, :, y0:y0 + ch, x0:x0 + cw])
             if mean_image is not None:
                 out -= mean_image[:, y0:y0 + ch, x0:x0 + cw]
+        elif (_kernels is not None and lay == "NHWC" and x.dtype == np.uint8
+              and not self.swap_channels and x.flags.c_contiguous):
+            # decoded JPEGs, the training-time path: one compiled pass per image
+            mean = (None if mean_image is None
+                    else np.ascontiguousarray(mean_image, dtype=np.float32))
+            _kernels.crop_mirror_mean(x, np.ascontiguousarray(ys, np.int64),
+                                      np.ascontiguousarray(xs, np.int64),
+                                      flips.astype(np.uint8),
+                                      mean, None if mean is None else self._mirrored(mean), out)
         else:
             # one image at a time (its own window and flip), in two passes over its output:
             # crop + mirror + CHW + float in one copy, then the mean subtracted in place.
