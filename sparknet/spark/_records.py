@@ -1,0 +1,200 @@
+"""User examples -> per-example arrays for the net's input blobs, and what the net expects.
+
+An example is a tuple/list (``(array, label)``: the first item feeds the first
+input blob, the second the second, ...), a mapping or ``Row`` keyed by input
+blob name, or a row of a DataFrame whose columns are named after the input
+blobs. Values may be numpy arrays, nested lists, numbers, ML vectors, raw
+``bytes`` (uint8 pixels, when the size fits the blob) or encoded images.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sparknet.proto import caffe_pb2
+
+#: Loss/metric layers whose second bottom is a class index in [0, C).
+_CLASS_LAYERS = {"SoftmaxWithLoss", "MultinomialLogisticLoss", "InfogainLoss", "HingeLoss",
+                 "Accuracy"}
+
+
+class DataError(ValueError):
+    """The training or test data does not fit the net (raised on the driver)."""
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+# -- the net's side ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LabelRule:
+    """An input blob that a classification layer reads as class indices."""
+
+    blob: str
+    layer: str
+    layer_type: str
+    classes: int
+    scores: str
+    ignore_label: int | None = None
+
+
+def _runs_in(layer: caffe_pb2.LayerParameter, phase: int) -> bool:
+    if len(layer.include):
+        return any(not r.HasField("phase") or r.phase == phase for r in layer.include)
+    if len(layer.exclude):
+        return not any(r.HasField("phase") and r.phase == phase for r in layer.exclude)
+    return True
+
+
+def label_rules(net_param: caffe_pb2.NetParameter, phase: str, inputs: Sequence[str],
+                blob_shapes: Mapping[str, tuple[int, ...]]) -> list[LabelRule]:
+    """Which input blobs must hold class indices, and how many classes, for ``phase``."""
+    ph = caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST
+    rules: list[LabelRule] = []
+    for layer in net_param.layer:
+        if layer.type not in _CLASS_LAYERS or len(layer.bottom) < 2 or not _runs_in(layer, ph):
+            continue
+        label = layer.bottom[1]
+        scores = layer.bottom[0]
+        if label not in inputs or scores not in blob_shapes:
+            continue
+        shape = blob_shapes[scores]
+        axis = 1
+        if layer.type in ("SoftmaxWithLoss", "Accuracy"):
+            axis = (layer.accuracy_param.axis if layer.type == "Accuracy"
+                    else layer.softmax_param.axis)
+        if not shape:
+            continue
+        axis = axis % len(shape)
+        ignore = None
+        if layer.HasField("loss_param") and layer.loss_param.HasField("ignore_label"):
+            ignore = int(layer.loss_param.ignore_label)
+        if layer.type == "Accuracy" and layer.accuracy_param.HasField("ignore_label"):
+            ignore = int(layer.accuracy_param.ignore_label)
+        rules.append(LabelRule(label, layer.name, layer.type, int(shape[axis]), scores, ignore))
+    return rules
+
+
+# -- the data's side -----------------------------------------------------------------------
+
+def to_array(value: Any, shape: Sequence[int] | None, blob: str) -> np.ndarray:
+    """One example's value for ``blob`` as a numpy array (not reshaped yet)."""
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "toArray"):  # pyspark.ml / mllib vectors
+        return np.asarray(value.toArray())
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = np.frombuffer(bytes(value), np.uint8)
+        if shape is not None and raw.size == math.prod(shape):
+            return raw
+        from sparknet.data.images import decode_image
+
+        color = "L" if shape is not None and len(shape) == 3 and shape[0] == 1 else "BGR"
+        size = (shape[2], shape[1]) if shape is not None and len(shape) == 3 else None
+        img = decode_image(bytes(value), size=size, color=color)
+        return np.ascontiguousarray(img.transpose(2, 0, 1))
+    fields = _row_fields(value)
+    if fields is not None and {"height", "width", "nChannels", "data"} <= fields:
+        from sparknet.data.rdd import image_struct_to_array
+
+        return image_struct_to_array(value, dtype=np.uint8)
+    return np.asarray(value)
+
+
+def _row_fields(value: Any) -> set[str] | None:
+    if hasattr(value, "asDict") and hasattr(value, "__fields__"):
+        return set(value.__fields__)
+    return None
+
+
+def record_values(record: Any, names: Sequence[str], *, require_all: bool = True
+                  ) -> dict[str, Any]:
+    """The values of one example by input blob name."""
+    if hasattr(record, "asDict") and hasattr(record, "__fields__"):  # a Row (also a tuple)
+        record = record.asDict()
+    if isinstance(record, Mapping):
+        out = {}
+        for n in names:
+            if n in record:
+                out[n] = record[n]
+            elif require_all:
+                raise DataError(f"an example has no value for input blob '{n}' "
+                                f"(its keys: {', '.join(map(str, record)) or 'none'})")
+        return out
+    if isinstance(record, (tuple, list)):
+        if len(record) > len(names) or (require_all and len(record) < len(names)):
+            raise DataError(f"an example of {len(record)} items for {len(names)} input blobs "
+                            f"({', '.join(names)}): give one item per blob, in that order")
+        return dict(zip(names, record))
+    if len(names) == 1:
+        return {names[0]: record}
+    raise DataError(f"an example is a tuple (one item per input blob: {', '.join(names)}), "
+                    f"a dict or a Row keyed by blob name; got {type(record).__name__}")
+
+
+def fit(array: np.ndarray, shape: Sequence[int], blob: str, where: str) -> np.ndarray:
+    """``array`` reshaped to the blob's per-example ``shape`` (same number of values)."""
+    shape = tuple(shape)
+    if array.shape == shape:
+        return array
+    if array.size == math.prod(shape):
+        return array.reshape(shape)
+    raise DataError(f"{where}: input blob '{blob}' takes {shape_str(shape)} per example "
+                    f"({math.prod(shape)} values), the data gives {shape_str(array.shape)}")
+
+
+def storage_dtype(array: np.ndarray) -> np.dtype:
+    """How a value is kept in the worker store: uint8 stays uint8, the rest float32."""
+    if array.dtype == np.uint8:
+        return np.dtype(np.uint8)
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"values of dtype {array.dtype} cannot be fed to Caffe (numbers needed)")
+    return np.dtype(np.float32)
+
+
+@dataclass
+class ExampleSpec:
+    """How workers turn raw examples into arrays (picklable; travels with the jobs)."""
+
+    names: tuple[str, ...]
+    shapes: dict[str, tuple[int, ...]]
+    label_blobs: tuple[str, ...] = ()
+    preprocess: Callable[[dict[str, np.ndarray]], Mapping[str, Any]] | None = None
+    require_all: bool = True
+    what: str = "train_data"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def convert(self, record: Any, where: str) -> dict[str, np.ndarray]:
+        values = record_values(record, self.names, require_all=self.require_all)
+        arrays = {n: to_array(v, self.shapes.get(n), n) for n, v in values.items()}
+        if self.preprocess is not None:
+            out = self.preprocess(arrays)
+            if not isinstance(out, Mapping):
+                raise DataError(f"preprocess returned {type(out).__name__}; it must return a "
+                                "dict of input blob name -> array")
+            arrays = {n: (v if isinstance(v, np.ndarray) else to_array(v, self.shapes.get(n), n))
+                      for n, v in out.items()}
+        return {n: fit(a, self.shapes[n], n, where) for n, a in arrays.items()
+                if n in self.shapes}
+
+
+def dataframe_records(df: Any, names: Sequence[str], shapes: Mapping[str, Sequence[int]],
+                      *, require_all: bool = True, what: str = "train_data") -> Any:
+    """An RDD of dicts from a DataFrame whose columns are named after input blobs."""
+    cols = [n for n in names if n in df.columns]
+    missing = [n for n in names if n not in df.columns]
+    if missing and require_all:
+        raise DataError(f"{what}: the DataFrame has no column '{missing[0]}' for input blob "
+                        f"'{missing[0]}' (columns: {', '.join(df.columns)}); name the columns "
+                        f"after the net's input blobs ({', '.join(names)})")
+    return df.select(*cols).rdd
+
+
+def is_dataframe(data: Any) -> bool:
+    return hasattr(data, "rdd") and hasattr(data, "schema") and hasattr(data, "columns")

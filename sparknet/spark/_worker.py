@@ -1,0 +1,437 @@
+"""What runs in the Spark tasks: training rounds, testing, inference, housekeeping.
+
+Each Python worker process keeps a few :class:`~sparknet.engine.CaffeNet`
+objects, keyed by the digest of the solver they were built from, and reuses
+them from task to task (building a net costs more than a round's overhead).
+
+A partition's solver state (iteration count, momentum history and, for
+EASGD, its local weights) lives with the partition, not with the process:
+after every round the task snapshots it into the executor-local state folder
+(``round-<r>_iter_<i>.solverstate``, Caffe's own format). The next round's
+task for that partition continues from memory when it lands in the same
+process with the net untouched since, else restores the snapshot — so a task
+retried after a failure mid-round, or moved to another process of the same
+executor, computes exactly what the first attempt would have. Only when the
+executor itself was lost is the state gone; the partition then restarts its
+momentum (at the right iteration, so the learning-rate schedule holds) and
+the round's metadata says so.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparknet.spark import _comm
+from sparknet.spark._store import batch_indices, local_root, open_store, remove_dataset
+
+log = logging.getLogger(__name__)
+
+_MAX_NETS = 2
+_STATE_CHUNK = 1 << 22
+
+
+# -- specs (picklable, small) ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Fault:
+    """A failure to inject (tests): raise in ``partition``'s task of 0-based ``round``.
+
+    Only the first attempt fails, after ``after_steps`` solver steps, so Spark's
+    retry must recover. ``kind="exit"`` kills the Python worker process instead.
+    """
+
+    round: int
+    partition: int
+    after_steps: int = 1
+    kind: str = "raise"
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """Which net a task needs (the worker's solver bytes and their digest)."""
+
+    solver: bytes
+    key: str
+    gpu: bool = False
+    blas_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """One training round, as every task of the round job sees it."""
+
+    run: str
+    net: NetSpec
+    round: int  # 0-based
+    steps: int
+    batch: int
+    seed: int
+    shuffle: bool
+    names: tuple[str, ...]
+    num_params: int
+    easgd_rate: float | None = None  # None: SparkNet's averaging
+    send_state: bool = False
+    fault: Fault | None = None
+
+
+@dataclass(frozen=True)
+class TestSpec:
+    """One test pass over the cached test partitions."""
+
+    run: str
+    net: NetSpec
+    batch: int
+    seed: int
+    names: tuple[str, ...]
+    local_weights: bool = False  # EASGD: testing clobbers the partition's local weights
+
+
+@dataclass
+class RunExtras:
+    """Per-run values broadcast once: the batch transforms (may hold a mean image)."""
+
+    transform: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    test_transform: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+
+
+# -- the per-process net cache --------------------------------------------------------------
+
+class _Entry:
+    __slots__ = ("net", "tag", "buffers", "weights_id")
+
+    def __init__(self, net: Any):
+        self.net = net
+        self.tag: Any = "fresh"  # (run, partition, round) of the state it holds; None: dirty
+        self.buffers: dict[int, np.ndarray] = {}
+        self.weights_id: Any = None
+
+    def buffer(self, slot: int, size: int) -> np.ndarray:
+        b = self.buffers.get(slot)
+        if b is None or b.size != size:
+            b = self.buffers[slot] = np.empty(size, np.float32)
+        return b
+
+
+_NETS: OrderedDict[str, _Entry] = OrderedDict()
+
+
+def _device(spec: NetSpec) -> int | None:
+    if not spec.gpu:
+        return None
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    gpus = ctx.resources().get("gpu") if ctx is not None else None
+    if gpus is not None and gpus.addresses:
+        return int(gpus.addresses[0])
+    return 0
+
+
+def _blas(spec: NetSpec) -> None:
+    from pyspark import TaskContext
+
+    from sparknet.engine import set_blas_threads
+
+    threads = spec.blas_threads
+    if threads is None:
+        ctx = TaskContext.get()
+        threads = ctx.cpus() if ctx is not None else 1
+    set_blas_threads(max(1, int(threads)))
+
+
+def _build(spec: NetSpec) -> Any:
+    from sparknet.engine import CaffeNet
+
+    return CaffeNet(spec.solver, gpu=_device(spec))
+
+
+def net_entry(spec: NetSpec) -> _Entry:
+    """The cached net for ``spec`` (built on first use in this process)."""
+    _blas(spec)
+    entry = _NETS.get(spec.key)
+    if entry is None:
+        entry = _Entry(_build(spec))
+        _NETS[spec.key] = entry
+        while len(_NETS) > _MAX_NETS:
+            _NETS.popitem(last=False)
+    else:
+        _NETS.move_to_end(spec.key)
+    return entry
+
+
+def read_flat(net: Any, out: np.ndarray) -> np.ndarray:
+    """The net's parameters into ``out`` (a reused buffer: no fresh model-sized allocation)."""
+    engine = getattr(net, "_engine", None)
+    if engine is not None and hasattr(engine, "read_params"):
+        engine.read_params(out)
+    else:  # pragma: no cover - an engine without the buffer API
+        out[:] = net.get_weights().flat
+    return out
+
+
+def write_flat(net: Any, flat: np.ndarray) -> None:
+    from sparknet.engine import WeightCollection
+
+    net.set_weights(WeightCollection.from_flat(net.weight_layout, flat))
+
+
+# -- per-partition solver state ---------------------------------------------------------------
+
+def state_dir(run: str, partition: int) -> Path:
+    return local_root() / f"run-{run}" / f"state-{partition:05d}"
+
+
+def _state_file(folder: Path, rnd: int) -> Path | None:
+    found = sorted(folder.glob(f"round-{rnd:06d}_iter_*.solverstate"))
+    return found[-1] if found else None
+
+
+def _prune(folder: Path, keep_from: int) -> None:
+    for p in folder.glob("round-*_iter_*"):
+        try:
+            if int(p.name[6:12]) < keep_from:
+                p.unlink()
+        except (ValueError, OSError):
+            pass
+
+
+def _steps_before(solver_param: Any, iteration: int) -> int:
+    return sum(1 for v in solver_param.stepvalue if v < iteration)
+
+
+def _set_iteration(net: Any, iteration: int, scratch: Path) -> None:
+    """Put a pristine net's solver at ``iteration`` (history stays zero)."""
+    if iteration <= 0:
+        return
+    from sparknet.proto import caffe_pb2
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    model, state_path = net.snapshot(scratch / "reset")
+    state = caffe_pb2.SolverState()
+    state.ParseFromString(state_path.read_bytes())
+    state.iter = iteration
+    state.current_step = _steps_before(net.solver_param, iteration)
+    state.ClearField("learned_net")
+    state_path.write_bytes(state.SerializeToString())
+    net.restore(state_path)
+    for p in (model, state_path):
+        p.unlink(missing_ok=True)
+
+
+def _install(folder: Path, rnd: int, files: Mapping[str, bytes]) -> None:
+    """Write a checkpointed partition state so that round ``rnd`` finds it."""
+    from sparknet.proto import caffe_pb2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = caffe_pb2.SolverState()
+    state.ParseFromString(files["solverstate"])
+    stem = folder / f"round-{rnd:06d}_iter_{state.iter}"
+    if files.get("caffemodel"):
+        model = stem.with_suffix(".caffemodel")
+        model.write_bytes(files["caffemodel"])
+        state.learned_net = str(model)
+    else:
+        state.ClearField("learned_net")
+    tmp = stem.with_suffix(".tmp")
+    tmp.write_bytes(state.SerializeToString())
+    os.replace(tmp, stem.with_suffix(".solverstate"))
+
+
+def ensure_state(spec: RoundSpec, entry: _Entry, partition: int,
+                 install: Mapping[str, bytes] | None) -> str:
+    """Bring the net to this partition's state after round ``spec.round - 1``.
+
+    Returns how: ``"memory"``, ``"file"``, ``"fresh"`` (first round), or
+    ``"reset"`` (the state was lost with its executor: momentum restarts).
+    """
+    want = (spec.run, partition, spec.round - 1)
+    if spec.round > 0 and entry.tag == want:
+        return "memory"
+    folder = state_dir(spec.run, partition)
+    if install is not None and spec.round > 0:
+        _install(folder, spec.round - 1, install)
+    if spec.round > 0:
+        path = _state_file(folder, spec.round - 1)
+        if path is not None:
+            entry.net.restore(path)
+            return "file"
+    if entry.tag != "fresh":  # used before (another partition or run): start from scratch
+        entry.net = _build(spec.net)
+        entry.buffers.clear()
+    _set_iteration(entry.net, spec.round * spec.steps, folder / "scratch")
+    return "fresh" if spec.round == 0 else "reset"
+
+
+def _apply(transforms: Mapping[str, Callable[..., Any]], batch: dict[str, np.ndarray],
+           rng_key: list[int]) -> dict[str, np.ndarray]:
+    for name, fn in transforms.items():
+        if name in batch:
+            if hasattr(fn, "rng"):
+                fn.rng = np.random.default_rng(rng_key)
+            batch[name] = fn(batch[name])
+    return batch
+
+
+# -- tasks ------------------------------------------------------------------------------------
+
+def _meta(partition: int) -> dict[str, Any]:
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    return {"partition": partition, "host": socket.gethostname(), "pid": os.getpid(),
+            "attempt": ctx.attemptNumber() if ctx is not None else 0}
+
+
+def round_task(spec: RoundSpec, weights_bc: Any, extras_bc: Any, install_bc: Any,
+               partition: int, handles: Iterable[dict]) -> Iterator[Any]:
+    """One partition's round: set weights, ``steps`` solver steps, send the result back.
+
+    Yields ``("m", meta)`` then the result as ``("w", offset, chunk)`` items
+    (the trained weights; for EASGD the difference to the centre), then in
+    checkpoint rounds ``("s", partition, kind, offset, bytes)`` items of the
+    partition's solver state.
+    """
+    todo = list(handles)  # consume the (tiny) input fully: the worker is reused
+    for handle in todo:
+        yield from _train_partition(spec, weights_bc, extras_bc, install_bc, handle)
+
+
+def _train_partition(spec: RoundSpec, weights_bc: Any, extras_bc: Any, install_bc: Any,
+                     handle: dict) -> Iterator[Any]:
+    t0 = time.perf_counter()
+    p = int(handle["partition"])
+    meta = _meta(p)
+    store = open_store(handle)
+    if store is None:
+        meta["missing_store"] = True
+        yield "m", meta
+        return
+    entry = net_entry(spec.net)
+    install = None
+    if install_bc is not None:
+        install = install_bc.value.get(p)
+    how = ensure_state(spec, entry, p, install)
+    net = entry.net
+    entry.tag = None  # dirty until this round completes
+    center = _comm.flat_from_broadcast(weights_bc)
+    if spec.easgd_rate is None or how in ("fresh", "reset"):
+        write_flat(net, center)
+    t_ready = time.perf_counter()
+    transforms = extras_bc.value.transform if extras_bc is not None else {}
+
+    def batches() -> Iterator[dict[str, np.ndarray]]:
+        first = spec.round * spec.steps
+        for step in range(first, first + spec.steps):
+            idx = batch_indices(store.n, spec.batch, step, seed=spec.seed, partition=p,
+                                shuffle=spec.shuffle)
+            batch = store.batch(idx, spec.names)
+            if transforms:
+                batch = _apply(transforms, batch, [spec.seed, p, step, 1])
+            yield batch
+
+    fault = spec.fault
+    if (fault is not None and fault.round == spec.round and fault.partition == p
+            and meta["attempt"] == 0):
+        net.train(min(fault.after_steps, spec.steps), batches())
+        if fault.kind == "exit":
+            os._exit(17)
+        raise RuntimeError(f"sparknet: injected failure in round {spec.round + 1}, "
+                           f"partition {p} (first attempt)")
+    losses = net.train(spec.steps, batches())
+    t_trained = time.perf_counter()
+    meta.update(state=how, images=spec.steps * spec.batch, losses=losses.tolist())
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        meta["nonfinite"] = {"step": int(bad[0]) + spec.round * spec.steps,
+                             "loss": float(losses[bad[0]])}
+        yield "m", meta
+        return
+    result = read_flat(net, entry.buffer(0, spec.num_params))
+    if not np.isfinite(result).all():
+        meta["nonfinite"] = {"step": (spec.round + 1) * spec.steps - 1, "loss": float("nan"),
+                             "weights": True}
+        yield "m", meta
+        return
+    if spec.easgd_rate is not None:
+        # result <- x - centre (what the driver sums); local <- x - rate * (x - centre)
+        np.subtract(result, center, out=result)
+        local = entry.buffer(1, spec.num_params)
+        np.multiply(result, 1.0 - spec.easgd_rate, out=local)
+        np.add(local, center, out=local)
+        write_flat(net, local)
+    del center
+    folder = state_dir(spec.run, p)
+    model, state = net.snapshot(folder / f"round-{spec.round:06d}")
+    _prune(folder, spec.round - 1)
+    entry.tag = (spec.run, p, spec.round)
+    t_end = time.perf_counter()
+    meta["seconds"] = {"load": t_ready - t0, "compute": t_trained - t_ready,
+                       "save": t_end - t_trained, "total": t_end - t0}
+    yield "m", meta
+    yield from _comm.chunks(result)
+    if spec.send_state:
+        kinds = [("solverstate", state)]
+        if spec.easgd_rate is not None:
+            kinds.append(("caffemodel", model))
+        for kind, path in kinds:
+            with open(path, "rb") as f:
+                offset = 0
+                while True:
+                    data = f.read(_STATE_CHUNK)
+                    if not data:
+                        break
+                    yield "s", p, kind, offset, data
+                    offset += len(data)
+            yield "s", p, kind, -1, b""  # end of this file
+
+
+def test_task(spec: TestSpec, weights_bc: Any, extras_bc: Any, partition: int,
+              handles: Iterable[dict]) -> Iterator[Any]:
+    """Score the broadcast weights on one cached test partition: ``("t", result)``."""
+    todo = list(handles)
+    for handle in todo:
+        t0 = time.perf_counter()
+        p = int(handle["partition"])
+        meta = _meta(p)
+        store = open_store(handle)
+        if store is None:
+            meta["missing_store"] = True
+            yield "m", meta
+            continue
+        entry = net_entry(spec.net)
+        if spec.local_weights and entry.tag not in (None, "fresh"):
+            entry.tag = None  # the partition's local weights are overwritten: restore next round
+        write_flat(entry.net, _comm.flat_from_broadcast(weights_bc))
+        transforms = extras_bc.value.test_transform if extras_bc is not None else {}
+
+        def batches() -> Iterator[dict[str, np.ndarray]]:
+            for k, batch in enumerate(store.sequential(spec.batch, spec.names)):
+                yield _apply(transforms, batch, [spec.seed, p, k, 2]) if transforms else batch
+
+        metrics = entry.net.test(batches()) if store.n else {}
+        meta.update(n=store.n, seconds=time.perf_counter() - t0,
+                    metrics={k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist())
+                             for k, v in metrics.items()})
+        yield "t", meta
+
+
+def cleanup_task(datasets: tuple[str, ...], run: str | None, handles: Iterable[dict]
+                 ) -> Iterator[int]:
+    """Delete this executor's stores of ``datasets`` and the run's solver states."""
+    for _ in handles:
+        pass
+    for d in datasets:
+        remove_dataset(d)
+    if run is not None:
+        shutil.rmtree(local_root() / f"run-{run}", ignore_errors=True)
+    yield 1
