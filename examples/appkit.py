@@ -108,6 +108,8 @@ def spark_session(app_name: str, master: str | None, workers: int) -> Any:
         builder = builder.master(master)
     # The trainer draws its own progress bar; Spark's would interleave with it.
     builder = builder.config("spark.ui.showConsoleProgress", "false")
+    if not log.isEnabledFor(logging.DEBUG):
+        builder = builder.config("spark.log.level", "WARN")
     t0 = time.perf_counter()
     try:
         spark = builder.getOrCreate()

@@ -82,15 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         mean_file = out / "mean.binaryproto"
         write_mean(mean_file, mean)
 
-        def subtract_mean(example):  # runs on the workers (pickled with this app)
-            image, label = example
-            return image - mean, label
+        def subtract_mean(example: dict) -> dict:  # on the workers, once per image
+            return {**example, "data": example["data"] - mean}
 
         log.info("CIFAR-10 quick: %d workers, tau %d, %d rounds, batch %d", args.workers,
                  args.sync_interval, args.rounds, args.batch_size)
         t0 = time.perf_counter()
-        result = train(spark, solver, train_rdd.map(subtract_mean),
-                       test_data=test_rdd.map(subtract_mean), workers=args.workers,
+        result = train(spark, solver, train_rdd, test_data=test_rdd, preprocess=subtract_mean,
+                       workers=args.workers,
                        sync_interval=args.sync_interval, rounds=args.rounds,
                        test_interval=args.test_interval, output_dir=args.output,
                        checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed)

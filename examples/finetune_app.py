@@ -129,13 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             solver.base_lr = args.base_lr
         solver.random_seed = args.seed
 
-        # The starting point: every layer Caffe finds by name in the .caffemodel;
-        # the new layer keeps its filler's values.
+        # Fail here, on the driver, if the .caffemodel does not fit the net.
         engine = CaffeNet(solver)
         engine.load_weights(args.weights)
         if args.freeze:
             freeze_all_but(solver, engine.weight_layout, new)
-        start = engine.get_weights()
         del engine
         log.info("fine-tuning %s from %s: layer %s replaced by %s (%d outputs)%s",
                  args.net, args.weights, old, new, args.num_classes,
@@ -146,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        sync_interval=args.sync_interval, rounds=args.rounds,
                        test_interval=args.test_interval, output_dir=args.output,
                        checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
-                       weights=start)
+                       init_weights=args.weights)  # every layer found by name; not the new one
         seconds = time.perf_counter() - t0
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)

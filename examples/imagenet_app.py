@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import appkit
+import numpy as np
 
 log = logging.getLogger("sparknet.examples.imagenet")
 
@@ -111,13 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         size = (args.image_size, args.image_size)
         s3 = {"endpoint_url": args.endpoint_url, "region_name": args.region}
 
-        def shards(prefix: str, labels: str, transform=None):
-            # BGR, as Caffe and the Caffe models' mean values expect
+        def shards(prefix: str, labels: str, max_shards: int | None = None):
+            # uint8 BGR images (as Caffe and its models' means expect), kept as bytes on
+            # the workers; crops, mirroring and the mean come per minibatch (transform)
             return load_imagenet(spark, args.bucket, shard_prefix=prefix, labels_key=labels,
-                                 size=size, color="BGR", transform=transform,
-                                 max_shards=args.max_shards if prefix == args.shard_prefix
-                                 else None, **s3)
+                                 size=size, color="BGR", dtype=np.uint8,
+                                 max_shards=max_shards, **s3)
 
+        train_data = shards(args.shard_prefix, args.labels, args.max_shards)
+        test_data = None if args.no_val else shards(args.val_prefix, args.val_labels)
         if args.mean:
             mean = read_mean(args.mean)
             if mean.shape != (3, *size):
@@ -127,26 +130,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             log.info("computing the mean image of s3://%s/%s* on the workers", args.bucket,
                      args.shard_prefix)
-            raw = shards(args.shard_prefix, args.labels)
-            mean = compute_mean(raw.rdd)
-            raw.report()
+            mean = compute_mean(train_data.rdd)
             mean_file = out / "mean.binaryproto"
             write_mean(mean_file, mean)
 
-        mirror = bool(train_tp.mirror) if train_tp is not None else True
-        train_data = shards(args.shard_prefix, args.labels, Transformer(
-            crop_size=crop, mirror=mirror, mean=mean, phase="TRAIN", seed=args.seed))
-        test_data = None
-        if not args.no_val:
-            test_mirror = bool(test_tp.mirror) if test_tp is not None else False
-            test_data = shards(args.val_prefix, args.val_labels, Transformer(
-                crop_size=crop, mirror=test_mirror, mean=mean, phase="TEST", seed=args.seed))
-
+        # Caffe's transform_param: random crops (mirrored) in TRAIN, centre crops in TEST
+        transform = Transformer(crop_size=crop, mean=mean, phase="TRAIN", seed=args.seed,
+                                mirror=bool(train_tp.mirror) if train_tp is not None else True)
+        test_transform = Transformer(crop_size=crop, mean=mean, phase="TEST",
+                                     mirror=bool(test_tp.mirror) if test_tp is not None
+                                     else False)
         log.info("CaffeNet: %d workers, tau %d, %d rounds, batch %d, %dx%d images cropped to %d",
                  args.workers, args.sync_interval, args.rounds, args.batch_size, *size, crop)
         t0 = time.perf_counter()
         result = train(spark, solver, train_data.rdd,
                        test_data=test_data.rdd if test_data is not None else None,
+                       transform=transform, test_transform=test_transform,
                        workers=args.workers, sync_interval=args.sync_interval,
                        rounds=args.rounds, test_interval=args.test_interval,
                        output_dir=args.output, checkpoint_dir=args.checkpoint_dir,
