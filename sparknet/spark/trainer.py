@@ -782,7 +782,11 @@ class _Trainer:
                             "compute": max(m["seconds"]["compute"] for m in metas),
                             "collect": max(0.0, t_job - worker_total), "average": t_avg}}
             t_bc = t_next
-            states = [m.get("state") for m in metas]
+            rec["partitions"] = [
+                {"partition": m["partition"], "host": m["host"], "pid": m["pid"],
+                 "state": m.get("state"), "attempt": m.get("attempt", 0),
+                 "compute": m["seconds"]["compute"]}
+                for m in sorted(metas, key=lambda m: m["partition"])]
             reset = sorted(m["partition"] for m in metas if m.get("state") == "reset")
             if reset:
                 self._event("round %d: partition(s) %s lost their solver state with their "
@@ -791,7 +795,6 @@ class _Trainer:
                 rec["state_reset"] = reset
             if any(m.get("attempt", 0) for m in metas):
                 rec["retried"] = sorted(m["partition"] for m in metas if m.get("attempt", 0))
-            del states
             if test_due:
                 t_test = time.perf_counter()
                 rec["test"] = self._run_test(bc, extras_bc)
