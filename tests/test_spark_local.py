@@ -1,0 +1,283 @@
+"""Training and inference on local[2] (the shared session): accuracy, exactness, errors."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from sparknet.data import digits_dataframe, digits_rdd, load_digits
+from sparknet.engine import CaffeNet, WeightCollection
+from sparknet.models import lenet
+from sparknet.spark import EASGD, DataError, TrainingDiverged, featurize, predict, train
+
+from s3server import s3  # noqa: F401  (the moto S3 server fixture)
+
+SMALL = dict(workers=2, sync_interval=5, test_interval=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def digits(spark):
+    return digits_rdd(spark, "train", 2), digits_rdd(spark, "test", 2)
+
+
+@pytest.fixture(scope="module")
+def solver16():
+    return lenet.solver(16)
+
+
+def test_two_workers_reach_97_percent(spark, digits, tmp_path):
+    train_rdd, test_rdd = digits
+    result = train(spark, lenet.solver(64), train_rdd, test_data=test_rdd, workers=2,
+                   sync_interval=50, rounds=10, test_interval=5, output_dir=tmp_path,
+                   progress=False)
+    h = result.history
+    assert [r["round"] for r in h] == list(range(1, 11))
+    assert result.test["accuracy"] >= 0.97, result.test
+    assert "test" in h[4] and "test" not in h[5]
+    first = h[0]
+    for key in ("time", "loss", "images", "images_per_second", "seconds", "partitions"):
+        assert key in first
+    assert set(first["seconds"]) >= {"round", "broadcast", "compute", "collect", "average"}
+    assert first["images"] == 2 * 50 * 64
+    assert h[-1]["loss"] < h[0]["loss"]
+    # nets and data were built once, by the same two Python workers, reused every round: a
+    # partition continues in memory, or from its snapshot when the workers swapped partitions
+    assert {p["state"] for p in h[0]["partitions"]} == {"fresh"}
+    later = [p for r in h[1:] for p in r["partitions"]]
+    assert {p["state"] for p in later} <= {"memory", "file"}
+    assert sum(p["state"] == "memory" for p in later) >= len(later) // 2
+    assert {p["pid"] for p in later} == {p["pid"] for p in h[0]["partitions"]}
+    # files: the SparkNet-style log, JSON lines, the plot, the weights
+    log = (tmp_path / "training.log").read_text().splitlines()
+    assert any(": round 10/10: loss" in line for line in log)
+    assert all(float(line.split(":", 1)[0]) >= 0 for line in log)
+    lines = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [x["round"] for x in lines] == list(range(1, 11))
+    assert result.plot_path == tmp_path / "history.png"
+    assert result.plot_path.read_bytes()[:4] == b"\x89PNG"
+    saved = result.save(tmp_path / "lenet.caffemodel")
+    net = CaffeNet(lenet.solver(64))
+    net.load_weights(saved)
+    assert net.get_weights() == result.weights
+    x, y = load_digits("test")
+    acc = net.test([(x[i:i + 100], y[i:i + 100]) for i in range(0, len(x), 100)])["accuracy"]
+    assert acc == pytest.approx(result.test["accuracy"], abs=1e-6)
+
+
+def test_same_seed_same_weights_and_resume_is_exact(spark, digits, solver16, tmp_path):
+    train_rdd, _ = digits
+    a = train(spark, solver16, train_rdd, rounds=4, **SMALL)
+    b = train(spark, solver16, train_rdd, rounds=4, **SMALL)
+    assert a.weights == b.weights
+    c = train(spark, solver16, train_rdd, rounds=4, seed=1, **SMALL)
+    assert c.weights != a.weights
+    ck = tmp_path / "ck"
+    first = train(spark, solver16, train_rdd, rounds=2, checkpoint_dir=ck, checkpoint_interval=1,
+                  **SMALL)
+    assert first.checkpoint == str(ck / "round-000002")
+    assert (ck / "latest").read_text().strip() == "round-000002"
+    state = json.loads((ck / "round-000002" / "state.json").read_text())
+    assert state["round"] == 2 and state["config"]["workers"] == 2
+    assert set(state["partitions"]) == {"0", "1"}
+    net = CaffeNet(solver16)
+    net.load_weights(ck / "round-000002" / "weights.caffemodel")
+    assert net.get_weights() == first.weights
+    resumed = train(spark, solver16, train_rdd, rounds=4, checkpoint_dir=ck,
+                    checkpoint_interval=1, resume=True, **SMALL)
+    assert [h["round"] for h in resumed.history] == [1, 2, 3, 4]
+    assert {p["state"] for p in resumed.history[2]["partitions"]} == {"file"}
+    assert resumed.weights == a.weights
+    with pytest.raises(ValueError, match="different configuration.*sync_interval"):
+        train(spark, solver16, train_rdd, rounds=5, checkpoint_dir=ck, resume=True,
+              **{**SMALL, "sync_interval": 6})
+
+
+def test_easgd_trains_and_resumes_exactly(spark, digits, solver16, tmp_path):
+    train_rdd, test_rdd = digits
+    full = train(spark, solver16, train_rdd, rounds=4, strategy="easgd", **SMALL)
+    train(spark, solver16, train_rdd, rounds=2, strategy=EASGD(), checkpoint_dir=tmp_path,
+          checkpoint_interval=2, **SMALL)
+    assert (tmp_path / "round-000002" / "workers" / "part-00001.caffemodel").is_file()
+    resumed = train(spark, solver16, train_rdd, rounds=4, strategy="easgd",
+                    checkpoint_dir=tmp_path, checkpoint_interval=2, resume=True, **SMALL)
+    assert resumed.weights == full.weights
+    good = train(spark, lenet.solver(64), train_rdd, test_data=test_rdd, rounds=6,
+                 strategy=EASGD(moving_rate=0.3), workers=2, sync_interval=50,
+                 test_interval=6, progress=False)
+    assert good.test["accuracy"] >= 0.95, good.test
+    other = train(spark, solver16, train_rdd, rounds=4, strategy=EASGD(moving_rate=0.2),
+                  **SMALL)
+    assert other.weights != full.weights
+
+
+def test_uneven_small_partitions_wrap_and_repartition(spark, solver16):
+    x, y = load_digits("train")
+    sizes = [10, 50, 200]  # 10 < sync_interval * batch: wraps around
+    rdd = spark.sparkContext.parallelize(list(zip(x[:260], y[:260])), 3).mapPartitionsWithIndex(
+        lambda i, it: list(it)[:sizes[i]])
+    three = train(spark, solver16, rdd, rounds=2, **{**SMALL, "workers": 3, "sync_interval": 12})
+    assert np.isfinite(three.history[-1]["loss"])
+    two = train(spark, solver16, rdd, rounds=2, **SMALL)  # 3 partitions -> 2, once
+    again = train(spark, solver16, rdd, rounds=2, **SMALL)
+    assert two.weights == again.weights
+    one = train(spark, solver16, rdd, rounds=2, **{**SMALL, "workers": 1})
+    assert len(one.history[0]["partitions"]) == 1
+
+
+def test_tuples_dicts_and_dataframes_train_identically(spark, solver16):
+    tuples = digits_rdd(spark, "train", 2)
+    dicts = tuples.map(lambda p: {"label": p[1], "data": p[0], "extra": "ignored"})
+    frame = digits_dataframe(spark, "train", 2)
+    results = [train(spark, solver16, d, rounds=2, **SMALL).weights
+               for d in (tuples, dicts, frame)]
+    assert results[0] == results[1] == results[2]
+
+
+def test_tree_reduction_matches_the_driver_sum(spark, digits, solver16):
+    train_rdd, _ = digits
+    driver = train(spark, solver16, train_rdd, rounds=2, reduction="driver", **SMALL)
+    tree = train(spark, solver16, train_rdd, rounds=2, reduction="tree", **SMALL)
+    assert driver.weights.allclose(tree.weights, rtol=1e-6, atol=1e-7)
+
+
+def test_test_metrics_are_weighted_by_example(spark, solver16):
+    x, y = load_digits("test")
+    sizes = [7, 100, 253]  # uneven test partitions, a short last batch in each
+    parts = np.split(np.arange(len(y)), np.cumsum(sizes)[:-1])
+    test_rdd = spark.sparkContext.parallelize(
+        [[(x[i], y[i]) for i in p] for p in parts], 3).flatMap(lambda part: part)
+    result = train(spark, solver16, digits_rdd(spark, "train", 2), test_data=test_rdd,
+                   rounds=2, **SMALL)
+    net = CaffeNet(solver16)
+    net.set_weights(result.weights)
+    local = net.test([(x[i:i + 16], y[i:i + 16]) for i in range(0, len(y), 16)])
+    assert result.test["accuracy"] == pytest.approx(local["accuracy"], abs=1e-6)
+    assert result.test["loss"] == pytest.approx(local["loss"], rel=1e-5)
+
+
+def test_transforms_are_reproducible(spark, digits, solver16):
+    from sparknet.data import Transformer
+
+    train_rdd, _ = digits
+    runs = [train(spark, solver16, train_rdd, rounds=2,
+                  transform=Transformer(mirror=True, seed=5), **SMALL) for _ in range(2)]
+    plain = train(spark, solver16, train_rdd, rounds=2, **SMALL)
+    assert runs[0].weights == runs[1].weights != plain.weights
+
+
+@pytest.mark.parametrize("case", ["shape", "label", "fraction", "nan", "empty"])
+def test_data_that_does_not_fit_fails_on_the_driver_first(spark, solver16, case):
+    x, y = load_digits("train")
+    sc = spark.sparkContext
+    n = 40
+    examples = {
+        "shape": [(np.zeros((3, 28, 28), np.float32), 1.0)] * n,
+        "label": [(x[i], 12.0 if i == 33 else y[i]) for i in range(n)],
+        "fraction": [(x[i], 1.5) for i in range(n)],
+        "nan": [(np.full((1, 28, 28), np.nan, np.float32) if i == 30 else x[i], y[i])
+                for i in range(n)],
+        "empty": [],
+    }[case]
+    message = {"shape": r"input blob 'data' takes \(1, 28, 28\).*gives \(3, 28, 28\)",
+               "label": r"'label' has values from 0 to 12.*'loss'.*10 classes",
+               "fraction": r"'label' has non-integer values",
+               "nan": r"'data' has NaN or infinite values \(partition 1, example 10\)",
+               "empty": r"train_data is empty"}[case]
+    rounds = []
+    with pytest.raises(DataError, match=message):
+        train(spark, solver16, sc.parallelize(examples, 2), rounds=1, callback=rounds.append,
+              **SMALL)
+    assert rounds == []
+
+
+def test_divergence_stops_with_the_round_and_keeps_the_last_checkpoint(spark, digits, tmp_path):
+    train_rdd, _ = digits
+    solver = lenet.solver(16).to_proto()
+    solver.lr_policy = "multistep"  # the learning rate jumps 1e5x at iteration 10 (round 3)
+    solver.gamma = 1e5
+    solver.stepvalue.append(10)
+    with pytest.raises(TrainingDiverged, match=r"diverged in round 3: the training loss "
+                                               r"became nan.*round-000002") as err:
+        train(spark, solver, train_rdd, rounds=6, checkpoint_dir=tmp_path, checkpoint_interval=1,
+              **SMALL)
+    assert err.value.round == 3 and err.value.checkpoint == str(tmp_path / "round-000002")
+    assert (tmp_path / "latest").read_text().strip() == "round-000002"
+    net = CaffeNet(lenet.solver(16))
+    net.load_weights(tmp_path / "round-000002" / "weights.caffemodel")
+    assert np.isfinite(net.get_weights().flat).all()
+
+
+def test_s3_checkpoints_and_resume(spark, digits, solver16, s3):  # noqa: F811
+    train_rdd, _ = digits
+    bucket = s3.bucket()
+    where = f"s3://{bucket}/lenet"
+    full = train(spark, solver16, train_rdd, rounds=3, **SMALL)
+    part = train(spark, solver16, train_rdd, rounds=2, checkpoint_dir=where,
+                 checkpoint_interval=2, s3_options=s3.options(), **SMALL)
+    assert part.checkpoint == f"{where}/round-000002"
+    assert f"lenet/round-000002/weights.caffemodel" in s3.keys(bucket)
+    resumed = train(spark, solver16, train_rdd, rounds=3, checkpoint_dir=where, resume=True,
+                    s3_options=s3.options(), **SMALL)
+    assert resumed.weights == full.weights
+    assert s3.keys(bucket, "lenet/latest")
+    out = resumed.save(f"{where}/final.caffemodel")
+    assert out.endswith("final.caffemodel") and "lenet/final.caffemodel" in s3.keys(bucket)
+
+
+def test_callback_stops_and_init_weights_continue(spark, digits, solver16, tmp_path):
+    train_rdd, _ = digits
+    seen = []
+    stopped = train(spark, solver16, train_rdd, rounds=10, callback=lambda r: (
+        seen.append(r["round"]), r["round"] < 2)[1], checkpoint_dir=tmp_path, **SMALL)
+    assert seen == [1, 2] and stopped.rounds == 2
+    assert stopped.checkpoint == str(tmp_path / "round-000002")
+    cont = train(spark, solver16, train_rdd, rounds=1, init_weights=stopped, **SMALL)
+    fresh = train(spark, solver16, train_rdd, rounds=1, **SMALL)
+    assert cont.history[0]["loss"] < fresh.history[0]["loss"]
+    from_file = train(spark, solver16, train_rdd, rounds=1, **SMALL,
+                      init_weights=str(tmp_path / "round-000002" / "weights.caffemodel"))
+    assert from_file.weights == cont.weights
+
+
+def test_predict_and_featurize(spark, digits, tmp_path):
+    train_rdd, test_rdd = digits
+    result = train(spark, lenet.solver(64), train_rdd, rounds=2, workers=2, sync_interval=50,
+                   progress=False, test_interval=0)
+    x, y = load_digits("test")
+    net = result.net()
+    expected = net.forward({"data": x}, ["ip2", "ip1"])
+    frame = predict(spark, lenet.solver(64), result, test_rdd, blobs=["ip2"])
+    assert frame.columns == ["label", "ip2"]
+    rows = frame.collect()
+    assert len(rows) == len(y)
+    got = np.array([r["ip2"] for r in rows], np.float32)
+    assert np.allclose(got, expected["ip2"], atol=1e-4)
+    assert [r["label"] for r in rows] == y.tolist()
+    # a DataFrame in, features out as ML vectors, other columns kept, a net without labels
+    from sparknet.dsl import NetParam
+
+    deploy = lenet.net(32).to_proto()
+    del deploy.layer[-2:]  # accuracy and loss
+    del deploy.layer[1]  # the label input
+    frame = featurize(spark, deploy, result.weights,
+                      digits_dataframe(spark, "test", 3), blobs=["ip1"])
+    assert frame.columns == ["label", "ip1"]
+    feats = np.array([r["ip1"].toArray() for r in frame.collect()], np.float32)
+    assert np.allclose(feats, expected["ip1"], atol=1e-4)
+    path = tmp_path / "w.caffemodel"
+    result.save(path)
+    dicts = test_rdd.map(lambda p: {"data": p[0], "id": int(p[1] * 10)})
+    frame = predict(spark, lenet.net(64), str(path), dicts, blobs=("ip2",), output="array")
+    assert frame.columns == ["id", "ip2"] and frame.count() == len(y)
+    with pytest.raises(ValueError, match="no blob 'nope'.*ip1"):
+        predict(spark, lenet.solver(64), result, test_rdd, blobs=["nope"])
+    assert isinstance(NetParam, type)
+
+
+def test_results_are_weight_collections(spark, digits, solver16):
+    result = train(spark, solver16, digits[0], rounds=1, **SMALL)
+    assert isinstance(result.weights, WeightCollection)
+    assert result.weights.layout == CaffeNet(solver16).get_weights().layout
+    assert os.environ.get("PYSPARK_PYTHON")  # the shared fixture's workers use this venv

@@ -1,0 +1,192 @@
+"""sparknet.spark pieces that need no Spark: sampling, example conversion, checkpoints, logs."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from sparknet.spark import _comm
+from sparknet.spark._records import DataError, ExampleSpec, label_rules, record_values
+from sparknet.spark._runlog import RunLog, plot_history
+from sparknet.spark._store import batch_indices
+from sparknet.spark.checkpoint import Checkpoints, LocalStorage, S3Storage, open_storage
+
+from s3server import s3  # noqa: F401  (the moto S3 server fixture)
+
+
+# -- minibatch sampling -------------------------------------------------------------------
+
+def test_batches_are_a_pure_function_of_seed_partition_and_step():
+    a = [batch_indices(100, 16, s, seed=3, partition=1) for s in range(20)]
+    b = [batch_indices(100, 16, s, seed=3, partition=1) for s in range(20)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    other = batch_indices(100, 16, 0, seed=3, partition=2)
+    assert not np.array_equal(a[0], other)
+
+
+def test_each_epoch_visits_every_example_once():
+    n, bs = 30, 10  # three steps per epoch
+    for epoch in range(3):
+        idx = np.concatenate([batch_indices(n, bs, epoch * 3 + s, seed=0, partition=0)
+                              for s in range(3)])
+        assert sorted(idx.tolist()) == list(range(n))
+
+
+def test_partitions_smaller_than_a_batch_wrap_around():
+    idx = batch_indices(5, 16, 7, seed=1, partition=0)
+    assert idx.shape == (16,)
+    assert idx.min() >= 0 and idx.max() < 5
+    assert np.array_equal(batch_indices(5, 4, 2, seed=0, partition=0, shuffle=False),
+                          [3, 4, 0, 1])
+
+
+# -- examples ----------------------------------------------------------------------------------
+
+SHAPES = {"data": (1, 28, 28), "label": (1,)}
+
+
+def test_examples_as_tuples_dicts_rows_vectors_and_bytes():
+    from pyspark.ml.linalg import DenseVector
+    from pyspark.sql import Row
+
+    spec = ExampleSpec(("data", "label"), SHAPES)
+    img = np.arange(784, dtype=np.float32).reshape(1, 28, 28)
+    for rec in [(img, 3.0), {"data": img, "label": 3}, Row(data=img.ravel().tolist(), label=3.0),
+                (DenseVector(img.ravel()), 3), (img.astype(np.uint8).tobytes(), 3)]:
+        out = spec.convert(rec, "example")
+        assert out["data"].shape == (1, 28, 28) and out["label"].shape == (1,)
+        assert float(out["label"][0]) == 3.0
+
+
+def test_example_misfits_name_the_blob():
+    spec = ExampleSpec(("data", "label"), SHAPES)
+    with pytest.raises(DataError, match=r"input blob 'data' takes \(1, 28, 28\)"):
+        spec.convert((np.zeros((3, 28, 28)), 1), "example 4")
+    with pytest.raises(DataError, match="no value for input blob 'label'"):
+        record_values({"data": 1}, ("data", "label"))
+    with pytest.raises(DataError, match="3 items for 2 input blobs"):
+        record_values((1, 2, 3), ("data", "label"))
+
+
+def test_preprocess_runs_before_the_shape_check():
+    spec = ExampleSpec(("data", "label"), SHAPES,
+                       preprocess=lambda ex: {"data": ex["data"][:, 2:30, 2:30] - 0.5,
+                                              "label": ex["label"]})
+    out = spec.convert((np.ones((1, 32, 32), np.float32), 1.0), "example")
+    assert out["data"].shape == (1, 28, 28) and np.allclose(out["data"], 0.5)
+
+
+def test_label_rules_find_the_class_count():
+    from sparknet.models import lenet
+
+    from sparknet.engine import CaffeNet
+
+    solver = lenet.solver(16).to_proto()
+    net = CaffeNet(solver)
+    rules = label_rules(solver.net_param, "TRAIN", net.input_names, net.blob_shapes("TRAIN"))
+    assert [(r.blob, r.layer, r.classes) for r in rules] == [("label", "loss", 10)]
+    test = label_rules(solver.net_param, "TEST", net.input_names, net.blob_shapes("TEST"))
+    assert {r.layer for r in test} == {"accuracy", "loss"}
+
+
+# -- the raw broadcast file ------------------------------------------------------------------
+
+def test_raw_broadcast_file_is_a_small_pickle_then_the_floats(tmp_path):
+    flat = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+    path = tmp_path / "bc"
+
+    class Fake(_comm._RawBroadcast):
+        def __init__(self):  # no SparkContext: only the file format
+            pass
+    with open(path, "wb") as f:
+        Fake().dump(flat, f)
+    with open(path, "rb") as f:
+        header = pickle.load(f)
+    assert isinstance(header, _comm.FlatHeader) and header.size == 1000
+    assert path.stat().st_size == _comm.HEADER_BYTES + flat.nbytes
+
+    class Loaded:
+        value = header
+        _path = str(path)
+    mapped = _comm.flat_from_broadcast(Loaded())
+    assert np.array_equal(mapped, flat) and mapped.flags.writeable
+
+
+def test_fold_adds_chunks_in_place_and_passes_the_rest():
+    acc = np.zeros(300_000, np.float32)
+    a = np.ones(300_000, np.float32)
+    other = []
+    n = _comm.fold([("m", 1), *_comm.chunks(a), *_comm.chunks(2 * a)], acc, other.append)
+    assert n == 600_000 and np.all(acc == 3) and other == [("m", 1)]
+    total = np.zeros_like(acc)
+    _comm.fold(_comm._partial_sum(acc.size, [*_comm.chunks(a), ("m", 2), *_comm.chunks(a)]),
+               total, other.append)
+    assert np.all(total == 2) and other[-1] == ("m", 2)
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+def _commit(ck: Checkpoints, rnd: int) -> str:
+    staged = ck.begin()
+    (staged / "weights.caffemodel").write_bytes(b"w%d" % rnd)
+    (staged / "workers").mkdir()
+    (staged / "workers" / "part-00000.solverstate").write_bytes(b"s%d" % rnd)
+    return ck.commit(rnd, staged, {"round": rnd})
+
+
+def test_local_checkpoints_are_atomic_and_pruned(tmp_path):
+    ck = Checkpoints(LocalStorage(tmp_path), keep=2)
+    assert ck.latest() is None
+    for r in (1, 2, 3):
+        where = _commit(ck, r)
+    assert where == str(tmp_path / "round-000003")
+    assert ck.latest() == "round-000003"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "round-000002",
+                                                         "round-000003"]
+    assert ck.load_state("round-000003") == {"round": 3}
+    # a checkpoint whose state.json never arrived does not count
+    (tmp_path / "round-000004").mkdir()
+    (tmp_path / "latest").write_text("round-000004\n")
+    assert ck.latest() == "round-000003"
+
+
+def test_s3_checkpoints(s3):  # noqa: F811
+    bucket = s3.bucket()
+    storage = open_storage(f"s3://{bucket}/runs/a", s3.options())
+    assert isinstance(storage, S3Storage)
+    ck = Checkpoints(storage, keep=1)
+    for r in (1, 2):
+        where = _commit(ck, r)
+    assert where == f"s3://{bucket}/runs/a/round-000002"
+    keys = s3.keys(bucket)
+    assert sorted(keys) == ["runs/a/latest", "runs/a/round-000002/state.json",
+                            "runs/a/round-000002/weights.caffemodel",
+                            "runs/a/round-000002/workers/part-00000.solverstate"]
+    assert ck.latest() == "round-000002"
+    assert storage.read_bytes("round-000002/weights.caffemodel") == b"w2"
+    assert json.loads(storage.read_bytes("round-000002/state.json")) == {"round": 2}
+
+
+# -- the run log ---------------------------------------------------------------------------------
+
+def test_run_log_writes_lines_history_and_plot(tmp_path, caplog):
+    history = [{"round": r, "time": r * 1.5, "loss": 1.0 / r, "images": 64,
+                "images_per_second": 100.0, "seconds": {"round": 1.0},
+                **({"test": {"accuracy": 0.5 + r / 10, "loss": 0.4}} if r % 2 == 0 else {})}
+               for r in range(1, 5)]
+    with caplog.at_level("INFO", logger="sparknet.spark"):
+        run = RunLog(tmp_path, rounds=4, start_round=0, progress=False)
+        run.event("round %d done", 1)
+        for h in history:
+            run.record(h)
+        plot = run.plot(history)
+        run.close()
+    assert any(r.getMessage().endswith(": round 1 done") for r in caplog.records)
+    line = (tmp_path / "training.log").read_text().splitlines()[0]
+    assert float(line.split(":")[0]) >= 0 and line.endswith("round 1 done")
+    assert [json.loads(x)["round"] for x in (tmp_path / "history.jsonl").read_text().splitlines()
+            ] == [1, 2, 3, 4]
+    assert plot == tmp_path / "history.png" and plot.read_bytes()[:4] == b"\x89PNG"
+    assert plot_history(history, tmp_path / "again.png").stat().st_size > 1000
