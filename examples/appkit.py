@@ -46,13 +46,19 @@ def parser(description: str, *, prog: str | None = None) -> argparse.ArgumentPar
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def add_spark_options(p: argparse.ArgumentParser, *, workers: bool = True) -> None:
-    """``--master`` (and ``--workers`` unless the app takes it positionally), ``--verbose``."""
+def add_spark_options(p: argparse.ArgumentParser, *, workers: bool = True,
+                      driver_memory: str | None = None) -> None:
+    """``--master``, ``--driver-memory`` (and ``--workers`` unless positional), ``--verbose``."""
     if workers:
         p.add_argument("--workers", type=positive_int, default=2,
                        help="Spark workers K, one partition of the data each (default 2)")
     p.add_argument("--master", help="Spark master URL (default: spark-submit's master when "
                    "run by spark-submit, else local[WORKERS])")
+    p.add_argument("--driver-memory", default=driver_memory, metavar="SIZE",
+                   help="the driver JVM's heap when this app starts Spark, e.g. 4g (with a "
+                   "local master it also holds the executors' task results); under "
+                   "spark-submit use its --driver-memory (default: "
+                   f"{driver_memory or 'Spark default, 1g'})")
     p.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
 
 
@@ -74,6 +80,8 @@ def add_training_options(p: argparse.ArgumentParser, *, sync_interval: int, roun
                    help="write checkpoints here (a folder or s3://bucket/prefix)")
     g.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --checkpoint-dir")
+    g.add_argument("--base-lr", type=float, metavar="LR",
+                   help="override the solver's base learning rate")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
@@ -81,6 +89,17 @@ def check_training_options(args: argparse.Namespace) -> None:
     """Combinations argparse cannot check alone."""
     if args.resume and not args.checkpoint_dir:
         raise UsageError("--resume needs --checkpoint-dir")
+    if args.base_lr is not None and not args.base_lr > 0:
+        raise UsageError(f"--base-lr must be positive, got {args.base_lr}")
+
+
+def apply_solver_options(solver: Any, args: argparse.Namespace) -> Any:
+    """The solver as a ``caffe_pb2.SolverParameter`` with ``--base-lr`` and ``--seed`` applied."""
+    proto = solver.to_proto() if hasattr(solver, "to_proto") else solver
+    if args.base_lr is not None:
+        proto.base_lr = args.base_lr
+    proto.random_seed = args.seed
+    return proto
 
 
 # -- Spark --------------------------------------------------------------------------------
@@ -90,12 +109,14 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def spark_session(app_name: str, master: str | None, workers: int) -> Any:
+def spark_session(app_name: str, master: str | None, workers: int,
+                  driver_memory: str | None = None) -> Any:
     """A SparkSession: ``master`` if given, else spark-submit's, else ``local[workers]``.
 
     For a local master the Python workers run this interpreter (unless
     ``PYSPARK_PYTHON`` says otherwise), so a virtual environment's packages
-    are found without activating it.
+    are found without activating it. ``driver_memory`` sizes the driver JVM
+    when this process starts it (spark-submit has already started it).
     """
     from pyspark.sql import SparkSession
 
@@ -110,6 +131,12 @@ def spark_session(app_name: str, master: str | None, workers: int) -> Any:
     builder = builder.config("spark.ui.showConsoleProgress", "false")
     if not log.isEnabledFor(logging.DEBUG):
         builder = builder.config("spark.log.level", "WARN")
+    if driver_memory:
+        if under_spark_submit():
+            log.debug("--driver-memory is ignored under spark-submit (use its own "
+                     "--driver-memory)")
+        else:
+            builder = builder.config("spark.driver.memory", driver_memory)
     t0 = time.perf_counter()
     try:
         spark = builder.getOrCreate()

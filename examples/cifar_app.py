@@ -67,9 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     net = ProtoLoader.load_net_prototxt(args.net)
     net = ProtoLoader.replace_data_layers(net, args.batch_size, args.test_batch_size, 3, 32, 32)
     solver = ProtoLoader.load_solver_prototxt_with_net(args.solver, net)
-    solver.random_seed = args.seed
+    solver = appkit.apply_solver_options(solver, args)
 
-    spark = appkit.spark_session("sparknet-cifar", args.master, args.workers)
+    spark = appkit.spark_session("sparknet-cifar", args.master, args.workers,
+                                 args.driver_memory)
     try:
         train_rdd = cifar10_rdd(spark, args.data, "train", shuffle_seed=args.seed,
                                 num_partitions=args.workers, files=args.train_files).cache()

@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sparknet.engine import CaffeNet
     from sparknet.spark import featurize
 
-    spark = appkit.spark_session("sparknet-featurizer", args.master, args.workers)
+    spark = appkit.spark_session("sparknet-featurizer", args.master, args.workers,
+                                 args.driver_memory)
     try:
         data = appkit.load_examples(spark, args.data, args.split, args.workers)
         image, _ = data.first()

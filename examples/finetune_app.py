@@ -49,7 +49,6 @@ def build_parser():
     p.add_argument("--new-name", help="the new layer's name (default: LAYER_finetune)")
     p.add_argument("--freeze", action="store_true",
                    help="train only the new layer (every other layer gets lr_mult 0)")
-    p.add_argument("--base-lr", type=float, help="override the solver's base learning rate")
     p.add_argument("--batch-size", type=appkit.positive_int, default=64,
                    help="minibatch per worker (default 64)")
     appkit.add_spark_options(p)
@@ -109,13 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     appkit.check_data_uri(args.data)
     if not Path(args.weights).is_file():
         raise appkit.UsageError(f"--weights {args.weights}: no such file")
-    if args.base_lr is not None and args.base_lr <= 0:
-        raise appkit.UsageError(f"--base-lr must be positive, got {args.base_lr}")
 
     from sparknet.engine import CaffeNet
     from sparknet.spark import train
 
-    spark = appkit.spark_session("sparknet-finetune", args.master, args.workers)
+    spark = appkit.spark_session("sparknet-finetune", args.master, args.workers,
+                                 args.driver_memory)
     try:
         train_rdd = appkit.load_examples(spark, args.data, "train", args.workers)
         test_rdd = appkit.load_examples(spark, args.data, "test", args.workers)
@@ -125,9 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         net, old, new = replace_last_layer(solver.net_param, args.num_classes, args.layer,
                                            args.new_name)
         solver.net_param.CopyFrom(net)
-        if args.base_lr is not None:
-            solver.base_lr = args.base_lr
-        solver.random_seed = args.seed
+        solver = appkit.apply_solver_options(solver, args)
 
         # Fail here, on the driver, if the .caffemodel does not fit the net.
         engine = CaffeNet(solver)

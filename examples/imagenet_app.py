@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import appkit
-import numpy as np
 
 log = logging.getLogger("sparknet.examples.imagenet")
 
@@ -71,7 +70,7 @@ def build_parser():
                      help="training minibatch per worker (default 256, as SparkNet)")
     net.add_argument("--test-batch-size", type=appkit.positive_int, default=50,
                      help="test minibatch (default 50)")
-    appkit.add_spark_options(p, workers=False)
+    appkit.add_spark_options(p, workers=False, driver_memory="4g")
     appkit.add_training_options(p, sync_interval=50, rounds=1000, test_interval=10,
                                 output="runs/imagenet")
     return p
@@ -103,24 +102,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     net = ProtoLoader.replace_data_layers(net, args.batch_size, args.test_batch_size, 3,
                                           crop, crop)
     solver = ProtoLoader.load_solver_prototxt_with_net(args.solver, net)
-    solver.random_seed = args.seed
+    solver = appkit.apply_solver_options(solver, args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 
-    spark = appkit.spark_session("sparknet-imagenet", args.master, args.workers)
+    spark = appkit.spark_session("sparknet-imagenet", args.master, args.workers,
+                                 args.driver_memory)
     try:
         size = (args.image_size, args.image_size)
         s3 = {"endpoint_url": args.endpoint_url, "region_name": args.region}
 
-        def shards(prefix: str, labels: str, max_shards: int | None = None):
-            # uint8 BGR images (as Caffe and its models' means expect), kept as bytes on
-            # the workers; crops, mirroring and the mean come per minibatch (transform)
+        def shards(prefix: str, labels: str, transform=None, max_shards: int | None = None):
+            # BGR, as Caffe and its models' mean values expect
             return load_imagenet(spark, args.bucket, shard_prefix=prefix, labels_key=labels,
-                                 size=size, color="BGR", dtype=np.uint8,
+                                 size=size, color="BGR", transform=transform,
                                  max_shards=max_shards, **s3)
 
-        train_data = shards(args.shard_prefix, args.labels, args.max_shards)
-        test_data = None if args.no_val else shards(args.val_prefix, args.val_labels)
         if args.mean:
             mean = read_mean(args.mean)
             if mean.shape != (3, *size):
@@ -130,22 +127,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             log.info("computing the mean image of s3://%s/%s* on the workers", args.bucket,
                      args.shard_prefix)
-            mean = compute_mean(train_data.rdd)
+            mean = compute_mean(shards(args.shard_prefix, args.labels,
+                                       max_shards=args.max_shards).rdd)
             mean_file = out / "mean.binaryproto"
             write_mean(mean_file, mean)
 
-        # Caffe's transform_param: random crops (mirrored) in TRAIN, centre crops in TEST
-        transform = Transformer(crop_size=crop, mean=mean, phase="TRAIN", seed=args.seed,
-                                mirror=bool(train_tp.mirror) if train_tp is not None else True)
-        test_transform = Transformer(crop_size=crop, mean=mean, phase="TEST",
-                                     mirror=bool(test_tp.mirror) if test_tp is not None
-                                     else False)
+        # Caffe's transform_param: random crops (mirrored) for training, centre crops for
+        # testing, the mean image subtracted. They run on the workers as the shards are
+        # decoded, so each image keeps the crop drawn for it when the trainer caches it.
+        # (sparknet.spark.train's per-minibatch transform= would draw new crops every
+        # round, but it still requires the cached examples to have the net's input shape.)
+        train_data = shards(args.shard_prefix, args.labels, Transformer(
+            crop_size=crop, mean=mean, phase="TRAIN", seed=args.seed,
+            mirror=bool(train_tp.mirror) if train_tp is not None else True),
+            max_shards=args.max_shards)
+        test_data = None if args.no_val else shards(args.val_prefix, args.val_labels, Transformer(
+            crop_size=crop, mean=mean, phase="TEST",
+            mirror=bool(test_tp.mirror) if test_tp is not None else False))
         log.info("CaffeNet: %d workers, tau %d, %d rounds, batch %d, %dx%d images cropped to %d",
                  args.workers, args.sync_interval, args.rounds, args.batch_size, *size, crop)
         t0 = time.perf_counter()
         result = train(spark, solver, train_data.rdd,
                        test_data=test_data.rdd if test_data is not None else None,
-                       transform=transform, test_transform=test_transform,
                        workers=args.workers, sync_interval=args.sync_interval,
                        rounds=args.rounds, test_interval=args.test_interval,
                        output_dir=args.output, checkpoint_dir=args.checkpoint_dir,

@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sparknet.models import lenet
     from sparknet.spark import train
 
-    spark = appkit.spark_session("sparknet-lenet", args.master, args.workers)
+    spark = appkit.spark_session("sparknet-lenet", args.master, args.workers,
+                                 args.driver_memory)
     try:
         if args.mnist:
             train_rdd = mnist_rdd(spark, args.mnist, "train", num_partitions=args.workers)
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             train_rdd = digits_rdd(spark, "train", args.workers)
             test_rdd = digits_rdd(spark, "test", args.workers)
             source = "the bundled digits"
-        solver = lenet.solver(batch_size=args.batch_size)
+        solver = appkit.apply_solver_options(lenet.solver(batch_size=args.batch_size), args)
         log.info("LeNet on %s: %d workers, tau %d, %d rounds, batch %d", source, args.workers,
                  args.sync_interval, args.rounds, args.batch_size)
         t0 = time.perf_counter()
