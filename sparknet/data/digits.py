@@ -57,12 +57,26 @@ def digits_rdd(spark: Any, split: Split = "train", num_partitions: int | None = 
     """The digits as an RDD of ``(float32 (1, 28, 28), label)`` pairs, in split order.
 
     ``spark`` is a SparkSession or SparkContext; ``num_partitions`` defaults
-    to Spark's default parallelism.
+    to Spark's default parallelism. The images ship with scikit-learn, so each
+    worker loads its own slice: Spark tasks carry no data, only an index.
     """
-    from sparknet.data.rdd import to_rdd
+    from sparknet.data.rdd import _default_partitions, _sc
 
-    x, y = load_digits(split)
-    return to_rdd(spark, x, y, num_partitions)
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    sc = _sc(spark)
+    n = len(load_digits(split)[1])
+    parts = num_partitions or _default_partitions(sc, n)
+    if parts < 1:
+        raise ValueError(f"num_partitions must be >= 1, got {parts}")
+    bounds = np.linspace(0, n, parts + 1).astype(int)  # as sparknet.data.to_rdd splits
+
+    def part(index: int, _: Any) -> Any:
+        x, y = load_digits(split)
+        for i in range(bounds[index], bounds[index + 1]):
+            yield np.array(x[i]), float(y[i])
+
+    return sc.parallelize(range(parts), parts).mapPartitionsWithIndex(part)
 
 
 def digits_dataframe(spark: Any, split: Split = "train", num_partitions: int | None = None
