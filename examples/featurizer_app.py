@@ -3,8 +3,9 @@
 Every image of the data set goes through the net (TEST phase) on the Spark
 workers with the weights of a .caffemodel; the requested blobs (--blob, one
 or more; for example ip1 of LeNet or CIFAR-10 quick, fc7 of CaffeNet) become
-columns of a DataFrame, next to the image's label, which is written as a
-Parquet file (a folder, as Spark writes it).
+columns of a DataFrame (ML vectors, or arrays with --arrays), next to the
+image's label, which is written as a Parquet file (a folder, as Spark
+writes it).
 
 The net is a shipped model (lenet, cifar10_quick, caffenet, googlenet) or a
 net prototxt, whose data layers are replaced by inputs of the data's shape.
@@ -44,6 +45,8 @@ def build_parser():
                    help="subtract this mean image first (as the net was trained)")
     p.add_argument("--batch-size", type=appkit.positive_int, default=100,
                    help="images per forward pass (default 100)")
+    p.add_argument("--arrays", action="store_true",
+                   help="write array<float> columns instead of ML vectors")
     p.add_argument("--output", required=True, metavar="PARQUET",
                    help="where to write the features (overwritten)")
     appkit.add_spark_options(p)
@@ -58,9 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise appkit.UsageError(f"{path}: no such file")
 
     from sparknet.data import read_mean
-    from sparknet.engine import CaffeNet
     from sparknet.spark import featurize
 
+    mean = read_mean(args.mean) if args.mean else None
     spark = appkit.spark_session("sparknet-featurizer", args.master, args.workers,
                                  args.driver_memory)
     try:
@@ -68,35 +71,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         image, _ = data.first()
         solver = appkit.load_solver(args.net, None, args.batch_size, args.batch_size,
                                     image.shape)
-        # Check on the driver what would otherwise fail on every worker.
-        engine = CaffeNet(solver)
-        engine.load_weights(args.weights)
-        blobs = engine.blob_names("TEST")
-        unknown = [b for b in args.blob if b not in blobs]
-        if unknown:
-            raise appkit.UsageError(f"net {args.net} has no blob {unknown[0]!r} in its TEST "
-                                    f"phase (blobs: {', '.join(blobs)})")
-        del engine
-        if args.mean:
-            mean = read_mean(args.mean)
+        preprocess = None
+        if mean is not None:
             if mean.shape != tuple(image.shape):
                 raise appkit.UsageError(f"{args.mean}: a {mean.shape} mean image for "
                                         f"{tuple(image.shape)} images")
 
-            def subtract_mean(example):  # runs on the workers
-                return example[0] - mean, example[1]
-            data = data.map(subtract_mean)
+            def preprocess(example: dict) -> dict:  # on the workers, once per image
+                return {**example, "data": example["data"] - mean}
 
         t0 = time.perf_counter()
-        frame = featurize(spark, solver, args.weights, data, blobs=args.blob)
+        # The weights are loaded and the blob names checked on the driver first.
+        frame = featurize(spark, solver, args.weights, data, blobs=args.blob,
+                          output="array" if args.arrays else "vector", preprocess=preprocess)
         frame.write.mode("overwrite").parquet(args.output)
-        rows = spark.read.parquet(args.output).count()
+        written = spark.read.parquet(args.output)
+        rows, columns = written.count(), written.columns
         seconds = time.perf_counter() - t0
     finally:
         spark.stop()
 
-    print(f"featurized {rows} images ({args.data} {args.split}) in {seconds:.1f} s: "
-          f"{', '.join(args.blob)}")
+    print(f"featurized {rows} images ({args.data} {args.split}) in {seconds:.1f} s; "
+          f"columns: {', '.join(columns)}")
     appkit.print_outputs({"features (Parquet)": args.output})
     return 0
 

@@ -236,18 +236,22 @@ def test_featurizer_app_writes_parquet(lenet_run, spark, tmp_path):
     proc = run_app("featurizer_app", "--weights", str(weights), "--blob", "ip1",
                    "--blob", "ip2", "--output", str(out), cwd=tmp_path)
     assert printed_paths(proc.stdout)["features (Parquet)"] == out
-    rows = spark.read.parquet(str(out)).collect()
+    frame = spark.read.parquet(str(out))
+    assert frame.columns == ["label", "ip1", "ip2"]
+    rows = frame.collect()
     x, y = load_digits("test")
     assert len(rows) == len(y) == 360
-    assert {len(r["ip1"]) for r in rows} == {500} and {len(r["ip2"]) for r in rows} == {10}
-    # the same numbers as the engine's own forward pass with those weights
+    assert {r["ip1"].size for r in rows} == {500} and {r["ip2"].size for r in rows} == {10}
+    # the same numbers as the engine's own forward pass with those weights, row by row
     engine = CaffeNet(lenet.solver(batch_size=len(y)))
     engine.load_weights(weights)
     expected = engine.forward({"data": x}, blobs=["ip2"])["ip2"]
-    got = np.asarray([r["ip2"] for r in rows], np.float32)
-    order = np.lexsort(expected.T[::-1])
-    np.testing.assert_allclose(got[np.lexsort(got.T[::-1])], expected[order], rtol=1e-4,
-                               atol=1e-4)
+    got = np.asarray([r["ip2"].toArray() for r in rows], np.float32)
+    labels = np.asarray([r["label"] for r in rows])
+    mine, theirs = np.lexsort(got.T[::-1]), np.lexsort(expected.T[::-1])
+    np.testing.assert_allclose(got[mine], expected[theirs], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(labels[mine], y[theirs])
+    assert (got.argmax(1) == labels).mean() >= 0.9  # LeNet's scores classify the digits
 
 
 @pytest.fixture(scope="module")
