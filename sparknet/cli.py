@@ -182,16 +182,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_test(args: argparse.Namespace) -> int:
     check_uri(args.data)
-    from sparknet.spark import evaluate
+    from sparknet.spark import predict
 
     spark = _spark(args.master, "sparknet-test")
     rdd = load_data(spark, args.data, "test", args.workers)
     first = rdd.first()
     solver = load_solver(args.net, args.solver, args.batch_size, args.batch_size,
                          tuple(first[0].shape) if isinstance(first, tuple) else None)
-    scores = evaluate(spark, solver, args.weights, rdd)
-    print(json.dumps(scores))
+    scores, labels = _accuracy_blobs(solver.net_param)
+    frame = predict(spark, solver, args.weights, rdd, blobs=[scores])
+    hits, total = (frame.rdd.map(lambda row: (int(np.argmax(row[scores]) == row[labels]), 1))
+                   .reduce(lambda a, b: (a[0] + b[0], a[1] + b[1])))
+    print(json.dumps({"accuracy": hits / total, "examples": total, "scores": scores}))
     return 0
+
+
+def _accuracy_blobs(net: Any) -> tuple[str, str]:
+    """The (scores, label) bottoms of the net's TEST-phase Accuracy layer."""
+    from sparknet.proto import caffe_pb2
+
+    for layer in net.layer:
+        excluded = any(r.phase == caffe_pb2.TEST for r in layer.exclude if r.HasField("phase"))
+        included = not layer.include or any(not r.HasField("phase") or r.phase == caffe_pb2.TEST
+                                             for r in layer.include)
+        if layer.type == "Accuracy" and included and not excluded and len(layer.bottom) >= 2:
+            return layer.bottom[0], layer.bottom[1]
+    raise UsageError(f"net '{net.name}' has no TEST-phase Accuracy layer to score with")
 
 
 def cmd_featurize(args: argparse.Namespace) -> int:

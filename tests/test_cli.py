@@ -73,3 +73,30 @@ def test_a_bad_prototxt_names_file_and_line(tmp_path):
     assert done.returncode == 2
     assert f"{bad}:5" in done.stderr and "nonsense" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_train_then_test_then_featurize_on_digits(tmp_path, spark):
+    """`sparknet train digits:` end to end, then the weights it wrote, used twice."""
+    weights = tmp_path / "lenet.caffemodel"
+    done = sparknet("train", "lenet", "--data", "digits:", "--workers", "2", "--rounds", "6",
+                    "--sync-interval", "50", "--test-interval", "3", "--master", "local[2]",
+                    "--output", str(tmp_path / "run"), "--save", str(weights))
+    assert done.returncode == 0, done.stderr[-3000:]
+    accuracy = float(done.stdout.split("accuracy ")[1].split(",")[0])
+    assert accuracy >= 0.95, done.stdout
+    assert weights.exists() and (tmp_path / "run" / "history.jsonl").exists()
+
+    done = sparknet("test", "lenet", "--weights", str(weights), "--data", "digits:",
+                    "--master", "local[2]")
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+    scores = json.loads(done.stdout.strip().splitlines()[-1])
+    assert scores["examples"] == 360 and scores["accuracy"] == pytest.approx(accuracy, abs=0.01)
+
+    out = tmp_path / "features.parquet"
+    done = sparknet("featurize", "lenet", "--weights", str(weights), "--data", "digits:",
+                    "--blob", "ip1", "--output", str(out), "--master", "local[2]")
+    assert done.returncode == 0, done.stderr[-3000:]
+    frame = spark.read.parquet(str(out))
+    assert frame.count() == 360
+    assert len(frame.first()["ip1"]) == 500
