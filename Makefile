@@ -70,7 +70,7 @@ wheel: dist/.wheel
 dist/.wheel: $(VENV)/.built $(PY_SOURCES)
 	rm -rf dist/raw dist/sparknet-*.whl
 	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w dist/raw .
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/auditwheel -q repair -w dist dist/raw/sparknet-*.whl
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/auditwheel repair -w dist dist/raw/sparknet-*.whl
 	rm -rf dist/raw
 	touch $@
 
@@ -83,7 +83,7 @@ dist/sparknet-env.tar.gz: dist/.wheel requirements.txt
 	rm -rf dist/env && $(PYTHON) -m venv dist/env
 	dist/env/bin/pip install -q --no-deps dist/sparknet-*manylinux*.whl
 	grep -v -e '^pyspark' -e '^#' requirements.txt | dist/env/bin/pip install -q -r /dev/stdin
-	$(VENV)/bin/venv-pack -q -f -p dist/env -o $@.tmp && mv $@.tmp $@
+	$(VENV)/bin/venv-pack -q -f -p dist/env -o dist/.partial-env.tar.gz && mv dist/.partial-env.tar.gz $@
 	@echo "packed: $@"
 
 clean:
