@@ -16,6 +16,7 @@ examples:
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ NET = ROOT / "caffe/models/cifar10_quick/train_val.prototxt"
 SOLVER = ROOT / "caffe/models/cifar10_quick/solver.prototxt"
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = appkit.parser(__doc__, prog="cifar_app.py")
     p.add_argument("data", metavar="DATA_DIR",
                    help="folder (or s3://, hdfs:// URI) holding the CIFAR-10 binary batches")
@@ -38,9 +39,9 @@ def build_parser():
                    help="net prototxt (default: the shipped cifar10_quick)")
     p.add_argument("--solver", default=str(SOLVER), metavar="PROTOTXT",
                    help="solver prototxt (default: the shipped cifar10_quick solver)")
-    p.add_argument("--batch-size", type=appkit.positive_int, default=100,
+    p.add_argument("--batch-size", type=appkit.positive_int, metavar="N", default=100,
                    help="training minibatch per worker (default 100, as SparkNet)")
-    p.add_argument("--test-batch-size", type=appkit.positive_int, default=100,
+    p.add_argument("--test-batch-size", type=appkit.positive_int, metavar="N", default=100,
                    help="test minibatch (default 100)")
     p.add_argument("--train-files", nargs="+", metavar="FILE",
                    help="training batch files (default data_batch_1.bin ... data_batch_5.bin)")

@@ -19,6 +19,7 @@ examples:
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ import appkit
 log = logging.getLogger("sparknet.examples.featurizer")
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = appkit.parser(__doc__, prog="featurizer_app.py")
     p.add_argument("--weights", required=True, metavar="CAFFEMODEL",
                    help="trained weights for the net")
@@ -43,7 +44,7 @@ def build_parser():
                    help="a blob to extract (repeat for several)")
     p.add_argument("--mean", metavar="BINARYPROTO",
                    help="subtract this mean image first (as the net was trained)")
-    p.add_argument("--batch-size", type=appkit.positive_int, default=100,
+    p.add_argument("--batch-size", type=appkit.positive_int, metavar="N", default=100,
                    help="images per forward pass (default 100)")
     p.add_argument("--arrays", action="store_true",
                    help="write array<float> columns instead of ML vectors")

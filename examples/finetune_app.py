@@ -20,6 +20,7 @@ examples:
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ import appkit
 log = logging.getLogger("sparknet.examples.finetune")
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = appkit.parser(__doc__, prog="finetune_app.py")
     p.add_argument("--weights", required=True, metavar="CAFFEMODEL",
                    help="the trained weights to start from")
@@ -42,14 +43,14 @@ def build_parser():
     p.add_argument("--data", default="digits:", metavar="URI",
                    help="the new task's data: digits:, mnist:DIR or cifar10:DIR "
                    "(default digits:)")
-    p.add_argument("--num-classes", type=appkit.positive_int, required=True,
+    p.add_argument("--num-classes", type=appkit.positive_int, metavar="N", required=True,
                    help="outputs of the new last layer (labels 0 .. N-1)")
     p.add_argument("--layer", help="the layer to replace (default: the last one with "
                    "num_output)")
     p.add_argument("--new-name", help="the new layer's name (default: LAYER_finetune)")
     p.add_argument("--freeze", action="store_true",
                    help="train only the new layer (every other layer gets lr_mult 0)")
-    p.add_argument("--batch-size", type=appkit.positive_int, default=64,
+    p.add_argument("--batch-size", type=appkit.positive_int, metavar="N", default=64,
                    help="minibatch per worker (default 64)")
     appkit.add_spark_options(p)
     appkit.add_training_options(p, sync_interval=20, rounds=10, test_interval=2,

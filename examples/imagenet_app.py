@@ -6,10 +6,11 @@ ILSVRC2012_train/train.00000.tar ..., validation shards
 ILSVRC2012_val/val.00000.tar ..., and the label lists train.txt and val.txt
 at the bucket root. Each worker streams its shards from S3 and decodes them
 (one partition per shard, never through the driver). The net is CaffeNet from
-caffe/models/caffenet/train_val.prototxt; its transform_param gives the random
-227x227 crops and mirroring; as in SparkNet the mean image of the training
-set is subtracted (computed on the workers, or read with --mean), and the
-weights are averaged every 50 steps.
+caffe/models/caffenet/train_val.prototxt; its transform_param gives the
+227x227 crops (random and mirrored for training, drawn on the workers as the
+shards are decoded; centred for testing). As in SparkNet the mean image of the
+training set is subtracted (computed on the workers, or read with --mean), and
+the weights are averaged every 50 steps.
 
 S3 credentials come from boto3's standard chain (environment, profile, role);
 Spark's executors need them too (for example spark.executorEnv.AWS_*).
@@ -18,10 +19,11 @@ examples:
   python examples/imagenet_app.py 2 my-imagenet-bucket --rounds 100
   spark-submit --master spark://host:7077 examples/imagenet_app.py 16 my-bucket
   python examples/imagenet_app.py 2 test-bucket --endpoint-url http://127.0.0.1:9000 \\
-      --image-size 72 --crop 67 --batch-size 8 --rounds 2
+      --image-size 72 --crop 67 --batch-size 8 --rounds 2 --base-lr 0.001
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from collections.abc import Sequence
@@ -36,23 +38,23 @@ NET = ROOT / "caffe/models/caffenet/train_val.prototxt"
 SOLVER = ROOT / "caffe/models/caffenet/solver.prototxt"
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = appkit.parser(__doc__, prog="imagenet_app.py")
     p.add_argument("workers", type=appkit.positive_int, help="Spark workers K")
     p.add_argument("bucket", help="S3 bucket in the upload tool's layout")
     s3 = p.add_argument_group("data")
-    s3.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS)")
+    s3.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint (default: AWS)")
     s3.add_argument("--region", help="S3 region (default: boto3's chain)")
-    s3.add_argument("--shard-prefix", default="ILSVRC2012_train/train.",
+    s3.add_argument("--shard-prefix", metavar="PREFIX", default="ILSVRC2012_train/train.",
                     help="key prefix of the training shards (default %(default)s)")
     s3.add_argument("--labels", default="train.txt", metavar="KEY",
                     help="key of the training label list (default %(default)s)")
-    s3.add_argument("--val-prefix", default="ILSVRC2012_val/val.",
+    s3.add_argument("--val-prefix", metavar="PREFIX", default="ILSVRC2012_val/val.",
                     help="key prefix of the validation shards (default %(default)s)")
     s3.add_argument("--val-labels", default="val.txt", metavar="KEY",
                     help="key of the validation label list (default %(default)s)")
     s3.add_argument("--no-val", action="store_true", help="do not test on validation shards")
-    s3.add_argument("--max-shards", type=appkit.positive_int,
+    s3.add_argument("--max-shards", type=appkit.positive_int, metavar="N",
                     help="use only the first N training shards (a trial run)")
     s3.add_argument("--mean", metavar="BINARYPROTO",
                     help="mean image to subtract (default: compute it from the training "
@@ -66,9 +68,9 @@ def build_parser():
                      help="decode and resize images to NxN (default 256)")
     net.add_argument("--crop", type=appkit.positive_int, metavar="N",
                      help="crop size (default: the net's transform_param, 227)")
-    net.add_argument("--batch-size", type=appkit.positive_int, default=256,
+    net.add_argument("--batch-size", type=appkit.positive_int, default=256, metavar="N",
                      help="training minibatch per worker (default 256, as SparkNet)")
-    net.add_argument("--test-batch-size", type=appkit.positive_int, default=50,
+    net.add_argument("--test-batch-size", type=appkit.positive_int, default=50, metavar="N",
                      help="test minibatch (default 50)")
     appkit.add_spark_options(p, workers=False, driver_memory="4g")
     appkit.add_training_options(p, sync_interval=50, rounds=1000, test_interval=10,

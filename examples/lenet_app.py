@@ -13,6 +13,7 @@ examples:
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from collections.abc import Sequence
@@ -23,12 +24,12 @@ import appkit
 log = logging.getLogger("sparknet.examples.lenet")
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = appkit.parser(__doc__, prog="lenet_app.py")
     p.add_argument("--mnist", metavar="DIR",
                    help="folder (or s3://, hdfs:// URI) with the four MNIST IDX files, "
                    "gzipped or not (default: the bundled digits)")
-    p.add_argument("--batch-size", type=appkit.positive_int, default=64,
+    p.add_argument("--batch-size", type=appkit.positive_int, metavar="N", default=64,
                    help="minibatch size per worker (default 64)")
     appkit.add_spark_options(p)
     appkit.add_training_options(p, sync_interval=50, rounds=12, test_interval=3,
