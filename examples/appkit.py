@@ -113,16 +113,17 @@ def spark_session(app_name: str, master: str | None, workers: int,
                   driver_memory: str | None = None) -> Any:
     """A SparkSession: ``master`` if given, else spark-submit's, else ``local[workers]``.
 
-    For a local master the Python workers run this interpreter (unless
-    ``PYSPARK_PYTHON`` says otherwise), so a virtual environment's packages
-    are found without activating it. ``driver_memory`` sizes the driver JVM
+    When this process starts a local Spark, the Python workers run this
+    interpreter (unless ``PYSPARK_PYTHON`` says otherwise), so a virtual
+    environment's packages are found without activating it; under
+    spark-submit, its ``PYSPARK_PYTHON`` / ``spark.pyspark.python`` decide. ``driver_memory`` sizes the driver JVM
     when this process starts it (spark-submit has already started it).
     """
     from pyspark.sql import SparkSession
 
     if master is None and not under_spark_submit():
         master = f"local[{workers}]"
-    if master is None or master.startswith("local"):
+    if master is not None and master.startswith("local") and not under_spark_submit():
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     if master is not None:

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", help="the layer to replace (default: the last one with "
                    "num_output)")
     p.add_argument("--new-name", help="the new layer's name (default: LAYER_finetune)")
+    p.add_argument("--mean", metavar="BINARYPROTO",
+                   help="subtract this mean image, as when the weights were trained "
+                   "(cifar_app.py writes one)")
     p.add_argument("--freeze", action="store_true",
                    help="train only the new layer (every other layer gets lr_mult 0)")
     p.add_argument("--batch-size", type=appkit.positive_int, metavar="N", default=64,
@@ -107,9 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     appkit.check_training_options(args)
     appkit.check_data_uri(args.data)
-    if not Path(args.weights).is_file():
-        raise appkit.UsageError(f"--weights {args.weights}: no such file")
+    for option, path in (("--weights", args.weights), ("--mean", args.mean)):
+        if path is not None and not Path(path).is_file():
+            raise appkit.UsageError(f"{option} {path}: no such file")
 
+    from sparknet.data import Transformer, read_mean
     from sparknet.engine import CaffeNet
     from sparknet.spark import train
 
@@ -119,6 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_rdd = appkit.load_examples(spark, args.data, "train", args.workers)
         test_rdd = appkit.load_examples(spark, args.data, "test", args.workers)
         image, _ = train_rdd.first()
+        transforms = {}
+        if args.mean:  # subtracted from every minibatch on the workers
+            mean = read_mean(args.mean)
+            if mean.shape != tuple(image.shape):
+                raise appkit.UsageError(f"--mean {args.mean}: a {mean.shape} mean image for "
+                                        f"{tuple(image.shape)} images")
+            transforms = {"transform": Transformer(mean=mean, phase="TRAIN"),
+                          "test_transform": Transformer(mean=mean, phase="TEST")}
         solver = appkit.load_solver(args.net, args.solver, args.batch_size, args.batch_size,
                                     image.shape)
         net, old, new = replace_last_layer(solver.net_param, args.num_classes, args.layer,
@@ -132,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.freeze:
             freeze_all_but(solver, engine.weight_layout, new)
         del engine
-        log.info("fine-tuning %s from %s: layer %s replaced by %s (%d outputs)%s",
+        log.info("fine-tuning %s from %s: layer %s replaced by %s (num_output %d)%s",
                  args.net, args.weights, old, new, args.num_classes,
                  ", the rest frozen" if args.freeze else "")
 
@@ -141,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        sync_interval=args.sync_interval, rounds=args.rounds,
                        test_interval=args.test_interval, output_dir=args.output,
                        checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
-                       init_weights=args.weights)  # every layer found by name; not the new one
+                       init_weights=args.weights,  # every layer found by name; not the new one
+                       **transforms)
         seconds = time.perf_counter() - t0
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
