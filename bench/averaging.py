@@ -1,0 +1,190 @@
+"""One round's communication for a CaffeNet-sized model: sparknet's path vs a naive one.
+
+Two workers on ``local-cluster[2,1,2048]`` exchange a 61M-parameter model
+(CaffeNet's 16 parameter blobs, 244 MB of float32), as one training round
+does, minus the training:
+
+* **naive**: the weights as a list of numpy arrays, ``sc.broadcast`` (pickled),
+  each worker reads them and returns its list, ``collect()`` brings both lists
+  to the driver, which sums them array by array and divides by K.
+* **sparknet**: the code path ``sparknet.spark.train`` uses
+  (``sparknet.spark._comm``): the flat vector broadcast raw (workers map the
+  broadcast file; no unpickled copy), each worker copies it into the buffer it
+  would train in, sends it back as 512 KiB chunks from that buffer, and the
+  driver adds each chunk into one accumulator as it arrives off the JVM's
+  socket (never K models at once), then divides by K.
+
+Both run over the same cached two-partition RDD (one task per executor), in
+the same session, interleaved, after a warm-up of each; the figure is the
+median of ``--reps``. Driver memory is the Python driver's peak RSS during the
+round (``VmHWM``, reset before each round via ``/proc/self/clear_refs``) minus
+its RSS before the model was created, in multiples of the model's size.
+
+Usage: ``python bench/averaging.py [--reps 5] [--conf spark.broadcast.compress=false ...]``
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# CaffeNet (bvlc_reference_caffenet): 60,965,224 parameters
+CAFFENET = [("conv1", [(96, 3, 11, 11), (96,)]), ("conv2", [(256, 48, 5, 5), (256,)]),
+            ("conv3", [(384, 256, 3, 3), (384,)]), ("conv4", [(384, 192, 3, 3), (384,)]),
+            ("conv5", [(256, 192, 3, 3), (256,)]), ("fc6", [(4096, 9216), (4096,)]),
+            ("fc7", [(4096, 4096), (4096,)]), ("fc8", [(1000, 4096), (1000,)])]
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+# -- worker sides -------------------------------------------------------------------------------
+
+def _naive_worker(bc, items):
+    for _ in items:
+        pass
+    return [[a.copy() for a in bc.value]]  # "trained" weights: a fresh list of arrays
+
+
+_BUF: dict[int, np.ndarray] = {}
+
+
+def _sparknet_worker(bc, partition, items):
+    from sparknet.spark import _comm
+
+    for _ in items:  # consume the (tiny) input: the Python worker is reused
+        pass
+    mapped = _comm.flat_from_broadcast(bc)
+    buf = _BUF.get(mapped.size)
+    if buf is None:
+        buf = _BUF[mapped.size] = np.empty(mapped.size, np.float32)
+    np.copyto(buf, mapped)  # what set_weights + training + read_params leave in the buffer
+    del mapped
+    yield "m", {"partition": partition}
+    yield from _comm.chunks(buf)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--conf", nargs="*", default=[], help="extra Spark settings key=value")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    from sparknet.engine import WeightCollection
+    from sparknet.spark import _comm
+
+    builder = (SparkSession.builder.master("local-cluster[2,1,2048]")
+               .appName("sparknet-bench-averaging")
+               .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+               .config("spark.driver.memory", "4g").config("spark.executor.memory", "2g")
+               .config("spark.driver.maxResultSize", "2g"))
+    for kv in args.conf:
+        k, v = kv.split("=", 1)
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
+    sc = spark.sparkContext
+    sc.setLogLevel("ERROR")
+    app = sc.applicationId
+    try:
+        deadline = time.monotonic() + 60
+        while sc._jsc.sc().getExecutorMemoryStatus().size() < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # one task per executor, every round: a cached 2-partition RDD, as train()'s handles
+        slots = sc.parallelize(range(2), 2).cache()
+        slots.count()
+
+        base_rss = _rss()
+        rng = np.random.default_rng(0)
+        weights = WeightCollection({n: [rng.standard_normal(s, dtype=np.float32) for s in shapes]
+                                    for n, shapes in CAFFENET})
+        model = weights.nbytes
+        K = 2
+        print(f"model: {weights.num_params:,} float32 parameters ({model / 1e6:.0f} MB), "
+              f"{K} workers on {sc.master}; settings: {args.conf or 'Spark defaults'}")
+
+        def naive() -> np.ndarray:
+            arrays = [a for name in weights for a in weights[name]]
+            bc = sc.broadcast(arrays)
+            results = slots.mapPartitions(lambda it: _naive_worker(bc, it)).collect()
+            total = [sum(parts) for parts in zip(*results)]
+            mean = [t / K for t in total]
+            bc.destroy()
+            return mean[0]
+
+        acc = np.empty_like(weights.flat)
+
+        def sparknet() -> np.ndarray:
+            bc = _comm.broadcast_flat(sc, weights.flat)
+            rdd = slots.mapPartitionsWithIndex(lambda i, it: _sparknet_worker(bc, i, it))
+            acc[:] = 0
+            metas: list = []
+            _comm.fold(_comm.stream(rdd), acc, metas.append)
+            np.divide(acc, np.float32(K), out=acc)  # train() then swaps acc and the weights
+            _comm.destroy(bc)
+            assert len(metas) == K
+            return acc
+
+        methods = {"naive": naive, "sparknet": sparknet}
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        peaks: dict[str, list[float]] = {m: [] for m in methods}
+        check = {}
+        for rep in range(args.reps + 1):  # the first rep warms both up and is not counted
+            for name, fn in methods.items():
+                _reset_peak()
+                t = time.perf_counter()
+                first = fn()
+                dt = time.perf_counter() - t
+                peak = (_peak() - base_rss) / model
+                check[name] = float(first.reshape(-1)[0])
+                del first
+                if rep:
+                    times[name].append(dt)
+                    peaks[name].append(peak)
+                print(f"  {'warm-up' if not rep else f'rep {rep}'}: {name:8s} {dt:6.2f} s, "
+                      f"driver peak {peak:4.2f}x model", flush=True)
+        assert abs(check["naive"] - check["sparknet"]) < 1e-6, check
+        med = {m: statistics.median(v) for m, v in times.items()}
+        peak = {m: max(v) for m, v in peaks.items()}
+        print(f"naive:    {med['naive']:.2f} s per round (median of {args.reps}), driver peak "
+              f"{peak['naive']:.2f}x the model")
+        print(f"sparknet: {med['sparknet']:.2f} s per round (median of {args.reps}), driver "
+              f"peak {peak['sparknet']:.2f}x the model (target <= 3x)")
+        print(f"communication time, sparknet / naive: {med['sparknet'] / med['naive']:.2f}x "
+              f"(target <= 0.3x)")
+    finally:
+        spark.stop()
+        import shutil
+
+        import pyspark
+        shutil.rmtree(Path(pyspark.__file__).parent / "work" / app, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
