@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -256,32 +257,30 @@ def print_outputs(paths: dict[str, Any]) -> None:
 # -- running an app -----------------------------------------------------------------------
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [UsageError, FileNotFoundError, NotADirectoryError,
-                                         IsADirectoryError, PermissionError]
-    try:
-        from sparknet.dsl import NetDefinitionError
-        errors.append(NetDefinitionError)
-    except ImportError:  # pragma: no cover - the package is broken; let it show
-        pass
-    try:
-        from sparknet.proto import PrototxtError
-        errors.append(PrototxtError)
-    except ImportError:  # pragma: no cover
-        pass
-    try:  # Caffe refused the net or a .caffemodel on the driver, before any training
-        from sparknet.engine import CaffeError
-        errors.append(CaffeError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
+    """Exceptions that mean the user asked for something that cannot work."""
+    from sparknet.dsl import NetDefinitionError
+    from sparknet.engine import CaffeError  # Caffe refused the net or a .caffemodel
+    from sparknet.proto import PrototxtError
+
+    return (UsageError, OSError, ValueError, NetDefinitionError, PrototxtError, CaffeError)
+
+
+def _reason(e: BaseException) -> str:
+    """One line saying why: for a Spark job, the Python error raised on the worker."""
+    text = str(e).strip()
+    worker_errors = re.findall(r"^(\w+(?:Error|Exception|Diverged): .+)$", text, re.MULTILINE)
+    if worker_errors and not text.startswith(worker_errors[-1]):
+        return worker_errors[-1]
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
     """Run an app's ``main`` and exit with its status.
 
-    Mistakes in what was asked (a missing file, a net that does not fit, a
-    bad option) print one line and exit 2; a run that fails exits 1 with the
-    error's message (the traceback too with ``--verbose``); Ctrl-C exits 130.
+    Mistakes in what was asked (a missing file, a net or data that do not
+    fit, a bad option) print one line and exit 2; a run that fails (a
+    diverging loss, a lost cluster) exits 1 with the reason; ``--verbose``
+    adds the traceback; Ctrl-C exits 130.
     """
     prog = Path(sys.argv[0]).name
     verbose = "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv)
@@ -291,20 +290,17 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         status = main(argv)
-    except _user_errors() as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        status = 2
-    except ValueError as e:  # bad data or a net/data mismatch the library caught
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        status = 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         status = 130
     except Exception as e:  # noqa: BLE001 - the last word, with the reason
         if verbose:
             traceback.print_exc()
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"{prog}: failed: {type(e).__name__}: {first}"
-              + ("" if verbose else " (--verbose shows the traceback)"), file=sys.stderr)
-        status = 1
+        if isinstance(e, _user_errors()):
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            status = 2
+        else:
+            print(f"{prog}: failed: {_reason(e)}"
+                  + ("" if verbose else " (--verbose shows the traceback)"), file=sys.stderr)
+            status = 1
     sys.exit(status)
