@@ -12,6 +12,7 @@ executors.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -93,8 +94,9 @@ def _lenet_run(spark: Any, rounds: int, **kw: Any) -> Any:
     from sparknet.spark import train
 
     kw.setdefault("test_data", digits_rdd(spark, "test", 2))
+    kw.setdefault("workers", 2)
     return train(spark, lenet.solver(kw.pop("batch", 64)), digits_rdd(spark, "train", 2),
-                 workers=2, rounds=rounds, progress=False, executor_wait=90, **kw)
+                 rounds=rounds, progress=False, executor_wait=90, **kw)
 
 
 def scenario_local_cluster(out: dict) -> None:
@@ -106,7 +108,7 @@ def scenario_local_cluster(out: dict) -> None:
     sc = spark.sparkContext
     try:
         t = time.perf_counter()
-        small = dict(sync_interval=10, batch=32, test_interval=0, test_data=None)
+        small = {"sync_interval": 10, "batch": 32, "test_interval": 0, "test_data": None}
         clean = _lenet_run(spark, 3, **small)
         out["clean_seconds"] = time.perf_counter() - t
         out["executors"] = sorted({_executor_of(p["pid"]) or -1
@@ -115,6 +117,8 @@ def scenario_local_cluster(out: dict) -> None:
         out["fault_equal"] = bool(clean.weights == faulty.weights)
         out["fault_retried"] = [h.get("retried", []) for h in faulty.history]
         out["fault_states"] = [[p["state"] for p in h["partitions"]] for h in faulty.history]
+        four = _lenet_run(spark, 3, **{**small, "workers": 4})
+        out["four_workers_sha1"] = hashlib.sha1(four.weights.flat.tobytes()).hexdigest()
 
         # kill the executor JVM of partition 1 while round 3 is computing
         killed: dict[str, Any] = {}
@@ -190,16 +194,18 @@ def scenario_standalone(out: dict) -> None:
     port, ui, wui = _free_port(), _free_port(), _free_port()
     procs = []
     try:
-        procs.append(subprocess.Popen(
-            [str(spark_class), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-             "--port", str(port), "--webui-port", str(ui)], env=env,
-            stdout=open(work / "master.out", "wb"), stderr=subprocess.STDOUT))
+        with open(work / "master.out", "wb") as log:
+            procs.append(subprocess.Popen(
+                [str(spark_class), "org.apache.spark.deploy.master.Master", "--host",
+                 "127.0.0.1", "--port", str(port), "--webui-port", str(ui)], env=env,
+                stdout=log, stderr=subprocess.STDOUT))
         _wait_port(port, 60)
-        procs.append(subprocess.Popen(
-            [str(spark_class), "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-             "--cores", "2", "--memory", "2g", "--webui-port", str(wui), "--work-dir", str(work),
-             f"spark://127.0.0.1:{port}"], env=env,
-            stdout=open(work / "worker.out", "wb"), stderr=subprocess.STDOUT))
+        with open(work / "worker.out", "wb") as log:
+            procs.append(subprocess.Popen(
+                [str(spark_class), "org.apache.spark.deploy.worker.Worker", "--host",
+                 "127.0.0.1", "--cores", "2", "--memory", "2g", "--webui-port", str(wui),
+                 "--work-dir", str(work), f"spark://127.0.0.1:{port}"], env=env,
+                stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -213,8 +219,11 @@ def scenario_standalone(out: dict) -> None:
         else:
             raise TimeoutError("the standalone Worker did not register with the Master")
         out["master"] = f"spark://127.0.0.1:{port}"
+        # spark.locality.wait=0: tasks go to any free executor at once, so with four
+        # partitions on two single-core executors some run away from their cached data
         spark = _session(out["master"], spark_executor_cores="1", spark_cores_max="2",
-                         spark_driver_host="127.0.0.1", spark_driver_bindAddress="127.0.0.1")
+                         spark_driver_host="127.0.0.1", spark_driver_bindAddress="127.0.0.1",
+                         spark_locality_wait="0")
         try:
             t = time.perf_counter()
             res = _lenet_run(spark, 6, sync_interval=50, test_interval=6)
@@ -223,6 +232,10 @@ def scenario_standalone(out: dict) -> None:
             out["executors"] = sorted({_executor_of(p["pid"]) or -1
                                        for h in res.history for p in h["partitions"]})
             out["states"] = [[p["state"] for p in h["partitions"]] for h in res.history]
+            four = _lenet_run(spark, 3, sync_interval=10, batch=32, test_interval=0,
+                              test_data=None, workers=4)
+            out["four_workers_sha1"] = hashlib.sha1(four.weights.flat.tobytes()).hexdigest()
+            out["four_workers_rerun"] = [h.get("rerun", []) for h in four.history]
         finally:
             spark.stop()
     finally:
@@ -246,7 +259,7 @@ def _run_scenario(name: str, timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "out.json"
         proc = subprocess.run([sys.executable, str(HERE), name, str(path)], cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, check=False)
         if proc.returncode != 0 or not path.exists():
             tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-60:])
             pytest.fail(f"scenario {name} failed (exit {proc.returncode}):\n{tail}")
@@ -297,6 +310,12 @@ def test_standalone_cluster_on_loopback(standalone):
     assert len([e for e in standalone["executors"] if e > 0]) == 2
     assert standalone["accuracy"] >= 0.95
     assert all(s == "fresh" for s in standalone["states"][0])
+
+
+def test_tasks_away_from_their_data_rerun_to_the_same_weights(local_cluster, standalone):
+    # four workers on two executors: the same weights on local-cluster (tasks wait for their
+    # executor) and on standalone with spark.locality.wait=0 (they don't, and are rerun)
+    assert standalone["four_workers_sha1"] == local_cluster["four_workers_sha1"]
 
 
 if __name__ == "__main__":

@@ -6,15 +6,14 @@ import os
 
 import numpy as np
 import pytest
+from s3server import s3  # noqa: F401  (the moto S3 server fixture)
 
 from sparknet.data import digits_dataframe, digits_rdd, load_digits
 from sparknet.engine import CaffeNet, WeightCollection
 from sparknet.models import lenet
 from sparknet.spark import EASGD, DataError, TrainingDiverged, featurize, predict, train
 
-from s3server import s3  # noqa: F401  (the moto S3 server fixture)
-
-SMALL = dict(workers=2, sync_interval=5, test_interval=0, progress=False)
+SMALL = {"workers": 2, "sync_interval": 5, "test_interval": 0, "progress": False}
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +141,21 @@ def test_tree_reduction_matches_the_driver_sum(spark, digits, solver16):
     assert driver.weights.allclose(tree.weights, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("misses", [1, 4])
+def test_tasks_that_miss_their_cached_data_are_rerun(spark, digits, solver16, misses):
+    from sparknet.spark import Fault
+
+    train_rdd, _ = digits
+    clean = train(spark, solver16, train_rdd, rounds=3, **SMALL)
+    # 1 miss: partition 1 is rerun on its own; 4: three reruns miss too, the data is cached
+    # again and the round redone
+    missed = train(spark, solver16, train_rdd, rounds=3,
+                   fault=Fault(round=1, partition=1, after_steps=misses, kind="missing"),
+                   **SMALL)
+    assert missed.history[1]["rerun"] == [1]
+    assert missed.weights == clean.weights
+
+
 def test_test_metrics_are_weighted_by_example(spark, solver16):
     x, y = load_digits("test")
     sizes = [7, 100, 253]  # uneven test partitions, a short last batch in each
@@ -217,7 +231,7 @@ def test_s3_checkpoints_and_resume(spark, digits, solver16, s3):  # noqa: F811
     part = train(spark, solver16, train_rdd, rounds=2, checkpoint_dir=where,
                  checkpoint_interval=2, s3_options=s3.options(), **SMALL)
     assert part.checkpoint == f"{where}/round-000002"
-    assert f"lenet/round-000002/weights.caffemodel" in s3.keys(bucket)
+    assert "lenet/round-000002/weights.caffemodel" in s3.keys(bucket)
     resumed = train(spark, solver16, train_rdd, rounds=3, checkpoint_dir=where, resume=True,
                     s3_options=s3.options(), **SMALL)
     assert resumed.weights == full.weights

@@ -12,7 +12,13 @@ nothing below this package imports it.
 """
 from sparknet.spark._records import DataError
 from sparknet.spark._worker import Fault
-from sparknet.spark.trainer import EASGD, Averaging, TrainingDiverged, TrainResult, train
+from sparknet.spark.trainer import (
+    EASGD,
+    Averaging,
+    TrainingDiverged,
+    TrainResult,
+    train,
+)
 
 __all__ = [
     "EASGD",

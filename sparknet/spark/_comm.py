@@ -106,7 +106,7 @@ def destroy(bc: Any) -> None:
         return
     try:
         bc.destroy(blocking=False)
-    except Exception as e:  # pragma: no cover - a stopped context, say
+    except Exception as e:  # noqa: BLE001  # pragma: no cover - a stopped context
         log.debug("could not destroy broadcast: %s", e)
 
 

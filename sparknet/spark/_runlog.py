@@ -46,11 +46,11 @@ class RunLog:
             self.out.mkdir(parents=True, exist_ok=True)
             self.log_path = self.out / "training.log"
             self.history_path = self.out / "history.jsonl"
-            self._log_file = open(self.log_path, "a" if start_round else "w", buffering=1)
+            self._log_file = open(  # noqa: SIM115  # closed by close()
+                self.log_path, "a" if start_round else "w", buffering=1)
             # the history file restarts from what the checkpoint says happened
             with open(self.history_path, "w") as f:
-                for rec in history:
-                    f.write(json.dumps(_jsonable(rec)) + "\n")
+                f.writelines(json.dumps(_jsonable(rec)) + "\n" for rec in history)
         self._bar = None
         if progress is not False:
             try:
@@ -59,7 +59,7 @@ class RunLog:
                 self._bar = tqdm(total=rounds, initial=start_round, unit="round",
                                  desc="sparknet", disable=None if progress is None else False,
                                  dynamic_ncols=True, leave=True)
-            except Exception:  # pragma: no cover - tqdm missing or no terminal
+            except Exception:  # noqa: BLE001  # pragma: no cover - no tqdm or terminal
                 self._bar = None
         self._postfix: dict[str, str] = {}
 

@@ -96,7 +96,7 @@ def materialise(spec: MaterialiseSpec, partition: int, items: Iterable[Any]) -> 
                     raise DataError(f"{where}: no value for input blob '{name}'")
                 if name not in dtypes:
                     dtypes[name] = storage_dtype(a)
-                    files[name] = open(folder / f"{name}.bin", "wb")
+                    files[name] = open(folder / f"{name}.bin", "wb")  # noqa: SIM115
                 elif a.dtype != dtypes[name] and dtypes[name] == np.uint8:
                     raise DataError(f"{where}: input blob '{name}' changes dtype from uint8 "
                                     f"to {a.dtype} between examples")
@@ -119,7 +119,7 @@ def materialise(spec: MaterialiseSpec, partition: int, items: Iterable[Any]) -> 
                 _write_blob(files[name], buffers[name], dtypes[name])
     except DataError as e:
         handle["error"] = str(e)
-    except Exception as e:  # a bad example: report it on the driver, don't kill the job
+    except Exception as e:  # noqa: BLE001  # report a bad example on the driver
         handle["error"] = f"{spec.examples.what} partition {partition}: {type(e).__name__}: {e}"
     finally:
         for f in files.values():

@@ -47,7 +47,9 @@ class Fault:
     """A failure to inject (tests): raise in ``partition``'s task of 0-based ``round``.
 
     Only the first attempt fails, after ``after_steps`` solver steps, so Spark's
-    retry must recover. ``kind="exit"`` kills the Python worker process instead.
+    retry must recover. ``kind="exit"`` kills the Python worker process instead;
+    ``kind="missing"`` makes the task report its cached data missing (as when a
+    task runs on another executor) the first ``after_steps`` times.
     """
 
     round: int
@@ -107,7 +109,7 @@ class RunExtras:
 # -- the per-process net cache --------------------------------------------------------------
 
 class _Entry:
-    __slots__ = ("net", "tag", "buffers", "weights_id")
+    __slots__ = ("buffers", "net", "tag", "weights_id")
 
     def __init__(self, net: Any):
         self.net = net
@@ -292,6 +294,21 @@ def _meta(partition: int) -> dict[str, Any]:
             "attempt": ctx.attemptNumber() if ctx is not None else 0}
 
 
+def _pretend_missing(spec: RoundSpec, partition: int) -> bool:
+    """Fault ``kind="missing"``: act as if the data were elsewhere, ``after_steps`` times."""
+    fault = spec.fault
+    if (fault is None or fault.kind != "missing" or fault.round != spec.round
+            or fault.partition != partition):
+        return False
+    marker = state_dir(spec.run, partition) / f".missing-{spec.round}"
+    seen = int(marker.read_text()) if marker.exists() else 0
+    if seen >= fault.after_steps:
+        return False
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(seen + 1))
+    return True
+
+
 def round_task(spec: RoundSpec, weights_bc: Any, extras_bc: Any, install_bc: Any,
                partition: int, handles: Iterable[dict]) -> Iterator[Any]:
     """One partition's round: set weights, ``steps`` solver steps, send the result back.
@@ -312,7 +329,7 @@ def _train_partition(spec: RoundSpec, weights_bc: Any, extras_bc: Any, install_b
     p = int(handle["partition"])
     meta = _meta(p)
     store = open_store(handle)
-    if store is None:
+    if store is None or _pretend_missing(spec, p):
         meta["missing_store"] = True
         yield "m", meta
         return
@@ -340,8 +357,8 @@ def _train_partition(spec: RoundSpec, weights_bc: Any, extras_bc: Any, install_b
             yield batch
 
     fault = spec.fault
-    if (fault is not None and fault.round == spec.round and fault.partition == p
-            and meta["attempt"] == 0):
+    if (fault is not None and fault.kind in ("raise", "exit") and fault.round == spec.round
+            and fault.partition == p and meta["attempt"] == 0):
         net.train(min(fault.after_steps, spec.steps), batches())
         if fault.kind == "exit":
             os._exit(17)
@@ -413,16 +430,17 @@ def test_task(spec: TestSpec, weights_bc: Any, extras_bc: Any, partition: int,
             entry.tag = None  # the partition's local weights are overwritten: restore next round
         write_flat(entry.net, _comm.flat_from_broadcast(weights_bc))
         transforms = extras_bc.value.test_transform if extras_bc is not None else {}
-
-        def batches() -> Iterator[dict[str, np.ndarray]]:
-            for k, batch in enumerate(store.sequential(spec.batch, spec.names)):
-                yield _apply(transforms, batch, [spec.seed, p, k, 2]) if transforms else batch
-
-        metrics = entry.net.test(batches()) if store.n else {}
+        metrics = entry.net.test(_test_batches(store, spec, transforms, p)) if store.n else {}
         meta.update(n=store.n, seconds=time.perf_counter() - t0,
                     metrics={k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist())
                              for k, v in metrics.items()})
         yield "t", meta
+
+
+def _test_batches(store: Any, spec: TestSpec, transforms: Mapping[str, Callable[..., Any]],
+                  partition: int) -> Iterator[dict[str, np.ndarray]]:
+    for k, batch in enumerate(store.sequential(spec.batch, spec.names)):
+        yield _apply(transforms, batch, [spec.seed, partition, k, 2]) if transforms else batch
 
 
 def cleanup_task(datasets: tuple[str, ...], run: str | None, handles: Iterable[dict]

@@ -34,7 +34,6 @@ from sparknet.spark._records import (
     DataError,
     ExampleSpec,
     is_dataframe,
-    record_values,
 )
 from sparknet.spark._worker import NetSpec, net_entry, write_flat
 

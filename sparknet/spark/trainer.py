@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import math
 import os
@@ -234,7 +233,7 @@ def _passthrough(items: Any) -> Any:
 def _executors(sc: Any) -> int:
     try:
         return max(0, sc._jsc.sc().getExecutorMemoryStatus().size() - 1)
-    except Exception:  # pragma: no cover
+    except Exception:  # noqa: BLE001  # pragma: no cover
         return -1
 
 
@@ -256,6 +255,38 @@ def _wait_for_slots(sc: Any, workers: int, timeout: float, runlog: RunLog) -> No
     runlog.event("only %d executor(s) with %d task slots registered after %.0f s; "
                  "%d workers will run in waves", _executors(sc), sc.defaultParallelism,
                  timeout, workers, level=logging.WARNING)
+
+
+class _StateFiles:
+    """Writes the partitions' solver states streamed back in a checkpoint round."""
+
+    def __init__(self, staged: Path | None):
+        self.staged = staged
+        self.files: dict[int, dict[str, str]] = {}
+        self._open: dict[tuple[int, str], Any] = {}
+
+    def __call__(self, item: tuple) -> None:
+        _, p, kind, offset, data = item
+        key = (p, kind)
+        if offset < 0:  # the end of that file
+            f = self._open.pop(key, None)
+            if f is not None:
+                f.close()
+            return
+        f = self._open.get(key)
+        if f is None:
+            if self.staged is None:
+                raise RuntimeError("solver state arrived outside a checkpoint round")
+            name = f"workers/part-{p:05d}.{kind}"
+            (self.staged / "workers").mkdir(parents=True, exist_ok=True)
+            f = self._open[key] = open(self.staged / name, "wb")  # noqa: SIM115
+            self.files.setdefault(p, {})[kind] = name
+        f.write(data)
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
 
 
 # -- the trainer ------------------------------------------------------------------------------------
@@ -348,6 +379,10 @@ class _Trainer:
         self.history: list[dict] = []
         self.last_checkpoint: str | None = None
         self.handles: dict[str, Any] = {}
+        self._sources: dict[str, tuple] = {}
+        self._datasets: list[str] = []
+        self._rerun: set[int] = set()
+        self._rebuilt = 0
         self._broadcasts: list[Any] = []
 
     # -- pieces ---------------------------------------------------------------------------------
@@ -426,6 +461,18 @@ class _Trainer:
             indexed = True
         spec = MaterialiseSpec(f"{self.run_id}-{what}", examples, indexed,
                                tuple(sorted({r.blob for r in rules})))
+        self._sources[what] = (rdd, spec, rules)
+        return self._cache(what, runlog, t0)
+
+    def _cache(self, what: str, runlog: RunLog, t0: float) -> Any:
+        """Compute the cached handles of ``what``: each partition converted once, kept local."""
+        import dataclasses
+
+        rdd, spec, rules = self._sources[what]
+        if what in self.handles:  # a rebuild: a fresh store folder, the old one is dropped
+            self.handles[what].unpersist(blocking=False)
+            spec = dataclasses.replace(spec, dataset=f"{spec.dataset}-{len(self._datasets)}")
+        self._datasets.append(spec.dataset)
         handles_rdd = rdd.mapPartitionsWithIndex(functools.partial(materialise, spec))
         handles_rdd = handles_rdd.setName(f"sparknet {what} ({self.run_id})").cache()
         self.handles[what] = handles_rdd
@@ -463,7 +510,7 @@ class _Trainer:
             ok_hi = hi < rule.classes or (rule.ignore_label is not None
                                            and hi == rule.ignore_label)
             if not (integral and ok_lo and ok_hi):
-                bad = (f"non-integer values" if not integral
+                bad = ("non-integer values" if not integral
                        else f"values from {lo:g} to {hi:g}")
                 raise DataError(
                     f"{what}: input blob '{rule.blob}' has {bad}, but layer '{rule.layer}' "
@@ -520,7 +567,8 @@ class _Trainer:
         return self.workers * self.num_params * 4 > self._direct_limit()
 
     def _run_round(self, spec: RoundSpec, bc: Any, extras_bc: Any, install_bc: Any,
-                   acc: np.ndarray, on_state: Callable[[tuple], None]) -> list[dict]:
+                   acc: np.ndarray, on_state: Callable[[tuple], None],
+                   rebuilt: bool = False) -> list[dict]:
         fn = functools.partial(round_task, spec, bc, extras_bc, install_bc)
         rdd = self.handles["train_data"].mapPartitionsWithIndex(fn)
         metas: list[dict] = []
@@ -538,22 +586,31 @@ class _Trainer:
             _comm.fold(_comm.tree_sum(rdd, self.num_params, 8, target), acc, other)
         else:
             _comm.fold(_comm.stream(rdd), acc, other)
-        for attempt in range(3):
-            missing = [m["partition"] for m in metas if m.get("missing_store")]
+        for _ in range(3):
+            missing = sorted(m["partition"] for m in metas if m.get("missing_store"))
             if not missing:
                 return metas
-            metas = [m for m in metas if not m.get("missing_store")]
-            self._event("round %d: partition(s) %s ran away from their cached data; "
-                        "running them again", spec.round + 1, missing, level=logging.WARNING)
-            items = self.sc.runJob(rdd, _passthrough, missing)
-            _comm.fold(items, acc, other)
-        missing = [m["partition"] for m in metas if m.get("missing_store")]
-        if missing:
+            metas[:] = [m for m in metas if not m.get("missing_store")]
+            # A task ran on an executor other than the one holding its partition's data
+            # (Spark gave up waiting for it): run those partitions again on their own, when
+            # their executors are free.
+            self._event("round %d: partition(s) %s ran away from their cached data; running "
+                        "them again", spec.round + 1, missing, level=logging.WARNING)
+            self._rerun.update(missing)
+            _comm.fold(self.sc.runJob(rdd, _passthrough, missing), acc, other)
+        missing = sorted(m["partition"] for m in metas if m.get("missing_store"))
+        if not missing:
+            return metas
+        if rebuilt:
             raise RuntimeError(f"round {spec.round + 1}: partitions {missing} could not be run "
                                "where their data is cached")
-        return metas
+        self._event("round %d: caching the training data again and redoing the round",
+                    spec.round + 1, level=logging.WARNING)
+        self._rebuilt += 1
+        self._cache("train_data", self.runlog, time.perf_counter())
+        return self._run_round(spec, bc, extras_bc, install_bc, acc, on_state, rebuilt=True)
 
-    def _run_test(self, bc: Any, extras_bc: Any) -> dict[str, Any]:
+    def _run_test(self, bc: Any, extras_bc: Any, rebuilt: bool = False) -> dict[str, Any]:
         spec = TestSpec(self.run_id, self.net_spec, self.test_batch, self.seed,
                         self.test_names or self.names,
                         local_weights=isinstance(self.strategy, EASGD))
@@ -563,16 +620,19 @@ class _Trainer:
         items = list(_comm.stream(rdd))
         results = [i[1] for i in items if i[0] == "t"]
         missing = [i[1]["partition"] for i in items if i[0] == "m" and i[1].get("missing_store")]
-        for _ in range(3):
+        for attempt in range(4):
             if not missing:
                 break
+            if attempt == 3:
+                if rebuilt:
+                    raise RuntimeError(f"test partitions {missing} could not be run where "
+                                       "their data is cached")
+                self._cache("test_data", self.runlog, time.perf_counter())
+                return self._run_test(bc, extras_bc, rebuilt=True)
             items = self.sc.runJob(rdd, _passthrough, missing)
             results += [i[1] for i in items if i[0] == "t"]
             missing = [i[1]["partition"] for i in items
                        if i[0] == "m" and i[1].get("missing_store")]
-        if missing:
-            raise RuntimeError(f"test partitions {missing} could not be run where their data is "
-                               "cached")
         total = sum(r["n"] for r in results)
         out: dict[str, Any] = {}
         for name in self.test_outputs:
@@ -681,7 +741,7 @@ class _Trainer:
             if finished and self.history:
                 try:
                     self.runlog.plot(self.history)
-                except Exception as e:  # pragma: no cover - a plot must not lose a run
+                except Exception as e:  # noqa: BLE001  # a plot must not lose a run
                     log.warning("could not plot the history: %s", e)
             self.runlog.close()
         return TrainResult(WeightCollection.from_flat(self.layout, flat), self.history,
@@ -722,35 +782,17 @@ class _Trainer:
             test_due = self.test_data is not None and (
                 (self.test_interval and (r + 1) % self.test_interval == 0) or r + 1 == self.rounds)
             staged = self.ckpts.begin() if ckpt_due else None
-            state_files: dict[int, dict[str, str]] = {}
-            open_files: dict[tuple[int, str], Any] = {}
-
-            def on_state(item: tuple) -> None:
-                _, p, kind, offset, data = item
-                key = (p, kind)
-                if offset < 0:
-                    f = open_files.pop(key, None)
-                    if f is not None:
-                        f.close()
-                    return
-                f = open_files.get(key)
-                if f is None:
-                    name = f"workers/part-{p:05d}.{kind}"
-                    (staged / "workers").mkdir(parents=True, exist_ok=True)
-                    f = open_files[key] = open(staged / name, "wb")
-                    state_files.setdefault(p, {})[kind] = name
-                f.write(data)
-
+            sink = _StateFiles(staged)
             spec = RoundSpec(self.run_id, self.net_spec, r, self.tau, self.batch, self.seed,
                              self.shuffle, self.names, self.num_params, rate, ckpt_due,
                              self.fault)
             t_job = time.perf_counter()
+            self._rerun: set[int] = set()
             try:
                 metas = self._run_round(spec, bc, extras_bc,
-                                        install_bc if r == start else None, acc, on_state)
+                                        install_bc if r == start else None, acc, sink)
             finally:
-                for f in open_files.values():
-                    f.close()
+                sink.close()
             t_job = time.perf_counter() - t_job
             if install_bc is not None:
                 self._drop(install_bc)
@@ -793,6 +835,8 @@ class _Trainer:
                             "executor; momentum restarted at iteration %d", r + 1, reset,
                             r * self.tau, level=logging.WARNING)
                 rec["state_reset"] = reset
+            if self._rerun:
+                rec["rerun"] = sorted(self._rerun)
             if any(m.get("attempt", 0) for m in metas):
                 rec["retried"] = sorted(m["partition"] for m in metas if m.get("attempt", 0))
             if test_due:
@@ -812,7 +856,7 @@ class _Trainer:
                     for k, v in rec["test"].items()))
             if ckpt_due:
                 t_ck = time.perf_counter()
-                self.last_checkpoint = self._checkpoint(r + 1, weights, staged, state_files)
+                self.last_checkpoint = self._checkpoint(r + 1, weights, staged, sink.files)
                 rec["seconds"]["checkpoint"] = time.perf_counter() - t_ck
                 self._event("round %d: checkpoint %s", r + 1, self.last_checkpoint)
             self.runlog.record(rec)
@@ -860,7 +904,7 @@ class _Trainer:
             _comm.destroy(bc)
         self._broadcasts.clear()
         handles = self.handles.get("train_data")
-        datasets = tuple(f"{self.run_id}-{w}" for w in self.handles)
+        datasets = tuple(self._datasets)
         try:
             if handles is not None:
                 self.sc.setJobDescription("sparknet: clean up")
@@ -869,13 +913,13 @@ class _Trainer:
             test = self.handles.get("test_data")
             if test is not None:
                 test.mapPartitions(functools.partial(cleanup_task, datasets, None)).count()
-        except Exception as e:  # pragma: no cover - a dead context: the folders go with it
+        except Exception as e:  # noqa: BLE001  # a dead context: its folders go too
             log.debug("cleanup failed: %s", e)
         for h in self.handles.values():
             try:
                 h.unpersist(blocking=False)
-            except Exception:  # pragma: no cover
-                pass
+            except Exception as e:  # noqa: BLE001  # pragma: no cover
+                log.debug("unpersist failed: %s", e)
         self.handles.clear()
 
 
@@ -982,8 +1026,3 @@ def train(spark: Any, solver: Any, train_data: Any, *, test_data: Any = None,
         keep_checkpoints=keep_checkpoints, gpu=gpu, blas_threads=blas_threads,
         s3_options=s3_options, reduction=reduction, executor_wait=executor_wait, fault=fault)
     return trainer.run()
-
-
-def history_to_json(history: Sequence[Mapping[str, Any]]) -> str:
-    """The history as JSON lines (what ``history.jsonl`` holds)."""
-    return "".join(json.dumps(h) + "\n" for h in history)
