@@ -187,14 +187,14 @@ def model_names() -> list[str]:
 
 
 def load_solver(net_spec: str, solver_path: str | None, batch_size: int,
-                test_batch_size: int, example_shape: Sequence[int]) -> Any:
+                test_batch_size: int, data: Any) -> Any:
     """A ``caffe_pb2.SolverParameter`` with the net inline, fed by Input layers.
 
     ``net_spec`` is a shipped model's name (``lenet``, ``cifar10_quick`` ...:
     its DSL ``net()`` and, unless ``solver_path`` is given, its ``solver()``)
-    or a net ``.prototxt``, whose data layers are replaced by inputs of
-    ``example_shape`` (the data's ``(C, H, W)``). A prototxt without
-    ``solver_path`` gets plain SGD (base_lr 0.001, momentum 0.9).
+    or a net ``.prototxt``, whose data layers are replaced by inputs shaped
+    like the first image of ``data`` (an RDD of ``(array, label)``). A
+    prototxt without ``solver_path`` gets plain SGD (base_lr 0.001, momentum 0.9).
     """
     from sparknet.models import MODELS
     from sparknet.proto import ProtoLoader, caffe_pb2
@@ -216,8 +216,9 @@ def load_solver(net_spec: str, solver_path: str | None, batch_size: int,
     else:
         raise UsageError(f"--net {net_spec!r}: give a net .prototxt or a shipped model "
                          f"({', '.join(model_names())})")
+    example_shape = tuple(data.first()[0].shape)
     if len(example_shape) != 3:
-        raise UsageError(f"the data's examples have shape {tuple(example_shape)}; "
+        raise UsageError(f"the data's examples have shape {example_shape}; "
                          "a prototxt net needs (channels, height, width) images")
     c, h, w = (int(d) for d in example_shape)
     net = ProtoLoader.replace_data_layers(net, batch_size, test_batch_size, c, h, w)

@@ -69,11 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  args.driver_memory)
     try:
         data = appkit.load_examples(spark, args.data, args.split, args.workers)
-        image, _ = data.first()
-        solver = appkit.load_solver(args.net, None, args.batch_size, args.batch_size,
-                                    image.shape)
+        solver = appkit.load_solver(args.net, None, args.batch_size, args.batch_size, data)
         preprocess = None
         if mean is not None:
+            image, _ = data.first()
             if mean.shape != tuple(image.shape):
                 raise appkit.UsageError(f"{args.mean}: a {mean.shape} mean image for "
                                         f"{tuple(image.shape)} images")

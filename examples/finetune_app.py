@@ -123,17 +123,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         train_rdd = appkit.load_examples(spark, args.data, "train", args.workers)
         test_rdd = appkit.load_examples(spark, args.data, "test", args.workers)
-        image, _ = train_rdd.first()
         transforms = {}
         if args.mean:  # subtracted from every minibatch on the workers
             mean = read_mean(args.mean)
+            image, _ = train_rdd.first()
             if mean.shape != tuple(image.shape):
                 raise appkit.UsageError(f"--mean {args.mean}: a {mean.shape} mean image for "
                                         f"{tuple(image.shape)} images")
             transforms = {"transform": Transformer(mean=mean, phase="TRAIN"),
                           "test_transform": Transformer(mean=mean, phase="TEST")}
         solver = appkit.load_solver(args.net, args.solver, args.batch_size, args.batch_size,
-                                    image.shape)
+                                    train_rdd)
         net, old, new = replace_last_layer(solver.net_param, args.num_classes, args.layer,
                                            args.new_name)
         solver.net_param.CopyFrom(net)
