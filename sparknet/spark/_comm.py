@@ -189,7 +189,8 @@ def tree_sum(rdd: Any, size: int, fanin: int, target: int = 1) -> Iterator[Any]:
 
     fanin = max(2, int(fanin))
     target = max(1, int(target))
-    cached = [rdd.persist(StorageLevel.MEMORY_AND_DISK)]
+    # on disk: model-sized blocks in executor heaps next to the broadcast would not fit
+    cached = [rdd.persist(StorageLevel.DISK_ONLY)]
     try:
         yield from stream(rdd.filter(_not_weights))  # computes and caches the round
         cur = rdd
@@ -200,7 +201,7 @@ def tree_sum(rdd: Any, size: int, fanin: int, target: int = 1) -> Iterator[Any]:
             if nxt <= target:
                 yield from stream(step)
                 return
-            step.persist(StorageLevel.MEMORY_AND_DISK)
+            step.persist(StorageLevel.DISK_ONLY)
             cached.append(step)
             step.foreachPartition(_drain)
             cur, n = step, nxt

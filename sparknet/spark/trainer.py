@@ -230,31 +230,49 @@ def _passthrough(items: Any) -> Any:
     return items
 
 
-def _executors(sc: Any) -> int:
+def _cluster(sc: Any) -> tuple[int, int, int] | None:
+    """(cores, executors, block managers) registered so far, or None when unknown."""
     try:
-        return max(0, sc._jsc.sc().getExecutorMemoryStatus().size() - 1)
-    except Exception:  # noqa: BLE001  # pragma: no cover
-        return -1
+        jsc = sc._jsc.sc()
+        cores = int(jsc.schedulerBackend().totalCoreCount())
+        execs = int(jsc.getExecutorIds().size())
+        managers = int(jsc.getExecutorMemoryStatus().size()) - 1
+        return cores, execs, managers
+    except Exception:  # noqa: BLE001  # not a coarse-grained backend (local mode)
+        return None
 
 
-def _wait_for_slots(sc: Any, workers: int, timeout: float, runlog: RunLog) -> None:
-    """On a cluster master, wait (up to ``timeout`` s) for executors to register."""
+def _wait_for_slots(sc: Any, workers: int, timeout: float, runlog: RunLog,
+                    settle: float = 5.0) -> None:
+    """On a cluster, wait for executors with ``workers`` task slots to register.
+
+    Caching the data before they are there would put several partitions on one
+    executor (and make later rounds queue behind each other). Gives up after
+    ``timeout`` seconds, or ``settle`` seconds after the last change once some
+    executor is there (fewer slots than workers: rounds run in waves).
+    """
     master = str(sc.master)
     if master.startswith("local") and not master.startswith("local-cluster"):
         return
-    want_execs = 1
-    m = re.match(r"local-cluster\[\s*(\d+)", master)
-    if m:
-        want_execs = int(m.group(1))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        n = _executors(sc)
-        if n < 0 or (n >= want_execs and sc.defaultParallelism >= workers):
+    task_cpus = max(1, int(sc.getConf().get("spark.task.cpus", "1") or 1))
+    start = last_change = time.monotonic()
+    seen = None
+    while time.monotonic() - start < timeout:
+        state = _cluster(sc)
+        if state is None:
             return
+        cores, execs, managers = state
+        if cores // task_cpus >= workers and managers >= execs:
+            return
+        now = time.monotonic()
+        if state != seen:
+            seen, last_change = state, now
+        elif cores and managers >= execs and now - last_change > settle:
+            break
         time.sleep(0.2)
-    runlog.event("only %d executor(s) with %d task slots registered after %.0f s; "
-                 "%d workers will run in waves", _executors(sc), sc.defaultParallelism,
-                 timeout, workers, level=logging.WARNING)
+    state = _cluster(sc) or (0, 0, 0)
+    runlog.event("%d task slot(s) on %d executor(s) for %d workers: rounds run in waves",
+                 state[0] // task_cpus, state[1], workers, level=logging.WARNING)
 
 
 class _StateFiles:
