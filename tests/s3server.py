@@ -38,6 +38,9 @@ _ENV_CLEARED = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE",
                 "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
 
+_BUCKET_NUMBERS = itertools.count()
+
+
 class S3Server:
     """A running moto server and helpers to use it."""
 
@@ -64,7 +67,8 @@ class S3Server:
 
     def bucket(self, name: str | None = None) -> str:
         """Create a new bucket (a unique name unless given) and return its name."""
-        name = name or f"test-bucket-{os.getpid()}-{next(self._names)}"
+        # Unique across servers too: moto's in-process servers share one backend.
+        name = name or f"test-bucket-{os.getpid()}-{next(_BUCKET_NUMBERS)}"
         self.client().create_bucket(Bucket=name)
         return name
 
