@@ -46,7 +46,6 @@ def test_two_workers_reach_97_percent(spark, digits, tmp_path):
     assert {p["state"] for p in h[0]["partitions"]} == {"fresh"}
     later = [p for r in h[1:] for p in r["partitions"]]
     assert {p["state"] for p in later} <= {"memory", "file"}
-    assert sum(p["state"] == "memory" for p in later) >= len(later) // 2
     assert {p["pid"] for p in later} == {p["pid"] for p in h[0]["partitions"]}
     # files: the SparkNet-style log, JSON lines, the plot, the weights
     log = (tmp_path / "training.log").read_text().splitlines()
@@ -213,7 +212,8 @@ def test_divergence_stops_with_the_round_and_keeps_the_last_checkpoint(spark, di
     solver.gamma = 1e5
     solver.stepvalue.append(10)
     with pytest.raises(TrainingDiverged, match=r"diverged in round 3: the training loss "
-                                               r"became nan.*round-000002") as err:
+                                               r"became nan.*Stopped; the last good "
+                                               r"checkpoint is .*round-000002") as err:
         train(spark, solver, train_rdd, rounds=6, checkpoint_dir=tmp_path, checkpoint_interval=1,
               **SMALL)
     assert err.value.round == 3 and err.value.checkpoint == str(tmp_path / "round-000002")

@@ -125,6 +125,23 @@ class _Entry:
 
 
 _NETS: OrderedDict[str, _Entry] = OrderedDict()
+_GRAVEYARD: list[Any] = []
+_POISONED = False
+
+
+def _poison(key: str, entry: _Entry) -> None:
+    """A net trained into NaN/inf: Caffe may have written out of bounds in this process.
+
+    The net is dropped from the cache but never destroyed (its destructor could
+    trip over the damage), and the task that noticed leaves its input unread so
+    that Spark does not reuse this Python worker (the process then exits
+    without running destructors).
+    """
+    global _POISONED
+    _POISONED = True
+    _GRAVEYARD.append(entry.net)
+    if _NETS.get(key) is entry:
+        del _NETS[key]
 
 
 def _device(spec: NetSpec) -> int | None:
@@ -318,9 +335,17 @@ def round_task(spec: RoundSpec, weights_bc: Any, extras_bc: Any, install_bc: Any
     checkpoint rounds ``("s", partition, kind, offset, bytes)`` items of the
     partition's solver state.
     """
-    todo = list(handles)  # consume the (tiny) input fully: the worker is reused
-    for handle in todo:
+    items = iter(handles)
+    while True:
+        # Read the (tiny) input to its end, so that Spark reuses this Python worker and its
+        # caches -- unless a diverged net may have corrupted this process: then leave it
+        # unread, and Spark retires the worker once the task has finished.
+        handle = next(items, None)
+        if handle is None:
+            return
         yield from _train_partition(spec, weights_bc, extras_bc, install_bc, handle)
+        if _POISONED:
+            return
 
 
 def _train_partition(spec: RoundSpec, weights_bc: Any, extras_bc: Any, install_bc: Any,
@@ -364,19 +389,25 @@ def _train_partition(spec: RoundSpec, weights_bc: Any, extras_bc: Any, install_b
             os._exit(17)
         raise RuntimeError(f"sparknet: injected failure in round {spec.round + 1}, "
                            f"partition {p} (first attempt)")
-    losses = net.train(spec.steps, batches())
+    losses = np.empty(spec.steps, np.float32)
+    for k, batch in enumerate(batches()):
+        # one step at a time: stop at the first NaN/inf loss, before Caffe runs more steps
+        # on NaN activations (its max pooling then writes out of bounds)
+        losses[k] = net.train(1, (batch,))[0]
+        if not np.isfinite(losses[k]):
+            meta.update(state=how, images=(k + 1) * spec.batch, losses=losses[:k + 1].tolist(),
+                        nonfinite={"step": spec.round * spec.steps + k,
+                                   "loss": float(losses[k])})
+            _poison(spec.net.key, entry)
+            yield "m", meta
+            return
     t_trained = time.perf_counter()
     meta.update(state=how, images=spec.steps * spec.batch, losses=losses.tolist())
-    bad = np.flatnonzero(~np.isfinite(losses))
-    if bad.size:
-        meta["nonfinite"] = {"step": int(bad[0]) + spec.round * spec.steps,
-                             "loss": float(losses[bad[0]])}
-        yield "m", meta
-        return
     result = read_flat(net, entry.buffer(0, spec.num_params))
     if not np.isfinite(result).all():
         meta["nonfinite"] = {"step": (spec.round + 1) * spec.steps - 1, "loss": float("nan"),
                              "weights": True}
+        _poison(spec.net.key, entry)
         yield "m", meta
         return
     if spec.easgd_rate is not None:

@@ -909,9 +909,9 @@ class _Trainer:
         where = f" on partition {m['partition']}" if m.get("partition") is not None else ""
         ck = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
               else "no checkpoint was written before it"
-              + ("" if self.ckpts else " (set checkpoint_dir to keep one)"))
+              + ("" if self.ckpts else "; set checkpoint_dir to keep one"))
         msg = (f"training diverged in round {r + 1}: {what}{where} at solver iteration "
-               f"{nf['step']}; stopping ({ck}). Lower the learning rate (base_lr) or clip "
+               f"{nf['step']}. Stopped; {ck}. Lower the learning rate (base_lr) or clip "
                f"gradients (clip_gradients).")
         self._event(msg, level=logging.ERROR)
         raise TrainingDiverged(msg, round=r + 1, partition=m.get("partition"),
