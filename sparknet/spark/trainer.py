@@ -736,6 +736,9 @@ class _Trainer:
                         self.num_params, self.strategy.describe(self.workers))
             if start:
                 self._event("resumed from %s (round %d)", self.last_checkpoint, start)
+            elif self.resume and self.ckpts is None:
+                self._event("resume=True but no checkpoint_dir: starting from scratch",
+                            level=logging.WARNING)
             if flat is None:
                 flat = self._initial_weights()
             if start < self.rounds:
