@@ -6,15 +6,13 @@ import pickle
 
 import numpy as np
 import pytest
+from s3server import s3  # noqa: F401  (the moto S3 server fixture)
 
 from sparknet.spark import _comm
 from sparknet.spark._records import DataError, ExampleSpec, label_rules, record_values
 from sparknet.spark._runlog import RunLog, plot_history
 from sparknet.spark._store import batch_indices
 from sparknet.spark.checkpoint import Checkpoints, LocalStorage, S3Storage, open_storage
-
-from s3server import s3  # noqa: F401  (the moto S3 server fixture)
-
 
 # -- minibatch sampling -------------------------------------------------------------------
 
@@ -79,9 +77,8 @@ def test_preprocess_runs_before_the_shape_check():
 
 
 def test_label_rules_find_the_class_count():
-    from sparknet.models import lenet
-
     from sparknet.engine import CaffeNet
+    from sparknet.models import lenet
 
     solver = lenet.solver(16).to_proto()
     net = CaffeNet(solver)
