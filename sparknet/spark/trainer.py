@@ -791,7 +791,10 @@ class _Trainer:
         install_bc = sc.broadcast(install) if install else None
         if install_bc is not None:
             self._broadcasts.append(install_bc)
-        acc = np.empty_like(weights)
+        # The sum must not depend on the order the workers' results arrive in (partitions
+        # rerun away from their data arrive last): with two, float addition commutes;
+        # with more, float64 makes the sum exact whatever the order.
+        acc = np.empty(weights.size, np.float32 if K <= 2 else np.float64)
         t_bc = time.perf_counter()
         bc = self._broadcast(weights)
         t_bc = time.perf_counter() - t_bc
@@ -820,11 +823,11 @@ class _Trainer:
                 install_bc = None
             self._diverged(r, metas, staged)
             t_avg = time.perf_counter()
-            if easgd:
-                weights += np.float32(rate) * acc
-            else:
-                np.divide(acc, np.float32(K), out=acc)
-                weights, acc = acc, weights
+            if easgd:  # centre += rate * sum(x_i - centre)
+                np.multiply(acc, rate, out=acc)
+                np.add(weights, acc, out=weights, casting="same_kind")
+            else:  # the mean, into the weights' buffer (no longer needed: it was broadcast)
+                np.divide(acc, K, out=weights, casting="same_kind")
             if not np.isfinite(weights).all():
                 self._diverged(r, [{"partition": None, "nonfinite": {
                     "step": (r + 1) * self.tau - 1, "loss": float("nan"), "weights": True}}],
