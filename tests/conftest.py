@@ -18,17 +18,24 @@ def root() -> Path:
 
 @pytest.fixture(scope="session")
 def spark():
-    """A SparkSession on local[2], shared by the whole test session."""
+    """A SparkSession on local[2], shared by the whole test session.
+
+    Tasks may be retried (up to 3 attempts, as a cluster's spark.task.maxFailures
+    allows), so the suite exercises training as it runs on a cluster; a Python
+    worker that dies prints its stack (faulthandler) in the executor log.
+    """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
     session = (
-        SparkSession.builder.master("local[2]")
+        SparkSession.builder.master("local[2,3]")
         .appName("sparknet-tests")
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.driver.memory", "2g")
+        # A Python worker that dies shows its Python stack in the error.
+        .config("spark.python.worker.faulthandler.enabled", "true")
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")
