@@ -187,3 +187,12 @@ def test_run_log_writes_lines_history_and_plot(tmp_path, caplog):
             ] == [1, 2, 3, 4]
     assert plot == tmp_path / "history.png" and plot.read_bytes()[:4] == b"\x89PNG"
     assert plot_history(history, tmp_path / "again.png").stat().st_size > 1000
+
+
+def test_progress_bar_shows_rounds_loss_accuracy_and_speed(capsys):
+    run = RunLog(None, rounds=3, start_round=1, progress=True)
+    run.record({"round": 2, "time": 1.0, "loss": 0.25, "images": 64,
+                "images_per_second": 1234.0, "test": {"accuracy": 0.975}})
+    run.close()
+    err = capsys.readouterr().err
+    assert "2/3" in err and "loss=0.2500" in err and "acc=0.9750" in err and "img/s=1234" in err
