@@ -1,8 +1,11 @@
 #include "ccaffe.hpp"
 
+#include <cfloat>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <unistd.h>
@@ -116,6 +119,38 @@ float current_loss(const Net<float>& net) {
   return static_cast<float>(loss);
 }
 
+// The Solver's protected members, reached the standard way: a pointer to
+// member named through a derived class is a pointer to the base's member, and
+// applies to any Solver (this class is never instantiated).
+struct SolverAccess : caffe::Solver<float> {
+  static int& iter(caffe::Solver<float>& s) { return s.*(&SolverAccess::iter_); }
+  static std::vector<float>& losses(caffe::Solver<float>& s) {
+    return s.*(&SolverAccess::losses_);
+  }
+  static float& smoothed_loss(caffe::Solver<float>& s) {
+    return s.*(&SolverAccess::smoothed_loss_);
+  }
+  static void update_smoothed_loss(caffe::Solver<float>& s, float loss, int start_iter,
+                                   int average_loss) {
+    (s.*(&SolverAccess::UpdateSmoothedLoss))(loss, start_iter, average_loss);
+  }
+  static void apply_update(caffe::Solver<float>& s) { (s.*(&SolverAccess::ApplyUpdate))(); }
+};
+
+// Caffe's CPU max pooling starts every output at -FLT_MAX with argmax -1 and
+// takes a bottom value only when it is greater. A window of nothing but NaN
+// (or -inf) keeps both, and Backward_cpu then adds to bottom_diff[-1]: out of
+// bounds (a "double free" later). An output still at -FLT_MAX right after the
+// layer's forward pass (a later in-place layer may overwrite it) marks exactly
+// such a window, since any value taken is greater than -FLT_MAX.
+bool unfilled_window(const Blob<float>& top) {
+  const float* data = top.cpu_data();
+  const int count = top.count();
+  for (int j = 0; j < count; ++j)
+    if (data[j] <= -FLT_MAX) return true;
+  return false;
+}
+
 std::string dirname(const std::string& path) {
   size_t slash = path.rfind('/');
   return slash == std::string::npos ? "." : path.substr(0, slash);
@@ -148,6 +183,13 @@ Engine::Engine(const std::string& solver_param, int gpu) : gpu_(gpu) {
     Caffe::set_mode(Caffe::CPU);
   }
   solver_.reset(caffe::SolverRegistry<float>::CreateSolver(param));
+  const Net<float>& n = *solver_->net();
+  for (size_t i = 0; i < n.layers().size(); ++i) {
+    const caffe::LayerParameter& layer = n.layers()[i]->layer_param();
+    if (std::strcmp(n.layers()[i]->type(), "Pooling") == 0 &&
+        layer.pooling_param().pool() == caffe::PoolingParameter_PoolMethod_MAX)
+      max_pools_.push_back(static_cast<int>(i));
+  }
 }
 
 Engine::~Engine() = default;
@@ -232,13 +274,69 @@ const float* Engine::blob_data(NetId id, const std::string& name, std::vector<in
   return blob->cpu_data();
 }
 
-bool Engine::step(const std::vector<const float*>& inputs, float* loss, std::string* error) {
+// Solver::Step(1) (solver.cpp), statement for statement, with the check
+// between forward and backward. The parts of Step that the engine switches off
+// (_engine_solver in net.py sets test_interval, display and snapshot to 0, and
+// no action function or callback is ever installed) are left out.
+float Engine::checked_step() {
+  caffe::Solver<float>& s = *solver_;
+  Net<float>& n = *s.net();
+  const SolverParameter& param = s.param();
+  if (!s.callbacks().empty())
+    throw std::logic_error("ccaffe's checked step does not run solver callbacks");
+  const int start_iter = s.iter();
+  SolverAccess::losses(s).clear();
+  SolverAccess::smoothed_loss(s) = 0;
+  n.ClearParamDiffs();
+  const bool display = param.display() && s.iter() % param.display() == 0;
+  n.set_debug_info(display && param.debug_info());
+  // Max-pooling layers whose backward pass runs, in net order.
+  std::vector<int> pools;
+  if (Caffe::mode() == Caffe::CPU)  // the GPU's backward kernel gathers: -1 is harmless there
+    for (int i : max_pools_)
+      if (n.layer_need_backward()[i]) pools.push_back(i);
+  const int layers = static_cast<int>(n.layers().size());
+  float loss = 0;
+  float reported = 0;
+  for (int i = 0; i < param.iter_size(); ++i) {
+    // Net::Forward(&loss), one layer at a time, to look at each pool's output
+    // before a later in-place layer overwrites it.
+    float forward_loss = 0;
+    bool unfilled = false;
+    size_t next_pool = 0;
+    for (int l = 0; l < layers; ++l) {
+      forward_loss += n.ForwardFromTo(l, l);
+      if (next_pool < pools.size() && pools[next_pool] == l) {
+        ++next_pool;
+        unfilled = unfilled || unfilled_window(*n.top_vecs()[l][0]);
+      }
+    }
+    reported = current_loss(n);
+    if (!std::isfinite(reported)) return reported;
+    if (!std::isfinite(forward_loss)) return forward_loss;
+    if (unfilled) return std::numeric_limits<float>::quiet_NaN();
+    n.Backward();
+    loss += forward_loss;
+  }
+  loss /= param.iter_size();
+  SolverAccess::update_smoothed_loss(s, loss, start_iter, param.average_loss());
+  SolverAccess::apply_update(s);
+  ++SolverAccess::iter(s);
+  return reported;
+}
+
+bool Engine::step(const std::vector<const float*>& inputs, bool check_finite, float* loss,
+                  std::string* error) {
   try {
     if (gpu_ >= 0 && Caffe::mode() != Caffe::GPU) Caffe::set_mode(Caffe::GPU);
     Net<float>& n = *solver_->net();
     copy_inputs(n, inputs);
-    solver_->Step(1);
-    *loss = current_loss(n);
+    if (check_finite) {
+      *loss = checked_step();
+    } else {
+      solver_->Step(1);
+      *loss = current_loss(n);
+    }
     return true;
   } catch (...) {
     *error = current_exception_message();

@@ -64,9 +64,22 @@ class Engine {
   const float* blob_data(NetId net, const std::string& name, std::vector<int>* shape) const;
 
   // One solver step on whatever the TRAIN inputs hold (inputs[i], when not
-  // null, is first copied into input blob i). Sets *loss to this step's loss.
-  // Never throws: returns false and fills *error instead. Safe without the GIL.
-  bool step(const std::vector<const float*>& inputs, float* loss, std::string* error);
+  // null, is first copied into input blob i). Sets *loss to this step's loss
+  // (the loss-weighted sum of the TRAIN net's outputs after the last forward
+  // pass). Never throws: returns false and fills *error instead. Safe without
+  // the GIL.
+  //
+  // With check_finite, the step is Caffe's Solver::Step(1) with a check
+  // between each forward and backward pass: when the forward pass gives a
+  // non-finite loss, or (CPU) a max-pooling layer that back-propagates has an
+  // output window holding no value greater than -FLT_MAX (all NaN: Caffe's
+  // backward pass would then write out of bounds), the step is refused: no
+  // backward pass, no update, the iteration count stays. *loss is then that
+  // non-finite loss, or NaN for the pooling case. So with check_finite, the
+  // step was applied exactly when *loss is finite. Without it, Caffe's own
+  // Solver::Step(1) runs (the reference the checked step is tested against).
+  bool step(const std::vector<const float*>& inputs, bool check_finite, float* loss,
+            std::string* error);
   // Forward pass of a net after copying inputs as in step().
   bool forward(NetId net, const std::vector<const float*>& inputs, std::string* error);
   int iteration() const;
@@ -84,7 +97,9 @@ class Engine {
 
  private:
   caffe::Net<float>& net(NetId id) const;
+  float checked_step();
   std::unique_ptr<caffe::Solver<float>> solver_;
+  std::vector<int> max_pools_;  // TRAIN-net layers with MAX pooling, in net order
   std::unique_ptr<caffe::Net<float>> test_net_;
   int gpu_;
 };

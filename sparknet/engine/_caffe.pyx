@@ -59,7 +59,8 @@ cdef extern from "ccaffe.hpp" namespace "ccaffe":
         vector[BlobInfo] blob_shapes(NetId net) except +_raise
         void reshape_inputs(NetId net, const vector[vector[int]]& shapes) except +_raise
         const float* blob_data(NetId net, const string& name, vector[int]* shape) except +_raise
-        cbool step(const vector[const float*]& inputs, float* loss, string* error) nogil
+        cbool step(const vector[const float*]& inputs, cbool check_finite, float* loss,
+                   string* error) nogil
         cbool forward(NetId net, const vector[const float*]& inputs, string* error) nogil
         int iteration()
         vector[BlobInfo] param_layers() except +_raise
@@ -169,14 +170,23 @@ cdef class Engine_:
             ptrs.push_back(&view[0] if view.shape[0] else NULL)
         return ptrs
 
-    def step(self, list arrays):
-        """Copy arrays into the TRAIN inputs, run one solver step, return its loss."""
+    def step(self, list arrays, bint check_finite=True):
+        """Copy arrays into the TRAIN inputs, run one solver step, return its loss.
+
+        With ``check_finite`` (the default) a step whose forward pass gives a
+        non-finite loss (or, on the CPU, an all-NaN max-pooling window) is not
+        applied: no backward pass, no update, the iteration stays. The step was
+        applied exactly when the returned loss is finite. ``check_finite=False``
+        runs Caffe's own ``Solver::Step(1)``, unchecked: the reference the
+        checked step is tested against, not for training.
+        """
         cdef vector[const float*] ptrs = self._pointers(TRAIN, arrays)
         cdef float loss = 0
         cdef string err
         cdef cbool ok
+        cdef cbool check = check_finite
         with nogil:
-            ok = self.c.step(ptrs, &loss, &err)
+            ok = self.c.step(ptrs, check, &loss, &err)
         if not ok:
             raise CaffeError(err.decode("utf-8", "replace"))
         return loss

@@ -1,6 +1,8 @@
 """CaffeNet: a real Caffe solver and its TEST net, driven from Python."""
 from __future__ import annotations
 
+import logging
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -14,6 +16,8 @@ from sparknet.engine.weights import WeightCollection, check_layouts
 from sparknet.proto import caffe_pb2
 
 Batch = Union[Mapping[str, Any], Sequence[Any]]
+
+logger = logging.getLogger(__name__)
 
 _LOG_LEVELS = {"INFO": 0, "WARNING": 1, "ERROR": 2, "FATAL": 3}
 _log_level_set = False
@@ -282,6 +286,17 @@ class CaffeNet:
         ``batches`` yields a dict (input blob name -> array) or a tuple in input
         order per step; it may be omitted for nets that read their own data
         (a Caffe ``Data`` layer). The GIL is released while Caffe computes.
+
+        A step whose forward pass gives a non-finite loss (NaN or inf) is not
+        applied: Caffe runs no backward pass and no update, so the weights, the
+        solver's history and :attr:`iteration` stay as they were before it. That
+        loss is the last value returned and training stops there (the result is
+        shorter than ``steps`` unless it was the last step): ``losses[-1]`` is
+        finite exactly when every step was applied. On the CPU, a max-pooling
+        window of nothing but NaN also stops a step, with the loss NaN, even if
+        the loss came out finite: Caffe's backward pass would write out of
+        bounds there. The net stays usable: finite batches train on from the
+        weights before the refused step.
         """
         steps = int(steps)
         if steps < 0:
@@ -292,7 +307,9 @@ class CaffeNet:
                 raise ValueError(f"the net has input blobs ({', '.join(self.input_names)}); "
                                  "give batches to train on")
             for i in range(steps):
-                losses[i] = self._engine.step([])
+                losses[i] = loss = self._engine.step([])
+                if not math.isfinite(loss):
+                    return self._stopped(losses, i, steps)
             return losses
         it = iter(batches)
         for i in range(steps):
@@ -301,8 +318,16 @@ class CaffeNet:
             except StopIteration:
                 raise ValueError(f"the batches ran out after {i} of {steps} steps") from None
             arrays, _ = self._arrays(TRAIN, batch, require_all=True, allow_resize=False)
-            losses[i] = self._engine.step(arrays)
+            losses[i] = loss = self._engine.step(arrays)
+            if not math.isfinite(loss):
+                return self._stopped(losses, i, steps)
         return losses
+
+    def _stopped(self, losses: np.ndarray, i: int, steps: int) -> np.ndarray:
+        logger.warning("training step %d of %d (iteration %d) gave a loss of %s: the step was "
+                       "not applied and training stopped", i + 1, steps, self.iteration,
+                       losses[i])
+        return losses[:i + 1]
 
     def test(self, batches: Iterable[Batch], max_batches: int | None = None
              ) -> dict[str, float | np.ndarray]:
