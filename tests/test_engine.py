@@ -297,3 +297,77 @@ def test_a_data_reader_shared_by_both_phases_is_refused_not_hung():
     for solver in (net_with(None), net_with(caffe_pb2.TRAIN, caffe_pb2.TEST)):
         with pytest.raises(ValueError, match="Data layer 'data' reads '/nonexistent/lmdb' in both"):
             CaffeNet(solver)
+
+
+# -- weights through caller buffers -------------------------------------------------------
+
+
+def test_set_weights_reads_read_only_buffers_in_place(tmp_path):
+    a, b = CaffeNet(lenet_solver(seed=1, batch=4)), CaffeNet(lenet_solver(seed=2, batch=4))
+    flat = a.get_weights().flat.copy()
+    flat.flags.writeable = False
+    b.set_weights(flat)  # a flat array, read-only
+    assert b.get_weights() == a.get_weights()
+    path = tmp_path / "weights.f32"
+    (a.get_weights().flat * 2).tofile(path)
+    mapped = np.memmap(path, np.float32, mode="r", shape=(a.num_params,))
+    b.set_weights(mapped)
+    np.testing.assert_array_equal(b.get_weights().flat, mapped)
+    b.set_weights(WeightCollection.from_flat(b.weight_layout, flat))  # a read-only collection
+    assert b.get_weights() == a.get_weights()
+    b._engine.write_params(mapped)  # the binding itself takes const buffers
+    np.testing.assert_array_equal(b.get_weights().flat, mapped)
+    b.set_weights(flat.astype(np.float64))  # other real dtypes are converted
+    assert b.get_weights() == a.get_weights()
+
+
+def test_set_weights_flat_array_of_the_wrong_size_names_both_sizes():
+    net = CaffeNet(lenet_solver(batch=4))
+    n = net.num_params
+    assert n == net.get_weights().num_params == 431080
+    before = net.get_weights()
+    with pytest.raises(ValueError, match=rf"1-d with {n} values .*got shape \({n - 1},\)"):
+        net.set_weights(np.zeros(n - 1, np.float32))
+    with pytest.raises(ValueError, match=rf"got shape \(2, {n // 2}\)"):
+        net.set_weights(np.zeros((2, n // 2), np.float32))
+    with pytest.raises(ValueError, match="real numbers, got dtype complex64"):
+        net.set_weights(np.zeros(n, np.complex64))
+    with pytest.raises(ValueError, match=f"flat buffer has {n + 1} values, the net {n}"):
+        net._engine.write_params(np.zeros(n + 1, np.float32))
+    assert net.get_weights() == before  # nothing was copied
+
+
+def test_get_weights_into_a_caller_buffer():
+    net = CaffeNet(lenet_solver(batch=4))
+    net.train(2, digit_batches(4))
+    out = np.full(net.num_params, np.nan, np.float32)
+    weights = net.get_weights(out=out)
+    assert weights.flat is out
+    assert weights == net.get_weights() and weights.layout == net.weight_layout
+    assert weights["ip1"][0].shape == (500, 800) and np.shares_memory(weights["ip1"][0], out)
+    # A WeightCollection of the net's layout is filled and returned itself.
+    collection = WeightCollection.from_flat(net.weight_layout, np.zeros(net.num_params,
+                                                                        np.float32))
+    assert net.get_weights(out=collection) is collection and collection == weights
+    frozen = np.zeros(net.num_params, np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="got a read-only array"):
+        net.get_weights(out=frozen)
+    small = CaffeNet(_solver_with(lenet_net(batch=4), ip1_outputs=300))
+    with pytest.raises(ValueError, match=r"layer 'ip1' blob 0 has shape \(500, 800\)"):
+        net.get_weights(out=small.get_weights())
+
+
+@pytest.mark.parametrize("out, got", [
+    (np.zeros(431080, np.float64), "dtype float64"),
+    (np.zeros(431081, np.float32), r"shape \(431081,\)"),
+    (np.zeros((1, 431080), np.float32), r"shape \(1, 431080\)"),
+    (np.zeros(2 * 431080, np.float32)[::2], "a non-contiguous array"),
+    ([0.0] * 3, "list"),
+])
+def test_get_weights_out_that_does_not_fit_names_expected_and_got(out, got):
+    net = CaffeNet(lenet_solver(batch=4))
+    error = TypeError if isinstance(out, list) else ValueError
+    with pytest.raises(error, match=rf"out must be a writable C-contiguous 1-d float32 "
+                                         rf"array of 431080 values, got {got}"):
+        net.get_weights(out=out)

@@ -119,7 +119,8 @@ cdef class Engine_:
     """One Caffe solver and its TEST net (ccaffe::Engine)."""
     cdef Engine* c
     cdef list _counts   # per net: element count of each input blob
-    cdef list _layer_ids  # TRAIN-net layer index of each learnable layer
+    cdef list _param_blobs  # (layer index, blob index, count) of each learnable blob
+    cdef long _num_params
 
     def __cinit__(self, bytes solver_param, int gpu=-1):
         self.c = new Engine(solver_param, gpu)
@@ -219,42 +220,48 @@ cdef class Engine_:
     def param_layout(self):
         """((layer name, (blob shape, ...)), ...) of the TRAIN net's learnable layers."""
         layout = []
-        self._layer_ids = []
+        blobs = []
         for info in self.c.param_layers():
             index = info.shape[0]
-            self._layer_ids.append(index)
             shapes = tuple(tuple(s) for s in self.c.param_shapes(index))
+            blobs.extend((index, j, _count(s)) for j, s in enumerate(shapes))
             layout.append((info.name.decode("utf-8"), shapes))
+        self._param_blobs = blobs
+        self._num_params = sum(n for _, _, n in blobs)
         return tuple(layout)
+
+    @property
+    def num_params(self):
+        """The number of values in all learnable blobs together."""
+        if self._param_blobs is None:
+            self.param_layout()
+        return self._num_params
 
     def read_params(self, float[::1] flat):
         """Copy every learnable blob, in layout order, into one flat buffer."""
-        self._copy_params(flat, True)
+        self._copy_params(&flat[0] if flat.shape[0] else NULL, flat.shape[0], True)
 
-    def write_params(self, float[::1] flat):
-        """Copy one flat buffer, in layout order, into the learnable blobs."""
-        self._copy_params(flat, False)
+    def write_params(self, const float[::1] flat):
+        """Copy one flat buffer (read-only is fine), in layout order, into the learnable blobs."""
+        self._copy_params(<float*>&flat[0] if flat.shape[0] else NULL, flat.shape[0], False)
 
-    cdef _copy_params(self, float[::1] flat, bint read):
-        cdef long offset = 0, n
+    cdef _copy_params(self, float* flat, long total, bint read):
+        # read: blobs -> flat; otherwise flat -> blobs (flat is then only read).
+        cdef long offset = 0
+        cdef long n
         cdef float* blob
-        cdef long total = flat.shape[0]
-        if self._layer_ids is None:
+        if self._param_blobs is None:
             self.param_layout()
-        for index in self._layer_ids:
-            for j, shape in enumerate(self.c.param_shapes(index)):
-                n = _count(shape)
-                if offset + n > total:
-                    raise ValueError(f"flat buffer of {total} values is too small")
-                blob = self.c.param_data(index, j)
-                if n:
-                    if read:
-                        memcpy(&flat[offset], blob, sizeof(float) * n)
-                    else:
-                        memcpy(blob, &flat[offset], sizeof(float) * n)
-                offset += n
-        if offset != total:
-            raise ValueError(f"flat buffer has {total} values, the net {offset}")
+        if total != self._num_params:  # checked first: a wrong buffer changes nothing
+            raise ValueError(f"flat buffer has {total} values, the net {self._num_params}")
+        for index, j, n in self._param_blobs:
+            blob = self.c.param_data(index, j)
+            if n:
+                if read:
+                    memcpy(flat + offset, blob, sizeof(float) * n)
+                else:
+                    memcpy(blob, flat + offset, sizeof(float) * n)
+            offset += n
 
     def save_weights(self, path):
         self.c.save_weights(_b(path))

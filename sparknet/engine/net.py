@@ -139,6 +139,39 @@ def _shape_str(shape: Sequence[int]) -> str:
     return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
+def _out_buffer(out: Any, num_params: int, what: str) -> np.ndarray:
+    """``out`` if the engine can copy the parameters straight into it.
+
+    Anything else raises: ``TypeError`` for an object that is no numpy array,
+    ``ValueError`` naming what ``out`` should be and what it is.
+    """
+    expected = f"a writable C-contiguous 1-d float32 array of {num_params} values"
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{what} must be {expected}, got {type(out).__name__}")
+    problem = None
+    if out.dtype != np.float32:
+        problem = f"dtype {out.dtype}"
+    elif out.ndim != 1 or out.size != num_params:
+        problem = f"shape {_shape_str(out.shape)}"
+    elif not out.flags.c_contiguous:
+        problem = "a non-contiguous array"
+    elif not out.flags.writeable:
+        problem = "a read-only array"
+    if problem:
+        raise ValueError(f"{what} must be {expected}, got {problem}")
+    return out
+
+
+def _flat_weights(flat: np.ndarray, num_params: int) -> np.ndarray:
+    """A flat weight array as the engine reads it: C-contiguous float32 (copied only if not)."""
+    if flat.ndim != 1 or flat.size != num_params:
+        raise ValueError(f"a flat weight array must be 1-d with {num_params} values (the net's "
+                         f"num_params), got shape {_shape_str(flat.shape)}")
+    if flat.dtype.kind not in "iuf":
+        raise ValueError(f"a flat weight array must hold real numbers, got dtype {flat.dtype}")
+    return np.ascontiguousarray(flat, np.float32)
+
+
 class CaffeNet:
     """A Caffe solver (TRAIN net) plus a TEST net sharing its weights.
 
@@ -377,16 +410,46 @@ class CaffeNet:
             self._layout = self._engine.param_layout()
         return self._layout
 
-    def get_weights(self) -> WeightCollection:
-        """A copy of every learnable layer's parameters."""
+    @property
+    def num_params(self) -> int:
+        """The number of values in all learnable parameters (``get_weights().num_params``)."""
+        return self._engine.num_params
+
+    def get_weights(self, out: np.ndarray | WeightCollection | None = None) -> WeightCollection:
+        """A copy of every learnable layer's parameters.
+
+        With ``out``, nothing model-sized is allocated: the parameters are copied
+        into it and the collection returned views it. ``out`` is a writable,
+        C-contiguous, 1-d float32 array of :attr:`num_params` values (the result
+        is then ``WeightCollection.from_flat(net.weight_layout, out)``), or a
+        ``WeightCollection`` of this net's layout (filled and returned itself).
+        """
         layout = self.weight_layout
-        flat = np.empty(sum(int(np.prod(s)) for _, shapes in layout for s in shapes),
-                        np.float32)
+        if out is None:
+            flat = np.empty(self.num_params, np.float32)
+        elif isinstance(out, WeightCollection):
+            check_layouts(layout, out.layout)
+            self._engine.read_params(_out_buffer(out.flat, self.num_params, "out.flat"))
+            return out
+        else:
+            flat = _out_buffer(out, self.num_params, "out")
         self._engine.read_params(flat)
         return WeightCollection.from_flat(layout, flat)
 
-    def set_weights(self, weights: WeightCollection | Mapping[str, Sequence[Any]]) -> None:
-        """Overwrite the parameters; the layouts must match exactly."""
+    def set_weights(self, weights: WeightCollection | Mapping[str, Sequence[Any]] | np.ndarray
+                    ) -> None:
+        """Overwrite the parameters.
+
+        ``weights`` is a ``WeightCollection`` or a mapping (layer name -> arrays)
+        whose layout matches this net's exactly, or a flat 1-d array of
+        :attr:`num_params` values in :attr:`weight_layout` order (what
+        ``get_weights().flat`` holds). A C-contiguous float32 array is read in
+        place, without a copy, and may be read-only (a ``np.memmap`` with
+        ``mode="r"``, say); other real dtypes are converted.
+        """
+        if isinstance(weights, np.ndarray):
+            self._engine.write_params(_flat_weights(weights, self.num_params))
+            return
         if not isinstance(weights, WeightCollection):
             weights = WeightCollection(weights)
         check_layouts(self.weight_layout, weights.layout)

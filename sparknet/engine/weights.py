@@ -53,7 +53,8 @@ class WeightCollection(Mapping[str, list[np.ndarray]]):
     """Layer name -> list of float32 parameter arrays, in the net's layer order.
 
     Build one from a mapping (``WeightCollection({"ip1": [w, b]})``), from
-    ``CaffeNet.get_weights()``, or with :meth:`mean`. Collections of the same
+    ``CaffeNet.get_weights()`` (``get_weights(out=buffer)`` fills a buffer of
+    yours instead of allocating), or with :meth:`mean`. Collections of the same
     layout support ``a + b``, ``a - b``, ``a * 2.0``, ``a / k`` and in-place
     ``+=``; combining collections of different layouts raises a ``ValueError``
     that names the first layer and blob that differ.
