@@ -7,12 +7,15 @@ does, minus the training:
 * **naive**: the weights as a list of numpy arrays, ``sc.broadcast`` (pickled),
   each worker reads them and returns its list, ``collect()`` brings both lists
   to the driver, which sums them array by array and divides by K.
-* **sparknet**: the code path ``sparknet.spark.train`` uses
-  (``sparknet.spark._comm``): the flat vector broadcast raw (workers map the
-  broadcast file; no unpickled copy), each worker copies it into the buffer it
-  would train in, sends it back as 512 KiB chunks from that buffer, and the
-  driver adds each chunk into one accumulator as it arrives off the JVM's
-  socket (never K models at once), then divides by K.
+* **sparknet**: the code path ``sparknet.spark.train`` uses by default
+  (``sparknet.spark._comm.SocketExchange``): the driver publishes the flat
+  vector on its exchange, each worker fetches it into a reused buffer, copies
+  it into the buffer it would train in and pushes that back; the driver adds
+  each 4 MiB piece into one accumulator as it arrives (never K models at
+  once), then divides by K.
+* **spark** (``--spark``): ``train(..., exchange="spark")``, the fallback: the
+  vector broadcast raw (workers map the broadcast file), results streamed
+  back as task output in 512 KiB chunks and folded into one accumulator.
 
 Both run over the same cached two-partition RDD (one task per executor), in
 the same session, interleaved, after a warm-up of each; the figure is the
@@ -20,16 +23,13 @@ median of ``--reps``. Driver memory is the Python driver's peak RSS during the
 round (``VmHWM``, reset before each round via ``/proc/self/clear_refs``) minus
 its RSS before the model was created, in multiples of the model's size.
 
-Where the time goes (2-core VM, Spark defaults, one steady round of the
-sparknet path, about 3.5 s): creating the broadcast 0.4 s, the executors
-fetching and unpacking it (torrent, lz4) 1.6 s, the workers' Python 0.3 s,
-Spark moving the two 244 MB task results to the driver 1.1 s, the driver's
-fold 0.2 s. The torrent broadcast and the task-result path are Spark's own
-and the naive baseline pays them too; what sparknet removes is everything
-around them (pickled copies, fresh model-sized allocations, K models on the
-driver).
+Where the time goes in Spark's own paths (2-core VM, one steady round of the
+``spark`` exchange, about 3.5 s): creating the broadcast 0.4 s, the executors
+fetching and unpacking it (torrent, lz4) 1.6 s, Spark moving the two 244 MB
+task results to the driver 1.1 s. The exchange moves each byte once, between
+numpy buffers, over one TCP connection per task.
 
-Usage: ``python bench/averaging.py [--reps 5] [--conf spark.broadcast.compress=false ...]``
+Usage: ``python bench/averaging.py [--reps 5] [--spark] [--tree] [--conf key=value ...]``
 """
 from __future__ import annotations
 
@@ -81,28 +81,29 @@ def _naive_worker(bc, items):
 _BUF: dict[int, np.ndarray] = {}
 
 
-def _sparknet_worker(bc, partition, items):
-    from sparknet.spark import _comm
-
+def _sparknet_worker(chan, partition, items):
     for _ in items:  # consume the (tiny) input: the Python worker is reused
         pass
-    mapped = _comm.flat_from_broadcast(bc)
-    buf = _BUF.get(mapped.size)
+    center = chan.weights()
+    buf = _BUF.get(center.size)
     if buf is None:
-        buf = _BUF[mapped.size] = np.empty(mapped.size, np.float32)
-    np.copyto(buf, mapped)  # what set_weights + training + read_params leave in the buffer
-    del mapped
+        buf = _BUF[center.size] = np.empty(center.size, np.float32)
+    np.copyto(buf, center)  # what set_weights + training + read_params leave in the buffer
+    del center
+    sent = chan.send(partition, buf)
     yield "m", {"partition": partition}
-    yield from _comm.chunks(buf)
+    yield from sent
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--conf", nargs="*", default=[], help="extra Spark settings key=value")
+    ap.add_argument("--spark", action="store_true",
+                    help="also time exchange='spark' (Spark's broadcast and task results)")
     ap.add_argument("--tree", action="store_true",
-                    help="also time the executor-side tree reduction (what train() uses when "
-                         "K models would not fit a quarter of the driver's heap)")
+                    help="also time exchange='spark' with the executor-side tree reduction "
+                         "(what it uses when K models would not fit a quarter of the heap)")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -151,31 +152,30 @@ def main(argv: list[str] | None = None) -> int:
 
         acc = np.empty_like(weights.flat)
 
-        def sparknet() -> np.ndarray:
-            bc = _comm.broadcast_flat(sc, weights.flat)
-            rdd = slots.mapPartitionsWithIndex(lambda i, it: _sparknet_worker(bc, i, it))
+        socket_exchange = _comm.SocketExchange.for_context(sc)
+        spark_exchange = _comm.SparkExchange(sc)
+
+        def one_round(exchange, tree: bool = False) -> np.ndarray:
+            # what train() does in a round, minus the training
+            chan = exchange.publish(weights.flat)
             acc[:] = 0
+            rchan = exchange.accept(chan, acc)
+            rdd = slots.mapPartitionsWithIndex(lambda i, it: _sparknet_worker(rchan, i, it))
             metas: list = []
-            _comm.fold(_comm.stream(rdd), acc, metas.append)
-            np.divide(acc, np.float32(K), out=acc)  # train() then swaps acc and the weights
-            _comm.destroy(bc)
-            assert len(metas) == K
+            items = (_comm.tree_sum(rdd, weights.num_params, 8, 1) if tree
+                     else _comm.stream(rdd))
+            _comm.fold(items, acc, metas.append)
+            assert not exchange.missing(range(K)) and len(metas) == K
+            exchange.end()
+            np.divide(acc, np.float32(K), out=acc)  # train() divides into the weights' buffer
+            exchange.release(chan)
             return acc
 
-        def sparknet_tree() -> np.ndarray:
-            bc = _comm.broadcast_flat(sc, weights.flat)
-            rdd = slots.mapPartitionsWithIndex(lambda i, it: _sparknet_worker(bc, i, it))
-            acc[:] = 0
-            metas: list = []
-            _comm.fold(_comm.tree_sum(rdd, weights.num_params, 8, 1), acc, metas.append)
-            np.divide(acc, np.float32(K), out=acc)
-            _comm.destroy(bc)
-            assert len(metas) == K
-            return acc
-
-        methods = {"naive": naive, "sparknet": sparknet}
+        methods = {"naive": naive, "sparknet": lambda: one_round(socket_exchange)}
+        if args.spark:
+            methods["spark"] = lambda: one_round(spark_exchange)
         if args.tree:
-            methods["tree"] = sparknet_tree
+            methods["tree"] = lambda: one_round(spark_exchange, tree=True)
         times: dict[str, list[float]] = {m: [] for m in methods}
         peaks: dict[str, list[float]] = {m: [] for m in methods}
         check = {}
@@ -200,11 +200,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{peak['naive']:.2f}x the model")
         print(f"sparknet: {med['sparknet']:.2f} s per round (median of {args.reps}), driver "
               f"peak {peak['sparknet']:.2f}x the model (target <= 3x)")
-        if "tree" in med:
-            print(f"sparknet, tree reduction: {med['tree']:.2f} s per round, driver peak "
-                  f"{peak['tree']:.2f}x the model")
+        for m, what in (("spark", "exchange='spark'"), ("tree", "exchange='spark', tree")):
+            if m in med:
+                print(f"{what}: {med[m]:.2f} s per round ({med[m] / med['naive']:.2f}x "
+                      f"naive), driver peak {peak[m]:.2f}x the model")
         print(f"communication time, sparknet / naive: {med['sparknet'] / med['naive']:.2f}x "
               f"(target <= 0.3x)")
+        socket_exchange.close()
     finally:
         spark.stop()
         import shutil

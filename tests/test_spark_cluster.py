@@ -115,6 +115,7 @@ def scenario_local_cluster(out: dict) -> None:
                                    for h in clean.history for p in h["partitions"]})
         faulty = _lenet_run(spark, 3, fault=Fault(round=1, partition=1, after_steps=4), **small)
         out["fault_equal"] = bool(clean.weights == faulty.weights)
+        out["exchange"] = [clean.exchange, faulty.exchange]
         out["fault_retried"] = [h.get("retried", []) for h in faulty.history]
         out["fault_states"] = [[p["state"] for p in h["partitions"]] for h in faulty.history]
         four = _lenet_run(spark, 3, **{**small, "workers": 4})
@@ -229,6 +230,7 @@ def scenario_standalone(out: dict) -> None:
             res = _lenet_run(spark, 6, sync_interval=50, test_interval=6)
             out["seconds"] = time.perf_counter() - t
             out["accuracy"] = res.test["accuracy"]
+            out["exchange"] = res.exchange
             out["executors"] = sorted({_executor_of(p["pid"]) or -1
                                        for h in res.history for p in h["partitions"]})
             out["states"] = [[p["state"] for p in h["partitions"]] for h in res.history]
@@ -280,6 +282,7 @@ def standalone() -> dict:
 
 def test_local_cluster_runs_on_two_executor_processes(local_cluster):
     assert len([e for e in local_cluster["executors"] if e > 0]) == 2
+    assert local_cluster["exchange"] == ["socket", "socket"]  # executors reach the driver
 
 
 def test_a_task_failing_mid_round_is_retried_to_the_same_weights(local_cluster):
@@ -309,6 +312,7 @@ def test_standalone_cluster_on_loopback(standalone):
     assert standalone["master"].startswith("spark://127.0.0.1:")
     assert len([e for e in standalone["executors"] if e > 0]) == 2
     assert standalone["accuracy"] >= 0.95
+    assert standalone["exchange"] == "socket"
     assert all(s == "fresh" for s in standalone["states"][0])
 
 

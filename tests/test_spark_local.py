@@ -133,11 +133,36 @@ def test_tuples_dicts_and_dataframes_train_identically(spark, solver16):
     assert results[0] == results[1] == results[2]
 
 
-def test_tree_reduction_matches_the_driver_sum(spark, digits, solver16):
+def test_every_exchange_and_reduction_gives_the_same_weights(spark, digits, solver16, tmp_path):
     train_rdd, _ = digits
-    driver = train(spark, solver16, train_rdd, rounds=2, reduction="driver", **SMALL)
+    pushed = train(spark, solver16, train_rdd, rounds=2, exchange="socket",
+                   output_dir=tmp_path, **SMALL)
+    assert "through the driver's exchange at" in (tmp_path / "training.log").read_text()
+    assert pushed.exchange == "socket"
+    driver = train(spark, solver16, train_rdd, rounds=2, exchange="spark", reduction="driver",
+                   **SMALL)
+    assert driver.exchange == "spark"
+    assert pushed.weights == driver.weights  # two workers: the sum is exact in any order
     tree = train(spark, solver16, train_rdd, rounds=2, reduction="tree", **SMALL)
     assert driver.weights.allclose(tree.weights, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="exchange must be"):
+        train(spark, solver16, train_rdd, rounds=1, exchange="sockets", **SMALL)
+
+
+def test_executors_that_cannot_reach_the_driver_fall_back_to_spark(spark, solver16, tmp_path,
+                                                                   monkeypatch):
+    from sparknet.spark import _comm
+
+    # the exchange listens on 127.0.0.1 but tells the tasks to connect to 127.0.0.2
+    monkeypatch.setattr(_comm.SocketExchange, "for_context", classmethod(
+        lambda cls, sc: cls("127.0.0.2", bind="127.0.0.1")))
+    rdd = digits_rdd(spark, "train", 2)
+    with pytest.raises(ConnectionError, match=r"cannot reach the driver's weight exchange at "
+                                              r"127\.0\.0\.2:\d+"):
+        train(spark, solver16, rdd, rounds=1, exchange="socket", **SMALL)
+    result = train(spark, solver16, rdd, rounds=1, output_dir=tmp_path, **SMALL)
+    assert result.exchange == "spark"
+    assert "weights travel through Spark instead" in (tmp_path / "training.log").read_text()
 
 
 @pytest.mark.parametrize("misses", [1, 4])

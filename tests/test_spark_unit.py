@@ -108,7 +108,7 @@ def test_raw_broadcast_file_is_a_small_pickle_then_the_floats(tmp_path):
         value = header
         _path = str(path)
     mapped = _comm.flat_from_broadcast(Loaded())
-    assert np.array_equal(mapped, flat) and mapped.flags.writeable
+    assert np.array_equal(mapped, flat) and not mapped.flags.writeable  # read in place
 
 
 def test_fold_adds_chunks_in_place_and_passes_the_rest():
@@ -121,6 +121,75 @@ def test_fold_adds_chunks_in_place_and_passes_the_rest():
     _comm.fold(_comm._partial_sum(acc.size, [*_comm.chunks(a), ("m", 2), *_comm.chunks(a)]),
                total, other.append)
     assert np.all(total == 2) and other[-1] == ("m", 2)
+
+
+# -- the driver's weight exchange -------------------------------------------------------------
+
+@pytest.fixture
+def exchange():
+    with _comm.SocketExchange("127.0.0.1") as ex:
+        yield ex
+
+
+def _push_part(chan, partition, flat, nbytes):
+    """A task that dies after sending ``nbytes`` of its result."""
+    import socket
+
+    with socket.create_connection((chan.host, chan.port)) as sock:
+        sock.sendall(_comm._REQ.pack(_comm._MAGIC_X, chan.token, _comm.OP_PUSH, chan.key,
+                                     partition, chan.size))
+        status, offset = _comm._REP.unpack(_comm._recv_exact(sock, _comm._REP.size))
+        assert status == _comm.ST_OK
+        sock.sendall(memoryview(flat[offset:]).cast("B")[:nbytes])
+
+
+def test_exchange_serves_the_published_weights_and_adds_each_result_once(exchange, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setattr(_comm, "PUSH_CHUNK", 1000)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(10_000).astype(np.float32)
+    chan = pickle.loads(pickle.dumps(exchange.publish(w)))  # as a task gets it
+    got = chan.weights()
+    assert np.array_equal(got, w) and chan.weights() is got  # fetched once per process
+    acc = np.zeros_like(w)
+    rchan = pickle.loads(pickle.dumps(exchange.accept(chan, acc)))
+    a, b = rng.standard_normal((2, w.size)).astype(np.float32)
+    # partition 0's first attempt dies a third of the way (mid-chunk); the retry resumes
+    _push_part(rchan, 0, a, a.nbytes // 3 + 2)
+    deadline = time.monotonic() + 10
+    while exchange._progress.get(0) != 3000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert exchange.missing([0, 1]) == [0, 1]
+    threads = [threading.Thread(target=lambda x, p: list(rchan.send(p, x)), args=(x, p))
+               for p, x in ((0, a), (1, b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert exchange.missing([0, 1]) == []
+    assert np.array_equal(acc, a + b)
+    assert list(rchan.send(1, b)) == [] and np.array_equal(acc, a + b)  # a duplicate task
+    exchange.end()
+    with pytest.raises(RuntimeError, match="no longer takes results"):
+        rchan.send(0, a)
+    # the next version replaces the previous one
+    chan2 = exchange.publish(2 * w)
+    assert np.array_equal(chan2.weights(), 2 * w)
+    with pytest.raises(RuntimeError, match="no longer served"):
+        _comm._FETCHED.clear()
+        chan.weights()
+
+
+def test_exchange_refuses_strangers_and_names_an_unreachable_driver(exchange):
+    chan = exchange.publish(np.zeros(10, np.float32))
+    wrong = _comm.SocketChannel(chan.host, chan.port, b"x" * 16, chan.version, chan.size)
+    with pytest.raises(ConnectionError, match="refused the request"):
+        wrong.weights()
+    exchange.close()
+    with pytest.raises(ConnectionError, match=rf"{chan.host}:{chan.port}.*exchange='spark'"):
+        chan.ping()
 
 
 # -- checkpoints -------------------------------------------------------------------------------

@@ -1,30 +1,37 @@
 """Moving weights between the driver and the workers.
 
-Three pieces, each avoiding a full copy of the model wherever Spark allows:
+A round needs two moves: the driver's weights out to every task, and every
+task's result back into one sum. Two exchanges do both behind one interface
+(``publish`` / ``accept`` / ``missing`` / ``end`` / ``release`` on the driver;
+the task gets a small picklable channel with ``weights()`` and ``send()``):
 
-* :func:`broadcast_flat` — a torrent broadcast of a flat float32 vector whose
-  file holds a small pickled header followed by the raw bytes. Workers map
-  that file (:func:`flat_from_broadcast`) instead of unpickling a copy;
-  ``CaffeNet.set_weights`` then copies straight from the page cache into the
-  net's blobs.
-* :func:`stream` — the items of a job, one at a time, as they come off the
-  JVM's socket (what ``collect()`` does before building its list), so the
-  driver can fold results into one accumulator instead of holding K models.
-* :func:`tree_sum` — for many workers or large models, partial sums of the
-  workers' results computed on the executors (``coalesce`` over the cached
-  round output, ``fanin`` partitions per reducer, level after level), so the
-  driver receives at most ``fanin`` partial sums, streamed.
-
-Workers send a result as ``("w", offset, chunk)`` items of :data:`CHUNK`
-floats: each pickled frame stays small (no large fresh allocations on either
-side of the socket) and the driver adds each chunk into place.
+* :class:`SocketExchange` (the default) — a TCP server in the driver. Tasks
+  fetch the published vector straight into a reused numpy buffer, and push
+  their result, which the server adds into the round's accumulator 4 MiB at a
+  time as it arrives: every byte moves once, and the driver holds one model
+  plus the sum whatever the number of workers. A retried or duplicated task
+  resumes or skips its partition's push, so each result is added exactly once.
+* :class:`SparkExchange` — Spark's own paths, for clusters where executors
+  cannot connect to the driver or where Spark's encryption must cover the
+  weights: :func:`broadcast_flat`, a torrent broadcast of a file holding a
+  small pickled header then the raw floats, which workers map
+  (:func:`flat_from_broadcast`) instead of unpickling a copy; results come
+  back as ``("w", offset, chunk)`` items of :data:`CHUNK` floats in the task
+  output, read one at a time off the JVM's socket (:func:`stream`) and added
+  into one accumulator (:func:`fold`), or first summed on the executors
+  (:func:`tree_sum`) when K models would not fit the driver.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import pickle
+import secrets
+import socket
+import struct
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -94,8 +101,8 @@ def flat_from_broadcast(bc: Any) -> np.ndarray:
         path = getattr(bc, "_path", None)
         if path is None:  # pragma: no cover - only with encryption, where we never use it
             raise RuntimeError("a raw sparknet broadcast arrived without its file")
-        # copy-on-write: writable for Cython memoryviews, pages shared until written
-        return np.memmap(path, dtype=np.float32, mode="c", offset=HEADER_BYTES,
+        # read-only: the net copies straight from the page cache
+        return np.memmap(path, dtype=np.float32, mode="r", offset=HEADER_BYTES,
                          shape=(value.size,))
     return np.asarray(value, dtype=np.float32).reshape(-1)
 
@@ -227,3 +234,365 @@ class _PartialSum:
 def _drain(iterator: Iterable[Any]) -> None:
     for _ in iterator:
         pass
+
+
+# -- channels: what a task is given to read the weights and send its result ---------------------
+
+class SparkChannel:
+    """Weights by raw torrent broadcast, results as ``("w", offset, chunk)`` task output."""
+
+    __slots__ = ("bc",)
+
+    def __init__(self, bc: Any):
+        self.bc = bc
+
+    def __getstate__(self) -> Any:
+        return self.bc
+
+    def __setstate__(self, bc: Any) -> None:
+        self.bc = bc
+
+    def weights(self) -> np.ndarray:
+        """The published vector, mapped from the broadcast file."""
+        return flat_from_broadcast(self.bc)
+
+    def send(self, partition: int, flat: np.ndarray) -> Iterator[Any]:
+        """The items that carry ``flat`` to the driver in the task's output."""
+        return chunks(flat)
+
+
+class SparkExchange:
+    """The driver's side of :class:`SparkChannel`: Spark's own broadcast and task results.
+
+    The results arrive as ``("w", offset, chunk)`` items in the round job's
+    output; the caller folds them (:func:`fold`, :func:`tree_sum`).
+    """
+
+    def __init__(self, sc: Any):
+        self.sc = sc
+
+    def where(self) -> str:
+        return "Spark broadcasts and task results"
+
+    def publish(self, flat: np.ndarray) -> SparkChannel:
+        return SparkChannel(broadcast_flat(self.sc, flat))
+
+    def release(self, channel: Any) -> None:
+        destroy(channel.bc)
+
+    def accept(self, channel: SparkChannel, acc: np.ndarray) -> SparkChannel:
+        return channel
+
+    def missing(self, partitions: Iterable[int]) -> list[int]:
+        return []
+
+    def end(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# The driver's exchange speaks this over TCP. A request is one _REQ; the reply one _REP.
+_MAGIC_X = b"SNX1"
+_REQ = struct.Struct("!4s16sBqiq")  # magic, token, op, key, partition, floats
+_REP = struct.Struct("!Bq")  # status, value
+OP_PING, OP_FETCH, OP_PUSH = 1, 2, 3
+ST_OK, ST_DONE, ST_STALE, ST_BAD = 0, 1, 2, 3
+#: Floats the exchange adds into the accumulator at a time (4 MiB).
+PUSH_CHUNK = 1 << 20
+
+# A worker process's last fetched vector: {"tag": (token, version), "flat": array}. The
+# buffer is reused from fetch to fetch (no fresh model-sized allocation per round).
+_FETCHED: dict[str, Any] = {}
+
+
+class SocketChannel:
+    """Weights fetched from, and results pushed to, the driver's :class:`SocketExchange`.
+
+    Picklable and small (address, a per-run secret, which published vector,
+    which accumulation). A worker process fetches a version once and reuses it
+    for every task that needs it (a round's task and the test after it).
+    """
+
+    __slots__ = ("host", "key", "port", "size", "timeout", "token", "version")
+
+    def __init__(self, host: str, port: int, token: bytes, version: int, size: int,
+                 key: int = -1, timeout: float = 600.0):
+        self.host, self.port, self.token = host, int(port), bytes(token)
+        self.version, self.size, self.key = int(version), int(size), int(key)
+        self.timeout = float(timeout)
+
+    def __getstate__(self) -> tuple:
+        return (self.host, self.port, self.token, self.version, self.size, self.key,
+                self.timeout)
+
+    def __setstate__(self, state: tuple) -> None:
+        (self.host, self.port, self.token, self.version, self.size, self.key,
+         self.timeout) = state
+
+    def with_key(self, key: int) -> SocketChannel:
+        return SocketChannel(self.host, self.port, self.token, self.version, self.size, key,
+                             self.timeout)
+
+    def _where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _connect(self) -> socket.socket:
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except OSError as e:
+            raise ConnectionError(
+                f"sparknet: this executor cannot reach the driver's weight exchange at "
+                f"{self._where()} ({e}). Executors must be able to connect to the driver on "
+                f"that port: allow it (fix it with spark.sparknet.exchange.port), or train "
+                f"with exchange='spark'.") from e
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _request(self, sock: socket.socket, op: int, partition: int = -1,
+                 key: int | None = None) -> tuple[int, int]:
+        sock.sendall(_REQ.pack(_MAGIC_X, self.token, op,
+                               self.version if key is None else key, partition, self.size))
+        status, value = _REP.unpack(_recv_exact(sock, _REP.size))
+        if status == ST_BAD:
+            raise ConnectionError(f"sparknet: the weight exchange at {self._where()} refused "
+                                  "the request (wrong run or size)")
+        return status, value
+
+    def ping(self) -> None:
+        with self._connect() as sock:
+            self._request(sock, OP_PING)
+
+    def weights(self) -> np.ndarray:
+        """The published vector (fetched once per worker process; do not modify it)."""
+        tag = (self.token, self.version)
+        if _FETCHED.get("tag") == tag:
+            return _FETCHED["flat"]
+        out = _FETCHED.pop("flat", None)
+        _FETCHED.clear()
+        if out is None or out.size != self.size:
+            out = np.empty(self.size, np.float32)
+        with self._connect() as sock:
+            status, _ = self._request(sock, OP_FETCH)
+            if status != ST_OK:
+                raise RuntimeError(f"sparknet: weights version {self.version} are no longer "
+                                   f"served by {self._where()} (a task of a finished round?)")
+            _recv_into(sock, memoryview(out).cast("B"))
+        _FETCHED.update(tag=tag, flat=out)
+        return out
+
+    def send(self, partition: int, flat: np.ndarray) -> Iterator[Any]:
+        """Push ``flat`` into the driver's accumulator; returns once the driver has it all.
+
+        A retried task resumes where a failed attempt stopped and a duplicate
+        attempt sends nothing: the driver adds each part of a partition's
+        result exactly once.
+        """
+        if flat.size != self.size or flat.dtype != np.float32:
+            raise ValueError(f"result of {flat.size} {flat.dtype} for a {self.size}-float "
+                             "exchange")
+        with self._connect() as sock:
+            status, offset = self._request(sock, OP_PUSH, partition, self.key)
+            if status == ST_STALE:
+                raise RuntimeError("sparknet: the driver no longer takes results for this "
+                                   "task's round (a duplicate task of a finished round?)")
+            if status == ST_OK:
+                sock.sendall(memoryview(flat[offset:]).cast("B"))
+                status, _ = _REP.unpack(_recv_exact(sock, _REP.size))
+                if status != ST_DONE:
+                    raise ConnectionError(f"sparknet: the weight exchange at {self._where()} "
+                                          f"did not confirm partition {partition}'s result")
+        return iter(())
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    _recv_into(sock, memoryview(buf))
+    return bytes(buf)
+
+
+def _recv_into(sock: socket.socket, view: memoryview) -> None:
+    pos, n = 0, len(view)
+    while pos < n:
+        got = sock.recv_into(view[pos:], n - pos)
+        if not got:
+            raise ConnectionError(f"connection closed after {pos} of {n} bytes")
+        pos += got
+
+
+class SocketExchange:
+    """A TCP server in the driver: tasks fetch the published weights and push results.
+
+    Spark's own paths copy a model several times per round (a torrent broadcast
+    compressed and split into blocks, every task result through the block
+    manager and the JVM heap); this side channel moves each byte once, straight
+    between the numpy buffers of the driver and the workers. Pushed results are
+    added into the round's accumulator as they arrive (one model plus a 4 MiB
+    buffer per connection, whatever the number of workers), each partition's
+    exactly once even when Spark retries or duplicates its task.
+
+    Bound to ``spark.driver.bindAddress`` (else ``spark.driver.host``) on
+    ``spark.sparknet.exchange.port`` (default: any free port); every request
+    carries a per-run random token.
+    """
+
+    def __init__(self, host: str, port: int = 0, bind: str | None = None,
+                 timeout: float = 600.0):
+        self.host = host
+        self.timeout = timeout
+        self.token = secrets.token_bytes(16)
+        self._server = socket.create_server((bind or host, int(port)), backlog=64)
+        self.port = self._server.getsockname()[1]
+        self._lock = threading.Lock()  # guards the fields below and every add into _acc
+        self._flat: np.ndarray | None = None
+        self._version = 0
+        self._key: int | None = None  # the accumulation pushes go to, while one is open
+        self._keys = 0
+        self._acc: np.ndarray | None = None
+        self._progress: dict[int, int] = {}
+        self._busy: dict[int, threading.Lock] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name="sparknet-exchange",
+                                        daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def for_context(cls, sc: Any) -> SocketExchange:
+        conf = sc.getConf()
+        host = conf.get("spark.driver.host") or socket.gethostname()
+        return cls(host, int(conf.get("spark.sparknet.exchange.port", "0")),
+                   conf.get("spark.driver.bindAddress") or None)
+
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    # -- the driver's side ----------------------------------------------------------------------
+    def publish(self, flat: np.ndarray) -> SocketChannel:
+        """Serve ``flat`` (not copied: leave it unchanged while tasks may read it)."""
+        flat = np.ascontiguousarray(flat, dtype=np.float32).reshape(-1)
+        with self._lock:
+            self._version += 1
+            self._flat = flat
+            return SocketChannel(self.host, self.port, self.token, self._version, flat.size,
+                                 timeout=self.timeout)
+
+    def release(self, channel: Any) -> None:
+        with self._lock:
+            if isinstance(channel, SocketChannel) and channel.version == self._version:
+                self._flat = None
+
+    def accept(self, channel: SocketChannel, acc: np.ndarray) -> SocketChannel:
+        """Add what tasks given the returned channel push into ``acc``, until :meth:`end`."""
+        if acc.shape != (channel.size,):
+            raise ValueError(f"accumulator of shape {acc.shape} for {channel.size} floats")
+        with self._lock:
+            self._keys += 1
+            self._key, self._acc = self._keys, acc
+            self._progress.clear()
+        return channel.with_key(self._keys)
+
+    def missing(self, partitions: Iterable[int]) -> list[int]:
+        """Those of ``partitions`` whose result has not all arrived in this accumulation."""
+        with self._lock:
+            size = self._acc.size if self._acc is not None else -1
+            return sorted(p for p in partitions if self._progress.get(p, 0) != size)
+
+    def end(self) -> None:
+        """Stop accumulating (late pushes of the round are turned away)."""
+        with self._lock:
+            self._key, self._acc = None, None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._flat = self._acc = None
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        except OSError:
+            pass
+        self._server.close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the server -----------------------------------------------------------------------------
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._handle, args=(conn,), daemon=True,
+                             name="sparknet-exchange-conn").start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(self.timeout)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                magic, token, op, key, partition, size = _REQ.unpack(
+                    _recv_exact(conn, _REQ.size))
+                if magic != _MAGIC_X or not hmac.compare_digest(token, self.token):
+                    conn.sendall(_REP.pack(ST_BAD, 0))
+                    return
+                if op == OP_PING:
+                    conn.sendall(_REP.pack(ST_OK, 0))
+                elif op == OP_FETCH:
+                    self._send_weights(conn, key, size)
+                elif op == OP_PUSH:
+                    self._take_result(conn, key, partition, size)
+                else:
+                    conn.sendall(_REP.pack(ST_BAD, 0))
+            except (OSError, ValueError, struct.error) as e:
+                log.debug("weight exchange: a connection ended early: %s", e)
+
+    def _send_weights(self, conn: socket.socket, version: int, size: int) -> None:
+        with self._lock:
+            flat = self._flat if version == self._version else None
+        if flat is None:
+            conn.sendall(_REP.pack(ST_STALE, 0))
+            return
+        if flat.size != size:
+            conn.sendall(_REP.pack(ST_BAD, flat.size))
+            return
+        conn.sendall(_REP.pack(ST_OK, flat.size))
+        conn.sendall(memoryview(flat).cast("B"))
+
+    def _take_result(self, conn: socket.socket, key: int, partition: int, size: int) -> None:
+        with self._lock:
+            acc = self._acc if key == self._key else None
+            busy = self._busy.setdefault(partition, threading.Lock())
+        if acc is None:
+            conn.sendall(_REP.pack(ST_STALE, 0))
+            return
+        if acc.size != size:
+            conn.sendall(_REP.pack(ST_BAD, acc.size))
+            return
+        with busy:  # one attempt of a partition at a time: the next resumes where it stopped
+            with self._lock:
+                if key != self._key:
+                    conn.sendall(_REP.pack(ST_STALE, 0))
+                    return
+                offset = self._progress.get(partition, 0)
+            if offset >= size:
+                conn.sendall(_REP.pack(ST_DONE, size))
+                return
+            conn.sendall(_REP.pack(ST_OK, offset))
+            buf = np.empty(min(PUSH_CHUNK, size), np.float32)
+            view = memoryview(buf).cast("B")
+            while offset < size:
+                n = min(buf.size, size - offset)
+                _recv_into(conn, view[:4 * n])
+                with self._lock:
+                    if key != self._key:
+                        return
+                    a = acc[offset:offset + n]
+                    np.add(a, buf[:n], out=a)
+                    offset += n
+                    self._progress[partition] = offset
+            conn.sendall(_REP.pack(ST_DONE, size))

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from sparknet.spark import _comm
 from sparknet.spark._store import batch_indices, local_root, open_store, remove_dataset
 
 log = logging.getLogger(__name__)
@@ -190,18 +189,13 @@ def net_entry(spec: NetSpec) -> _Entry:
 
 def read_flat(net: Any, out: np.ndarray) -> np.ndarray:
     """The net's parameters into ``out`` (a reused buffer: no fresh model-sized allocation)."""
-    engine = getattr(net, "_engine", None)
-    if engine is not None and hasattr(engine, "read_params"):
-        engine.read_params(out)
-    else:  # pragma: no cover - an engine without the buffer API
-        out[:] = net.get_weights().flat
+    net.get_weights(out=out)
     return out
 
 
 def write_flat(net: Any, flat: np.ndarray) -> None:
-    from sparknet.engine import WeightCollection
-
-    net.set_weights(WeightCollection.from_flat(net.weight_layout, flat))
+    """Set the net's parameters from a flat vector (read in place, even when read-only)."""
+    net.set_weights(flat)
 
 
 # -- per-partition solver state ---------------------------------------------------------------
@@ -326,12 +320,14 @@ def _pretend_missing(spec: RoundSpec, partition: int) -> bool:
     return True
 
 
-def round_task(spec: RoundSpec, weights_bc: Any, extras_bc: Any, install_bc: Any,
+def round_task(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: Any,
                partition: int, handles: Iterable[dict]) -> Iterator[Any]:
     """One partition's round: set weights, ``steps`` solver steps, send the result back.
 
-    Yields ``("m", meta)`` then the result as ``("w", offset, chunk)`` items
-    (the trained weights; for EASGD the difference to the centre), then in
+    ``channel`` (from ``sparknet.spark._comm``) gives the round's weights and
+    takes the result: the trained weights, for EASGD the difference to the
+    centre. Yields ``("m", meta)``, then whatever items the channel sends the
+    result as (none when it pushed it to the driver directly), then in
     checkpoint rounds ``("s", partition, kind, offset, bytes)`` items of the
     partition's solver state.
     """
@@ -343,12 +339,12 @@ def round_task(spec: RoundSpec, weights_bc: Any, extras_bc: Any, install_bc: Any
         handle = next(items, None)
         if handle is None:
             return
-        yield from _train_partition(spec, weights_bc, extras_bc, install_bc, handle)
+        yield from _train_partition(spec, channel, extras_bc, install_bc, handle)
         if _POISONED:
             return
 
 
-def _train_partition(spec: RoundSpec, weights_bc: Any, extras_bc: Any, install_bc: Any,
+def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: Any,
                      handle: dict) -> Iterator[Any]:
     t0 = time.perf_counter()
     p = int(handle["partition"])
@@ -365,7 +361,7 @@ def _train_partition(spec: RoundSpec, weights_bc: Any, extras_bc: Any, install_b
     how = ensure_state(spec, entry, p, install)
     net = entry.net
     entry.tag = None  # dirty until this round completes
-    center = _comm.flat_from_broadcast(weights_bc)
+    center = channel.weights()
     if spec.easgd_rate is None or how in ("fresh", "reset"):
         write_flat(net, center)
     t_ready = time.perf_counter()
@@ -422,11 +418,14 @@ def _train_partition(spec: RoundSpec, weights_bc: Any, extras_bc: Any, install_b
     model, state = net.snapshot(folder / f"round-{spec.round:06d}")
     _prune(folder, spec.round - 1)
     entry.tag = (spec.run, p, spec.round)
+    t_saved = time.perf_counter()
+    sent = channel.send(p, result)  # a socket channel has pushed it all when this returns
     t_end = time.perf_counter()
     meta["seconds"] = {"load": t_ready - t0, "compute": t_trained - t_ready,
-                       "save": t_end - t_trained, "total": t_end - t0}
+                       "save": t_saved - t_trained, "send": t_end - t_saved,
+                       "total": t_end - t0}
     yield "m", meta
-    yield from _comm.chunks(result)
+    yield from sent
     if spec.send_state:
         kinds = [("solverstate", state)]
         if spec.easgd_rate is not None:
@@ -443,9 +442,9 @@ def _train_partition(spec: RoundSpec, weights_bc: Any, extras_bc: Any, install_b
             yield "s", p, kind, -1, b""  # end of this file
 
 
-def test_task(spec: TestSpec, weights_bc: Any, extras_bc: Any, partition: int,
+def test_task(spec: TestSpec, channel: Any, extras_bc: Any, partition: int,
               handles: Iterable[dict]) -> Iterator[Any]:
-    """Score the broadcast weights on one cached test partition: ``("t", result)``."""
+    """Score the channel's weights on one cached test partition: ``("t", result)``."""
     todo = list(handles)
     for handle in todo:
         t0 = time.perf_counter()
@@ -459,7 +458,7 @@ def test_task(spec: TestSpec, weights_bc: Any, extras_bc: Any, partition: int,
         entry = net_entry(spec.net)
         if spec.local_weights and entry.tag not in (None, "fresh"):
             entry.tag = None  # the partition's local weights are overwritten: restore next round
-        write_flat(entry.net, _comm.flat_from_broadcast(weights_bc))
+        write_flat(entry.net, channel.weights())
         transforms = extras_bc.value.test_transform if extras_bc is not None else {}
         metrics = entry.net.test(_test_batches(store, spec, transforms, p)) if store.n else {}
         meta.update(n=store.n, seconds=time.perf_counter() - t0,
@@ -472,6 +471,18 @@ def _test_batches(store: Any, spec: TestSpec, transforms: Mapping[str, Callable[
                   partition: int) -> Iterator[dict[str, np.ndarray]]:
     for k, batch in enumerate(store.sequential(spec.batch, spec.names)):
         yield _apply(transforms, batch, [spec.seed, partition, k, 2]) if transforms else batch
+
+
+def ping_task(channel: Any, handles: Iterable[dict]) -> Iterator[tuple[str, str | None]]:
+    """Can this executor reach the driver's weight exchange? ``(host, None or the error)``."""
+    for _ in handles:  # read the input to its end: the Python worker stays reusable
+        pass
+    try:
+        channel.ping()
+    except OSError as e:
+        yield socket.gethostname(), str(e)
+    else:
+        yield socket.gethostname(), None
 
 
 def cleanup_task(datasets: tuple[str, ...], run: str | None, handles: Iterable[dict]

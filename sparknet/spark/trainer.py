@@ -1,11 +1,12 @@
 """Distributed training: SparkNet's synchronous parameter averaging, and EASGD.
 
-:func:`train` is the entry point. One round: the driver broadcasts the
+:func:`train` is the entry point. One round: the driver publishes the
 weights; each of K workers sets them in its cached net, runs
 ``sync_interval`` solver steps on minibatches drawn from its own cached
-partition, and sends its weights back in chunks that the driver adds into a
-single accumulator as they arrive (or, for large models and many workers,
-that the executors add up first); the driver divides by K and goes on.
+partition, and sends its weights back; the driver adds them into a single
+accumulator as they arrive, divides by K and goes on. The weights travel
+through a TCP exchange in the driver, or through Spark's broadcast and task
+results (:mod:`sparknet.spark._comm`).
 :class:`EASGD` keeps a local model per worker tied to the averaged "centre"
 by an elastic force instead.
 """
@@ -49,6 +50,7 @@ from sparknet.spark._worker import (
     RunExtras,
     TestSpec,
     cleanup_task,
+    ping_task,
     round_task,
     test_task,
 )
@@ -139,6 +141,7 @@ class TrainResult:
     they ran) and, when tested, ``test`` (TEST output blob -> mean over the
     test set). ``log_path``, ``history_path``, ``plot_path``: the files
     written to ``output_dir``. ``checkpoint``: the last checkpoint written.
+    ``exchange``: how the weights travelled, ``"socket"`` or ``"spark"``.
     """
 
     weights: WeightCollection
@@ -149,6 +152,7 @@ class TrainResult:
     plot_path: Path | None = None
     checkpoint: str | None = None
     s3_options: Any = field(default=None, repr=False)
+    exchange: str | None = None
 
     @property
     def rounds(self) -> int:
@@ -318,7 +322,7 @@ class _Trainer:
                  init_weights: Any, progress: bool | None,
                  callback: Callable[[dict], Any] | None, keep_checkpoints: int, gpu: bool,
                  blas_threads: int | None, s3_options: Any, reduction: str,
-                 executor_wait: float, fault: Fault | None):
+                 exchange: str, executor_wait: float, fault: Fault | None):
         self.sc = _context(spark)
         self.spark = spark
         if int(sync_interval) < 1:
@@ -336,7 +340,14 @@ class _Trainer:
         self.gpu = bool(gpu)
         self.blas_threads = blas_threads
         self.s3_options = s3_options
+        if reduction not in ("auto", "driver", "tree"):
+            raise ValueError(f"reduction must be 'auto', 'driver' or 'tree', got {reduction!r}")
+        if exchange not in ("auto", "socket", "spark"):
+            raise ValueError(f"exchange must be 'auto', 'socket' or 'spark', got {exchange!r}")
         self.reduction = reduction
+        self.exchange_mode = exchange
+        self.exchange: _comm.SocketExchange | _comm.SparkExchange | None = None
+        self._exchange_used: str | None = None
         self.fault = fault
         self.workers = int(workers) if workers else int(self.sc.defaultParallelism)
         if self.workers < 1:
@@ -577,17 +588,66 @@ class _Trainer:
         mem = _memory_bytes(self.sc.getConf().get("spark.driver.memory"), 1 << 30)
         return max(mem // 4, 4 * self.num_params)
 
+    def _open_exchange(self) -> _comm.SocketExchange | _comm.SparkExchange:
+        """How weights and results travel: the driver's socket exchange, else Spark's paths."""
+        conf = self.sc.getConf()
+        mode = self.exchange_mode
+        if mode == "auto":
+            if self.reduction == "tree":
+                mode = "spark"  # partial sums on the executors come through Spark
+            elif any(conf.get(k, "false").lower() == "true" for k in
+                     ("spark.network.crypto.enabled", "spark.io.encryption.enabled")):
+                mode = "spark"  # the exchange does not encrypt: keep the weights in Spark's
+        if mode == "spark":
+            return _comm.SparkExchange(self.sc)
+        exchange = _comm.SocketExchange.for_context(self.sc)
+        # every executor that holds training data must reach it
+        self.sc.setJobDescription("sparknet: reach the weight exchange")
+        probe = exchange.publish(np.zeros(1, np.float32))
+        failed = [(host, err) for host, err in self.handles["train_data"].mapPartitions(
+            functools.partial(ping_task, probe)).collect() if err]
+        if not failed:
+            self._event("weights travel through the driver's exchange at %s", exchange.where())
+            return exchange
+        exchange.close()
+        host, err = failed[0]
+        if self.exchange_mode == "socket":
+            raise ConnectionError(f"executor {host} cannot reach the driver's weight exchange "
+                                  f"at {exchange.where()}: {err}")
+        self._event("executor %s cannot reach the driver's weight exchange at %s (%s); "
+                    "weights travel through Spark instead", host, exchange.where(), err,
+                    level=logging.WARNING)
+        return _comm.SparkExchange(self.sc)
+
     def _use_tree(self) -> bool:
+        if not isinstance(self.exchange, _comm.SparkExchange):
+            return False  # results are added up in the driver as they arrive
         if self.reduction == "tree":
             return True
         if self.reduction == "driver":
             return False
         return self.workers * self.num_params * 4 > self._direct_limit()
 
-    def _run_round(self, spec: RoundSpec, bc: Any, extras_bc: Any, install_bc: Any,
+    def _run_round(self, spec: RoundSpec, chan: Any, extras_bc: Any, install_bc: Any,
+                   acc: np.ndarray, on_state: Callable[[tuple], None]) -> list[dict]:
+        acc[:] = 0
+        try:
+            metas = self._round_job(spec, self.exchange.accept(chan, acc), extras_bc,
+                                    install_bc, acc, on_state)
+            sent = [m["partition"] for m in metas
+                    if not m.get("missing_store") and not m.get("nonfinite")]
+            lost = self.exchange.missing(sent)
+            if lost:  # pragma: no cover - a task succeeds only once the driver has its result
+                raise RuntimeError(f"round {spec.round + 1}: the results of partitions {lost} "
+                                   f"did not all arrive at {self.exchange.where()}")
+            return metas
+        finally:
+            self.exchange.end()
+
+    def _round_job(self, spec: RoundSpec, chan: Any, extras_bc: Any, install_bc: Any,
                    acc: np.ndarray, on_state: Callable[[tuple], None],
                    rebuilt: bool = False) -> list[dict]:
-        fn = functools.partial(round_task, spec, bc, extras_bc, install_bc)
+        fn = functools.partial(round_task, spec, chan, extras_bc, install_bc)
         rdd = self.handles["train_data"].mapPartitionsWithIndex(fn)
         metas: list[dict] = []
 
@@ -598,7 +658,6 @@ class _Trainer:
                 on_state(item)
 
         self.sc.setJobDescription(f"sparknet: round {spec.round + 1}")
-        acc[:] = 0
         if self._use_tree():
             target = max(1, self._direct_limit() // (4 * self.num_params))
             _comm.fold(_comm.tree_sum(rdd, self.num_params, 8, target), acc, other)
@@ -626,14 +685,16 @@ class _Trainer:
                     spec.round + 1, level=logging.WARNING)
         self._rebuilt += 1
         self._cache("train_data", self.runlog, time.perf_counter())
-        return self._run_round(spec, bc, extras_bc, install_bc, acc, on_state, rebuilt=True)
+        acc[:] = 0  # the partitions that did run send their results again
+        return self._round_job(spec, self.exchange.accept(chan, acc), extras_bc, install_bc,
+                               acc, on_state, rebuilt=True)
 
-    def _run_test(self, bc: Any, extras_bc: Any, rebuilt: bool = False) -> dict[str, Any]:
+    def _run_test(self, chan: Any, extras_bc: Any, rebuilt: bool = False) -> dict[str, Any]:
         spec = TestSpec(self.run_id, self.net_spec, self.test_batch, self.seed,
                         self.test_names or self.names,
                         local_weights=isinstance(self.strategy, EASGD))
         rdd = self.handles["test_data"].mapPartitionsWithIndex(
-            functools.partial(test_task, spec, bc, extras_bc))
+            functools.partial(test_task, spec, chan, extras_bc))
         self.sc.setJobDescription("sparknet: test")
         items = list(_comm.stream(rdd))
         results = [i[1] for i in items if i[0] == "t"]
@@ -646,7 +707,7 @@ class _Trainer:
                     raise RuntimeError(f"test partitions {missing} could not be run where "
                                        "their data is cached")
                 self._cache("test_data", self.runlog, time.perf_counter())
-                return self._run_test(bc, extras_bc, rebuilt=True)
+                return self._run_test(chan, extras_bc, rebuilt=True)
             items = self.sc.runJob(rdd, _passthrough, missing)
             results += [i[1] for i in items if i[0] == "t"]
             missing = [i[1]["partition"] for i in items
@@ -767,12 +828,8 @@ class _Trainer:
             self.runlog.close()
         return TrainResult(WeightCollection.from_flat(self.layout, flat), self.history,
                            self.param, self.runlog.log_path, self.runlog.history_path,
-                           self.runlog.plot_path, self.last_checkpoint, self.s3_options)
-
-    def _broadcast(self, flat: np.ndarray) -> Any:
-        bc = _comm.broadcast_flat(self.sc, flat)
-        self._broadcasts.append(bc)
-        return bc
+                           self.runlog.plot_path, self.last_checkpoint, self.s3_options,
+                           self._exchange_used)
 
     def _drop(self, bc: Any) -> None:
         if bc in self._broadcasts:
@@ -795,8 +852,11 @@ class _Trainer:
         # rerun away from their data arrive last): with two, float addition commutes;
         # with more, float64 makes the sum exact whatever the order.
         acc = np.empty(weights.size, np.float32 if K <= 2 else np.float64)
+        self.exchange = self._open_exchange()
+        self._exchange_used = ("socket" if isinstance(self.exchange, _comm.SocketExchange)
+                               else "spark")
         t_bc = time.perf_counter()
-        bc = self._broadcast(weights)
+        chan = self.exchange.publish(weights)
         t_bc = time.perf_counter() - t_bc
         tested_at = -1
         for r in range(start, self.rounds):
@@ -813,7 +873,7 @@ class _Trainer:
             t_job = time.perf_counter()
             self._rerun: set[int] = set()
             try:
-                metas = self._run_round(spec, bc, extras_bc,
+                metas = self._run_round(spec, chan, extras_bc,
                                         install_bc if r == start else None, acc, sink)
             finally:
                 sink.close()
@@ -833,9 +893,9 @@ class _Trainer:
                     "step": (r + 1) * self.tau - 1, "loss": float("nan"), "weights": True}}],
                     staged)
             t_avg = time.perf_counter() - t_avg
-            self._drop(bc)
+            self.exchange.release(chan)
             t_next = time.perf_counter()
-            bc = self._broadcast(weights)
+            chan = self.exchange.publish(weights)
             t_next = time.perf_counter() - t_next
             round_seconds = time.perf_counter() - t_round
             losses = [v for m in metas for v in m.get("losses", [])]
@@ -865,7 +925,7 @@ class _Trainer:
                 rec["retried"] = sorted(m["partition"] for m in metas if m.get("attempt", 0))
             if test_due:
                 t_test = time.perf_counter()
-                rec["test"] = self._run_test(bc, extras_bc)
+                rec["test"] = self._run_test(chan, extras_bc)
                 rec["seconds"]["test"] = time.perf_counter() - t_test
                 tested_at = r
             rec["time"] = self.runlog.elapsed()
@@ -888,11 +948,11 @@ class _Trainer:
             if stop is False and r + 1 < self.rounds:
                 self._event("stopped by the callback after round %d", r + 1)
                 if self.test_data is not None and tested_at != r:
-                    rec["test"] = self._run_test(bc, extras_bc)
+                    rec["test"] = self._run_test(chan, extras_bc)
                 if self.ckpts is not None and not ckpt_due:
                     self.last_checkpoint = self._final_checkpoint(r, weights)
                 break
-        self._drop(bc)
+        self.exchange.release(chan)
         return weights
 
     def _final_checkpoint(self, r: int, weights: np.ndarray) -> str:
@@ -924,6 +984,9 @@ class _Trainer:
                                checkpoint=self.last_checkpoint, history=self.history)
 
     def _cleanup(self) -> None:
+        if self.exchange is not None:
+            self.exchange.close()
+            self.exchange = None
         for bc in list(self._broadcasts):
             _comm.destroy(bc)
         self._broadcasts.clear()
@@ -959,7 +1022,7 @@ def train(spark: Any, solver: Any, train_data: Any, *, test_data: Any = None,
           shuffle: bool = True, init_weights: Any = None, progress: bool | None = None,
           callback: Callable[[dict], Any] | None = None, keep_checkpoints: int = 2,
           gpu: bool = False, blas_threads: int | None = None, s3_options: Any = None,
-          reduction: str = "auto", executor_wait: float = 60.0,
+          reduction: str = "auto", exchange: str = "auto", executor_wait: float = 60.0,
           fault: Fault | None = None) -> TrainResult:
     """Train a Caffe net on Spark with synchronous parameter averaging (or EASGD).
 
@@ -1021,9 +1084,20 @@ def train(spark: Any, solver: Any, train_data: Any, *, test_data: Any = None,
         OpenBLAS threads (default: the task's CPUs, ``spark.task.cpus``).
     s3_options
         ``sparknet.data.S3Options`` for an ``s3://`` checkpoint_dir.
+    exchange
+        How the weights travel each round. ``"socket"``: a TCP server in the
+        driver, which tasks fetch the weights from and push their results to
+        (added up as they arrive, each partition's exactly once even when a
+        task is retried); every byte moves once, several times faster than
+        Spark's broadcast and task results for large models. ``"spark"``: a
+        torrent broadcast and task results. ``"auto"`` (default) uses the
+        socket unless Spark's network or I/O encryption is on, ``reduction``
+        is ``"tree"`` or an executor cannot connect to the driver (set
+        ``spark.sparknet.exchange.port`` to fix the port for a firewall).
     reduction
-        ``"auto"``, ``"driver"`` (stream all workers' weights to the driver)
-        or ``"tree"`` (partial sums on the executors first).
+        With ``exchange="spark"``: ``"auto"``, ``"driver"`` (stream all
+        workers' weights to the driver) or ``"tree"`` (partial sums on the
+        executors first).
     fault
         Tests only: a :class:`~sparknet.spark._worker.Fault` to inject.
 
@@ -1048,5 +1122,6 @@ def train(spark: Any, solver: Any, train_data: Any, *, test_data: Any = None,
         transform=transform, test_transform=test_transform, shuffle=shuffle,
         init_weights=init_weights, progress=progress, callback=callback,
         keep_checkpoints=keep_checkpoints, gpu=gpu, blas_threads=blas_threads,
-        s3_options=s3_options, reduction=reduction, executor_wait=executor_wait, fault=fault)
+        s3_options=s3_options, reduction=reduction, exchange=exchange,
+        executor_wait=executor_wait, fault=fault)
     return trainer.run()
