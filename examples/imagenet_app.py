@@ -7,8 +7,9 @@ ILSVRC2012_val/val.00000.tar ..., and the label lists train.txt and val.txt
 at the bucket root. Each worker streams its shards from S3 and decodes them
 (one partition per shard, never through the driver). The net is CaffeNet from
 caffe/models/caffenet/train_val.prototxt; its transform_param gives the
-227x227 crops (random and mirrored for training, drawn on the workers as the
-shards are decoded; centred for testing). As in SparkNet the mean image of the
+227x227 crops: the workers keep the decoded 256x256 images (uint8) and draw
+fresh random, mirrored crops for every minibatch, as Caffe does; centred for
+testing). As in SparkNet the mean image of the
 training set is subtracted (computed on the workers, or read with --mean), and
 the weights are averaged every 50 steps.
 
@@ -85,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if path is not None and not Path(path).is_file():
             raise appkit.UsageError(f"{path}: no such file")
 
+    import numpy as np
+
     from sparknet.data import (
         Transformer,
         compute_mean,
@@ -114,10 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         size = (args.image_size, args.image_size)
         s3 = {"endpoint_url": args.endpoint_url, "region_name": args.region}
 
-        def shards(prefix: str, labels: str, transform=None, max_shards: int | None = None):
-            # BGR, as Caffe and its models' mean values expect
+        def shards(prefix: str, labels: str, max_shards: int | None = None):
+            # BGR, as Caffe and its models' mean values expect; uint8, a quarter of float32
             return load_imagenet(spark, args.bucket, shard_prefix=prefix, labels_key=labels,
-                                 size=size, color="BGR", transform=transform,
+                                 size=size, color="BGR", dtype=np.uint8,
                                  max_shards=max_shards, **s3)
 
         if args.mean:
@@ -135,17 +138,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_mean(mean_file, mean)
 
         # Caffe's transform_param: random crops (mirrored) for training, centre crops for
-        # testing, the mean image subtracted. They run on the workers as the shards are
-        # decoded, so each image keeps the crop drawn for it when the trainer caches it.
-        # (sparknet.spark.train's per-minibatch transform= would draw new crops every
-        # round, but it still requires the cached examples to have the net's input shape.)
-        train_data = shards(args.shard_prefix, args.labels, Transformer(
-            crop_size=crop, mean=mean, phase="TRAIN", seed=args.seed,
-            mirror=bool(train_tp.mirror) if train_tp is not None else True),
-            max_shards=args.max_shards)
-        test_data = None if args.no_val else shards(args.val_prefix, args.val_labels, Transformer(
-            crop_size=crop, mean=mean, phase="TEST",
-            mirror=bool(test_tp.mirror) if test_tp is not None else False))
+        # testing, the mean image subtracted; on the workers, per minibatch, from the cached
+        # decoded images (reseeded per partition and step: runs stay reproducible)
+        train_tf = Transformer(crop_size=crop, mean=mean, phase="TRAIN",
+                               mirror=bool(train_tp.mirror) if train_tp is not None else True)
+        test_tf = Transformer(crop_size=crop, mean=mean, phase="TEST",
+                              mirror=bool(test_tp.mirror) if test_tp is not None else False)
+        train_data = shards(args.shard_prefix, args.labels, max_shards=args.max_shards)
+        test_data = None if args.no_val else shards(args.val_prefix, args.val_labels)
         log.info("CaffeNet: %d workers, tau %d, %d rounds, batch %d, %dx%d images cropped to %d",
                  args.workers, args.sync_interval, args.rounds, args.batch_size, *size, crop)
         t0 = time.perf_counter()
@@ -153,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        test_data=test_data.rdd if test_data is not None else None,
                        workers=args.workers, sync_interval=args.sync_interval,
                        rounds=args.rounds, test_interval=args.test_interval,
+                       transform=train_tf, test_transform=test_tf,
                        output_dir=args.output, checkpoint_dir=args.checkpoint_dir,
                        resume=args.resume, seed=args.seed)
         seconds = time.perf_counter() - t0

@@ -205,6 +205,26 @@ def test_transforms_are_reproducible(spark, digits, solver16):
     assert runs[0].weights == runs[1].weights != plain.weights
 
 
+def test_random_crops_are_drawn_per_minibatch_from_the_cached_images(spark):
+    from sparknet.data import Transformer
+
+    x, y = load_digits("train")
+    xt, yt = load_digits("test")
+    padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))  # 32x32: cached as given
+    test_padded = np.pad(xt, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    result = train(spark, lenet.solver(64), (padded, y), test_data=(test_padded, yt),
+                   transform=Transformer(crop_size=28), workers=2, sync_interval=50, rounds=4,
+                   test_interval=4, test_transform=Transformer(crop_size=28, phase="TEST"),
+                   progress=False)
+    assert result.test["accuracy"] >= 0.93, result.test
+    # a transform whose output does not fit the blob fails on the driver, naming both shapes
+    with pytest.raises(DataError, match=r"the transform for 'data' turns a batch of shape "
+                                        r"\(1, 1, 32, 32\) into \(1, 1, 24, 24\); input blob "
+                                        r"'data' takes \(1, 1, 28, 28\)"):
+        train(spark, lenet.solver(16), (padded, y), transform=Transformer(crop_size=24),
+              rounds=1, **SMALL)
+
+
 @pytest.mark.parametrize("case", ["shape", "label", "fraction", "nan", "empty"])
 def test_data_that_does_not_fit_fails_on_the_driver_first(spark, solver16, case):
     x, y = load_digits("train")

@@ -169,6 +169,9 @@ class ExampleSpec:
     require_all: bool = True
     what: str = "train_data"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Blobs a per-minibatch transform feeds: kept at the shape the data gives (a random
+    #: crop needs the whole image), unless it holds exactly the blob's values.
+    free: tuple[str, ...] = ()
 
     def convert(self, record: Any, where: str) -> dict[str, np.ndarray]:
         values = record_values(record, self.names, require_all=self.require_all)
@@ -180,8 +183,9 @@ class ExampleSpec:
                                 "dict of input blob name -> array")
             arrays = {n: (v if isinstance(v, np.ndarray) else to_array(v, self.shapes.get(n), n))
                       for n, v in out.items()}
-        return {n: fit(a, self.shapes[n], n, where) for n, a in arrays.items()
-                if n in self.shapes}
+        return {n: (a if n in self.free and a.size != math.prod(self.shapes[n])
+                    else fit(a, self.shapes[n], n, where))
+                for n, a in arrays.items() if n in self.shapes}
 
 
 def dataframe_records(df: Any, names: Sequence[str], shapes: Mapping[str, Sequence[int]],

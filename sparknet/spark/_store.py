@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from sparknet.spark._records import DataError, ExampleSpec, storage_dtype
+from sparknet.spark._records import DataError, ExampleSpec, shape_str, storage_dtype
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def materialise(spec: MaterialiseSpec, partition: int, items: Iterable[Any]) -> 
     names = spec.examples.names
     files: dict[str, Any] = {}
     dtypes: dict[str, np.dtype] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     buffers: dict[str, list[np.ndarray]] = {n: [] for n in names}
     indices: list[int] = []
     stats = {n: {"min": np.inf, "max": -np.inf, "integral": True} for n in spec.stats_blobs}
@@ -96,7 +97,14 @@ def materialise(spec: MaterialiseSpec, partition: int, items: Iterable[Any]) -> 
                     raise DataError(f"{where}: no value for input blob '{name}'")
                 if name not in dtypes:
                     dtypes[name] = storage_dtype(a)
+                    shapes[name] = a.shape
                     files[name] = open(folder / f"{name}.bin", "wb")  # noqa: SIM115
+                elif a.shape != shapes[name]:  # only where a transform follows (free blobs)
+                    raise DataError(f"{where}: input blob '{name}' gets an example of shape "
+                                    f"{shape_str(a.shape)} after examples of "
+                                    f"{shape_str(shapes[name])}; the examples a transform "
+                                    f"takes must all have one shape (resize them in "
+                                    f"preprocess)")
                 elif a.dtype != dtypes[name] and dtypes[name] == np.uint8:
                     raise DataError(f"{where}: input blob '{name}' changes dtype from uint8 "
                                     f"to {a.dtype} between examples")
@@ -125,8 +133,7 @@ def materialise(spec: MaterialiseSpec, partition: int, items: Iterable[Any]) -> 
         for f in files.values():
             f.close()
     if handle["error"] is None:
-        meta = {"n": n, "blobs": {name: {"dtype": dtypes[name].str,
-                                         "shape": list(spec.examples.shapes[name])}
+        meta = {"n": n, "blobs": {name: {"dtype": dtypes[name].str, "shape": list(shapes[name])}
                                   for name in dtypes}}
         if spec.indexed and n:
             order = np.argsort(np.asarray(indices, np.int64), kind="stable")

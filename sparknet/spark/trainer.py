@@ -473,13 +473,16 @@ class _Trainer:
                      partitions: int | None, runlog: RunLog) -> Any:
         """Check one example on the driver, then cache every partition on its executor."""
         t0 = time.perf_counter()
+        transforms = self.extras.transform if what == "train_data" else self.extras.test_transform
         examples = ExampleSpec(tuple(names), dict(shapes), tuple(r.blob for r in rules),
-                               self.preprocess, True, what)
+                               self.preprocess, True, what,
+                               free=tuple(n for n in names if n in transforms))
         rdd = self._examples(data, names, shapes, what)
         first = rdd.take(1)
         if not first:
             raise DataError(f"{what} is empty")
-        examples.convert(first[0], f"{what} example 0")  # raises DataError on a misfit
+        arrays = examples.convert(first[0], f"{what} example 0")  # DataError on a misfit
+        self._check_transforms(transforms, arrays, shapes, what)
         indexed = False
         sources = rdd.getNumPartitions()
         if partitions is not None and sources != partitions:
@@ -492,6 +495,28 @@ class _Trainer:
                                tuple(sorted({r.blob for r in rules})))
         self._sources[what] = (rdd, spec, rules)
         return self._cache(what, runlog, t0)
+
+    def _check_transforms(self, transforms: Mapping[str, Callable[..., Any]],
+                          arrays: Mapping[str, np.ndarray],
+                          shapes: Mapping[str, tuple[int, ...]], what: str) -> None:
+        """A transform must turn a cached example into what its blob takes (on the driver)."""
+        kind = "transform" if what == "train_data" else "test_transform"
+        for name, fn in transforms.items():
+            if name not in arrays:
+                raise DataError(f"{kind} is given for '{name}', which is not an input blob of "
+                                f"the net ({', '.join(shapes)})")
+            given = arrays[name]
+            try:
+                out = np.asarray(fn(given[None]))
+            except Exception as e:  # noqa: BLE001  # name the transform and the example
+                raise DataError(f"{what} example 0: the {kind} for '{name}' fails on a batch "
+                                f"of shape {shape_str((1, *given.shape))}: "
+                                f"{type(e).__name__}: {e}") from e
+            if out.shape[1:] != tuple(shapes[name]) or out.shape[0] != 1:
+                raise DataError(f"{what} example 0: the {kind} for '{name}' turns a batch of "
+                                f"shape {shape_str((1, *given.shape))} into "
+                                f"{shape_str(out.shape)}; input blob '{name}' takes "
+                                f"{shape_str((1, *shapes[name]))}")
 
     def _cache(self, what: str, runlog: RunLog, t0: float) -> Any:
         """Compute the cached handles of ``what``: each partition converted once, kept local."""
@@ -1068,7 +1093,11 @@ def train(spark: Any, solver: Any, train_data: Any, *, test_data: Any = None,
         Run on the workers on every minibatch (random crop, mirror): a callable
         for the first input blob or a dict blob -> callable, e.g. a
         ``sparknet.data.Transformer``. An ``rng`` attribute is reseeded per
-        partition and step, so runs stay reproducible.
+        partition and step, so runs stay reproducible. A transformed blob's
+        examples are cached at the shape the data gives (256x256 uint8 images
+        for random 227 crops: new crops every minibatch, a quarter of the
+        memory of float32); the transform is tried on the first example on
+        the driver and must give the blob's shape.
     shuffle
         Sample minibatches from a fresh permutation of the partition each epoch
         (``False``: in order).
