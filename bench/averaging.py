@@ -158,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         def one_round(exchange, tree: bool = False) -> np.ndarray:
             # what train() does in a round, minus the training
             chan = exchange.publish(weights.flat)
-            acc[:] = 0
-            rchan = exchange.accept(chan, acc)
+            rchan = exchange.accept(chan, acc)  # zeroes acc
             rdd = slots.mapPartitionsWithIndex(lambda i, it: _sparknet_worker(rchan, i, it))
             metas: list = []
             items = (_comm.tree_sum(rdd, weights.num_params, 8, 1) if tree
@@ -167,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             _comm.fold(items, acc, metas.append)
             assert not exchange.missing(range(K)) and len(metas) == K
             exchange.end()
-            np.divide(acc, np.float32(K), out=acc)  # train() divides into the weights' buffer
             exchange.release(chan)
+            np.divide(acc, np.float32(K), out=acc)  # train() divides into the weights' buffer
             return acc
 
         methods = {"naive": naive, "sparknet": lambda: one_round(socket_exchange)}

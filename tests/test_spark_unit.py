@@ -131,21 +131,34 @@ def exchange():
         yield ex
 
 
-def _push_part(chan, partition, flat, nbytes):
-    """A task that dies after sending ``nbytes`` of its result."""
+def _push_part(chan, partition, flat, nbytes, keep_open=False):
+    """A task that dies (or stalls, ``keep_open``) after sending ``nbytes`` of its result."""
     import socket
 
-    with socket.create_connection((chan.host, chan.port)) as sock:
-        sock.sendall(_comm._REQ.pack(_comm._MAGIC_X, chan.token, _comm.OP_PUSH, chan.key,
-                                     partition, chan.size))
-        status, offset = _comm._REP.unpack(_comm._recv_exact(sock, _comm._REP.size))
-        assert status == _comm.ST_OK
-        sock.sendall(memoryview(flat[offset:]).cast("B")[:nbytes])
+    sock = socket.create_connection((chan.host, chan.port))
+    sock.sendall(_comm._REQ.pack(_comm._MAGIC_X, chan.token, _comm.OP_PUSH, chan.key,
+                                 partition, chan.size))
+    status, offset = _comm._REP.unpack(_comm._recv_exact(sock, _comm._REP.size))
+    assert status == _comm.ST_OK and offset == 0
+    sock.sendall(_comm._FP.pack(0))
+    sock.sendall(memoryview(flat[offset:]).cast("B")[:nbytes])
+    if keep_open:
+        return sock
+    sock.close()
+    return None
+
+
+def _wait_progress(exchange, partition, floats):
+    import time
+
+    deadline = time.monotonic() + 10
+    while exchange._progress.get(partition) != floats and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert exchange._progress.get(partition) == floats
 
 
 def test_exchange_serves_the_published_weights_and_adds_each_result_once(exchange, monkeypatch):
     import threading
-    import time
 
     monkeypatch.setattr(_comm, "PUSH_CHUNK", 1000)
     rng = np.random.default_rng(0)
@@ -158,9 +171,7 @@ def test_exchange_serves_the_published_weights_and_adds_each_result_once(exchang
     a, b = rng.standard_normal((2, w.size)).astype(np.float32)
     # partition 0's first attempt dies a third of the way (mid-chunk); the retry resumes
     _push_part(rchan, 0, a, a.nbytes // 3 + 2)
-    deadline = time.monotonic() + 10
-    while exchange._progress.get(0) != 3000 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_progress(exchange, 0, 3000)
     assert exchange.missing([0, 1]) == [0, 1]
     threads = [threading.Thread(target=lambda x, p: list(rchan.send(p, x)), args=(x, p))
                for p, x in ((0, a), (1, b))]
@@ -168,7 +179,7 @@ def test_exchange_serves_the_published_weights_and_adds_each_result_once(exchang
         t.start()
     for t in threads:
         t.join()
-    assert exchange.missing([0, 1]) == []
+    assert exchange.missing([0, 1]) == [] and exchange.spliced() == []
     assert np.array_equal(acc, a + b)
     assert list(rchan.send(1, b)) == [] and np.array_equal(acc, a + b)  # a duplicate task
     exchange.end()
@@ -180,6 +191,33 @@ def test_exchange_serves_the_published_weights_and_adds_each_result_once(exchang
     with pytest.raises(RuntimeError, match="no longer served"):
         _comm._FETCHED.clear()
         chan.weights()
+
+
+def test_exchange_takes_over_a_stalled_push_and_tells_a_different_result(exchange, monkeypatch):
+    import time
+
+    monkeypatch.setattr(_comm, "PUSH_CHUNK", 1000)
+    rng = np.random.default_rng(1)
+    a, c = rng.standard_normal((2, 10_000)).astype(np.float32)
+    acc = np.full(a.size, 7, np.float32)  # accept() zeroes it
+    rchan = exchange.accept(exchange.publish(a), acc)
+    # attempt 1 sends half of result a, then hangs with the connection open; attempt 2
+    # has the same result: it takes over at once and the sum is exact
+    stalled = _push_part(rchan, 0, a, a.nbytes // 2, keep_open=True)
+    _wait_progress(exchange, 0, 5000)
+    t = time.monotonic()
+    rchan.send(0, a)
+    assert time.monotonic() - t < 5  # not the exchange's timeout
+    assert np.array_equal(acc, a) and exchange.spliced() == []
+    stalled.close()
+    # partition 1: attempt 2 computed another result (its executor lost the solver state)
+    _push_part(rchan, 1, a, a.nbytes // 2)
+    _wait_progress(exchange, 1, 5000)
+    rchan.send(1, c)
+    assert exchange.missing([0, 1]) == [] and exchange.spliced() == [1]
+    # the next accumulation starts clean
+    rchan = exchange.accept(rchan, acc)
+    assert not acc.any() and exchange.spliced() == [] and exchange.missing([0]) == [0]
 
 
 def test_exchange_refuses_strangers_and_names_an_unreachable_driver(exchange):

@@ -344,6 +344,9 @@ class _Trainer:
             raise ValueError(f"reduction must be 'auto', 'driver' or 'tree', got {reduction!r}")
         if exchange not in ("auto", "socket", "spark"):
             raise ValueError(f"exchange must be 'auto', 'socket' or 'spark', got {exchange!r}")
+        if exchange == "socket" and reduction == "tree":
+            raise ValueError("reduction='tree' sums on the executors, through Spark: it needs "
+                             "exchange='spark' (or 'auto')")
         self.reduction = reduction
         self.exchange_mode = exchange
         self.exchange: _comm.SocketExchange | _comm.SparkExchange | None = None
@@ -508,7 +511,7 @@ class _Trainer:
             given = arrays[name]
             try:
                 out = np.asarray(fn(given[None]))
-            except Exception as e:  # noqa: BLE001  # name the transform and the example
+            except Exception as e:  # name the transform and the example
                 raise DataError(f"{what} example 0: the {kind} for '{name}' fails on a batch "
                                 f"of shape {shape_str((1, *given.shape))}: "
                                 f"{type(e).__name__}: {e}") from e
@@ -625,12 +628,28 @@ class _Trainer:
                 mode = "spark"  # the exchange does not encrypt: keep the weights in Spark's
         if mode == "spark":
             return _comm.SparkExchange(self.sc)
-        exchange = _comm.SocketExchange.for_context(self.sc)
-        # every executor that holds training data must reach it
-        self.sc.setJobDescription("sparknet: reach the weight exchange")
-        probe = exchange.publish(np.zeros(1, np.float32))
-        failed = [(host, err) for host, err in self.handles["train_data"].mapPartitions(
-            functools.partial(ping_task, probe)).collect() if err]
+        if self.exchange_mode == "socket" and any(
+                conf.get(k, "false").lower() == "true" for k in
+                ("spark.network.crypto.enabled", "spark.io.encryption.enabled")):
+            self._event("exchange='socket': the weights travel unencrypted although Spark "
+                        "encrypts its own traffic", level=logging.WARNING)
+        try:
+            exchange = _comm.SocketExchange.for_context(self.sc)
+        except OSError as e:
+            if self.exchange_mode == "socket":
+                raise
+            self._event("cannot open the driver's weight exchange (%s); weights travel "
+                        "through Spark instead", e, level=logging.WARNING)
+            return _comm.SparkExchange(self.sc)
+        try:
+            # every executor that holds training data must reach it
+            self.sc.setJobDescription("sparknet: reach the weight exchange")
+            probe = exchange.publish(np.zeros(1, np.float32))
+            failed = [(host, err) for host, err in self.handles["train_data"].mapPartitions(
+                functools.partial(ping_task, probe)).collect() if err]
+        except BaseException:
+            exchange.close()
+            raise
         if not failed:
             self._event("weights travel through the driver's exchange at %s", exchange.where())
             return exchange
@@ -655,17 +674,26 @@ class _Trainer:
 
     def _run_round(self, spec: RoundSpec, chan: Any, extras_bc: Any, install_bc: Any,
                    acc: np.ndarray, on_state: Callable[[tuple], None]) -> list[dict]:
-        acc[:] = 0
         try:
-            metas = self._round_job(spec, self.exchange.accept(chan, acc), extras_bc,
-                                    install_bc, acc, on_state)
-            sent = [m["partition"] for m in metas
-                    if not m.get("missing_store") and not m.get("nonfinite")]
-            lost = self.exchange.missing(sent)
-            if lost:  # pragma: no cover - a task succeeds only once the driver has its result
-                raise RuntimeError(f"round {spec.round + 1}: the results of partitions {lost} "
-                                   f"did not all arrive at {self.exchange.where()}")
-            return metas
+            for attempt in range(3):
+                metas = self._round_job(spec, self.exchange.accept(chan, acc), extras_bc,
+                                        install_bc, acc, on_state)
+                sent = [m["partition"] for m in metas
+                        if not m.get("missing_store") and not m.get("nonfinite")]
+                lost = self.exchange.missing(sent)
+                if lost:  # pragma: no cover - a task succeeds once the driver has its result
+                    raise RuntimeError(f"round {spec.round + 1}: the results of partitions "
+                                       f"{lost} did not all arrive at {self.exchange.where()}")
+                spliced = self.exchange.spliced()
+                if not spliced:
+                    return metas
+                # a task died while pushing, and its retry computed another result (its
+                # executor was lost, with the partition's solver state): redo the round
+                self._event("round %d: partition(s) %s sent parts of two different results; "
+                            "redoing the round", spec.round + 1, spliced,
+                            level=logging.WARNING)
+            raise RuntimeError(f"round {spec.round + 1}: partitions {spliced} kept sending "
+                               "parts of different results")
         finally:
             self.exchange.end()
 
@@ -710,7 +738,7 @@ class _Trainer:
                     spec.round + 1, level=logging.WARNING)
         self._rebuilt += 1
         self._cache("train_data", self.runlog, time.perf_counter())
-        acc[:] = 0  # the partitions that did run send their results again
+        # the partitions that did run send their results again, into a zeroed accumulator
         return self._round_job(spec, self.exchange.accept(chan, acc), extras_bc, install_bc,
                                acc, on_state, rebuilt=True)
 
@@ -907,29 +935,32 @@ class _Trainer:
                 self._drop(install_bc)
                 install_bc = None
             self._diverged(r, metas, staged)
+            self.exchange.release(chan)  # the weights' buffer takes the new ones now
             t_avg = time.perf_counter()
             if easgd:  # centre += rate * sum(x_i - centre)
                 np.multiply(acc, rate, out=acc)
                 np.add(weights, acc, out=weights, casting="same_kind")
-            else:  # the mean, into the weights' buffer (no longer needed: it was broadcast)
+            else:  # the mean, into the weights' buffer
                 np.divide(acc, K, out=weights, casting="same_kind")
             if not np.isfinite(weights).all():
                 self._diverged(r, [{"partition": None, "nonfinite": {
                     "step": (r + 1) * self.tau - 1, "loss": float("nan"), "weights": True}}],
                     staged)
             t_avg = time.perf_counter() - t_avg
-            self.exchange.release(chan)
             t_next = time.perf_counter()
             chan = self.exchange.publish(weights)
             t_next = time.perf_counter() - t_next
             round_seconds = time.perf_counter() - t_round
             losses = [v for m in metas for v in m.get("losses", [])]
             images = K * self.tau * self.batch
-            worker_total = max(m["seconds"]["total"] for m in metas)
+            # the slowest worker's time without its send (which the collect time counts)
+            worker_total = max(m["seconds"]["total"] - m["seconds"].get("send", 0.0)
+                               for m in metas)
+            fetch = max(m["seconds"].get("fetch", 0.0) for m in metas)
             rec: dict[str, Any] = {
                 "round": r + 1, "loss": float(np.mean(losses)), "images": images,
                 "images_per_second": images / round_seconds,
-                "seconds": {"round": round_seconds, "broadcast": t_bc,
+                "seconds": {"round": round_seconds, "broadcast": t_bc + fetch,
                             "compute": max(m["seconds"]["compute"] for m in metas),
                             "collect": max(0.0, t_job - worker_total), "average": t_avg}}
             t_bc = t_next
