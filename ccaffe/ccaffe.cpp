@@ -359,6 +359,14 @@ bool Engine::forward(NetId id, const std::vector<const float*>& inputs, std::str
 
 int Engine::iteration() const { return solver_->iter(); }
 
+void Engine::seed(unsigned int seed) {
+  if (gpu_ >= 0) {
+    Caffe::SetDevice(gpu_);
+    Caffe::set_mode(Caffe::GPU);
+  }
+  Caffe::set_random_seed(seed);
+}
+
 std::vector<BlobInfo> Engine::param_layers() const {
   const Net<float>& n = *solver_->net();
   std::vector<BlobInfo> out;

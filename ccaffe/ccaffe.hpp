@@ -83,6 +83,9 @@ class Engine {
   // Forward pass of a net after copying inputs as in step().
   bool forward(NetId net, const std::vector<const float*>& inputs, std::string* error);
   int iteration() const;
+  // Reseed Caffe's random generator of the calling thread (dropout masks and
+  // other draws of the steps that follow), on this engine's device.
+  void seed(unsigned int seed);
 
   // Learnable layers of the TRAIN net, in order, with their blob shapes.
   std::vector<BlobInfo> param_layers() const;

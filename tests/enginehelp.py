@@ -68,3 +68,27 @@ def run_isolated(code: str, cwd: Path | None = None) -> subprocess.CompletedProc
     """Run Python code in a fresh interpreter; an abort shows as a signal exit."""
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=300)
+
+
+def dropout_solver(batch: int = 16, momentum: float = 0.9):
+    """A small MLP with dropout: its steps depend on Caffe's random numbers."""
+    from sparknet.dsl import (
+        DropoutLayer,
+        InnerProductLayer,
+        InputLayer,
+        LrPolicy,
+        NetParam,
+        ReLULayer,
+        SoftmaxWithLoss,
+        SolverParam,
+    )
+
+    net = NetParam("dropout-mlp", InputLayer("data", shape=(batch, 1, 28, 28)),
+                   InputLayer("label", shape=(batch, 1)),
+                   InnerProductLayer("ip1", ["data"], num_output=64, weight_filler="xavier"),
+                   ReLULayer("relu1", ["ip1"], tops=["ip1"]),
+                   DropoutLayer("drop1", ["ip1"], tops=["ip1"], dropout_ratio=0.5),
+                   InnerProductLayer("ip2", ["ip1"], num_output=10, weight_filler="xavier"),
+                   SoftmaxWithLoss("loss", ["ip2", "label"]))
+    return SolverParam(net, base_lr=0.01, momentum=momentum, lr_policy=LrPolicy.fixed(),
+                       random_seed=1)

@@ -371,3 +371,27 @@ def test_get_weights_out_that_does_not_fit_names_expected_and_got(out, got):
     with pytest.raises(error, match=rf"out must be a writable C-contiguous 1-d float32 "
                                          rf"array of 431080 values, got {got}"):
         net.get_weights(out=out)
+
+
+def test_seed_makes_dropout_steps_the_same_in_any_net():
+    from enginehelp import dropout_solver
+
+    batches = list(itertools.islice(digit_batches(16), 8))
+    solver = dropout_solver(momentum=0.0)  # no solver history: only the random numbers differ
+    a = CaffeNet(solver)
+    w0 = a.get_weights().flat.copy()
+    a.seed(7)
+    a.train(5, batches[:5])
+    seeded = CaffeNet(solver)
+    seeded.train(3, batches[5:8])  # its generator has moved on
+    seeded.set_weights(w0)
+    seeded.seed(7)
+    seeded.train(5, batches[:5])
+    assert seeded.get_weights() == a.get_weights()
+    unseeded = CaffeNet(solver)
+    unseeded.train(3, batches[5:8])
+    unseeded.set_weights(w0)
+    unseeded.train(5, batches[:5])
+    assert unseeded.get_weights() != a.get_weights()  # dropout masks did matter
+    with pytest.raises(ValueError, match="seed must be in"):
+        a.seed(2**32)

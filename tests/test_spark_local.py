@@ -165,6 +165,21 @@ def test_executors_that_cannot_reach_the_driver_fall_back_to_spark(spark, solver
     assert "weights travel through Spark instead" in (tmp_path / "training.log").read_text()
 
 
+def test_dropout_nets_give_the_same_weights_after_a_worker_crash(spark, digits):
+    from enginehelp import dropout_solver
+
+    from sparknet.spark import Fault
+
+    train_rdd, _ = digits
+    clean = train(spark, dropout_solver(16), train_rdd, rounds=3, **SMALL)
+    # partition 1's Python worker dies mid-round 2; Spark reruns it in a fresh process, whose
+    # Caffe random generator would otherwise be at another place than the dead one's
+    crashed = train(spark, dropout_solver(16), train_rdd, rounds=3,
+                    fault=Fault(round=1, partition=1, after_steps=2, kind="exit"), **SMALL)
+    assert crashed.history[1]["retried"] == [1]
+    assert crashed.weights == clean.weights
+
+
 @pytest.mark.parametrize("misses", [1, 4])
 def test_tasks_that_miss_their_cached_data_are_rerun(spark, digits, solver16, misses):
     from sparknet.spark import Fault

@@ -63,6 +63,7 @@ cdef extern from "ccaffe.hpp" namespace "ccaffe":
                    string* error) nogil
         cbool forward(NetId net, const vector[const float*]& inputs, string* error) nogil
         int iteration()
+        void seed(unsigned int seed) except +_raise
         vector[BlobInfo] param_layers() except +_raise
         vector[vector[int]] param_shapes(int layer) except +_raise
         float* param_data(int layer, int blob) except +_raise
@@ -216,6 +217,9 @@ cdef class Engine_:
     @property
     def iteration(self):
         return self.c.iteration()
+
+    def seed(self, unsigned int value):
+        self.c.seed(value)
 
     def param_layout(self):
         """((layer name, (blob shape, ...)), ...) of the TRAIN net's learnable layers."""

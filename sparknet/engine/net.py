@@ -239,6 +239,18 @@ class CaffeNet:
         """The solver's iteration count (steps taken, or restored)."""
         return self._engine.iteration
 
+    def seed(self, value: int) -> None:
+        """Reseed Caffe's random numbers (dropout masks...) for the steps that follow.
+
+        Caffe draws from one generator per thread, seeded once when a solver is
+        built. Reseeding before a run of steps makes those steps draw the same
+        numbers in whichever process runs them (``sparknet.spark.train``
+        reseeds every partition's every round).
+        """
+        if not 0 <= int(value) < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {value}")
+        self._engine.seed(int(value))
+
     @property
     def mode(self) -> str:
         return "cpu" if self._gpu is None else "gpu"

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from sparknet.spark import _comm
 from sparknet.spark._store import batch_indices, local_root, open_store, remove_dataset
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,11 @@ def ensure_state(spec: RoundSpec, entry: _Entry, partition: int,
     return "fresh" if spec.round == 0 else "reset"
 
 
+def round_seed(seed: int, partition: int, rnd: int) -> int:
+    """Caffe's random seed for a partition's round: the same in any process, on any retry."""
+    return int(np.random.SeedSequence([seed, partition, rnd, 3]).generate_state(1)[0])
+
+
 def _apply(transforms: Mapping[str, Callable[..., Any]], batch: dict[str, np.ndarray],
            rng_key: list[int]) -> dict[str, np.ndarray]:
     for name, fn in transforms.items():
@@ -361,7 +367,9 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
     how = ensure_state(spec, entry, p, install)
     net = entry.net
     entry.tag = None  # dirty until this round completes
+    t_fetch = time.perf_counter()
     center = channel.weights()
+    t_fetched = time.perf_counter()
     if spec.easgd_rate is None or how in ("fresh", "reset"):
         write_flat(net, center)
     t_ready = time.perf_counter()
@@ -377,6 +385,7 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
                 batch = _apply(transforms, batch, [spec.seed, p, step, 1])
             yield batch
 
+    net.seed(round_seed(spec.seed, p, spec.round))  # dropout: the same masks on any retry
     fault = spec.fault
     if (fault is not None and fault.kind in ("raise", "exit") and fault.round == spec.round
             and fault.partition == p and meta["attempt"] == 0):
@@ -421,7 +430,8 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
     t_saved = time.perf_counter()
     sent = channel.send(p, result)  # a socket channel has pushed it all when this returns
     t_end = time.perf_counter()
-    meta["seconds"] = {"load": t_ready - t0, "compute": t_trained - t_ready,
+    meta["seconds"] = {"load": t_ready - t0, "fetch": t_fetched - t_fetch,
+                       "compute": t_trained - t_ready,
                        "save": t_saved - t_trained, "send": t_end - t_saved,
                        "total": t_end - t0}
     yield "m", meta
@@ -494,4 +504,5 @@ def cleanup_task(datasets: tuple[str, ...], run: str | None, handles: Iterable[d
         remove_dataset(d)
     if run is not None:
         shutil.rmtree(local_root() / f"run-{run}", ignore_errors=True)
+        _comm.forget_fetched()
     yield 1
