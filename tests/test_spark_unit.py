@@ -220,6 +220,11 @@ def test_exchange_takes_over_a_stalled_push_and_tells_a_different_result(exchang
     assert not acc.any() and exchange.spliced() == [] and exchange.missing([0]) == [0]
 
 
+def test_spark_durations_for_the_exchange_timeout():
+    assert [_comm._seconds(t, 9.0) for t in ("120s", "2min", "500ms", "90", "1h", None, "x")] \
+        == [120.0, 120.0, 0.5, 90.0, 3600.0, 9.0, 9.0]
+
+
 def test_exchange_refuses_strangers_and_names_an_unreachable_driver(exchange):
     chan = exchange.publish(np.zeros(10, np.float32))
     wrong = _comm.SocketChannel(chan.host, chan.port, b"x" * 16, chan.version, chan.size)

@@ -651,11 +651,7 @@ class SocketExchange:
     def _send_weights(self, conn: socket.socket, version: int, size: int) -> None:
         with self._lock:
             flat = self._flat if version == self._version else None
-        if flat is None:
-            conn.sendall(_REP.pack(ST_STALE, 0))
-            return
-        if flat.size != size:
-            conn.sendall(_REP.pack(ST_BAD, flat.size))
+        if _refused(conn, flat, size):
             return
         conn.sendall(_REP.pack(ST_OK, flat.size))
         _send_all(conn, memoryview(flat).cast("B"))
@@ -665,11 +661,7 @@ class SocketExchange:
             acc = self._acc if key == self._key else None
             busy = self._busy.setdefault(partition, threading.Lock())
             stalled = self._pushing.get(partition)
-        if acc is None:
-            conn.sendall(_REP.pack(ST_STALE, 0))
-            return
-        if acc.size != size:
-            conn.sendall(_REP.pack(ST_BAD, acc.size))
+        if _refused(conn, acc, size):
             return
         if stalled is not None:  # a new attempt: the one still pushing is given up on
             try:
@@ -716,6 +708,17 @@ class SocketExchange:
                 with self._lock:
                     if self._pushing.get(partition) is conn:
                         del self._pushing[partition]
+
+
+def _refused(conn: socket.socket, target: np.ndarray | None, size: int) -> bool:
+    """Answer a request for a vector that is gone (STALE) or of another size (BAD)."""
+    if target is None:
+        conn.sendall(_REP.pack(ST_STALE, 0))
+        return True
+    if target.size != size:
+        conn.sendall(_REP.pack(ST_BAD, target.size))
+        return True
+    return False
 
 
 def _seconds(text: str | None, default: float) -> float:
