@@ -220,6 +220,24 @@ def test_exchange_takes_over_a_stalled_push_and_tells_a_different_result(exchang
     assert not acc.any() and exchange.spliced() == [] and exchange.missing([0]) == [0]
 
 
+def test_exchange_takes_its_address_port_and_timeout_from_the_spark_conf():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = {"spark.driver.host": "127.0.0.1", "spark.sparknet.exchange.port": str(port),
+            "spark.network.timeout": "45s"}
+
+    class Context:
+        def getConf(self):
+            return type("Conf", (), {"get": lambda self, k, d=None: conf.get(k, d)})()
+
+    with _comm.SocketExchange.for_context(Context()) as ex:
+        assert ex.where() == f"127.0.0.1:{port}" and ex.timeout == 45.0
+        ex.publish(np.ones(3, np.float32)).ping()
+
+
 def test_spark_durations_for_the_exchange_timeout():
     assert [_comm._seconds(t, 9.0) for t in ("120s", "2min", "500ms", "90", "1h", None, "x")] \
         == [120.0, 120.0, 0.5, 90.0, 3600.0, 9.0, 9.0]
