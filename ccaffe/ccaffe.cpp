@@ -1,7 +1,9 @@
 #include "ccaffe.hpp"
 
+#include <cerrno>
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -135,7 +137,22 @@ struct SolverAccess : caffe::Solver<float> {
     (s.*(&SolverAccess::UpdateSmoothedLoss))(loss, start_iter, average_loss);
   }
   static void apply_update(caffe::Solver<float>& s) { (s.*(&SolverAccess::ApplyUpdate))(); }
+  static int& current_step(caffe::Solver<float>& s) {
+    return s.*(&SolverAccess::current_step_);
+  }
 };
+
+// Every built-in solver (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam)
+// keeps its state in SGDSolver's history blobs.
+struct HistoryAccess : caffe::SGDSolver<float> {
+  static std::vector<boost::shared_ptr<Blob<float>>>& history(caffe::Solver<float>& s) {
+    auto* sgd = dynamic_cast<caffe::SGDSolver<float>*>(&s);
+    if (sgd == nullptr) throw std::invalid_argument("this solver type keeps no history blobs");
+    return sgd->*(&HistoryAccess::history_);
+  }
+};
+
+const char kStateMagic[8] = {'S', 'N', 'S', 'T', 'A', 'T', 'E', '1'};
 
 // Caffe's CPU max pooling starts every output at -FLT_MAX with argmax -1 and
 // takes a bottom value only when it is greater. A window of nothing but NaN
@@ -456,6 +473,68 @@ void Engine::snapshot(const std::string& prefix) {
   state.set_learned_net(model);
   caffe::WriteProtoToBinaryFile(state, tmp_state);
   rename_or_throw(tmp_state, state_file);
+}
+
+void Engine::save_state(const std::string& path) const {
+  caffe::Solver<float>& s = *solver_;
+  const auto& history = HistoryAccess::history(s);
+  const std::string tmp = path + ".tmp" + std::to_string(getpid());
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (f == nullptr) throw std::runtime_error(path + ": cannot write (" + std::strerror(errno) + ")");
+  bool ok = std::fwrite(kStateMagic, 1, 8, f) == 8;
+  const int64_t head[3] = {SolverAccess::iter(s), SolverAccess::current_step(s),
+                           static_cast<int64_t>(history.size())};
+  ok = ok && std::fwrite(head, sizeof(int64_t), 3, f) == 3;
+  for (const auto& blob : history) {
+    const int64_t count = blob->count();
+    ok = ok && std::fwrite(&count, sizeof(int64_t), 1, f) == 1;
+  }
+  for (const auto& blob : history) {
+    const size_t n = static_cast<size_t>(blob->count());
+    ok = ok && std::fwrite(blob->cpu_data(), sizeof(float), n, f) == n;
+  }
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok) {
+    std::remove(tmp.c_str());
+    throw std::runtime_error(path + ": writing the solver state failed");
+  }
+  rename_or_throw(tmp, path);
+}
+
+void Engine::load_state(const std::string& path) {
+  caffe::Solver<float>& s = *solver_;
+  auto& history = HistoryAccess::history(s);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::invalid_argument(path + ": no such file");
+  char magic[8];
+  int64_t head[3];
+  in.read(magic, 8);
+  in.read(reinterpret_cast<char*>(head), sizeof(head));
+  if (!in || std::memcmp(magic, kStateMagic, 8) != 0)
+    throw std::invalid_argument(path + ": not a sparknet solver state");
+  if (head[2] != static_cast<int64_t>(history.size()))
+    throw std::invalid_argument(path + ": " + std::to_string(head[2]) + " history blobs, this "
+                                "solver has " + std::to_string(history.size()));
+  std::vector<int64_t> counts(history.size());
+  in.read(reinterpret_cast<char*>(counts.data()), counts.size() * sizeof(int64_t));
+  int64_t total = 0;
+  for (size_t i = 0; i < history.size(); ++i) {
+    if (!in || counts[i] != history[i]->count())
+      throw std::invalid_argument(path + ": history blob " + std::to_string(i) + " holds " +
+                                  std::to_string(counts[i]) + " values, this solver's " +
+                                  std::to_string(history[i]->count()));
+    total += counts[i];
+  }
+  const std::streamoff data_start = in.tellg();
+  in.seekg(0, std::ios::end);
+  if (in.tellg() - data_start != static_cast<std::streamoff>(total * sizeof(float)))
+    throw std::invalid_argument(path + ": truncated solver state");
+  in.seekg(data_start);
+  for (auto& blob : history)
+    in.read(reinterpret_cast<char*>(blob->mutable_cpu_data()), blob->count() * sizeof(float));
+  if (!in) throw std::runtime_error(path + ": reading the solver state failed");
+  SolverAccess::iter(s) = static_cast<int>(head[0]);
+  SolverAccess::current_step(s) = static_cast<int>(head[1]);
 }
 
 void Engine::restore(const std::string& solverstate) {

@@ -97,6 +97,12 @@ class Engine {
   // Caffe's snapshot: <prefix>_iter_<N>.caffemodel and .solverstate.
   void snapshot(const std::string& prefix);
   void restore(const std::string& solverstate);
+  // The solver's own state (iteration, learning-rate step, history blobs) as
+  // raw floats in sparknet's scratch format, written atomically: a fraction of
+  // a .solverstate's cost (no protobuf, no weights). load_state checks every
+  // size against this solver before it changes anything.
+  void save_state(const std::string& path) const;
+  void load_state(const std::string& path);
 
  private:
   caffe::Net<float>& net(NetId id) const;

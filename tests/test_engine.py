@@ -395,3 +395,30 @@ def test_seed_makes_dropout_steps_the_same_in_any_net():
     assert unseeded.get_weights() != a.get_weights()  # dropout masks did matter
     with pytest.raises(ValueError, match="seed must be in"):
         a.seed(2**32)
+
+
+def test_raw_solver_state_continues_exactly_and_refuses_another_solver(tmp_path):
+    batches = list(itertools.islice(digit_batches(16), 10))
+    a = CaffeNet(lenet_solver(16))
+    a.train(5, batches[:5])
+    path = a.save_state(tmp_path / "deep" / "a.state")  # atomic, folders made
+    assert sorted(p.name for p in path.parent.iterdir()) == ["a.state"]
+    b = CaffeNet(lenet_solver(16))
+    b.set_weights(a.get_weights())
+    b.load_state(path)  # iteration and momentum history, not the weights
+    assert b.iteration == 5
+    a.train(5, batches[5:])
+    b.train(5, batches[5:])
+    assert a.get_weights() == b.get_weights()
+    fresh = CaffeNet(lenet_solver(16))
+    fresh.set_weights(b.get_weights())
+    fresh.train(1, batches[:1])
+    b.train(1, batches[:1])
+    assert fresh.get_weights() != b.get_weights()  # the history did matter
+    other = CaffeNet(lenet_solver(16, type="Adam", momentum2=0.999))  # two history sets
+    with pytest.raises(ValueError, match=r"a\.state: 8 history blobs, this solver has 16"):
+        other.load_state(path)
+    path.write_bytes(path.read_bytes()[:-4])
+    with pytest.raises(ValueError, match="truncated"):
+        b.load_state(path)
+    assert b.iteration == 11

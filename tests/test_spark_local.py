@@ -38,7 +38,8 @@ def test_two_workers_reach_97_percent(spark, digits, tmp_path):
     first = h[0]
     for key in ("time", "loss", "images", "images_per_second", "seconds", "partitions"):
         assert key in first
-    assert set(first["seconds"]) >= {"round", "broadcast", "compute", "collect", "average"}
+    assert set(first["seconds"]) >= {"round", "broadcast", "compute", "save", "collect",
+                                     "average"}
     assert first["images"] == 2 * 50 * 64
     assert h[-1]["loss"] < h[0]["loss"]
     # nets and data were built once, by the same two Python workers, reused every round: a

@@ -71,6 +71,8 @@ cdef extern from "ccaffe.hpp" namespace "ccaffe":
         void load_weights(const string& path) except +_raise
         void snapshot(const string& prefix) except +_raise
         void restore(const string& solverstate) except +_raise
+        void save_state(const string& path) except +_raise
+        void load_state(const string& path) except +_raise
 
 
 
@@ -278,3 +280,9 @@ cdef class Engine_:
 
     def restore(self, path):
         self.c.restore(_b(path))
+
+    def save_state(self, path):
+        self.c.save_state(_b(path))
+
+    def load_state(self, path):
+        self.c.load_state(_b(path))

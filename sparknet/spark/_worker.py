@@ -6,10 +6,13 @@ them from task to task (building a net costs more than a round's overhead).
 
 A partition's solver state (iteration count, momentum history and, for
 EASGD, its local weights) lives with the partition, not with the process:
-after every round the task snapshots it into the executor-local state folder
-(``round-<r>_iter_<i>.solverstate``, Caffe's own format). The next round's
+after every round the task saves it into the executor-local state folder:
+iteration and history in the engine's raw format (``round-<r>.state``, a
+third of a Caffe snapshot's cost; the weights come from the driver anyway),
+or Caffe's own snapshot (``round-<r>_iter_<i>.solverstate``) in checkpoint
+rounds and for EASGD, whose local weights are state too. The next round's
 task for that partition continues from memory when it lands in the same
-process with the net untouched since, else restores the snapshot — so a task
+process with the net untouched since, else restores that file — so a task
 retried after a failure mid-round, or moved to another process of the same
 executor, computes exactly what the first attempt would have. Only when the
 executor itself was lost is the state gone; the partition then restarts its
@@ -205,13 +208,19 @@ def state_dir(run: str, partition: int) -> Path:
     return local_root() / f"run-{run}" / f"state-{partition:05d}"
 
 
+def _raw_state(folder: Path, rnd: int) -> Path:
+    """The state after round ``rnd`` in the engine's raw format (no weights)."""
+    return folder / f"round-{rnd:06d}.state"
+
+
 def _state_file(folder: Path, rnd: int) -> Path | None:
+    """Caffe's snapshot after round ``rnd`` (weights and state), if there is one."""
     found = sorted(folder.glob(f"round-{rnd:06d}_iter_*.solverstate"))
     return found[-1] if found else None
 
 
 def _prune(folder: Path, keep_from: int) -> None:
-    for p in folder.glob("round-*_iter_*"):
+    for p in folder.glob("round-*"):
         try:
             if int(p.name[6:12]) < keep_from:
                 p.unlink()
@@ -275,6 +284,10 @@ def ensure_state(spec: RoundSpec, entry: _Entry, partition: int,
     if install is not None and spec.round > 0:
         _install(folder, spec.round - 1, install)
     if spec.round > 0:
+        raw = _raw_state(folder, spec.round - 1)
+        if spec.easgd_rate is None and raw.exists():  # averaging: the weights come next
+            entry.net.load_state(raw)
+            return "file"
         path = _state_file(folder, spec.round - 1)
         if path is not None:
             entry.net.restore(path)
@@ -424,7 +437,11 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
         write_flat(net, local)
     del center
     folder = state_dir(spec.run, p)
-    model, state = net.snapshot(folder / f"round-{spec.round:06d}")
+    if spec.send_state or spec.easgd_rate is not None:
+        # Caffe's files: a checkpoint keeps them; EASGD's local weights are state too
+        model, state = net.snapshot(folder / f"round-{spec.round:06d}")
+    else:  # what a retry needs to redo the next round: iteration and history, raw
+        net.save_state(_raw_state(folder, spec.round))
     _prune(folder, spec.round - 1)
     entry.tag = (spec.run, p, spec.round)
     t_saved = time.perf_counter()

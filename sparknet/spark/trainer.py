@@ -136,9 +136,10 @@ class TrainResult:
     ``weights``: the averaged (EASGD: centre) weights. ``history``: one dict
     per round — ``round``, ``time`` (seconds since the start of training),
     ``loss`` (mean training loss of the round over all workers and steps),
-    ``images``, ``images_per_second``, ``seconds`` (``round``, ``broadcast``,
-    ``compute``, ``collect``, ``average``, and ``test``/``checkpoint`` when
-    they ran) and, when tested, ``test`` (TEST output blob -> mean over the
+    ``images``, ``images_per_second``, ``seconds`` (``round``, ``broadcast``
+    (until the slowest worker had the weights), ``compute``, ``save`` (the
+    workers' solver state, for retries), ``collect``, ``average``, and
+    ``test``/``checkpoint`` when they ran) and, when tested, ``test`` (TEST output blob -> mean over the
     test set). ``log_path``, ``history_path``, ``plot_path``: the files
     written to ``output_dir``. ``checkpoint``: the last checkpoint written.
     ``exchange``: how the weights travelled, ``"socket"`` or ``"spark"``.
@@ -962,6 +963,7 @@ class _Trainer:
                 "images_per_second": images / round_seconds,
                 "seconds": {"round": round_seconds, "broadcast": t_bc + fetch,
                             "compute": max(m["seconds"]["compute"] for m in metas),
+                            "save": max(m["seconds"].get("save", 0.0) for m in metas),
                             "collect": max(0.0, t_job - worker_total), "average": t_avg}}
             t_bc = t_next
             rec["partitions"] = [
