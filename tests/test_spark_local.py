@@ -133,6 +133,41 @@ def test_tuples_dicts_and_dataframes_train_identically(spark, solver16):
     assert results[0] == results[1] == results[2]
 
 
+def test_image_and_vector_columns_and_preprocess_train_like_arrays(spark, solver16):
+    import io
+
+    from PIL import Image
+    from pyspark.ml.linalg import Vectors
+
+    x, y = load_digits("train")
+    x8 = np.round(x * 255).astype(np.uint8)  # pixels
+    idx = spark.sparkContext.parallelize(range(400), 2)
+
+    def png(i):
+        buf = io.BytesIO()
+        Image.fromarray(x8[i, 0]).save(buf, "PNG")
+        return bytearray(buf.getvalue())
+
+    def scale(d):  # runs on the workers, once per example
+        return {**d, "data": d["data"] / np.float32(255)}
+
+    def run(data, **kw):
+        return train(spark, solver16, data, rounds=2, **SMALL, **kw).weights
+
+    arrays = run(idx.map(lambda i: (x8[i] / np.float32(255), y[i])))
+    assert run(idx.map(lambda i: (x8[i], y[i])), preprocess=scale) == arrays
+    schema = "data binary, label double"
+    encoded = spark.createDataFrame(idx.map(lambda i: (png(i), float(y[i]))), schema)
+    assert run(encoded, preprocess=scale) == arrays  # PNG bytes, decoded on the workers
+    raw = spark.createDataFrame(idx.map(lambda i: (bytearray(x8[i].tobytes()), float(y[i]))),
+                                schema)
+    assert run(raw, preprocess=scale) == arrays  # raw uint8 pixels
+    vectors = spark.createDataFrame(idx.map(lambda i: (
+        Vectors.dense((x8[i] / np.float32(255)).ravel().tolist()), float(y[i]))),
+        ["data", "label"])
+    assert run(vectors) == arrays  # ML vectors, reshaped to the blob
+
+
 def test_every_exchange_and_reduction_gives_the_same_weights(spark, digits, solver16, tmp_path):
     train_rdd, _ = digits
     pushed = train(spark, solver16, train_rdd, rounds=2, exchange="socket",
