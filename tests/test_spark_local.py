@@ -168,6 +168,26 @@ def test_image_and_vector_columns_and_preprocess_train_like_arrays(spark, solver
     assert run(vectors) == arrays  # ML vectors, reshaped to the blob
 
 
+def test_rounds_never_recompute_the_examples(spark, solver16):
+    x, y = load_digits("train")
+    sc = spark.sparkContext
+
+    def computed(rounds):
+        calls = sc.accumulator(0)
+
+        def example(i):
+            calls.add(1)
+            return x[i], y[i]
+
+        data = sc.parallelize(range(300), 2).map(example)
+        train(spark, solver16, data, rounds=rounds, **SMALL)
+        return calls.value
+
+    one, six = computed(1), computed(6)
+    assert 300 <= one <= 310  # each example once (and the driver's look at the first)
+    assert six == one  # later rounds ship weights only
+
+
 def test_every_exchange_and_reduction_gives_the_same_weights(spark, digits, solver16, tmp_path):
     train_rdd, _ = digits
     pushed = train(spark, solver16, train_rdd, rounds=2, exchange="socket",
