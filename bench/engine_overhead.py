@@ -108,7 +108,7 @@ def gil_figure(steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=200, help="timed steps per run (LeNet)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per side")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating runs per side")
     args = parser.parse_args()
     set_blas_threads(1)
     ratios = {}
