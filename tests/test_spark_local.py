@@ -110,6 +110,37 @@ def test_easgd_trains_and_resumes_exactly(spark, digits, solver16, tmp_path):
     assert other.weights != full.weights
 
 
+def test_easgd_follows_its_update_rule(spark, solver16):
+    """Two rounds of EASGD on Spark against the rule computed with two local nets."""
+    from sparknet.spark._store import batch_indices
+
+    x, y = load_digits("train")
+    parts = [np.arange(0, 200), np.arange(200, 330)]  # uneven: 200 and 130 examples
+    rdd = spark.sparkContext.parallelize(
+        [[(x[i], y[i]) for i in p] for p in parts], 2).flatMap(lambda part: part)
+    rate, tau = 0.3, 5
+    centre = train(spark, solver16, rdd, rounds=0, **SMALL).weights.flat.copy()
+    got = train(spark, solver16, rdd, rounds=2, strategy=EASGD(moving_rate=rate), **SMALL)
+
+    nets = [CaffeNet(solver16) for _ in parts]
+    for net in nets:
+        net.set_weights(centre)
+    for rnd in range(2):
+        total = np.zeros_like(centre)
+        for p, (net, idx) in enumerate(zip(nets, parts)):
+            batches = []
+            for step in range(rnd * tau, (rnd + 1) * tau):
+                j = idx[batch_indices(len(idx), 16, step, seed=0, partition=p)]
+                batches.append({"data": x[j], "label": y[j].reshape(-1, 1)})
+            net.train(tau, batches)
+            diff = net.get_weights().flat - centre  # x_i - c
+            total += diff
+            net.set_weights(diff * np.float32(1 - rate) + centre)  # x_i -= a (x_i - c)
+        centre = centre + total * np.float32(rate)  # c += a sum_i (x_i - c)
+    assert np.allclose(got.weights.flat, centre, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(got.weights.flat, nets[0].get_weights().flat, rtol=1e-3)
+
+
 def test_uneven_small_partitions_wrap_and_repartition(spark, solver16):
     x, y = load_digits("train")
     sizes = [10, 50, 200]  # 10 < sync_interval * batch: wraps around
