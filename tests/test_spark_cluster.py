@@ -298,7 +298,7 @@ def test_a_killed_executor_costs_at_most_a_round(local_cluster):
     # the round during which the executor died redid partition 1 from lineage elsewhere
     assert local_cluster["kill_state_reset"][2] == [1]
     assert sum(1 for r in local_cluster["kill_state_reset"] if r) == 1
-    assert local_cluster["kill_accuracy"] >= 0.95
+    assert local_cluster["kill_accuracy"] >= 0.97  # the target of an undisturbed run
     assert local_cluster["killed_pid"] not in local_cluster["executors_after"]
 
 
