@@ -19,6 +19,9 @@ from typing import Any
 
 log = logging.getLogger("sparknet.examples")
 
+#: The project's root (the shipped models are under caffe/models/).
+ROOT = Path(__file__).resolve().parent.parent
+
 #: Data sources the apps accept (``--data``), as in the ``sparknet`` command line.
 DATA_SCHEMES = ("digits:", "mnist:", "cifar10:")
 
@@ -84,6 +87,22 @@ def add_training_options(p: argparse.ArgumentParser, *, sync_interval: int, roun
     g.add_argument("--base-lr", type=float, metavar="LR",
                    help="override the solver's base learning rate")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def add_prototxt_options(group: Any, model: str, label: str) -> None:
+    """``--net`` / ``--solver``, defaulting to the shipped ``caffe/models/<model>/`` files."""
+    folder = ROOT / "caffe" / "models" / model
+    group.add_argument("--net", default=str(folder / "train_val.prototxt"), metavar="PROTOTXT",
+                       help=f"net prototxt (default: the shipped {label})")
+    group.add_argument("--solver", default=str(folder / "solver.prototxt"), metavar="PROTOTXT",
+                       help=f"solver prototxt (default: the shipped {label} solver)")
+
+
+def check_files(*paths: str | None) -> None:
+    """A usage error naming the first given path that is not a file."""
+    for path in paths:
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"{path}: no such file")
 
 
 def check_training_options(args: argparse.Namespace) -> None:
@@ -253,6 +272,16 @@ def print_outputs(paths: dict[str, Any]) -> None:
     for what, path in paths.items():
         if path is not None:
             print(f"{what + ':':<{width + 1}} {path}")
+
+
+def report_training(headline: str, result: Any, files: dict[str, Any]) -> int:
+    """What a training app prints at the end: the headline, the last test, its files."""
+    print(headline)
+    metrics = last_test(result.history)
+    if metrics:
+        print("test: " + format_metrics(metrics))
+    print_outputs({**result_files(result), **files})
+    return 0
 
 
 # -- running an app -----------------------------------------------------------------------

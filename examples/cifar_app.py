@@ -26,19 +26,11 @@ import appkit
 
 log = logging.getLogger("sparknet.examples.cifar")
 
-ROOT = Path(__file__).resolve().parent.parent
-NET = ROOT / "caffe/models/cifar10_quick/train_val.prototxt"
-SOLVER = ROOT / "caffe/models/cifar10_quick/solver.prototxt"
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = appkit.parser(__doc__, prog="cifar_app.py")
     p.add_argument("data", metavar="DATA_DIR",
                    help="folder (or s3://, hdfs:// URI) holding the CIFAR-10 binary batches")
-    p.add_argument("--net", default=str(NET), metavar="PROTOTXT",
-                   help="net prototxt (default: the shipped cifar10_quick)")
-    p.add_argument("--solver", default=str(SOLVER), metavar="PROTOTXT",
-                   help="solver prototxt (default: the shipped cifar10_quick solver)")
+    appkit.add_prototxt_options(p, "cifar10_quick", "cifar10_quick")
     p.add_argument("--batch-size", type=appkit.positive_int, metavar="N", default=100,
                    help="training minibatch per worker (default 100, as SparkNet)")
     p.add_argument("--test-batch-size", type=appkit.positive_int, metavar="N", default=100,
@@ -56,9 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     appkit.check_training_options(args)
     if "://" not in args.data and not Path(args.data).is_dir():
         raise appkit.UsageError(f"{args.data}: no such folder")
-    for path in (args.net, args.solver):
-        if not Path(path).is_file():
-            raise appkit.UsageError(f"{path}: no such file")
+    appkit.check_files(args.net, args.solver)
 
     from sparknet.data import cifar10_rdd, compute_mean, write_mean
     from sparknet.proto import ProtoLoader
@@ -101,13 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         spark.stop()
 
-    metrics = appkit.last_test(result.history)
-    print(f"trained CIFAR-10 quick in {seconds:.1f} s ({len(result.history)} rounds)")
-    if metrics:
-        print("test: " + appkit.format_metrics(metrics))
-    appkit.print_outputs({**appkit.result_files(result), "weights": weights,
-                          "mean image": mean_file})
-    return 0
+    return appkit.report_training(
+        f"trained CIFAR-10 quick in {seconds:.1f} s ({len(result.history)} rounds)", result,
+        {"weights": weights, "mean image": mean_file})
 
 
 if __name__ == "__main__":

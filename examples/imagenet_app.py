@@ -34,11 +34,6 @@ import appkit
 
 log = logging.getLogger("sparknet.examples.imagenet")
 
-ROOT = Path(__file__).resolve().parent.parent
-NET = ROOT / "caffe/models/caffenet/train_val.prototxt"
-SOLVER = ROOT / "caffe/models/caffenet/solver.prototxt"
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = appkit.parser(__doc__, prog="imagenet_app.py")
     p.add_argument("workers", type=appkit.positive_int, help="Spark workers K")
@@ -61,10 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="mean image to subtract (default: compute it from the training "
                     "shards and write OUTPUT/mean.binaryproto)")
     net = p.add_argument_group("net")
-    net.add_argument("--net", default=str(NET), metavar="PROTOTXT",
-                     help="net prototxt (default: the shipped CaffeNet)")
-    net.add_argument("--solver", default=str(SOLVER), metavar="PROTOTXT",
-                     help="solver prototxt (default: the shipped CaffeNet solver)")
+    appkit.add_prototxt_options(net, "caffenet", "CaffeNet")
     net.add_argument("--image-size", type=appkit.positive_int, default=256, metavar="N",
                      help="decode and resize images to NxN (default 256)")
     net.add_argument("--crop", type=appkit.positive_int, metavar="N",
@@ -82,9 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     appkit.check_training_options(args)
-    for path in (args.net, args.solver, args.mean):
-        if path is not None and not Path(path).is_file():
-            raise appkit.UsageError(f"{path}: no such file")
+    appkit.check_files(args.net, args.solver, args.mean)
 
     import numpy as np
 
@@ -163,14 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         spark.stop()
 
-    metrics = appkit.last_test(result.history)
-    print(f"trained CaffeNet on s3://{args.bucket} in {seconds:.1f} s "
-          f"({len(result.history)} rounds): {report.summary()}")
-    if metrics:
-        print("test: " + appkit.format_metrics(metrics))
-    appkit.print_outputs({**appkit.result_files(result), "weights": weights,
-                          "mean image": mean_file})
-    return 0
+    return appkit.report_training(
+        f"trained CaffeNet on s3://{args.bucket} in {seconds:.1f} s "
+        f"({len(result.history)} rounds): {report.summary()}", result,
+        {"weights": weights, "mean image": mean_file})
 
 
 if __name__ == "__main__":

@@ -72,12 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         spark.stop()
 
-    metrics = appkit.last_test(result.history)
-    print(f"trained LeNet on {source} in {seconds:.1f} s ({len(result.history)} rounds)")
-    if metrics:
-        print("test: " + appkit.format_metrics(metrics))
-    appkit.print_outputs({**appkit.result_files(result), "weights": weights})
-    return 0
+    return appkit.report_training(
+        f"trained LeNet on {source} in {seconds:.1f} s ({len(result.history)} rounds)", result,
+        {"weights": weights})
 
 
 if __name__ == "__main__":

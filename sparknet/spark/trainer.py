@@ -620,18 +620,17 @@ class _Trainer:
     def _open_exchange(self) -> _comm.SocketExchange | _comm.SparkExchange:
         """How weights and results travel: the driver's socket exchange, else Spark's paths."""
         conf = self.sc.getConf()
+        encrypted = any(conf.get(k, "false").lower() == "true" for k in
+                        ("spark.network.crypto.enabled", "spark.io.encryption.enabled"))
         mode = self.exchange_mode
         if mode == "auto":
             if self.reduction == "tree":
                 mode = "spark"  # partial sums on the executors come through Spark
-            elif any(conf.get(k, "false").lower() == "true" for k in
-                     ("spark.network.crypto.enabled", "spark.io.encryption.enabled")):
+            elif encrypted:
                 mode = "spark"  # the exchange does not encrypt: keep the weights in Spark's
         if mode == "spark":
             return _comm.SparkExchange(self.sc)
-        if self.exchange_mode == "socket" and any(
-                conf.get(k, "false").lower() == "true" for k in
-                ("spark.network.crypto.enabled", "spark.io.encryption.enabled")):
+        if encrypted:  # exchange="socket", asked for
             self._event("exchange='socket': the weights travel unencrypted although Spark "
                         "encrypts its own traffic", level=logging.WARNING)
         try:
