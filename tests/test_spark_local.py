@@ -233,6 +233,9 @@ def test_every_exchange_and_reduction_gives_the_same_weights(spark, digits, solv
     assert driver.weights.allclose(tree.weights, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="exchange must be"):
         train(spark, solver16, train_rdd, rounds=1, exchange="sockets", **SMALL)
+    with pytest.raises(ValueError, match="reduction='tree' .* needs exchange='spark'"):
+        train(spark, solver16, train_rdd, rounds=1, exchange="socket", reduction="tree",
+              **SMALL)
 
 
 def test_executors_that_cannot_reach_the_driver_fall_back_to_spark(spark, solver16, tmp_path,
@@ -324,6 +327,13 @@ def test_random_crops_are_drawn_per_minibatch_from_the_cached_images(spark):
                                         r"'data' takes \(1, 1, 28, 28\)"):
         train(spark, lenet.solver(16), (padded, y), transform=Transformer(crop_size=24),
               rounds=1, **SMALL)
+    # the examples a transform takes must share one shape: the error names the example
+    mixed = spark.sparkContext.parallelize(
+        [(padded[i] if i != 7 else padded[i][:, 1:-1, 1:-1], y[i]) for i in range(64)], 2)
+    with pytest.raises(DataError, match=r"example 7: input blob 'data' gets an example of "
+                                        r"shape \(1, 30, 30\) after examples of \(1, 32, 32\)"):
+        train(spark, lenet.solver(16), mixed, transform=Transformer(crop_size=28), rounds=1,
+              **SMALL)
 
 
 @pytest.mark.parametrize("case", ["shape", "label", "fraction", "nan", "empty"])
