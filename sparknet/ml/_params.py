@@ -1,0 +1,228 @@
+"""The ``Param``s that :class:`CaffeEstimator` and :class:`CaffeModel` share, and their checks.
+
+Every value is JSON-serialisable (the solver travels as prototxt text), so
+Spark's own metadata format holds them and ``ParamGridBuilder`` can vary any
+of them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from google.protobuf import text_format
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import (
+    HasFeaturesCol,
+    HasLabelCol,
+    HasPredictionCol,
+    HasProbabilityCol,
+    HasSeed,
+    HasValidationIndicatorCol,
+)
+
+from sparknet.engine import solver_proto
+from sparknet.proto import caffe_pb2
+
+
+def solver_text(solver: Any) -> str:
+    """A solver (DSL, ``caffe_pb2``, prototxt text) as prototxt text with the net inline."""
+    if isinstance(solver, str):
+        param = parse_solver(solver, "solver")
+    else:
+        param = solver_proto(solver)
+    if not param.HasField("net_param"):
+        raise ValueError("solver: the net must be inline (net_param); give a DSL SolverParam, "
+                         "or load the prototxt with ProtoLoader.load_solver_prototxt_with_net")
+    return text_format.MessageToString(param)
+
+
+def parse_solver(text: str, where: str) -> caffe_pb2.SolverParameter:
+    """Prototxt text -> ``SolverParameter``; a parse error names ``where`` and the line."""
+    param = caffe_pb2.SolverParameter()
+    try:
+        text_format.Parse(text, param)
+    except text_format.ParseError as e:
+        raise ValueError(f"{where}: not a Caffe solver prototxt: {e}") from None
+    return param
+
+
+def _to_solver(value: Any) -> str:
+    return solver_text(value)
+
+
+def _to_input_cols(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                              for k, v in value.items()):
+        raise TypeError(f"inputCols must be a dict of input blob name -> column name, "
+                        f"got {value!r}")
+    return dict(value)
+
+
+class CaffeParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityCol, HasSeed,
+                  HasValidationIndicatorCol):
+    """Params of a Caffe net stage, in Spark's camelCase."""
+
+    solver: Param[str] = Param(
+        Params._dummy(), "solver",
+        "the Caffe solver with its net inline, as prototxt text (a DSL SolverParam or a "
+        "caffe_pb2.SolverParameter is converted)", typeConverter=_to_solver)
+    inputCols: Param[dict] = Param(
+        Params._dummy(), "inputCols",
+        "input blob name -> column, for nets with several inputs (featuresCol feeds the "
+        "first input blob, labelCol the label blob, unless named here)",
+        typeConverter=_to_input_cols)
+    outputBlob: Param[str] = Param(
+        Params._dummy(), "outputBlob",
+        "the blob whose values are the class scores (default: the scores a classification "
+        "loss layer reads)", typeConverter=TypeConverters.toString)
+    workers: Param[int] = Param(
+        Params._dummy(), "workers", "K, parallel Caffe solvers (default: Spark's default "
+        "parallelism)", typeConverter=TypeConverters.toInt)
+    syncInterval: Param[int] = Param(
+        Params._dummy(), "syncInterval", "tau, solver steps per worker per round",
+        typeConverter=TypeConverters.toInt)
+    rounds: Param[int] = Param(Params._dummy(), "rounds", "rounds of parameter averaging",
+                               typeConverter=TypeConverters.toInt)
+    testInterval: Param[int] = Param(
+        Params._dummy(), "testInterval",
+        "score the validation data every this many rounds (and after the last)",
+        typeConverter=TypeConverters.toInt)
+    batchSize: Param[int] = Param(
+        Params._dummy(), "batchSize", "examples per solver step and per forward pass "
+        "(default: the net's Input layers)", typeConverter=TypeConverters.toInt)
+    baseLr: Param[float] = Param(Params._dummy(), "baseLr", "the solver's base_lr",
+                                 typeConverter=TypeConverters.toFloat)
+    momentum: Param[float] = Param(Params._dummy(), "momentum", "the solver's momentum",
+                                   typeConverter=TypeConverters.toFloat)
+    weightDecay: Param[float] = Param(Params._dummy(), "weightDecay",
+                                      "the solver's weight_decay",
+                                      typeConverter=TypeConverters.toFloat)
+    inputScale: Param[float] = Param(
+        Params._dummy(), "inputScale",
+        "multiplies the features on the workers (1/255 for pixels given as bytes or images)",
+        typeConverter=TypeConverters.toFloat)
+    validationFraction: Param[float] = Param(
+        Params._dummy(), "validationFraction",
+        "a random fraction of the rows held out for validation (0: none)",
+        typeConverter=TypeConverters.toFloat)
+    patience: Param[int] = Param(
+        Params._dummy(), "patience",
+        "stop after this many validations without improvement of stoppingMetric (0: never)",
+        typeConverter=TypeConverters.toInt)
+    stoppingMetric: Param[str] = Param(
+        Params._dummy(), "stoppingMetric",
+        "the TEST output blob early stopping watches (higher is better, lower for a name "
+        "containing 'loss')", typeConverter=TypeConverters.toString)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._setDefault(featuresCol="features", labelCol="label", predictionCol="prediction",
+                         probabilityCol="probability", syncInterval=50, rounds=10,
+                         testInterval=1, inputScale=1.0, validationFraction=0.0, patience=0,
+                         stoppingMetric="accuracy", inputCols={}, outputBlob="")
+
+    # -- getters, as Spark's own stages have them ----------------------------------------------
+    def getSolver(self) -> str:
+        return self.getOrDefault(self.solver)
+
+    def getInputCols(self) -> dict[str, str]:
+        return self.getOrDefault(self.inputCols)
+
+    def getOutputBlob(self) -> str:
+        return self.getOrDefault(self.outputBlob)
+
+    def getWorkers(self) -> int | None:
+        return self.getOrDefault(self.workers) if self.isDefined(self.workers) else None
+
+    def getSyncInterval(self) -> int:
+        return self.getOrDefault(self.syncInterval)
+
+    def getRounds(self) -> int:
+        return self.getOrDefault(self.rounds)
+
+    def getTestInterval(self) -> int:
+        return self.getOrDefault(self.testInterval)
+
+    def getBatchSize(self) -> int | None:
+        return self.getOrDefault(self.batchSize) if self.isDefined(self.batchSize) else None
+
+    def getBaseLr(self) -> float:
+        return self._solver_value(self.baseLr, "base_lr")
+
+    def getMomentum(self) -> float:
+        return self._solver_value(self.momentum, "momentum")
+
+    def getWeightDecay(self) -> float:
+        return self._solver_value(self.weightDecay, "weight_decay")
+
+    def getInputScale(self) -> float:
+        return self.getOrDefault(self.inputScale)
+
+    def getValidationFraction(self) -> float:
+        return self.getOrDefault(self.validationFraction)
+
+    def getPatience(self) -> int:
+        return self.getOrDefault(self.patience)
+
+    def getStoppingMetric(self) -> str:
+        return self.getOrDefault(self.stoppingMetric)
+
+    def _solver_value(self, param: Param, field: str) -> float:
+        if self.isDefined(param):
+            return self.getOrDefault(param)
+        return float(getattr(parse_solver(self.getSolver(), "solver"), field))
+
+    # -- the effective solver -------------------------------------------------------------------
+    def _effective_solver(self) -> caffe_pb2.SolverParameter:
+        """The solver Param with batchSize, baseLr, momentum and weightDecay applied."""
+        if not self.isDefined(self.solver):
+            raise ValueError(f"{type(self).__name__}: the solver Param is not set")
+        param = parse_solver(self.getSolver(), "solver")
+        for p, field in ((self.baseLr, "base_lr"), (self.momentum, "momentum"),
+                         (self.weightDecay, "weight_decay")):
+            if self.isDefined(p):
+                setattr(param, field, float(self.getOrDefault(p)))
+        batch = self.getBatchSize()
+        if batch is not None:
+            set_batch_size(param.net_param, batch)
+        return param
+
+    def _check_values(self) -> None:
+        """Refuse out-of-range Params (before any Spark job), naming the Param."""
+        checks = [("syncInterval", self.getSyncInterval(), lambda v: v >= 1, ">= 1"),
+                  ("rounds", self.getRounds(), lambda v: v >= 0, ">= 0"),
+                  ("testInterval", self.getTestInterval(), lambda v: v >= 0, ">= 0"),
+                  ("patience", self.getPatience(), lambda v: v >= 0, ">= 0"),
+                  ("validationFraction", self.getValidationFraction(),
+                   lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+                  ("inputScale", self.getInputScale(),
+                   lambda v: math.isfinite(v) and v != 0, "finite and not 0")]
+        if self.getWorkers() is not None:
+            checks.append(("workers", self.getWorkers(), lambda v: v >= 1, ">= 1"))
+        if self.getBatchSize() is not None:
+            checks.append(("batchSize", self.getBatchSize(), lambda v: v >= 1, ">= 1"))
+        if self.isDefined(self.baseLr):
+            checks.append(("baseLr", self.getBaseLr(),
+                           lambda v: math.isfinite(v) and v >= 0, "finite and >= 0"))
+        for name, value, ok, what in checks:
+            if not ok(value):
+                raise ValueError(f"{type(self).__name__}: Param {name} must be {what}, "
+                                 f"got {value}")
+
+
+def set_batch_size(net: caffe_pb2.NetParameter, batch: int) -> None:
+    """Set the first dimension of every ``Input`` layer's shapes (in place)."""
+    found = False
+    for layer in net.layer:
+        if layer.type == "Input":
+            for shape in layer.input_param.shape:
+                if len(shape.dim):
+                    shape.dim[0] = int(batch)
+                    found = True
+    for shape in net.input_shape:
+        if len(shape.dim):
+            shape.dim[0] = int(batch)
+            found = True
+    if not found:
+        raise ValueError("batchSize: the net has no Input layer whose batch size could be set "
+                         "(sparknet feeds nets through Input layers)")

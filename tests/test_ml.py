@@ -1,0 +1,285 @@
+"""sparknet.ml: Caffe nets as pyspark.ml stages, their persistence, and the Arrow UDF.
+
+Real Spark (the suite's local session), real Caffe, the bundled digits.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparknet.data import load_digits
+from sparknet.engine import CaffeNet, WeightCollection
+from sparknet.models import lenet
+from sparknet.spark import DataError
+
+pytestmark = pytest.mark.timeout(600)
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = {"workers": 2, "syncInterval": 25, "rounds": 8, "testInterval": 0}
+
+
+def vector_frame(spark, split, scale=255.0):
+    """The digits with ``id``, ``pixels`` (an ML vector, 0..scale) and ``label`` columns."""
+    from pyspark.ml.linalg import Vectors
+
+    x, y = load_digits(split)
+    rows = [(i, Vectors.dense((x[i].ravel() * scale).astype(np.float64)), float(y[i]))
+            for i in range(len(y))]
+    return spark.createDataFrame(rows, ["id", "pixels", "label"]).repartition(2, "id")
+
+
+@pytest.fixture(scope="module")
+def frames(spark):
+    return vector_frame(spark, "train").cache(), vector_frame(spark, "test").cache()
+
+
+@pytest.fixture(scope="module")
+def fitted(spark, frames):
+    """A Pipeline of a feature stage (MaxAbsScaler) and the estimator, fitted once."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import MaxAbsScaler
+
+    from sparknet.ml import CaffeEstimator
+
+    train_df, _ = frames
+    est = CaffeEstimator(solver=lenet.solver(batch_size=64), featuresCol="features",
+                         labelCol="label", **FAST)
+    scaler = MaxAbsScaler(inputCol="pixels", outputCol="features")
+    return Pipeline(stages=[scaler, est]).fit(train_df)
+
+
+def accuracy(df) -> float:
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+
+    return MulticlassClassificationEvaluator(metricName="accuracy").evaluate(df)
+
+
+# -- (1) Pipeline fit/transform, (2) persistence ------------------------------------------------
+
+def test_pipeline_reaches_95_percent_and_predicts_the_same_after_loading_in_a_new_process(
+        spark, frames, fitted, tmp_path):
+    from pyspark.ml.linalg import DenseVector
+
+    from sparknet.ml import CaffeModel
+
+    _, test_df = frames
+    out = fitted.transform(test_df)
+    assert accuracy(out) >= 0.95
+    row = out.select("probability", "prediction").first()
+    assert isinstance(row.probability, DenseVector) and len(row.probability) == 10
+    assert abs(row.probability.toArray().sum() - 1) < 1e-6
+    assert row.prediction == float(np.argmax(row.probability.toArray()))
+    caffe_model = fitted.stages[-1]
+    assert isinstance(caffe_model, CaffeModel)
+    assert caffe_model.getWorkers() == 2 and caffe_model.getRounds() == 8
+
+    test_df.write.parquet(str(tmp_path / "test.parquet"))
+    saved = tmp_path / "lenet-pipeline"
+    fitted.write().overwrite().save(saved.as_uri())  # file:// URI through Hadoop's filesystem
+    for name in ("net.prototxt", "solver.prototxt", "weights.caffemodel", "metadata"):
+        assert any(p.name == name for p in saved.rglob(name)), name
+    # the .caffemodel is Caffe's own: a plain CaffeNet reads it
+    [weights] = saved.rglob("weights.caffemodel")
+    net = CaffeNet(lenet.solver(64))
+    net.load_weights(weights)
+    assert net.get_weights() == caffe_model.weights
+
+    script = textwrap.dedent(f"""
+        from pyspark.sql import SparkSession
+        from pyspark.ml import PipelineModel
+        spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
+                 .getOrCreate())
+        model = PipelineModel.load({str(saved)!r})
+        df = spark.read.parquet({str(tmp_path / "test.parquet")!r})
+        model.transform(df).select("id", "prediction", "probability").write.parquet(
+            {str(tmp_path / "out.parquet")!r})
+        spark.stop()
+    """)
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    here = {r.id: (r.prediction, r.probability.toArray().tolist())
+            for r in out.select("id", "prediction", "probability").collect()}
+    there = {r.id: (r.prediction, r.probability.toArray().tolist())
+             for r in spark.read.parquet(str(tmp_path / "out.parquet")).collect()}
+    assert there == here  # exactly the same numbers
+
+
+def test_a_caffe_model_saves_and_loads_alone_with_its_params_and_weights(fitted, tmp_path):
+    from sparknet.ml import CaffeModel
+
+    model = fitted.stages[-1]
+    model.write().save(str(tmp_path / "m"))
+    again = CaffeModel.load(str(tmp_path / "m"))
+    assert again.uid == model.uid
+    assert again.weights == model.weights
+    assert again.getSolver() == model.getSolver()
+    assert again.getFeaturesCol() == "features" and again.getSyncInterval() == 25
+    with pytest.raises(Exception, match="already exists"):
+        model.write().save(str(tmp_path / "m"))  # Spark's rule: overwrite() to replace
+
+
+def test_directories_that_are_not_this_models_are_refused_naming_the_path(
+        spark, fitted, tmp_path):
+    from sparknet.ml import CaffeEstimator, CaffeModel, ModelDirectoryError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelDirectoryError, match=f"{empty}: not a saved Spark ML model"):
+        CaffeModel.load(str(empty))
+    with pytest.raises(ModelDirectoryError, match=f"{tmp_path / 'nowhere'}: no such"):
+        CaffeModel.load(str(tmp_path / "nowhere"))
+    est_dir = tmp_path / "estimator"
+    CaffeEstimator(solver=lenet.solver(16)).write().save(str(est_dir))
+    with pytest.raises(ModelDirectoryError, match=f"{est_dir}: holds a "
+                       r"sparknet.ml.stages.CaffeEstimator, not a sparknet.ml.stages.CaffeModel"):
+        CaffeModel.load(str(est_dir))
+    # a directory whose weights file was replaced by another net's .caffemodel
+    mine = tmp_path / "mine"
+    fitted.stages[-1].write().save(str(mine))
+    other_solver = lenet.solver(16)  # a net of the same layers, untrained
+    other = CaffeModel(solver=other_solver, weights=CaffeNet(other_solver).get_weights())
+    other.write().save(str(tmp_path / "other"))
+    (mine / "weights.caffemodel").write_bytes(
+        (tmp_path / "other" / "weights.caffemodel").read_bytes())
+    with pytest.raises(ModelDirectoryError, match=f"{mine}/weights.caffemodel is not the file"):
+        CaffeModel.load(str(mine))
+    # the estimator itself round-trips (an unfitted Pipeline saves its Params)
+    est = CaffeEstimator.load(str(est_dir))
+    assert est.getSolver() == CaffeEstimator(solver=lenet.solver(16)).getSolver()
+
+
+def test_s3a_without_sparks_connector_is_a_clear_error_before_anything_is_written(fitted):
+    with pytest.raises(ValueError, match="s3a://bucket/m: Spark has no S3A filesystem"):
+        fitted.stages[-1].write().save("s3a://bucket/m")
+
+
+# -- (3) the UDF, and bad Params ------------------------------------------------------------
+
+def test_caffe_udf_agrees_with_transform_in_select_and_sql(spark, frames, fitted):
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    from sparknet.ml import caffe_udf
+
+    _, test_df = frames
+    model = fitted.stages[-1]
+    scaled = fitted.stages[0].transform(test_df)
+    scores = caffe_udf(model, batch_size=50)
+    got = scaled.select("id", scores(vector_to_array("features", "float32")).alias("ip2"))
+    mine = {r.id: np.asarray(r.ip2) for r in got.collect()}
+    assert all(v.shape == (10,) for v in mine.values())
+    theirs = {r.id: (r.prediction, r.probability.toArray())
+              for r in model.transform(scaled).collect()}
+    assert set(mine) == set(theirs)
+    for i, (pred, prob) in theirs.items():
+        assert pred == float(np.argmax(mine[i]))
+        e = np.exp(mine[i] - mine[i].max())
+        np.testing.assert_allclose(prob, e / e.sum(), rtol=1e-6, atol=1e-7)
+    # registered for SQL; several blobs give a struct with one field per blob
+    spark.udf.register("lenet_ip2", scores)
+    scaled.select("id", vector_to_array("features", "float32").alias("f")) \
+        .createOrReplaceTempView("digits_test")
+    sql = {r.id: np.asarray(r.s) for r in
+           spark.sql("SELECT id, lenet_ip2(f) AS s FROM digits_test").collect()}
+    assert all(np.array_equal(sql[i], mine[i]) for i in mine)
+    both = caffe_udf(model, blob=["ip1", "ip2"])
+    feats = scaled.select(both(vector_to_array("features")).alias("b")).select("b.*")
+    assert feats.columns == ["ip1", "ip2"]
+    first = feats.first()
+    assert len(first.ip1) == 500 and len(first.ip2) == 10
+    # a (solver, weights) pair works as well as a model
+    pair = caffe_udf((lenet.solver(64), model.weights))
+    again = scaled.select("id", pair(vector_to_array("features")).alias("s")).collect()
+    assert all(np.array_equal(np.asarray(r.s), mine[r.id]) for r in again)
+    assert F  # (imported for readers trying variations)
+
+
+def _no_job_runs(spark, fn):
+    """Call ``fn`` (which must raise) and return the exception, checking no Spark job ran."""
+    sc = spark.sparkContext
+    group = f"bad-params-{os.getpid()}-{id(fn)}"
+    sc.setJobGroup(group, "must not run")
+    try:
+        with pytest.raises(Exception) as info:
+            fn()
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    assert sc.statusTracker().getJobIdsForGroup(group) == []
+    return info.value
+
+
+def test_bad_params_are_refused_before_any_spark_job_naming_column_and_size(spark, frames):
+    from pyspark.sql import functions as F
+
+    from sparknet.ml import CaffeEstimator
+
+    train_df, _ = frames
+    est = CaffeEstimator(solver=lenet.solver(16), featuresCol="pixels", **FAST)
+    err = _no_job_runs(spark, lambda: est.copy({est.featuresCol: "pixles"}).fit(train_df))
+    assert isinstance(err, DataError) and "column 'pixles'" in str(err)
+    assert "columns: id, pixels, label" in str(err)
+    short = train_df.select("label", F.col("pixels").alias(
+        "pixels", metadata={"ml_attr": {"num_attrs": 64}}))
+    err = _no_job_runs(spark, lambda: est.fit(short))
+    assert "column 'pixels' holds vectors of size 64" in str(err)
+    assert "takes (1, 28, 28) per example (784 values)" in str(err)
+    strings = train_df.withColumn("label", F.col("label").cast("string"))
+    err = _no_job_runs(spark, lambda: est.fit(strings))
+    assert "label column 'label' holds string values" in str(err)
+    err = _no_job_runs(spark, lambda: est.copy({est.workers: 0}).fit(train_df))
+    assert "Param workers must be >= 1, got 0" in str(err)
+    err = _no_job_runs(spark, lambda: est.copy({est.patience: 2}).fit(train_df))
+    assert "patience needs validation data" in str(err)
+    with pytest.raises(TypeError):
+        CaffeEstimator(solver=lenet.solver(16), rounds="many")
+
+
+# -- (4) tuning -----------------------------------------------------------------------------------
+
+def test_train_validation_split_over_two_learning_rates_picks_the_better(spark, frames):
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+    from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
+
+    from sparknet.ml import CaffeEstimator
+
+    train_df, _ = frames
+    scaled = train_df.withColumn("features", train_df.pixels)
+    est = CaffeEstimator(solver=lenet.solver(32), inputScale=1 / 255, workers=2,
+                         syncInterval=20, rounds=4, testInterval=0)
+    grid = ParamGridBuilder().addGrid(est.baseLr, [1e-6, 0.01]).build()
+    tvs = TrainValidationSplit(estimator=est, estimatorParamMaps=grid, trainRatio=0.75,
+                               evaluator=MulticlassClassificationEvaluator(
+                                   metricName="accuracy"), seed=3)
+    tuned = tvs.fit(scaled)
+    low, high = tuned.validationMetrics
+    assert high > 0.9 and low < high
+    assert tuned.bestModel.getBaseLr() == 0.01
+
+
+# -- (8) early stopping -------------------------------------------------------------------------------
+
+def test_patience_stops_training_when_the_validation_metric_stops_improving(spark, frames):
+    from sparknet.ml import CaffeEstimator
+
+    train_df, _ = frames
+    est = CaffeEstimator(solver=lenet.solver(32), featuresCol="pixels", inputScale=1 / 255,
+                         workers=2, syncInterval=5, rounds=30, testInterval=1,
+                         validationFraction=0.2, patience=2, baseLr=0.0)
+    model = est.fit(train_df)  # nothing learns at a learning rate of 0: never improves
+    assert model.stoppedRound == 3
+    assert [h["round"] for h in model.history] == [1, 2, 3]
+    assert all("accuracy" in h["test"] for h in model.history)
+    learning = est.copy({est.baseLr: 0.01, est.rounds: 3}).fit(train_df)
+    assert learning.stoppedRound is None and len(learning.history) == 3
+
+
+def test_weights_of_a_model_are_a_weight_collection(fitted):
+    assert isinstance(fitted.stages[-1].weights, WeightCollection)
