@@ -196,7 +196,7 @@ def test_caffe_udf_agrees_with_transform_in_select_and_sql(spark, frames, fitted
     first = feats.first()
     assert len(first.ip1) == 500 and len(first.ip2) == 10
     # a (solver, weights) pair works as well as a model
-    pair = caffe_udf((lenet.solver(64), model.weights))
+    pair = caffe_udf((lenet.solver(64), model.weights), batch_size=50)
     again = scaled.select("id", pair(vector_to_array("features")).alias("s")).collect()
     assert all(np.array_equal(np.asarray(r.s), mine[r.id]) for r in again)
     assert F  # (imported for readers trying variations)
