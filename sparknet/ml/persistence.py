@@ -41,8 +41,12 @@ class ModelDirectoryError(ValueError):
     """A directory that is not a saved sparknet model (or not of this net); names the path."""
 
 
-def _hadoop(spark: Any, path: str) -> tuple[Any, Any]:
-    """(FileSystem, Path) for ``path``; a clear error when Spark has no filesystem for it."""
+def filesystem(spark: Any, path: str) -> tuple[Any, Any]:
+    """Hadoop's (FileSystem, Path) for ``path``; ``ValueError`` naming it when Spark has none.
+
+    Call it to check an output path before a long fit: ``s3a://`` without Spark's
+    S3A connector, or an unknown scheme, is refused here with the reason.
+    """
     jvm = spark.sparkContext._jvm
     conf = spark.sparkContext._jsc.hadoopConfiguration()
     hpath = jvm.org.apache.hadoop.fs.Path(path)
@@ -50,7 +54,9 @@ def _hadoop(spark: Any, path: str) -> tuple[Any, Any]:
         return hpath.getFileSystem(conf), hpath
     except Exception as e:  # py4j's Py4JJavaError: UnsupportedFileSystemException, ...
         scheme = path.split("://", 1)[0] if "://" in path else "file"
-        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        java = getattr(e, "java_exception", None)
+        text = str(java.toString()) if java is not None else (str(e) or type(e).__name__)
+        text = text.splitlines()[0]
         if scheme == "s3a":
             raise ValueError(
                 f"{path}: Spark has no S3A filesystem here (the hadoop-aws and AWS SDK jars "
@@ -82,13 +88,13 @@ class CaffeModelWriter(MLWriter):
 
     def save(self, path: str) -> None:
         """Save to ``path``; refuses a filesystem Spark cannot write before touching anything."""
-        _hadoop(self.sparkSession, str(path))
+        filesystem(self.sparkSession, str(path))
         super().save(str(path))
 
     def saveImpl(self, path: str) -> None:
         model = self.instance
         spark = self.sparkSession
-        fs, root = _hadoop(spark, path)
+        fs, root = filesystem(spark, path)
         jvm = spark.sparkContext._jvm
         param = model._effective_solver()
         info = model._info()
@@ -135,7 +141,7 @@ class CaffeModelReader(MLReader):
 
         path = str(path)
         spark = self.sparkSession
-        fs, root = _hadoop(spark, path)
+        fs, root = filesystem(spark, path)
         jvm = spark.sparkContext._jvm
         if not fs.exists(root):
             raise ModelDirectoryError(f"{path}: no such directory")
