@@ -165,7 +165,6 @@ def test_s3a_without_sparks_connector_is_a_clear_error_before_anything_is_writte
 
 def test_caffe_udf_agrees_with_transform_in_select_and_sql(spark, frames, fitted):
     from pyspark.ml.functions import vector_to_array
-    from pyspark.sql import functions as F
 
     from sparknet.ml import caffe_udf
 
@@ -199,7 +198,6 @@ def test_caffe_udf_agrees_with_transform_in_select_and_sql(spark, frames, fitted
     pair = caffe_udf((lenet.solver(64), model.weights), batch_size=50)
     again = scaled.select("id", pair(vector_to_array("features")).alias("s")).collect()
     assert all(np.array_equal(np.asarray(r.s), mine[r.id]) for r in again)
-    assert F  # (imported for readers trying variations)
 
 
 def _no_job_runs(spark, fn):
@@ -264,7 +262,7 @@ def test_train_validation_split_over_two_learning_rates_picks_the_better(spark, 
     assert tuned.bestModel.getBaseLr() == 0.01
 
 
-# -- (8) early stopping -------------------------------------------------------------------------------
+# -- (8) early stopping ---------------------------------------------------------------------------
 
 def test_patience_stops_training_when_the_validation_metric_stops_improving(spark, frames):
     from sparknet.ml import CaffeEstimator
@@ -283,3 +281,61 @@ def test_patience_stops_training_when_the_validation_metric_stops_improving(spar
 
 def test_weights_of_a_model_are_a_weight_collection(fitted):
     assert isinstance(fitted.stages[-1].weights, WeightCollection)
+
+
+# -- (8) several inputs -------------------------------------------------------------------------
+
+def two_input_solver(batch: int = 16):
+    from sparknet.dsl import (
+        AccuracyLayer,
+        ConcatLayer,
+        FlattenLayer,
+        InnerProductLayer,
+        InputLayer,
+        LrPolicy,
+        NetParam,
+        Phase,
+        SoftmaxWithLoss,
+        SolverParam,
+    )
+
+    net = NetParam(
+        "TwoInputs",
+        InputLayer("data", shape=(batch, 1, 28, 28)),
+        InputLayer("hint", shape=(batch, 4)),
+        InputLayer("label", shape=(batch, 1)),
+        FlattenLayer("flat", ["data"]),
+        ConcatLayer("both", ["flat", "hint"]),
+        InnerProductLayer("ip", ["both"], num_output=10, weight_filler="xavier"),
+        AccuracyLayer("accuracy", ["ip", "label"], include=Phase.TEST),
+        SoftmaxWithLoss("loss", ["ip", "label"]))
+    return SolverParam(net, base_lr=0.05, momentum=0.9, lr_policy=LrPolicy.fixed(),
+                       random_seed=1)
+
+
+def test_input_cols_feed_a_second_input_blob_in_training_and_scoring(spark):
+    from pyspark.sql import functions as F
+
+    from sparknet.ml import CaffeEstimator
+    from sparknet.spark import train
+
+    x, y = load_digits("train")
+    rows = [(x[i].ravel().tolist(), [float(y[i] % 2), 0.0, 1.0, float(y[i] > 4)], float(y[i]))
+            for i in range(300)]
+    df = spark.createDataFrame(rows, "pixels array<float>, aux array<float>, label double")
+    df = df.repartition(2).cache()
+    est = CaffeEstimator(solver=two_input_solver(), featuresCol="pixels",
+                         inputCols={"hint": "aux"}, workers=2, syncInterval=5, rounds=2,
+                         testInterval=0, seed=5)
+    model = est.fit(df)
+    by_blob = df.select(F.col("pixels").alias("data"), F.col("aux").alias("hint"), "label")
+    direct = train(spark, two_input_solver(), by_blob, workers=2, sync_interval=5, rounds=2,
+                   test_interval=0, seed=5, progress=False)
+    assert model.weights == direct.weights  # the column fed the blob it was mapped to
+    scored = model.transform(df).select("prediction").collect()
+    assert len(scored) == 300
+    with pytest.raises(ValueError, match="inputCols: 'hnt' is not an input blob of the net "
+                       r"\(data, hint, label\)"):
+        est.copy({est.inputCols: {"hnt": "aux"}}).fit(df)
+    with pytest.raises(ValueError, match="input blob 'hint' has no column"):
+        est.copy({est.inputCols: {}}).fit(df)

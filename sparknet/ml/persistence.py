@@ -72,11 +72,8 @@ def _child(jvm: Any, parent: Any, name: str) -> Any:
 
 
 def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 class CaffeModelWriter(MLWriter):

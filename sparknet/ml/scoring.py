@@ -210,7 +210,7 @@ def make_udf(plan: ScorePlan, weights_bc: Any) -> Any:
     return udf
 
 
-# -- the public function ----------------------------------------------------------------------------
+# -- the public function --------------------------------------------------------------------------
 
 def caffe_udf(model: Any, blob: str | Sequence[str] | None = None, batch_size: int | None = None,
               *, inputs: Sequence[str] | None = None, input_scale: float | None = None,
