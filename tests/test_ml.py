@@ -147,9 +147,16 @@ def test_directories_that_are_not_this_models_are_refused_naming_the_path(
     other_solver = lenet.solver(16)  # a net of the same layers, untrained
     other = CaffeModel(solver=other_solver, weights=CaffeNet(other_solver).get_weights())
     other.write().save(str(tmp_path / "other"))
+    original = (mine / "weights.caffemodel").read_bytes()
     (mine / "weights.caffemodel").write_bytes(
         (tmp_path / "other" / "weights.caffemodel").read_bytes())
     with pytest.raises(ModelDirectoryError, match=f"{mine}/weights.caffemodel is not the file"):
+        CaffeModel.load(str(mine))
+    (mine / "weights.caffemodel").write_bytes(original)
+    assert CaffeModel.load(str(mine)).weights == fitted.stages[-1].weights
+    (mine / "net.prototxt").write_text((tmp_path / "other" / "net.prototxt").read_text())
+    with pytest.raises(ModelDirectoryError, match=f"{mine}/net.prototxt is another net than the "
+                       "one its metadata describes"):
         CaffeModel.load(str(mine))
     # the estimator itself round-trips (an unfitted Pipeline saves its Params)
     est = CaffeEstimator.load(str(est_dir))

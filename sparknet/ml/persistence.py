@@ -173,8 +173,14 @@ class CaffeModelReader(MLReader):
                 src = _child(jvm, root, name)
                 if not fs.exists(src):
                     raise ModelDirectoryError(f"{path}: {name} is missing")
-                fs.copyToLocalFile(False, src, jvm.org.apache.hadoop.fs.Path(
-                    (local / name).resolve().as_uri()), True)
+                try:
+                    fs.copyToLocalFile(False, src, jvm.org.apache.hadoop.fs.Path(
+                        (local / name).resolve().as_uri()), True)
+                except Exception as e:  # noqa: BLE001  # py4j: a checksum or I/O error
+                    java = getattr(e, "java_exception", None)
+                    why = str(java.toString()) if java is not None else str(e)
+                    raise ModelDirectoryError(f"{path}/{name}: cannot be read ({why})"
+                                              ) from None
             from sparknet.proto import caffe_pb2
 
             net = caffe_pb2.NetParameter()
