@@ -242,27 +242,25 @@ def _digits(n: int = 40) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _frame(spark: Any, **columns: Any) -> Any:
-    import pandas as pd
-
-    return spark.createDataFrame(pd.DataFrame(columns))
+    return spark.createDataFrame(list(zip(*columns.values())), list(columns))
 
 
 X, Y = _digits()
 SPARK_CASES = [
     ("frame-without-label-column",
-     lambda sp: _frame(sp, data=[r.ravel().tolist() for r in X], target=Y.tolist()),
+     lambda sp: _frame(sp, data=[[float(v) for v in r.ravel()] for r in X], target=[float(v) for v in Y]),
      DataError, "the DataFrame has no column 'label' for input blob 'label'"),
     ("frame-column-named-otherwise",
-     lambda sp: _frame(sp, image=[r.ravel().tolist() for r in X], label=Y.tolist()),
+     lambda sp: _frame(sp, image=[[float(v) for v in r.ravel()] for r in X], label=[float(v) for v in Y]),
      DataError, "no column 'data'"),
     ("frame-image-of-wrong-size",
-     lambda sp: _frame(sp, data=[r.ravel()[:700].tolist() for r in X], label=Y.tolist()),
+     lambda sp: _frame(sp, data=[[float(v) for v in r.ravel()[:700]] for r in X], label=[float(v) for v in Y]),
      DataError, "input blob 'data' takes (1, 28, 28)"),
     ("frame-label-as-words",
-     lambda sp: _frame(sp, data=[r.ravel().tolist() for r in X], label=[str(v) for v in Y]),
-     DataError, "'label'"),
+     lambda sp: _frame(sp, data=[[float(v) for v in r.ravel()] for r in X], label=[str(v) for v in Y]),
+     DataError, "input blob 'label' (a column or item of that name) gets values of dtype <U3"),
     ("frame-labels-past-the-classes",
-     lambda sp: _frame(sp, data=[r.ravel().tolist() for r in X], label=(Y + 5).tolist()),
+     lambda sp: _frame(sp, data=[[float(v) for v in r.ravel()] for r in X], label=[float(v) + 5 for v in Y]),
      DataError, "'label' has values from 5 to 14, but layer 'loss'"),
     ("rdd-three-items-for-two-blobs",
      lambda sp: sp.sparkContext.parallelize([(a, b, 0) for a, b in zip(X, Y)], 2),
@@ -284,7 +282,7 @@ SPARK_CASES = [
      DataError, "input blob 'data' has NaN or infinite values"),
     ("rdd-text-pixels",
      lambda sp: sp.sparkContext.parallelize([(np.full((1, 28, 28), "x"), 1.0)] * 4, 2),
-     DataError, "dtype <U1 cannot be fed to Caffe"),
+     DataError, "example 0: input blob 'data' (a column or item of that name) gets values of dtype <U1 (such as 'x')"),
     ("rdd-empty",
      lambda sp: sp.sparkContext.parallelize([], 2), DataError, "train_data is empty"),
     ("arrays-of-two-lengths",
