@@ -278,12 +278,12 @@ def _run_scenario(name: str, timeout: float) -> dict:
 
 @pytest.fixture(scope="module")
 def local_cluster() -> dict:
-    return _run_scenario("local-cluster", 420)
+    return _run_scenario("local-cluster", 1200)  # a guard against a hang: a busy 2-core box
 
 
 @pytest.fixture(scope="module")
 def standalone() -> dict:
-    return _run_scenario("standalone", 300)
+    return _run_scenario("standalone", 900)
 
 
 def test_local_cluster_runs_on_two_executor_processes(local_cluster):

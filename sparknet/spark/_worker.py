@@ -7,8 +7,9 @@ them from task to task (building a net costs more than a round's overhead).
 A partition's solver state (iteration count, momentum history and, for
 EASGD, its local weights) lives with the partition, not with the process:
 after every round the task saves it beside the partition's cached data (the
-local folder of the executor that cached it, :func:`state_dir`): iteration and history in the engine's raw format (``round-<r>.state``, a
-third of a Caffe snapshot's cost; the weights come from the driver anyway),
+local folder of the executor that cached it, :func:`state_dir`): iteration
+and history in the engine's raw format (``round-<r>.state``, a third of a
+Caffe snapshot's cost; the weights come from the driver anyway),
 or Caffe's own snapshot (``round-<r>_iter_<i>.solverstate``) in checkpoint
 rounds and for EASGD, whose local weights are state too. The next round's
 task for that partition continues from memory when it lands in the same
