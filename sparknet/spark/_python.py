@@ -105,6 +105,7 @@ def prepare_workers(sc: Any, tasks: int | None = None) -> None:
     mine = (getattr(sparknet, "__version__", None),
             os.path.dirname(os.path.realpath(sparknet.__file__)))
     where = f"Spark's Python workers (interpreter '{python}')"
+    described = sc.getLocalProperty("spark.job.description")
     try:
         sc.setJobDescription("sparknet: check the workers' Python")
         seen = sc.parallelize(range(n), n).mapPartitions(_probe()).collect()
@@ -116,6 +117,8 @@ def prepare_workers(sc: Any, tasks: int | None = None) -> None:
                      lines[0] if lines else type(e).__name__)
         raise WorkerPythonError(f"{where} cannot run sparknet's tasks: {cause[:400]}; {_FIX}",
                                 python) from None
+    finally:
+        sc.setLocalProperty("spark.job.description", described)  # type: ignore[arg-type]
     for executable, pyver, version, path, error in seen:
         if error is not None:
             raise WorkerPythonError(
