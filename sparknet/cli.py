@@ -8,10 +8,13 @@ functions, or a net ``.prototxt`` (with ``--solver``). Data is a URI:
     mnist:/path/to/dir       MNIST IDX files (gzipped or not; local, hdfs://, s3://)
     cifar10:/path/to/dir     CIFAR-10 binary batches
     lmdb:/path/to/db         a Caffe LMDB of Datum records
-    s3://bucket[/prefix]     ImageNet tar shards in SparkNet's S3 layout
+    s3://bucket[/prefix]     ImageNet tar shards in SparkNet's S3 layout: under the
+                             prefix, ILSVRC2012_train/train.*.tar + train.txt and
+                             ILSVRC2012_val/val.*.tar + val.txt (--image-size, --color)
 
-Exit status: 0 success, 1 the run failed (for example a diverging loss),
-2 a mistake in what was asked (reported without a traceback).
+Exit status: 0 success, 1 the run failed (for example a diverging loss, or
+a file that could not be written), 2 a mistake in what was asked (reported
+without a traceback).
 """
 from __future__ import annotations
 
@@ -64,8 +67,7 @@ def load_solver(spec: str, solver: str | None, batch_size: int | None,
     from sparknet.proto import ProtoLoader, caffe_pb2
 
     if spec.endswith(".prototxt"):
-        if not Path(spec).exists():
-            raise UsageError(f"{spec}: no such file")
+        _check_text(spec)
         net = ProtoLoader.load_net_prototxt(spec)
         if _reads_own_data(net):
             if input_shape is None:
@@ -77,6 +79,7 @@ def load_solver(spec: str, solver: str | None, batch_size: int | None,
         if solver is None:
             return caffe_pb2.SolverParameter(base_lr=0.01, momentum=0.9, lr_policy="fixed",
                                              net_param=net)
+        _check_text(solver)
         return ProtoLoader.load_solver_prototxt_with_net(solver, net)
     module = _module(spec)
     kwargs = {}
@@ -85,6 +88,15 @@ def load_solver(spec: str, solver: str | None, batch_size: int | None,
     if not hasattr(module, "solver"):
         raise UsageError(f"module '{spec}' has no solver() function")
     return _proto(module.solver(**kwargs))
+
+
+def _check_text(path: str) -> None:
+    """A prototxt must exist and be text (a .caffemodel renamed is a common slip)."""
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: no such file")
+    if _binary(Path(path).read_bytes()):
+        raise UsageError(f"{path}: a binary file, not a text prototxt (weights go to "
+                         "--weights as a .caffemodel)")
 
 
 def _reads_own_data(net: Any) -> bool:
@@ -102,8 +114,7 @@ def load_net(spec: str) -> Any:
     from sparknet.proto import ProtoLoader
 
     if spec.endswith(".prototxt"):
-        if not Path(spec).exists():
-            raise UsageError(f"{spec}: no such file")
+        _check_text(spec)
         return ProtoLoader.load_net_prototxt(spec)
     module = _module(spec)
     net = getattr(module, "net", None)
@@ -116,13 +127,70 @@ def load_net(spec: str) -> Any:
 
 
 def check_uri(uri: str | None) -> None:
-    """Refuse an unknown data URI before anything starts."""
-    if uri is not None and uri != "digits" and not uri.startswith(SCHEMES):
+    """Refuse an unknown data URI, or one naming a local path that is not there, early."""
+    if uri is None or uri in ("digits", "digits:"):
+        return
+    if not uri.startswith(SCHEMES):
         raise UsageError(f"unknown data source '{uri}'; use one of {', '.join(SCHEMES)}")
+    if uri.startswith("s3://"):
+        from sparknet.data.s3 import parse_s3_uri
+
+        try:
+            parse_s3_uri(uri)
+        except ValueError as e:
+            raise UsageError(f"data source '{uri}': {e}") from None
+        return
+    scheme, _, rest = uri.partition(":")
+    if not rest:
+        raise UsageError(f"data source '{uri}' names no path (write {scheme}:/path/to/data)")
+    from sparknet.data._io import local_path, scheme as uri_scheme
+
+    if uri_scheme(rest) == "" and not local_path(rest).exists():
+        raise UsageError(f"data source '{uri}': {local_path(rest)} does not exist")
 
 
-def load_data(spark: Any, uri: str, split: str, partitions: int | None) -> Any:
-    """An RDD of ``(array, label)`` examples for a data URI."""
+def check_weights(path: str) -> None:
+    """A local ``--weights`` file must exist (checked before Spark starts)."""
+    from sparknet.spark.checkpoint import is_s3
+
+    if not is_s3(path) and not Path(path).is_file():
+        raise UsageError(f"--weights {path}: no such file")
+
+
+#: SparkNet's S3 layout under ``s3://bucket[/prefix]`` (what ``sparknet.data.imagenet_to_s3``
+#: writes with its default prefixes): split -> (shard key prefix, label list key).
+S3_LAYOUT = {"train": ("ILSVRC2012_train/train.", "train.txt"),
+             "test": ("ILSVRC2012_val/val.", "val.txt")}
+
+
+def imagenet_data(spark: Any, uri: str, split: str, *, size: tuple[int, int] = (256, 256),
+                  color: str = "RGB") -> Any:
+    """The ``s3://bucket[/prefix]`` data scheme: ImageNet tar shards in SparkNet's layout.
+
+    The training split is ``<prefix>/ILSVRC2012_train/train.*.tar`` labelled by
+    ``<prefix>/train.txt``, the test split ``<prefix>/ILSVRC2012_val/val.*.tar`` by
+    ``<prefix>/val.txt``; the endpoint and credentials come from boto3's chain
+    (``AWS_ENDPOINT_URL`` for an S3-compatible store).
+    """
+    from sparknet.data.imagenet import load_imagenet
+    from sparknet.data.s3 import parse_s3_uri
+
+    try:
+        bucket, prefix = parse_s3_uri(uri)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    base = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    shards, labels = S3_LAYOUT[split]
+    return load_imagenet(spark, bucket, shard_prefix=base + shards, labels_key=base + labels,
+                         size=size, color=color)
+
+
+def load_data(spark: Any, uri: str, split: str, partitions: int | None, *,
+              size: tuple[int, int] = (256, 256), color: str = "RGB") -> Any:
+    """An RDD of ``(array, label)`` examples for a data URI.
+
+    ``size`` (width, height) and ``color`` apply to decoded images (``s3://``).
+    """
     from sparknet import data
 
     if uri == "digits:" or uri == "digits":
@@ -136,9 +204,36 @@ def load_data(spark: Any, uri: str, split: str, partitions: int | None) -> Any:
     if uri.startswith("lmdb:"):
         return data.caffe_lmdb.lmdb_rdd(spark, uri[len("lmdb:"):], partitions)
     if uri.startswith("s3://"):
-        from sparknet.data import imagenet
-        return imagenet.imagenet_rdd(spark, uri, split)
+        return imagenet_data(spark, uri, split, size=size, color=color).rdd
     raise UsageError(f"unknown data source '{uri}'; use one of {', '.join(SCHEMES)}")
+
+
+def _image_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"size": args.image_size, "color": args.color}
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'")
+    return value
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """``"256"`` or ``"256x224"`` (width x height) -> ``(width, height)``."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected a size like 256 or 256x224, got '{text}'")
+    return parts[0], parts[1]
 
 
 def _spark(master: str | None, app: str) -> Any:
@@ -149,7 +244,17 @@ def _spark(master: str | None, app: str) -> Any:
         builder = builder.master(master)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
+    from sparknet.spark._python import prepare_workers
+
+    prepare_workers(session.sparkContext)  # the workers' Python imports this sparknet
     return session
+
+
+def check_net(args: argparse.Namespace) -> None:
+    """Prototxt files must be there and be text (checked before Spark starts)."""
+    for path in (args.net, args.solver):
+        if path is not None and path.endswith(".prototxt"):
+            _check_text(path)
 
 
 # -- commands --------------------------------------------------------------------------
@@ -157,13 +262,15 @@ def _spark(master: str | None, app: str) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     check_uri(args.data)
+    check_net(args)
     check_uri(args.test_data)
     from sparknet.spark import train
 
     spark = _spark(args.master, "sparknet-train")
-    train_rdd = load_data(spark, args.data, "train", args.workers)
+    train_rdd = load_data(spark, args.data, "train", args.workers, **_image_args(args))
     test_uri = args.test_data or (args.data if not args.data.startswith("lmdb:") else None)
-    test_rdd = load_data(spark, test_uri, "test", args.workers) if test_uri else None
+    test_rdd = (load_data(spark, test_uri, "test", args.workers, **_image_args(args))
+                if test_uri else None)
     first = train_rdd.first()
     shape = tuple(first[0].shape) if isinstance(first, tuple) else None
     solver = load_solver(args.net, args.solver, args.batch_size, args.test_batch_size, shape)
@@ -182,10 +289,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_test(args: argparse.Namespace) -> int:
     check_uri(args.data)
+    check_net(args)
+    check_weights(args.weights)
     from sparknet.spark import predict
 
     spark = _spark(args.master, "sparknet-test")
-    rdd = load_data(spark, args.data, "test", args.workers)
+    rdd = load_data(spark, args.data, "test", args.workers, **_image_args(args))
     first = rdd.first()
     solver = load_solver(args.net, args.solver, args.batch_size, args.batch_size,
                          tuple(first[0].shape) if isinstance(first, tuple) else None)
@@ -212,10 +321,12 @@ def _accuracy_blobs(net: Any) -> tuple[str, str]:
 
 def cmd_featurize(args: argparse.Namespace) -> int:
     check_uri(args.data)
+    check_net(args)
+    check_weights(args.weights)
     from sparknet.spark import featurize
 
     spark = _spark(args.master, "sparknet-featurize")
-    rdd = load_data(spark, args.data, args.split, args.workers)
+    rdd = load_data(spark, args.data, args.split, args.workers, **_image_args(args))
     first = rdd.first()
     solver = load_solver(args.net, args.solver, args.batch_size, args.batch_size,
                          tuple(first[0].shape) if isinstance(first, tuple) else None)
@@ -229,14 +340,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     from sparknet.proto import caffe_pb2
 
     path = args.file
-    if path.endswith(".caffemodel"):
-        if not Path(path).exists():
+    raw = (Path(path).read_bytes() if Path(path).is_file()
+           and not path.endswith((".py", ".prototxt")) else None)
+    if path.endswith(".caffemodel") or (raw is not None and _binary(raw)):
+        if raw is None:
             raise UsageError(f"{path}: no such file")
         net = caffe_pb2.NetParameter()
         try:
-            net.ParseFromString(Path(path).read_bytes())
-        except Exception as e:
-            raise UsageError(f"{path}: not a Caffe NetParameter ({e})") from None
+            net.ParseFromString(raw)
+        except Exception as e:  # noqa: BLE001  # protobuf's DecodeError
+            raise UsageError(f"{path}: a binary file that is not a Caffe .caffemodel "
+                             f"(NetParameter: {e}); info reads a text .prototxt or a "
+                             ".caffemodel") from None
+        if not net.layer and not net.layers:
+            raise UsageError(f"{path}: a binary file that holds no Caffe layers; info reads a "
+                             "text .prototxt or a .caffemodel")
         total = 0
         print(f"{net.name or Path(path).stem}: weights of {len(net.layer)} layers")
         for layer in net.layer:
@@ -274,6 +392,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _binary(data: bytes) -> bool:
+    """Not text: a NUL byte, or not UTF-8."""
+    if b"\0" in data[:65536]:
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from sparknet.dsl import NetParam
     from sparknet.proto import ProtoLoader
@@ -307,17 +436,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--solver", help="solver .prototxt (with a net .prototxt)")
         p.add_argument("--data", default="digits:", help="data URI (default: digits:)")
         p.add_argument("--master", help="Spark master (default: spark-submit's, else local[*])")
-        p.add_argument("--workers", type=int, default=2, help="Spark workers K (default 2)")
-        p.add_argument("--batch-size", type=int, help="minibatch size (default: the net's)")
+        p.add_argument("--workers", type=positive_int, default=2,
+                       help="Spark workers K (default 2)")
+        p.add_argument("--batch-size", type=positive_int,
+                       help="minibatch size (default: the net's)")
+        p.add_argument("--image-size", type=image_size, default=(256, 256), metavar="WxH",
+                       help="s3:// images are resized to this (default 256x256)")
+        p.add_argument("--color", choices=["RGB", "BGR", "L"], default="RGB",
+                       help="s3:// images' channels (default RGB; L: grayscale)")
         if weights:
             p.add_argument("--weights", required=True, help=".caffemodel to load")
 
     p = sub.add_parser("train", help="train a net with parameter averaging on Spark")
     common(p, weights=False)
     p.add_argument("--test-data", help="test data URI (default: --data's test split)")
-    p.add_argument("--test-batch-size", type=int)
-    p.add_argument("--sync-interval", type=int, default=50, help="tau: steps per round")
-    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--test-batch-size", type=positive_int)
+    p.add_argument("--sync-interval", type=positive_int, default=50, help="tau: steps per round")
+    p.add_argument("--rounds", type=positive_int, default=20)
     p.add_argument("--test-interval", type=int, default=5, help="rounds between tests")
     p.add_argument("--output", default="runs/train", help="log, history and plot folder")
     p.add_argument("--checkpoint-dir", help="local path or s3:// URI for checkpoints")
@@ -366,6 +501,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sparknet {args.command}: interrupted", file=sys.stderr)
         return 130
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:  # a disk full, a lost connection: one line, exit 1
         print(f"sparknet {args.command}: failed: {e}", file=sys.stderr)
         return 1

@@ -41,3 +41,28 @@ def spark():
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+@pytest.fixture()
+def file_size_limit():
+    """A factory of context managers under which this process cannot write past N bytes.
+
+    ``RLIMIT_FSIZE``: a write beyond the limit fails with ``EFBIG`` ("File too
+    large"), as a write to a full disk or past a quota fails with ``ENOSPC`` /
+    ``EDQUOT`` (Python ignores the SIGXFSZ signal that would otherwise stop the
+    process). Unlike a small tmpfs it needs no mount, so it works for root and
+    in containers alike; child processes started inside inherit it.
+    """
+    import contextlib
+    import resource
+
+    @contextlib.contextmanager
+    def limit(nbytes: int):
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+    return limit

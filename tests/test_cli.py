@@ -1,17 +1,22 @@
 """The `sparknet` command line, run as a user would: a separate process."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+from s3server import s3  # noqa: F401 - the fixture
 
 from sparknet.proto import ProtoLoader
 
 
-def sparknet(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def sparknet(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sparknet", *args], capture_output=True,
-                          text=True, timeout=600, cwd=cwd)
+                          text=True, timeout=600, cwd=cwd, env=env)
 
 
 def test_help_lists_the_commands():
@@ -100,3 +105,133 @@ def test_train_then_test_then_featurize_on_digits(tmp_path, spark):
     frame = spark.read.parquet(str(out))
     assert frame.count() == 360
     assert len(frame.first()["ip1"]) == 500
+
+
+# -- every data scheme the CLI documents, end to end ---------------------------------------
+
+def _digits_uint8(split: str) -> tuple[np.ndarray, np.ndarray]:
+    from sparknet.data import load_digits
+
+    x, y = load_digits(split)
+    return np.clip(np.round(x * 255), 0, 255).astype(np.uint8), y.astype(np.uint8)
+
+
+def _colour_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (n, 3, 32, 32) noisy images whose strongest channel is the label (0-2)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    images = rng.integers(0, 150, (n, 3, 32, 32)).astype(np.uint8)
+    for c in range(3):
+        images[labels == c, c] += 100
+    return images, labels.astype(np.uint8)
+
+
+def _mnist(folder: Path) -> str:
+    from sparknet.data.mnist import write_idx
+
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        x, y = _digits_uint8(split)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", x[:, 0], gzip_level=6)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", y)
+    return f"mnist:{folder}"
+
+
+def _cifar(folder: Path) -> str:
+    from sparknet.data.cifar import write_cifar
+
+    for i, name in enumerate([*(f"data_batch_{k}.bin" for k in range(1, 6)), "test_batch.bin"]):
+        x, y = _colour_images(60, i)  # the same images as _s3's
+        write_cifar(folder / name, x, y)
+    return f"cifar10:{folder}"
+
+
+def _lmdb(folder: Path) -> tuple[str, str]:
+    from sparknet.data.caffe_lmdb import write_lmdb
+
+    from sparknet.data import load_digits
+
+    for split in ("train", "test"):  # float Datums, in [0, 1] as LeNet takes them
+        x, y = load_digits(split)
+        write_lmdb(folder / split, zip(x, y.astype(int)))
+    return f"lmdb:{folder / 'train'}", f"lmdb:{folder / 'test'}"
+
+
+def _s3(s3server, folder: Path) -> str:  # noqa: F811
+    """The images of _cifar, as lossless PNGs in tar shards in SparkNet's S3 layout."""
+    import io
+
+    from PIL import Image
+
+    from sparknet.data import synthetic
+
+    def png(chw: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0))).save(buf, "PNG")
+        return buf.getvalue()
+
+    bucket = s3server.bucket()
+    for split, shards, labels, seeds in (("train", "ILSVRC2012_train/train.", "train.txt",
+                                          range(5)), ("val", "ILSVRC2012_val/val.", "val.txt",
+                                                      [5])):
+        lines = []
+        for k, seed in enumerate(seeds):
+            x, y = _colour_images(60, seed)
+            names = [f"{split}_{k}_{i:03d}.png" for i in range(len(y))]
+            s3server.put(bucket, f"data/{shards}{k:05d}.tar",
+                         synthetic.tar_bytes((n, png(img)) for n, img in zip(names, x)))
+            lines += [f"{n} {v}\n" for n, v in zip(names, y)]
+        s3server.put(bucket, f"data/{labels}", "".join(lines).encode())
+    return f"s3://{bucket}/data"
+
+
+@pytest.mark.parametrize("scheme", ["mnist", "cifar10", "lmdb", "s3"])
+def test_train_on_every_documented_data_scheme(tmp_path, scheme, request):
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    extra: list[str] = []
+    net, floor = "lenet", 0.9
+    if scheme == "mnist":
+        uri = _mnist(tmp_path)
+    elif scheme == "cifar10":
+        uri, net, floor = _cifar(tmp_path), "cifar10_quick", 0.0   # raw pixels: loss falls
+    elif scheme == "lmdb":
+        uri, test_uri = _lmdb(tmp_path)
+        extra = ["--test-data", test_uri]
+    else:
+        server = request.getfixturevalue("s3")
+        uri, net, floor = _s3(server, tmp_path), "cifar10_quick", 0.0
+        from s3server import CREDENTIALS
+
+        env.update(CREDENTIALS, AWS_ENDPOINT_URL=server.endpoint_url)  # boto3's chain
+        extra = ["--image-size", "32"]
+    weights = tmp_path / "w.caffemodel"
+    done = sparknet("train", net, "--data", uri, *extra, "--workers", "2", "--rounds", "4",
+                    "--sync-interval", "25", "--batch-size", "20", "--test-interval", "4",
+                    "--master", "local[2]", "--output", str(tmp_path / "run"),
+                    "--save", str(weights), env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    accuracy = float(done.stdout.split("accuracy ")[1].split(",")[0])
+    assert accuracy >= floor, done.stdout
+    history = [json.loads(line) for line in
+               (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [h["round"] for h in history] == [1, 2, 3, 4]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert weights.stat().st_size > 0
+
+
+def test_a_failed_write_is_one_line_exit_1_and_keeps_the_old_file(tmp_path):
+    import resource
+
+    out = tmp_path / "caffenet.prototxt"
+    out.write_text("the old file\n")
+
+    def full_disk() -> None:  # writes past 4 kB fail, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    done = subprocess.run([sys.executable, "-m", "sparknet", "convert", "caffenet", "-o",
+                           str(out)], capture_output=True, text=True, timeout=120,
+                          preexec_fn=full_disk)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"sparknet convert: failed: [Errno 27] File too large: '{out}'"]
+    assert out.read_text() == "the old file\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["caffenet.prototxt"]

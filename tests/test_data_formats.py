@@ -272,3 +272,36 @@ def test_binary_and_array_columns(spark):
     assert ex["label"] == 7.0
     with pytest.raises(ValueError, match="no column 'nope'"):
         dataframe_to_rdd(df, {"data": "nope"})
+
+
+@pytest.mark.parametrize("writer", ["idx", "cifar", "lmdb"])
+def test_a_failed_write_names_the_file_leaves_no_temporary_and_keeps_the_old_one(
+        tmp_path, file_size_limit, writer):
+    from sparknet.data.caffe_lmdb import load_lmdb, write_lmdb
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 255, (2, 3, 32, 32)).astype(np.uint8)
+    large = rng.integers(0, 255, (200, 3, 32, 32)).astype(np.uint8)   # ~600 kB
+    labels = np.zeros(200, np.uint8)
+
+    def write(path, images):
+        if writer == "idx":
+            write_idx(path, images)
+        elif writer == "cifar":
+            write_cifar(path, images, labels[:len(images)])
+        else:
+            write_lmdb(path, zip(images, labels[:len(images)].tolist()), overwrite=True)
+
+    path = tmp_path / {"idx": "images-idx4-ubyte", "cifar": "data_batch_1.bin",
+                       "lmdb": "train_lmdb"}[writer]
+    write(path, small)
+    old = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in tmp_path.rglob("*")
+                 if p.is_file())
+    with file_size_limit(64 << 10), pytest.raises(OSError) as caught:  # the disk fills up
+        write(path, large)
+    assert str(path) in str(caught.value)
+    now = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in tmp_path.rglob("*")
+                 if p.is_file())
+    assert now == old                                # the old file whole, nothing left over
+    if writer == "lmdb":
+        assert load_lmdb(path)[0].shape == (2, 3, 32, 32)

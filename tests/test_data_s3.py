@@ -287,3 +287,35 @@ def test_local_tar_minibatches(tmp_path):
     batches = list(tar_minibatches(tmp_path / "s.tar", t, 4, labels))
     assert [b[0].shape for b in batches] == [(3, 3, 56, 56), (2, 3, 56, 56)]
     assert np.concatenate([b[1] for b in batches]).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_tar_minibatches_name_and_count_the_members_they_skip(tmp_path, caplog):
+    from sparknet.data import Transformer
+    from sparknet.data.imagenet import ShardReport
+
+    imgs = [synthetic.photo_jpeg(64, 64, 40 + i) for i in range(4)]
+    members = [("a.jpg", imgs[0]), ("notes.txt", b"not an image"), ("b.jpg", imgs[1]),
+               ("stray.jpg", imgs[2]), ("c.jpg", imgs[3])]
+    synthetic.write_tar(tmp_path / "s.tar", members)
+    labels = {"a.jpg": 0, "notes.txt": 1, "b.jpg": 2, "c.jpg": 3}   # stray.jpg: no label
+    report = ShardReport(shard="s.tar")
+    t = Transformer(crop_size=56, seed=0)
+    with caplog.at_level("WARNING", logger="sparknet.data.imagenet"):
+        batches = list(tar_minibatches(tmp_path / "s.tar", t, 2, labels, report=report))
+    assert np.concatenate([b[1] for b in batches]).tolist() == [0, 2, 3]
+    assert [name for name, _ in report.bad] == ["notes.txt"]
+    assert report.unlabeled == ["stray.jpg"]
+    assert (report.images, report.members, report.complete) == (3, 5, True)
+    assert "notes.txt" in caplog.text and "stray.jpg" in caplog.text
+    assert f"{tmp_path / 's.tar'}: 3 images from 5 members, 2 skipped" in caplog.text
+
+    # a shard cut short: the members before the cut train, the cut is named, nothing raises
+    data = (tmp_path / "s.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[:data.index(imgs[3]) + 100])  # inside c.jpg
+    report = ShardReport(shard="cut.tar")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sparknet.data.imagenet"):
+        got = list(tar_minibatches(tmp_path / "cut.tar", t, 2, labels, report=report))
+    assert sum(len(y) for _, y in got) == report.images >= 1
+    assert report.bad[-1][0] == "c.jpg" and "truncated" in report.bad[-1][1]
+    assert f"{tmp_path / 'cut.tar'}: member c.jpg is truncated" in caplog.text

@@ -339,3 +339,89 @@ def test_user_mistakes_exit_2_without_traceback(app, args, message, tmp_path):
     proc = run_app(app, *args, cwd=tmp_path, status=2, timeout=60)
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- the README's Spark tour, as a new user runs it ------------------------------------------
+
+def clean_env() -> dict[str, str]:
+    """A shell without an activated venv: no PYSPARK_* settings, the venv's bin/ not on PATH."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYSPARK_", "VIRTUAL_ENV", "PYTHONPATH"))}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if p and Path(p).resolve() != VENV_BIN.resolve())
+    env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    return env
+
+
+def readme_block(heading: str) -> str:
+    """The first ```python block under a README heading."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split(heading, 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def run_clean(script: str, cwd: Path, env: dict[str, str] | None = None,
+              timeout: float = 900) -> subprocess.CompletedProcess:
+    path = cwd / "script.py"
+    path.write_text(script)
+    return subprocess.run([sys.executable, str(path)], cwd=cwd, env=env or clean_env(),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.timeout(1000)  # 1200 LeNet steps as the README has them, on a busy machine
+def test_readme_spark_tour_runs_as_written_with_the_venv_python_only(tmp_path):
+    tour = readme_block("### 3. Train on Spark")
+    check = ('\nacc = result.history[-1]["test"]["accuracy"]\n'
+             'print("TOUR-ACCURACY", acc)\n'
+             'import pathlib; assert pathlib.Path("lenet.caffemodel").is_file()\n')
+    done = run_clean(tour + check, tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert float(done.stdout.split("TOUR-ACCURACY")[1].split()[0]) >= 0.95
+    assert (tmp_path / "runs/tour/history.jsonl").is_file()
+    assert (tmp_path / "runs/tour/ckpt/latest").read_text().strip() == "round-000012"
+
+
+WORKER_CHECK = '''
+import sys
+sys.path.insert(0, {root!r})
+from pyspark.sql import SparkSession
+from sparknet.data.digits import digits_rdd
+from sparknet.models import lenet
+from sparknet.spark import WorkerPythonError, train
+
+builder = SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
+{conf}
+spark = builder.getOrCreate()
+try:
+    train(spark, lenet.solver(batch_size=16), digits_rdd(spark, "train"), workers=2,
+          sync_interval=2, rounds=1, test_interval=0, progress=False,
+          callback=lambda rec: print("ROUND RAN"))
+except WorkerPythonError as e:
+    print("WORKER-ERROR", e)
+    print("INTERPRETER", e.interpreter)
+spark.stop()
+'''
+
+
+@pytest.mark.parametrize("case", ["no-sparknet", "other-sparknet"])
+def test_workers_that_cannot_import_this_sparknet_fail_before_round_1(tmp_path, case):
+    env = clean_env()
+    if case == "no-sparknet":  # an interpreter without sparknet (nor pyspark)
+        python = "/usr/bin/python3"
+        conf = f'builder = builder.config("spark.pyspark.python", {python!r})'
+    else:  # the workers find another copy of sparknet first
+        python = sys.executable
+        conf = ""
+        fake = tmp_path / "elsewhere" / "sparknet"
+        fake.mkdir(parents=True)
+        (fake / "__init__.py").write_text('__version__ = "0.0.1"\n')
+        env["PYTHONPATH"] = str(fake.parent)
+    done = run_clean(WORKER_CHECK.format(root=str(ROOT), conf=conf), tmp_path, env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = done.stdout
+    assert "ROUND RAN" not in out
+    assert f"INTERPRETER {python}" in out
+    assert f"interpreter '{python}'" in out
+    assert "PYSPARK_PYTHON" in out and "spark.pyspark.python" in out
+    if case == "other-sparknet":
+        assert f"imports sparknet 0.0.1 from {fake}" in out

@@ -124,7 +124,12 @@ def scenario_local_cluster(out: dict) -> None:
         # kill the executor JVM of partition 1 while round 3 is computing
         killed: dict[str, Any] = {}
 
+        placement: list[list] = []
+
         def on_round(rec: dict) -> None:
+            # where each partition ran (executor JVM) and how it found its solver state
+            placement.append([[p["partition"], _executor_of(p["pid"]), p["state"]]
+                              for p in rec["partitions"]])
             if rec["round"] == 2:
                 p1 = next(p for p in rec["partitions"] if p["partition"] == 1)
                 jvm = _executor_of(p1["pid"])
@@ -143,6 +148,7 @@ def scenario_local_cluster(out: dict) -> None:
         out["kill_round_seconds"] = [h["seconds"]["round"] for h in res.history]
         out["kill_rounds"] = [h["round"] for h in res.history]
         out["kill_state_reset"] = [h.get("state_reset", []) for h in res.history]
+        out["kill_placement"] = placement
         out["kill_accuracy"] = res.test["accuracy"]
         out["executors_after"] = sorted({_executor_of(p["pid"]) or -1
                                          for p in res.history[-1]["partitions"]})
@@ -272,12 +278,12 @@ def _run_scenario(name: str, timeout: float) -> dict:
 
 @pytest.fixture(scope="module")
 def local_cluster() -> dict:
-    return _run_scenario("local-cluster", 420)
+    return _run_scenario("local-cluster", 1200)  # a guard against a hang: a busy 2-core box
 
 
 @pytest.fixture(scope="module")
 def standalone() -> dict:
-    return _run_scenario("standalone", 300)
+    return _run_scenario("standalone", 900)
 
 
 def test_local_cluster_runs_on_two_executor_processes(local_cluster):
@@ -295,9 +301,17 @@ def test_a_task_failing_mid_round_is_retried_to_the_same_weights(local_cluster):
 def test_a_killed_executor_costs_at_most_a_round(local_cluster):
     assert local_cluster["killed_pid"]
     assert local_cluster["kill_rounds"] == list(range(1, 9))
-    # the round during which the executor died redid partition 1 from lineage elsewhere
-    assert local_cluster["kill_state_reset"][2] == [1]
-    assert sum(1 for r in local_cluster["kill_state_reset"] if r) == 1
+    # The round during which the executor died redid partition 1 from lineage elsewhere: its
+    # cached data (and solver state) is rebuilt once, then stable. Later rounds may run it on
+    # the replacement executor of the same machine (Spark's locality wait runs out on a busy
+    # machine), which opens the data where it is -- and finds the state beside it. (The state
+    # used to live with whichever executor ran the task: a second reset, seen under load.)
+    # (Zero resets is right too: a retry on the replacement executor, which shares the dead
+    # one's folder on local-cluster, finds the state the dead one left there.)
+    placement = local_cluster["kill_placement"]
+    resets = [(i + 1, r) for i, r in enumerate(local_cluster["kill_state_reset"]) if r]
+    assert resets in ([], [(3, [1])]), placement
+    assert all(state in ("memory", "file") for rnd in placement[3:] for _, _, state in rnd)
     assert local_cluster["kill_accuracy"] >= 0.97  # the target of an undisturbed run
     assert local_cluster["killed_pid"] not in local_cluster["executors_after"]
 

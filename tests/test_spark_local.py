@@ -447,3 +447,83 @@ def test_results_are_weight_collections(spark, digits, solver16):
     result = train(spark, solver16, digits[0], rounds=1, **SMALL)
     assert isinstance(result.weights, WeightCollection)
     assert result.weights.layout == CaffeNet(solver16).get_weights().layout
+
+
+@pytest.mark.parametrize("damage", ["state.json", "weights.caffemodel",
+                                    "workers/part-00001.solverstate"])
+def test_a_corrupt_newest_checkpoint_is_named_and_an_older_one_resumes_exactly(
+        spark, digits, solver16, tmp_path, caplog, damage):
+    train_rdd, _ = digits
+    whole = train(spark, solver16, train_rdd, rounds=3, **SMALL)
+    ck = tmp_path / "ck"
+    train(spark, solver16, train_rdd, rounds=2, checkpoint_dir=ck, checkpoint_interval=1,
+          keep_checkpoints=3, **SMALL)
+    bad = ck / "round-000002" / damage
+    data = bad.read_bytes()
+    bad.write_bytes(data[:len(data) * 2 // 3])         # cut short, as by a full disk
+    with caplog.at_level("WARNING"):
+        resumed = train(spark, solver16, train_rdd, rounds=3, checkpoint_dir=ck, resume=True,
+                        checkpoint_interval=0, **SMALL)
+    assert str(bad) in caplog.text                      # the checkpoint's file, not a copy
+    assert f"resuming from {ck / 'round-000001'}" in caplog.text
+    assert [h["round"] for h in resumed.history] == [1, 2, 3]
+    assert resumed.weights == whole.weights             # round 1's checkpoint, resumed exactly
+
+
+def test_resume_with_no_usable_checkpoint_names_them(spark, digits, solver16, tmp_path):
+    from sparknet.spark.checkpoint import CheckpointError
+
+    train_rdd, _ = digits
+    ck = tmp_path / "ck"
+    train(spark, solver16, train_rdd, rounds=1, checkpoint_dir=ck, **SMALL)
+    (ck / "round-000001" / "state.json").write_text('{"round": 1, "config": ')
+    with pytest.raises(CheckpointError, match=rf"no usable checkpoint in {ck}: "
+                       rf"{ck / 'round-000001' / 'state.json'} is not valid JSON"):
+        train(spark, solver16, train_rdd, rounds=2, checkpoint_dir=ck, resume=True, **SMALL)
+
+
+def test_small_partitions_and_more_workers_than_slots_are_warned_about(spark, solver16,
+                                                                        caplog):
+    x, y = load_digits("train")
+    data = spark.sparkContext.parallelize(list(zip(x[:30], y[:30])), 3)
+    with caplog.at_level("WARNING", logger="sparknet.spark"):
+        train(spark, solver16, data, rounds=1, **{**SMALL, "workers": 3})
+    # 10 examples a partition, minibatches of 16; local[2,3] runs 2 tasks at once
+    assert ("partition 0 holds 10 example(s), fewer than one minibatch of 16: every minibatch "
+            "repeats each of them about 1.6 times") in caplog.text
+    assert "workers=3 exceeds the 2 task slot(s) of master local[2,3]" in caplog.text
+    assert "2 waves" in caplog.text
+
+
+def test_a_disk_that_fills_up_names_the_file_and_keeps_the_last_checkpoint(
+        spark, digits, solver16, tmp_path, file_size_limit):
+    import contextlib
+
+    train_rdd, _ = digits
+    ck = tmp_path / "ck"
+    full = contextlib.ExitStack()
+
+    def after(rec: dict) -> None:
+        if rec["round"] == 1:  # the disk is full from round 2 on
+            full.enter_context(file_size_limit(64 << 10))
+
+    try:
+        with pytest.raises(OSError, match="File too large") as caught:
+            train(spark, solver16, train_rdd, rounds=3, checkpoint_dir=ck, checkpoint_interval=1,
+                  callback=after, **SMALL)
+    finally:
+        full.close()
+    assert str(ck) in str(caught.value)                        # names what it was writing
+    assert sorted(p.name for p in ck.iterdir()) == ["latest", "round-000001"]  # no leftovers
+    resumed = train(spark, solver16, train_rdd, rounds=1, checkpoint_dir=ck, resume=True,
+                    **SMALL)
+    assert resumed.checkpoint == str(ck / "round-000001")
+
+    # saving the weights over an older file: the old file stays whole
+    target = tmp_path / "lenet.caffemodel"
+    target.write_bytes(b"old weights")
+    with file_size_limit(64 << 10), pytest.raises(OSError) as caught:
+        resumed.save(target)
+    assert str(target) in str(caught.value)
+    assert target.read_bytes() == b"old weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "lenet.caffemodel"]

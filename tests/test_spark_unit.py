@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import zlib
 
 import numpy as np
 import pytest
@@ -272,7 +273,10 @@ def test_local_checkpoints_are_atomic_and_pruned(tmp_path):
     assert ck.latest() == "round-000003"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "round-000002",
                                                          "round-000003"]
-    assert ck.load_state("round-000003") == {"round": 3}
+    # the state records each file's size and checksum, for resume to check them against
+    assert ck.load_state("round-000003") == {"round": 3, "files": {
+        "weights.caffemodel": {"bytes": 2, "crc32": zlib.crc32(b"w3")},
+        "workers/part-00000.solverstate": {"bytes": 2, "crc32": zlib.crc32(b"s3")}}}
     # a checkpoint whose state.json never arrived does not count
     (tmp_path / "round-000004").mkdir()
     (tmp_path / "latest").write_text("round-000004\n")
@@ -293,7 +297,9 @@ def test_s3_checkpoints(s3):  # noqa: F811
                             "runs/a/round-000002/workers/part-00000.solverstate"]
     assert ck.latest() == "round-000002"
     assert storage.read_bytes("round-000002/weights.caffemodel") == b"w2"
-    assert json.loads(storage.read_bytes("round-000002/state.json")) == {"round": 2}
+    assert json.loads(storage.read_bytes("round-000002/state.json"))["round"] == 2
+    assert ck.read_file("round-000002", ck.load_state("round-000002"),
+                        "workers/part-00000.solverstate") == b"s2"
 
 
 # -- the run log ---------------------------------------------------------------------------------

@@ -112,18 +112,32 @@ def maybe_gunzip(data: bytes, name: str) -> bytes:
 def atomic_file(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Write ``path`` through a temporary file in the same folder, renamed on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise named_os_error(e, path) from None
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # disk full, quota, file size limit: say which file
+            raise named_os_error(e, path) from None
         raise
+
+
+def named_os_error(error: OSError, path: PathLike) -> OSError:
+    """``error`` naming ``path`` (a failed ``write`` names no file), of the same kind."""
+    if error.filename is not None and os.fspath(error.filename) == os.fspath(path):
+        return error
+    if error.errno is None:
+        return type(error)(f"{path}: {error}")
+    return OSError(error.errno, error.strerror, os.fspath(path))
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

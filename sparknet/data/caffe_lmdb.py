@@ -200,6 +200,8 @@ def write_lmdb(path: PathLike, examples: Any, *, encoded: bool = False,
             if pending:
                 flush()
             env.sync(True)
+        except lmdb.Error as e:  # a full disk, a quota: name the database, keep the old one
+            raise OSError(f"cannot write the LMDB {os.fspath(path)}: {e}") from None
         finally:
             env.close()
     log.info("wrote %d datums to %s", count, path)

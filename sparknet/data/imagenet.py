@@ -18,6 +18,7 @@ members had no label, and which labelled files no shard held.
 from __future__ import annotations
 
 import io
+import os
 import logging
 import posixpath
 import tarfile
@@ -94,6 +95,22 @@ class ShardReport:
     bad: list[tuple[str, str]] = field(default_factory=list)
     unlabeled: list[str] = field(default_factory=list)
     complete: bool = False
+    members: int = 0  # regular members seen
+
+    def summary(self) -> str:
+        """``"<images> of <members> members, <k> skipped (bad: a, b; no label: c)"``."""
+        text = f"{self.images} images from {self.members} members"
+        if self.bad or self.unlabeled:
+            text += f", {len(self.bad) + len(self.unlabeled)} skipped"
+            parts = []
+            if self.bad:
+                parts.append("bad: " + ", ".join(n for n, _ in self.bad[:10])
+                             + (" ..." if len(self.bad) > 10 else ""))
+            if self.unlabeled:
+                parts.append("no label: " + ", ".join(self.unlabeled[:10])
+                             + (" ..." if len(self.unlabeled) > 10 else ""))
+            text += f" ({'; '.join(parts)})"
+        return text
 
 
 def _merge_reports(a: dict[str, ShardReport], b: dict[str, ShardReport]
@@ -307,9 +324,9 @@ def shard_examples(client: Any, bucket: str, key: str, labels: Mapping[str, int]
             report_to({key: report})
 
 
-def _tar_examples(f: Any, where: str, labels: Mapping[str, int] | None, report: ShardReport,
-                  *, size: tuple[int, int] | None, color: str, max_member_bytes: int
-                  ) -> Iterator[tuple[np.ndarray, float]]:
+def _members(f: Any, where: str, report: ShardReport, max_member_bytes: int
+             ) -> Iterator[tuple[str, bytes]]:
+    """``(name, bytes)`` of each regular member; what cannot be read goes into ``report``."""
     try:
         tar = tarfile.open(fileobj=f, mode="r|*")
     except (tarfile.TarError, EOFError, zlib.error) as e:
@@ -323,19 +340,19 @@ def _tar_examples(f: Any, where: str, labels: Mapping[str, int] | None, report: 
             except (tarfile.TarError, EOFError, zlib.error) as e:
                 report.bad.append(("<end of shard>", f"truncated or corrupt tar: {e}"))
                 log.warning("%s: truncated or corrupt after %d members (%s); rest of the shard "
-                            "skipped", where, report.images, e)
+                            "skipped", where, report.members, e)
                 return
             if member is None:
                 return
             if not member.isfile():
                 continue
             name = member.name
+            report.members += 1
             if member.size > max_member_bytes:
                 report.bad.append((name, f"{member.size} bytes is more than "
                                          f"max_member_bytes ({max_member_bytes})"))
                 log.warning("%s: %s is %d bytes; skipped", where, name, member.size)
                 continue
-            found = _lookup(labels, name) if labels is not None else (name, -1)
             try:
                 handle = tar.extractfile(member)
                 data = handle.read() if handle is not None else b""
@@ -346,19 +363,35 @@ def _tar_examples(f: Any, where: str, labels: Mapping[str, int] | None, report: 
                 log.warning("%s: member %s is truncated (%s); rest of the shard skipped",
                             where, name, e)
                 return
-            if found is None:
-                report.unlabeled.append(name)
-                log.warning("%s: member %s is not in the label list; skipped", where, name)
-                continue
-            try:
-                img = decode_image(data, size, color=color)
-            except ImageDecodeError as e:
-                report.bad.append((name, str(e)))
-                log.warning("%s: member %s skipped: %s", where, name, e)
-                continue
-            report.images += 1
-            report.matched.append(found[0])
-            yield img, float(found[1])
+            yield name, data
+
+
+def _labelled(labels: Mapping[str, int] | None, name: str, where: str, report: ShardReport
+              ) -> tuple[str, int] | None:
+    """The member's (matched name, label), or None (recorded as unlabeled)."""
+    found = _lookup(labels, name) if labels is not None else (name, -1)
+    if found is None:
+        report.unlabeled.append(name)
+        log.warning("%s: member %s is not in the label list; skipped", where, name)
+    return found
+
+
+def _tar_examples(f: Any, where: str, labels: Mapping[str, int] | None, report: ShardReport,
+                  *, size: tuple[int, int] | None, color: str, max_member_bytes: int
+                  ) -> Iterator[tuple[np.ndarray, float]]:
+    for name, data in _members(f, where, report, max_member_bytes):
+        found = _labelled(labels, name, where, report)
+        if found is None:
+            continue
+        try:
+            img = decode_image(data, size, color=color)
+        except ImageDecodeError as e:
+            report.bad.append((name, str(e)))
+            log.warning("%s: member %s skipped: %s", where, name, e)
+            continue
+        report.images += 1
+        report.matched.append(found[0])
+        yield img, float(found[1])
 
 
 def tar_examples(path_or_file: Any, labels: Mapping[str, int] | None = None, *,
@@ -386,7 +419,8 @@ def tar_members(f: Any) -> Iterator[tuple[str, bytes]]:
 
 def tar_minibatches(path_or_file: Any, transformer: Callable[[np.ndarray], np.ndarray],
                     batch_size: int, labels: Mapping[str, int] | None = None, *,
-                    size: tuple[int, int] | None = None, color: str = "RGB"
+                    size: tuple[int, int] | None = None, color: str = "RGB",
+                    report: ShardReport | None = None
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The training-time path: a tar shard -> transformed float32 ``(x, y)`` minibatches.
 
@@ -394,18 +428,27 @@ def tar_minibatches(path_or_file: Any, transformer: Callable[[np.ndarray], np.nd
     buffer (:func:`~sparknet.data.images.decode_batch`), then ``transformer``
     (a :class:`~sparknet.data.transform.Transformer`: mean, crop, mirror,
     scale) runs on the whole batch (called with ``layout="NHWC"``). ``size`` defaults to the first
-    image's; a bad member is skipped (and logged), never fatal. Labels come
-    from ``labels`` by member name (default -1).
+    image's. A bad member (not an image, corrupt, cut short by a truncated
+    shard) or one without a label is skipped, never fatal: each is logged by
+    name, recorded in ``report`` (a :class:`ShardReport`, if given) as
+    :func:`tar_examples` and the S3 loader do, and the skips are summed up in
+    one warning at the end. Labels come from ``labels`` by member name
+    (default -1).
     """
     from sparknet.data.images import decode_batch
 
     close = False
     f = path_or_file
     if isinstance(path_or_file, (str, bytes)) or hasattr(path_or_file, "__fspath__"):
+        where = os.fsdecode(path_or_file)
         f = open(path_or_file, "rb")
         close = True
+    else:
+        where = str(getattr(path_or_file, "name", "<tar>"))
+    report = report if report is not None else ShardReport(shard=where)
     try:
         datas: list[bytes] = []
+        names: list[str] = []
         ys: list[float] = []
         buffer: np.ndarray | None = None  # decoded pixels, reused batch after batch
 
@@ -417,15 +460,18 @@ def tar_minibatches(path_or_file: Any, transformer: Callable[[np.ndarray], np.nd
                 y = np.asarray(ys, np.float32)
             except ImageDecodeError:
                 good, keep = [], []
-                for d, label in zip(datas, ys):
+                for name, d, label in zip(names, datas, ys):
                     try:
                         good.append(decode_image(d, size, color=color))
                         keep.append(label)
                     except ImageDecodeError as e:
-                        log.warning("tar member skipped: %s", e)
+                        report.bad.append((name, str(e)))
+                        log.warning("%s: member %s skipped: %s", where, name, e)
                 batch = np.stack(good) if good else None
                 y = np.asarray(keep, np.float32)
+            report.images += len(y)
             datas.clear()
+            names.clear()
             ys.clear()
             if batch is None:
                 return np.empty((0,), np.float32), y
@@ -433,12 +479,12 @@ def tar_minibatches(path_or_file: Any, transformer: Callable[[np.ndarray], np.nd
                 size = (batch.shape[2], batch.shape[1])
             return transformer(batch, layout="NHWC"), y
 
-        for name, data in tar_members(f):
-            found = _lookup(labels, name) if labels is not None else (name, -1)
+        for name, data in _members(f, where, report, MAX_MEMBER_BYTES):
+            found = _labelled(labels, name, where, report)
             if found is None:
-                log.warning("tar member %s is not in the label list; skipped", name)
                 continue
             datas.append(data)
+            names.append(name)
             ys.append(float(found[1]))
             if len(datas) == batch_size:
                 x, y = flush()
@@ -448,6 +494,9 @@ def tar_minibatches(path_or_file: Any, transformer: Callable[[np.ndarray], np.nd
             x, y = flush()
             if len(y):
                 yield x, y
+        report.complete = True
     finally:
         if close:
             f.close()
+        if report.bad or report.unlabeled:
+            log.warning("%s: %s", where, report.summary())

@@ -10,6 +10,7 @@
 Only ``engine``, ``data``, ``proto`` and ``dsl`` are imported from here;
 nothing below this package imports it.
 """
+from sparknet.spark._python import WorkerPythonError
 from sparknet.spark._records import DataError
 from sparknet.spark._worker import Fault
 from sparknet.spark.trainer import (
@@ -27,6 +28,7 @@ __all__ = [
     "Fault",
     "TrainResult",
     "TrainingDiverged",
+    "WorkerPythonError",
     "featurize",
     "predict",
     "train",

@@ -141,6 +141,11 @@ def record_values(record: Any, names: Sequence[str], *, require_all: bool = True
 def fit(array: np.ndarray, shape: Sequence[int], blob: str, where: str) -> np.ndarray:
     """``array`` reshaped to the blob's per-example ``shape`` (same number of values)."""
     shape = tuple(shape)
+    if array.dtype.kind not in "biuf":
+        sample = array.reshape(-1)[0].item() if array.size else None
+        raise DataError(f"{where}: input blob '{blob}' (a column or item of that name) gets "
+                        f"values of dtype {array.dtype} (such as {sample!r}); Caffe takes "
+                        f"numbers")
     if array.shape == shape:
         return array
     if array.size == math.prod(shape):

@@ -6,16 +6,19 @@ them from task to task (building a net costs more than a round's overhead).
 
 A partition's solver state (iteration count, momentum history and, for
 EASGD, its local weights) lives with the partition, not with the process:
-after every round the task saves it into the executor-local state folder:
-iteration and history in the engine's raw format (``round-<r>.state``, a
-third of a Caffe snapshot's cost; the weights come from the driver anyway),
+after every round the task saves it beside the partition's cached data (the
+local folder of the executor that cached it, :func:`state_dir`): iteration
+and history in the engine's raw format (``round-<r>.state``, a third of a
+Caffe snapshot's cost; the weights come from the driver anyway),
 or Caffe's own snapshot (``round-<r>_iter_<i>.solverstate``) in checkpoint
 rounds and for EASGD, whose local weights are state too. The next round's
 task for that partition continues from memory when it lands in the same
 process with the net untouched since, else restores that file — so a task
-retried after a failure mid-round, or moved to another process of the same
-executor, computes exactly what the first attempt would have. Only when the
-executor itself was lost is the state gone; the partition then restarts its
+retried after a failure mid-round, or moved to another process or to another
+executor on the same machine (where it still opens the cached data), computes
+exactly what the first attempt would have. Only when the executor holding the
+data was lost is the state gone (once: the data is cached again elsewhere,
+and the state with it); the partition then restarts its
 momentum (at the right iteration, so the learning-rate schedule holds) and
 the round's metadata says so.
 """
@@ -204,8 +207,18 @@ def write_flat(net: Any, flat: np.ndarray) -> None:
 
 # -- per-partition solver state ---------------------------------------------------------------
 
-def state_dir(run: str, partition: int) -> Path:
-    return local_root() / f"run-{run}" / f"state-{partition:05d}"
+def state_dir(run: str, partition: int, store_dir: str | os.PathLike | None = None) -> Path:
+    """Where a partition's solver state lives: beside its cached data.
+
+    ``store_dir`` is the partition's store folder (``<root>/<dataset>/part-*``);
+    the state goes under the same ``<root>``, the local folder of the executor
+    that cached the data. Any task that can open the store (on that executor,
+    or on another executor of the same machine that Spark ran it on after its
+    locality wait) then finds the state too: the state is lost only with the
+    data, when the executor's folder goes, and then once.
+    """
+    root = Path(store_dir).parent.parent if store_dir is not None else local_root()
+    return root / f"run-{run}" / f"state-{partition:05d}"
 
 
 def _raw_state(folder: Path, rnd: int) -> Path:
@@ -271,7 +284,7 @@ def _install(folder: Path, rnd: int, files: Mapping[str, bytes]) -> None:
 
 
 def ensure_state(spec: RoundSpec, entry: _Entry, partition: int,
-                 install: Mapping[str, bytes] | None) -> str:
+                 install: Mapping[str, bytes] | None, folder: Path | None = None) -> str:
     """Bring the net to this partition's state after round ``spec.round - 1``.
 
     Returns how: ``"memory"``, ``"file"``, ``"fresh"`` (first round), or
@@ -280,7 +293,8 @@ def ensure_state(spec: RoundSpec, entry: _Entry, partition: int,
     want = (spec.run, partition, spec.round - 1)
     if spec.round > 0 and entry.tag == want:
         return "memory"
-    folder = state_dir(spec.run, partition)
+    if folder is None:
+        folder = state_dir(spec.run, partition)
     if install is not None and spec.round > 0:
         _install(folder, spec.round - 1, install)
     if spec.round > 0:
@@ -324,13 +338,13 @@ def _meta(partition: int) -> dict[str, Any]:
             "attempt": ctx.attemptNumber() if ctx is not None else 0}
 
 
-def _pretend_missing(spec: RoundSpec, partition: int) -> bool:
+def _pretend_missing(spec: RoundSpec, partition: int, folder: Path) -> bool:
     """Fault ``kind="missing"``: act as if the data were elsewhere, ``after_steps`` times."""
     fault = spec.fault
     if (fault is None or fault.kind != "missing" or fault.round != spec.round
             or fault.partition != partition):
         return False
-    marker = state_dir(spec.run, partition) / f".missing-{spec.round}"
+    marker = folder / f".missing-{spec.round}"
     seen = int(marker.read_text()) if marker.exists() else 0
     if seen >= fault.after_steps:
         return False
@@ -369,7 +383,8 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
     p = int(handle["partition"])
     meta = _meta(p)
     store = open_store(handle)
-    if store is None or _pretend_missing(spec, p):
+    folder = state_dir(spec.run, p, handle["dir"])
+    if store is None or _pretend_missing(spec, p, folder):
         meta["missing_store"] = True
         yield "m", meta
         return
@@ -377,7 +392,7 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
     install = None
     if install_bc is not None:
         install = install_bc.value.get(p)
-    how = ensure_state(spec, entry, p, install)
+    how = ensure_state(spec, entry, p, install, folder)
     net = entry.net
     entry.tag = None  # dirty until this round completes
     t_fetch = time.perf_counter()
@@ -436,7 +451,6 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
         np.add(local, center, out=local)
         write_flat(net, local)
     del center
-    folder = state_dir(spec.run, p)
     if spec.send_state or spec.easgd_rate is not None:
         # Caffe's files: a checkpoint keeps them; EASGD's local weights are state too
         model, state = net.snapshot(folder / f"round-{spec.round:06d}")
@@ -515,11 +529,13 @@ def ping_task(channel: Any, handles: Iterable[dict]) -> Iterator[tuple[str, str 
 def cleanup_task(datasets: tuple[str, ...], run: str | None, handles: Iterable[dict]
                  ) -> Iterator[int]:
     """Delete this executor's stores of ``datasets`` and the run's solver states."""
-    for _ in handles:
-        pass
+    roots = {local_root()}
+    for handle in handles:
+        roots.add(Path(handle["dir"]).parent.parent)
     for d in datasets:
         remove_dataset(d)
     if run is not None:
-        shutil.rmtree(local_root() / f"run-{run}", ignore_errors=True)
+        for root in roots:
+            shutil.rmtree(root / f"run-{run}", ignore_errors=True)
         _comm.forget_fetched()
     yield 1

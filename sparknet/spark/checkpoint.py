@@ -23,9 +23,12 @@ import os
 import shutil
 import tempfile
 import uuid
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from sparknet.data._io import atomic_file, named_os_error
 
 log = logging.getLogger(__name__)
 
@@ -80,25 +83,13 @@ class LocalStorage(Storage):
         self.root = Path(root).expanduser()
         self.uri = str(self.root)
 
-    def _tmp(self, path: Path) -> Path:
-        return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-
     def write_bytes(self, name: str, data: bytes) -> None:
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._tmp(path)
-        with open(tmp, "wb") as f:
+        with atomic_file(self.root / name) as f:  # a failed write leaves the old file
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
     def write_file(self, name: str, path: Path) -> None:
-        dest = self.root / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._tmp(dest)
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, dest)
+        with atomic_file(self.root / name) as f, open(path, "rb") as src:
+            shutil.copyfileobj(src, f)
 
     def read_bytes(self, name: str) -> bytes | None:
         try:
@@ -127,7 +118,11 @@ class LocalStorage(Storage):
         self.root.mkdir(parents=True, exist_ok=True)
         if staged.parent != self.root:
             tmp = self.root / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-            shutil.copytree(staged, tmp)
+            try:
+                shutil.copytree(staged, tmp)
+            except OSError as e:  # disk full: no half copy stays behind
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise named_os_error(e, dest) from None
         else:
             tmp = staged
         if dest.exists():  # a checkpoint of the same round from an earlier attempt
@@ -244,6 +239,25 @@ def open_storage(uri: str | os.PathLike, s3_options: Any = None) -> Storage:
     return LocalStorage(uri)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from (corrupt, truncated, incomplete).
+
+    ``checkpoint`` is where it is (a folder or ``s3://`` prefix).
+    """
+
+    def __init__(self, message: str, checkpoint: str):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+def _fingerprint(path: Path) -> dict[str, int]:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return {"bytes": path.stat().st_size, "crc32": crc}
+
+
 class Checkpoints:
     """Write and find the checkpoints of one training run."""
 
@@ -258,6 +272,11 @@ class Checkpoints:
     def commit(self, rnd: int, staged: Path, state: Mapping[str, Any]) -> str:
         """Publish the staged checkpoint of round ``rnd``; returns where it is."""
         name = round_name(rnd)
+        # sizes and checksums of the other files: a resume recognises a truncated or
+        # corrupted one, names it and falls back to an older checkpoint
+        files = {p.relative_to(staged).as_posix(): _fingerprint(p)
+                 for p in sorted(staged.rglob("*")) if p.is_file() and p.name != STATE}
+        state = {**state, "files": files}
         (staged / STATE).write_text(json.dumps(state, indent=1, sort_keys=True))
         try:
             self.storage.publish(name, staged)
@@ -282,8 +301,43 @@ class Checkpoints:
         found = self.storage.rounds()
         return found[-1] if found else None
 
+    def candidates(self) -> list[str]:
+        """Complete checkpoints, newest first (``latest``'s first when it names one)."""
+        found = sorted(self.storage.rounds(), reverse=True)
+        first = self.latest()
+        if first is not None and first in found:
+            found.remove(first)
+        return ([first] if first is not None else []) + found
+
     def load_state(self, name: str) -> dict[str, Any]:
+        """The checkpoint's ``state.json``; :class:`CheckpointError` naming it if unreadable."""
+        where = self.storage.where(f"{name}/{STATE}")
         data = self.storage.read_bytes(f"{name}/{STATE}")
         if data is None:
-            raise FileNotFoundError(f"{self.storage.where(name)}: no {STATE}")
-        return json.loads(data)
+            raise CheckpointError(f"{where} is missing", self.storage.where(name))
+        try:
+            state = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{where} is not valid JSON (truncated or corrupt: {e})",
+                                  self.storage.where(name)) from None
+        if not isinstance(state, dict) or not isinstance(state.get("round"), int):
+            raise CheckpointError(f"{where} holds no round number: not a sparknet checkpoint "
+                                  f"state", self.storage.where(name))
+        return state
+
+    def read_file(self, name: str, state: Mapping[str, Any], fname: str) -> bytes:
+        """One file of a checkpoint, checked against the size and checksum ``state`` records."""
+        where = self.storage.where(f"{name}/{fname}")
+        data = self.storage.read_bytes(f"{name}/{fname}")
+        if data is None:
+            raise CheckpointError(f"{where} is missing", self.storage.where(name))
+        want = state.get("files", {}).get(fname)
+        if want is not None:
+            if len(data) != want.get("bytes"):
+                raise CheckpointError(f"{where} is {len(data)} bytes, but the checkpoint "
+                                      f"recorded {want.get('bytes')} (truncated?)",
+                                      self.storage.where(name))
+            if zlib.crc32(data) != want.get("crc32"):
+                raise CheckpointError(f"{where} does not match its recorded checksum "
+                                      f"(corrupt)", self.storage.where(name))
+        return data

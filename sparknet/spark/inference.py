@@ -30,6 +30,7 @@ import numpy as np
 from sparknet.engine import CaffeNet, WeightCollection, solver_proto
 from sparknet.proto import caffe_pb2
 from sparknet.spark import _comm
+from sparknet.spark._python import prepare_workers
 from sparknet.spark._records import (
     DataError,
     ExampleSpec,
@@ -224,6 +225,7 @@ def predict(spark: Any, net: Any, weights: Any, data: Any, blobs: Sequence[str] 
     from pyspark.sql import types as T
 
     sc = getattr(spark, "sparkContext", spark)
+    prepare_workers(sc)  # WorkerPythonError before any work when they lack this sparknet
     session = spark if isinstance(spark, SparkSession) else SparkSession.builder.getOrCreate()
     if isinstance(blobs, str):
         blobs = [blobs]

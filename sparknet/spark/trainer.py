@@ -29,9 +29,11 @@ from typing import Any
 import numpy as np
 from google.protobuf import text_format
 
-from sparknet.engine import CaffeNet, WeightCollection, solver_proto
+from sparknet.data._io import named_os_error
+from sparknet.engine import CaffeError, CaffeNet, WeightCollection, solver_proto
 from sparknet.proto import caffe_pb2
 from sparknet.spark import _comm
+from sparknet.spark._python import WorkerPythonError, prepare_workers, worker_hint
 from sparknet.spark._records import (
     DataError,
     ExampleSpec,
@@ -54,11 +56,11 @@ from sparknet.spark._worker import (
     round_task,
     test_task,
 )
-from sparknet.spark.checkpoint import WEIGHTS, Checkpoints, open_storage
+from sparknet.spark.checkpoint import WEIGHTS, CheckpointError, Checkpoints, open_storage
 
 log = logging.getLogger("sparknet.spark")
 
-__all__ = ["EASGD", "Averaging", "TrainResult", "TrainingDiverged", "train"]
+__all__ = ["EASGD", "Averaging", "TrainResult", "TrainingDiverged", "WorkerPythonError", "train"]
 
 
 # -- strategies ------------------------------------------------------------------------------
@@ -185,7 +187,7 @@ class TrainResult:
                 storage.write_file(str(path).rsplit("/", 1)[1], local)
             return str(path)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        net.save_weights(path)
+        save_caffemodel(net, path)
         return os.fspath(path)
 
     def plot(self, path: str | os.PathLike) -> Path:
@@ -194,6 +196,21 @@ class TrainResult:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+def save_caffemodel(net: CaffeNet, path: str | os.PathLike) -> None:
+    """``net.save_weights(path)``; a failed write (disk full) is an ``OSError`` naming ``path``.
+
+    Caffe's own message for it names neither the file nor the cause. The
+    engine writes atomically, so an older file at ``path`` stays whole.
+    """
+    try:
+        net.save_weights(path)
+    except CaffeError as e:
+        # the engine writes "<path>.tmp<pid>" and renames it; a failed write leaves it
+        Path(f"{os.fspath(path)}.tmp{os.getpid()}").unlink(missing_ok=True)
+        raise OSError(f"cannot write {os.fspath(path)}: Caffe failed to write the weights "
+                      f"(disk full or over a quota?): {e}") from None
+
 
 def _context(spark: Any) -> Any:
     sc = getattr(spark, "sparkContext", spark)
@@ -247,6 +264,21 @@ def _cluster(sc: Any) -> tuple[int, int, int] | None:
         return None
 
 
+def local_slots(sc: Any) -> int:
+    """How many tasks a ``local[N]`` master runs at once (N / spark.task.cpus)."""
+    task_cpus = max(1, int(sc.getConf().get("spark.task.cpus", "1") or 1))
+    m = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\s*\d+)?\])?", str(sc.master).strip())
+    if m is None:
+        cores = int(sc.defaultParallelism)
+    elif m.group(1) is None:
+        cores = 1
+    elif m.group(1) == "*":
+        cores = os.cpu_count() or 1
+    else:
+        cores = int(m.group(1))
+    return max(1, cores // task_cpus)
+
+
 def _wait_for_slots(sc: Any, workers: int, timeout: float, runlog: RunLog,
                     settle: float = 5.0) -> None:
     """On a cluster, wait for executors with ``workers`` task slots to register.
@@ -258,6 +290,11 @@ def _wait_for_slots(sc: Any, workers: int, timeout: float, runlog: RunLog,
     """
     master = str(sc.master)
     if master.startswith("local") and not master.startswith("local-cluster"):
+        slots = local_slots(sc)
+        if workers > slots:
+            runlog.event("workers=%d exceeds the %d task slot(s) of master %s: each round "
+                         "runs in %d waves of at most %d tasks", workers, slots, master,
+                         -(-workers // slots), slots, level=logging.WARNING)
         return
     task_cpus = max(1, int(sc.getConf().get("spark.task.cpus", "1") or 1))
     start = last_change = time.monotonic()
@@ -302,9 +339,15 @@ class _StateFiles:
                 raise RuntimeError("solver state arrived outside a checkpoint round")
             name = f"workers/part-{p:05d}.{kind}"
             (self.staged / "workers").mkdir(parents=True, exist_ok=True)
-            f = self._open[key] = open(self.staged / name, "wb")  # noqa: SIM115
+            try:
+                f = self._open[key] = open(self.staged / name, "wb")  # noqa: SIM115
+            except OSError as e:
+                raise named_os_error(e, self.staged / name) from None
             self.files.setdefault(p, {})[kind] = name
-        f.write(data)
+        try:
+            f.write(data)
+        except OSError as e:  # a full disk: say which file
+            raise named_os_error(e, f.name) from None
 
     def close(self) -> None:
         for f in self._open.values():
@@ -538,6 +581,12 @@ class _Trainer:
         handles = sorted(handles_rdd.collect(), key=lambda h: h["partition"])
         self._check(handles, what, rules)
         sizes = [h["n"] for h in handles]
+        for h in handles:  # sampled minibatches wrap around a partition smaller than one
+            if what == "train_data" and 0 < h["n"] < self.batch:
+                runlog.event("%s: partition %d holds %d example(s), fewer than one minibatch "
+                             "of %d: every minibatch repeats each of them about %.1f times",
+                             what, h["partition"], h["n"], self.batch, self.batch / h["n"],
+                             level=logging.WARNING)
         runlog.event("%s: %d examples cached in %d partitions (%s per partition, %.1f MB) "
                      "in %.2f s", what, sum(sizes), len(sizes),
                      f"{min(sizes)}-{max(sizes)}" if min(sizes) != max(sizes) else str(sizes[0]),
@@ -609,7 +658,7 @@ class _Trainer:
     def _save_weights(self, flat: np.ndarray, path: Path) -> None:
         net = self.driver_net()
         net.set_weights(WeightCollection.from_flat(self.layout, flat))
-        net.save_weights(path)
+        save_caffemodel(net, path)
         self._release_driver_net()
 
     # -- jobs ----------------------------------------------------------------------------------------
@@ -782,13 +831,35 @@ class _Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _resume(self) -> tuple[int, np.ndarray | None, dict | None, float]:
+        """The newest usable checkpoint: (round, weights, partition states, elapsed).
+
+        A corrupt or truncated checkpoint (state, weights or a worker's state)
+        is named in a warning and the next older one is tried.
+        """
         if not (self.resume and self.ckpts is not None):
             return 0, None, None, 0.0
-        name = self.ckpts.latest()
-        if name is None:
+        names = self.ckpts.candidates()
+        if not names:
             log.info("resume: no checkpoint in %s yet; starting from scratch",
                      self.storage.where())
             return 0, None, None, 0.0
+        problems: list[str] = []
+        for name in names:
+            try:
+                loaded = self._load_checkpoint(name)
+            except CheckpointError as e:
+                problems.append(str(e))
+                log.warning("cannot resume from %s: %s; trying an older checkpoint",
+                            e.checkpoint, e)
+                continue
+            if problems:
+                log.warning("resuming from %s, the newest usable checkpoint (%d newer one(s) "
+                            "unusable)", self.storage.where(name), len(problems))
+            return loaded
+        raise CheckpointError(f"no usable checkpoint in {self.storage.where()}: "
+                              + "; ".join(problems), self.storage.where())
+
+    def _load_checkpoint(self, name: str) -> tuple[int, np.ndarray, dict, float]:
         state = self.ckpts.load_state(name)
         mine, theirs = self.config(), state.get("config", {})
         diffs = [f"{k}: checkpoint {theirs.get(k)!r}, now {v!r}" for k, v in mine.items()
@@ -796,30 +867,63 @@ class _Trainer:
         if diffs:
             raise ValueError(f"cannot resume from {self.storage.where(name)}: it was written by "
                              f"a different configuration ({'; '.join(diffs)})")
+        where = self.storage.where(f"{name}/{WEIGHTS}")
+        data = self.ckpts.read_file(name, state, WEIGHTS)
+        self._check_weights(data, where, self.storage.where(name))
         with tempfile.TemporaryDirectory() as d:
             local = Path(d) / WEIGHTS
-            if not self.storage.download(f"{name}/{WEIGHTS}", local):
-                raise FileNotFoundError(f"{self.storage.where(name)}: no {WEIGHTS}")
+            local.write_bytes(data)
             net = self.driver_net()
-            net.load_weights(local)
+            try:
+                net.load_weights(local)
+            except Exception as e:  # noqa: BLE001  # Caffe's words, about the checkpoint's file
+                raise CheckpointError(f"{where}: {str(e).replace(str(local), WEIGHTS)}",
+                                      self.storage.where(name)) from None
             flat = np.array(net.get_weights().flat, np.float32, copy=True)
             self._release_driver_net()
         install: dict[int, dict[str, bytes | None]] = {}
         for p, files in state.get("partitions", {}).items():
             entry: dict[str, bytes | None] = {}
             for kind, fname in files.items():
-                data = self.storage.read_bytes(f"{name}/{fname}")
-                if data is None:
-                    raise FileNotFoundError(f"{self.storage.where(name)}/{fname} is missing")
-                entry[kind] = data
+                entry[kind] = self.ckpts.read_file(name, state, fname)
+                if kind == "solverstate":
+                    try:
+                        caffe_pb2.SolverState().ParseFromString(entry[kind])
+                    except Exception as e:  # noqa: BLE001  # protobuf's DecodeError
+                        raise CheckpointError(
+                            f"{self.storage.where(f'{name}/{fname}')} is not a Caffe solver "
+                            f"state (truncated or corrupt: {e})",
+                            self.storage.where(name)) from None
             install[int(p)] = entry
         self.history = list(state.get("history", []))
         self.last_checkpoint = self.storage.where(name)
         return int(state["round"]), flat, install, float(state.get("elapsed", 0.0))
 
+    def _check_weights(self, data: bytes, where: str, checkpoint: str) -> None:
+        """The weights file parses and holds every layer of the net with the right sizes."""
+        proto = caffe_pb2.NetParameter()
+        try:
+            proto.ParseFromString(data)
+        except Exception as e:  # noqa: BLE001  # protobuf's DecodeError
+            raise CheckpointError(f"{where} is not a Caffe NetParameter (truncated or corrupt: "
+                                  f"{e})", checkpoint) from None
+        have = {layer.name: [len(b.data) for b in layer.blobs]
+                for layer in (*proto.layer, *proto.layers)}
+        for lname, shapes in self.layout:
+            want = [math.prod(sh) for sh in shapes]
+            if have.get(lname) != want:
+                raise CheckpointError(f"{where} holds no complete weights for layer '{lname}' "
+                                      f"(truncated or from another net)", checkpoint)
+
     def _checkpoint(self, rnd: int, flat: np.ndarray, staged: Path,
                     partitions: Mapping[int, Mapping[str, str]]) -> str:
-        self._save_weights(flat, staged / WEIGHTS)
+        try:
+            self._save_weights(flat, staged / WEIGHTS)
+        except BaseException:  # disk full: the staging folder does not stay behind
+            import shutil
+
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
         state = {"format": 1, "round": rnd, "rounds": self.rounds, "config": self.config(),
                  "elapsed": self.runlog.elapsed(), "history": self.history,
                  "rng": {"seed": self.seed, "sampling": "numpy default_rng([seed, partition, "
@@ -857,6 +961,7 @@ class _Trainer:
                 flat = self._initial_weights()
             if start < self.rounds:
                 _wait_for_slots(sc, self.workers, self.executor_wait, self.runlog)
+                prepare_workers(sc, self.workers)  # before round 1: they import this sparknet
                 self._materialise(self.train_data, "train_data", self.names,
                                   self.example_shapes, self.train_rules, self.workers,
                                   self.runlog)
@@ -866,8 +971,11 @@ class _Trainer:
                                       self.test_rules, None, self.runlog)
                 flat = self._loop(start, flat, install)
             finished = True
-        except BaseException:
+        except BaseException as e:
             sc.cancelJobGroup(group)
+            hint = None if isinstance(e, WorkerPythonError) else worker_hint(sc, e)
+            if hint is not None:  # a job of the user's RDD, made before the default applied
+                raise hint from e
             raise
         finally:
             self._cleanup()
@@ -928,6 +1036,13 @@ class _Trainer:
             try:
                 metas = self._run_round(spec, chan, extras_bc,
                                         install_bc if r == start else None, acc, sink)
+            except BaseException:
+                sink.close()
+                if staged is not None:  # no half-written checkpoint stays behind
+                    import shutil
+
+                    shutil.rmtree(staged, ignore_errors=True)
+                raise
             finally:
                 sink.close()
             t_job = time.perf_counter() - t_job
