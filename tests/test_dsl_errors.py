@@ -134,8 +134,6 @@ NET_MISTAKES = [
     ("in place on a blob another layer also reads",
      lambda: net(conv("conv1"), ReLULayer("probe", ["conv1"]),
                  ReLULayer("relu1", ["conv1"], tops=["conv1"])), "relu1", "tops"),
-    ("two layers of one name in a phase",
-     lambda: net(conv("conv1"), conv("conv1", "conv1", tops=["conv1b"])), "conv1", "name"),
     ("kernel larger than the padded input", lambda: net(conv("conv1", kernel=11, pad=1)),
      "conv1", "kernel"),
     ("pooling kernel larger than its input",
