@@ -17,6 +17,7 @@
 #include "caffe/caffe.hpp"
 #include "caffe/layer_factory.hpp"
 #include "caffe/sgd_solvers.hpp"
+#include "caffe/util/db.hpp"
 #include "caffe/util/io.hpp"
 #include "caffe/util/upgrade_proto.hpp"
 
@@ -244,16 +245,39 @@ auto naming_the_layer(const char* what, F build) -> decltype(build()) {
   }
 }
 
+// A Data layer's database: Caffe opens it in a reader thread, where a failed
+// CHECK cannot be caught (std::terminate). Open it here first, and read its
+// first record, so that a missing, empty or foreign database is an error.
+void check_database(const caffe::LayerParameter& layer) {
+  const caffe::DataParameter& data = layer.data_param();
+  try {
+    std::unique_ptr<caffe::db::DB> db(caffe::db::GetDB(data.backend()));
+    db->Open(data.source(), caffe::db::READ);
+    std::unique_ptr<caffe::db::Cursor> cursor(db->NewCursor());
+    if (!cursor->valid()) throw std::runtime_error("it holds no records");
+    caffe::Datum datum;
+    if (!datum.ParseFromString(cursor->value()))
+      throw std::runtime_error("its first record (key '" + cursor->key() +
+                               "') is not a caffe.Datum");
+  } catch (...) {
+    rethrow_with(layer_label(layer) + ": cannot read data_param.source '" + data.source() +
+                 "' (" + (data.backend() == caffe::DataParameter::LMDB ? "LMDB" : "LevelDB") +
+                 "): ");
+  }
+}
+
 // The layers of `param` that a net of `state` keeps (Caffe's FilterNet), each
 // of a type this Caffe knows; otherwise the first unknown one is named (Caffe
-// would fail in its layer factory, naming the type but not the layer).
-void check_layer_types(const NetParameter& param, const caffe::NetState& state) {
+// would fail in its layer factory, naming the type but not the layer). Data
+// layers' databases are checked as well.
+void check_layers(const NetParameter& param, const caffe::NetState& state) {
   NetParameter with_state(param);
   with_state.mutable_state()->CopyFrom(state);
   NetParameter kept;
   Net<float>::FilterNet(with_state, &kept);
   const Registry::CreatorRegistry& known = Registry::Registry();
   for (const caffe::LayerParameter& layer : kept.layer()) {
+    if (layer.type() == "Data") check_database(layer);
     if (known.count(layer.type())) continue;
     std::string types;
     for (const auto& entry : known) types += (types.empty() ? "" : ", ") + entry.first;
@@ -314,7 +338,7 @@ Engine::Engine(const std::string& solver_param, int gpu) : gpu_(gpu) {
     state.set_phase(caffe::TRAIN);
     state.MergeFrom(np->state());
     state.MergeFrom(param.train_state());
-    check_layer_types(*np, state);
+    check_layers(*np, state);
   }
   solver_.reset(naming_the_layer(
       "TRAIN", [&] { return caffe::SolverRegistry<float>::CreateSolver(param); }));
@@ -350,7 +374,7 @@ Net<float>& Engine::net(NetId id) const {
     state.MergeFrom(np.state());
     if (param.test_state_size() > 0) state.MergeFrom(param.test_state(0));
     np.mutable_state()->CopyFrom(state);
-    check_layer_types(np, state);
+    check_layers(np, state);
     auto* self = const_cast<Engine*>(this);
     self->test_net_.reset(naming_the_layer("TEST", [&] { return new Net<float>(np); }));
     self->test_net_->ShareTrainedLayersWith(solver_->net().get());

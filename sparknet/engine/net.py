@@ -223,6 +223,12 @@ def nonfinite_inputs(names: Sequence[str], arrays: Sequence[np.ndarray | None]) 
     return "; ".join(found)
 
 
+def _finite(values: np.ndarray | None) -> bool:
+    """No NaN or inf (two reductions, no temporary array)."""
+    return values is None or not values.size or bool(
+        np.isfinite(values.min()) and np.isfinite(values.max()))
+
+
 def _numeric(name: str, value: Any) -> np.ndarray:
     a = np.asarray(value)
     if a.dtype == np.float32:
@@ -407,6 +413,9 @@ class CaffeNet:
                 arrays.append(None)
                 continue
             a = _numeric(name, value)
+            if a.size == 0:  # Caffe would divide by the batch size (SIGFPE)
+                raise ValueError(f"input blob '{name}': the batch gives an empty array, shape "
+                                 f"{_shape_str(a.shape)}")
             if not _fits(a.shape, shape):
                 resizable = (allow_resize and a.ndim >= 1 and len(shape) >= 1
                              and _fits(a.shape[1:], shape[1:]))
@@ -453,8 +462,8 @@ class CaffeNet:
         order per step; it may be omitted for nets that read their own data
         (a Caffe ``Data`` layer). The GIL is released while Caffe computes.
 
-        A step whose forward pass gives a non-finite loss (NaN or inf) is not
-        applied: Caffe runs no backward pass and no update, so the weights, the
+        A step whose batch holds NaN or inf, or whose forward pass gives a
+        non-finite loss, is not applied: Caffe runs no backward pass and no update, so the weights, the
         solver's history and :attr:`iteration` stay as they were before it. That
         loss is the last value returned and training stops there (the result is
         shorter than ``steps`` unless it was the last step): ``losses[-1]`` is
@@ -495,6 +504,11 @@ class CaffeNet:
             except StopIteration:
                 raise ValueError(f"the batches ran out after {i} of {steps} steps") from None
             arrays, _ = self._arrays(TRAIN, batch, require_all=True, allow_resize=False)
+            if not all(_finite(a) for a in arrays):
+                # refused before Caffe runs: a NaN or inf input can give a finite
+                # loss and still fill the gradients (and then the weights) with NaN
+                losses[i] = np.nan
+                return self._stopped(losses, i, steps, arrays)
             losses[i] = loss = self._engine.step(arrays)
             if not math.isfinite(loss):
                 return self._stopped(losses, i, steps, arrays)
@@ -502,16 +516,15 @@ class CaffeNet:
 
     def _stopped(self, losses: np.ndarray, i: int, steps: int,
                  arrays: Sequence[np.ndarray | None]) -> np.ndarray:
+        step = f"training step {i + 1} of {steps} (iteration {self.iteration})"
         cause = nonfinite_inputs(self.input_names, arrays)
-        if not cause:
-            cause = f"its loss was {losses[i]}"
-            if not math.isnan(losses[i]) or np.isfinite(self.get_weights().flat).all():
-                cause += " (the weights are finite: a learning rate too high, or a loss "
-                cause += "that overflows?)"
-            else:
-                cause += " (the weights hold NaN or inf)"
-        self.last_refusal = (f"training step {i + 1} of {steps} (iteration {self.iteration}) "
-                             f"gave a loss of {losses[i]}: {cause}")
+        if cause:
+            self.last_refusal = f"{step} was refused: {cause}"
+        else:
+            weights = ("the weights are finite: a learning rate too high, or a loss that "
+                       "overflows?" if np.isfinite(self.get_weights().flat).all()
+                       else "the weights hold NaN or inf")
+            self.last_refusal = f"{step} gave a loss of {losses[i]} ({weights})"
         logger.warning("%s; the step was not applied and training stopped", self.last_refusal)
         return losses[:i + 1]
 
@@ -633,7 +646,12 @@ class CaffeNet:
 
     def restore(self, solverstate: str | os.PathLike) -> None:
         """Continue from a ``.solverstate``: weights, solver history, iteration."""
-        self._engine.restore(os.fspath(solverstate))
+        try:
+            self._engine.restore(os.fspath(solverstate))
+        except CaffeError as e:  # unreadable, or another solver's: say which file
+            if os.fspath(solverstate) in str(e):
+                raise
+            raise CaffeError(f"{os.fspath(solverstate)}: {e}") from None
 
     def save_state(self, path: str | os.PathLike) -> Path:
         """The solver's own state (iteration, history; not the weights), raw and atomically.
