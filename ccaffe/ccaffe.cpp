@@ -18,6 +18,7 @@
 #include "caffe/layer_factory.hpp"
 #include "caffe/sgd_solvers.hpp"
 #include "caffe/util/db.hpp"
+#include "caffe/util/insert_splits.hpp"
 #include "caffe/util/io.hpp"
 #include "caffe/util/upgrade_proto.hpp"
 
@@ -211,10 +212,44 @@ std::map<std::string, Registry::Creator>& original_creators() {
 
 thread_local const char* building = nullptr;  // set while this thread builds a net
 thread_local std::string last_layer;          // layer_label of the last layer created
+thread_local int created = 0;                 // layers created so far in this build
 
 boost::shared_ptr<caffe::Layer<float>> recording_creator(const caffe::LayerParameter& param) {
-  if (building != nullptr) last_layer = layer_label(param);
+  if (building != nullptr) {
+    last_layer = layer_label(param);
+    ++created;
+  }
   return original_creators().at(param.type())(param);
+}
+
+// The shapes of the inputs of layer `index` (0-based, in creation order) of the
+// net Caffe builds from `param` in `state`, found by building that net again up
+// to the layer before it; "" when they cannot be found.
+std::string input_shapes(const NetParameter& param, const caffe::NetState& state, int index) {
+  try {
+    NetParameter with_state(param), kept, split;
+    with_state.mutable_state()->CopyFrom(state);
+    Net<float>::FilterNet(with_state, &kept);
+    caffe::InsertSplits(kept, &split);  // as Net::Init does: creation order is this order
+    if (index < 0 || index >= split.layer_size() || split.layer(index).bottom_size() == 0)
+      return "";
+    const caffe::LayerParameter failed = split.layer(index);
+    split.mutable_layer()->DeleteSubrange(index, split.layer_size() - index);
+    std::map<std::string, std::string> given;  // Caffe's split copies -> the name written
+    for (const caffe::LayerParameter& layer : split.layer())
+      if (layer.type() == "Split")
+        for (const std::string& top : layer.top()) given[top] = layer.bottom(0);
+    Net<float> before(split);
+    std::string shapes;
+    for (const std::string& blob : failed.bottom()) {
+      if (!before.has_blob(blob)) return "";
+      shapes += (shapes.empty() ? "'" : ", '") + (given.count(blob) ? given[blob] : blob) +
+                "' " + shape_string(before.blob_by_name(blob)->shape());
+    }
+    return ", reading " + shapes + ",";
+  } catch (...) {
+    return "";
+  }
 }
 
 void record_layer_creation() {
@@ -227,13 +262,16 @@ void record_layer_creation() {
   });
 }
 
-// Run build() (which builds a net); an exception it throws is rethrown naming
-// the layer Caffe was setting up. `what` says which net, for the message.
+// Run build(), which builds the net of `param` in `state`; an exception it
+// throws is rethrown naming the layer Caffe was setting up and the shapes of
+// its inputs. `what` says which net, for the message.
 template <typename F>
-auto naming_the_layer(const char* what, F build) -> decltype(build()) {
+auto naming_the_layer(const char* what, const NetParameter* param, const caffe::NetState& state,
+                      F build) -> decltype(build()) {
   record_layer_creation();
   building = what;
   last_layer.clear();
+  created = 0;
   try {
     auto result = build();
     building = nullptr;
@@ -241,7 +279,8 @@ auto naming_the_layer(const char* what, F build) -> decltype(build()) {
   } catch (...) {
     building = nullptr;
     if (last_layer.empty()) throw;
-    rethrow_with(last_layer + " failed while Caffe set up the " + what + " net: ");
+    const std::string inputs = param ? input_shapes(*param, state, created - 1) : "";
+    rethrow_with(last_layer + inputs + " failed while Caffe set up the " + what + " net: ");
   }
 }
 
@@ -333,15 +372,17 @@ Engine::Engine(const std::string& solver_param, int gpu) : gpu_(gpu) {
   } else {
     Caffe::set_mode(Caffe::CPU);
   }
-  if (const NetParameter* np = solver_net(param)) {
-    caffe::NetState state;
+  const NetParameter* np = solver_net(param);
+  caffe::NetState state;
+  if (np != nullptr) {
     state.set_phase(caffe::TRAIN);
     state.MergeFrom(np->state());
     state.MergeFrom(param.train_state());
     check_layers(*np, state);
   }
-  solver_.reset(naming_the_layer(
-      "TRAIN", [&] { return caffe::SolverRegistry<float>::CreateSolver(param); }));
+  solver_.reset(naming_the_layer("TRAIN", np, state, [&] {
+    return caffe::SolverRegistry<float>::CreateSolver(param);
+  }));
   const Net<float>& n = *solver_->net();
   for (size_t i = 0; i < n.layers().size(); ++i) {
     const caffe::LayerParameter& layer = n.layers()[i]->layer_param();
@@ -376,7 +417,8 @@ Net<float>& Engine::net(NetId id) const {
     np.mutable_state()->CopyFrom(state);
     check_layers(np, state);
     auto* self = const_cast<Engine*>(this);
-    self->test_net_.reset(naming_the_layer("TEST", [&] { return new Net<float>(np); }));
+    self->test_net_.reset(
+        naming_the_layer("TEST", &np, state, [&] { return new Net<float>(np); }));
     self->test_net_->ShareTrainedLayersWith(solver_->net().get());
   }
   return *test_net_;

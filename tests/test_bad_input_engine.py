@@ -317,12 +317,13 @@ ENGINE = [
      "    bias_filler { type: \"constant\" }\\n  }\\n}\\nlayer {\\n  name: \"pool2\"', "
      "'kernel_size: 25\\n    stride: 1\\n    weight_filler { type: \"xavier\" }\\n"
      "    bias_filler { type: \"constant\" }\\n  }\\n}\\nlayer {\\n  name: \"pool2\"')",
-     "CaffeError", ["layer 'conv2' (Convolution)", "TRAIN net", "shape[i] >= 0"]),
+     "CaffeError", ["layer 'conv2' (Convolution), reading 'pool1' (4, 20, 12, 12), failed",
+      "TRAIN net", "shape[i] >= 0"]),
     ("num_output 0 (prototxt)", "lenet('num_output: 500', 'num_output: 0')", "CaffeError",
-     ["layer 'ip1' (InnerProduct)", "Check failed"]),
+     ["layer 'ip1' (InnerProduct), reading 'pool2' (4, 50, 4, 4)", "Check failed"]),
     ("a zero input dimension (prototxt)",
      "lenet('dim: 4 dim: 1 dim: 28', 'dim: 4 dim: 0 dim: 28')", "CaffeError",
-     ["layer 'conv1' (Convolution)", "Check failed"]),
+     ["layer 'conv1' (Convolution), reading 'data' (4, 0, 28, 28)", "Check failed"]),
     ("a misspelled layer type (prototxt)", "lenet('type: \"ReLU\"', 'type: \"Relu\"')",
      "CaffeError", ["layer 'relu1'", "Unknown layer type: Relu", "ReLU"]),
     ("a Reshape that fixes the batch size, fed another",

@@ -21,6 +21,12 @@ from sparknet.proto import caffe_pb2
 def solver_for(net):
     return caffe_pb2.SolverParameter(base_lr=0.01, lr_policy="fixed", net_param=net)
 
+def expect(make, kind=CaffeError):
+    try:
+        make()
+    except kind as e:
+        print("ERROR:", e)
+
 def survive():
     # The interpreter and Caffe still work after the failure.
     net = CaffeNet(lenet_solver(batch=4))
@@ -32,55 +38,39 @@ CASES = {
     "unknown layer type": ("""
         net = lenet_net()
         net.layer[2].type = "Convolutionn"
-        try:
-            CaffeNet(solver_for(net))
-        except CaffeError as e:
-            print("ERROR:", e)
+        expect(lambda: CaffeNet(solver_for(net)))
         """, ["layer 'conv1': Unknown layer type: Convolutionn"]),
     "bottom that does not exist": ("""
         net = lenet_net()
         net.layer[3].bottom[0] = "conv9"
-        try:
-            CaffeNet(solver_for(net))
-        except CaffeError as e:
-            print("ERROR:", e)
+        expect(lambda: CaffeNet(solver_for(net)))
         """, ["Unknown bottom blob 'conv9'", "pool1"]),
     "kernel larger than its input": ("""
         net = lenet_net()
         net.layer[4].convolution_param.kernel_size[0] = 40
-        try:
-            CaffeNet(solver_for(net))
-        except CaffeError as e:
-            print("ERROR:", e)
-        """, ["layer 'conv2' (Convolution) failed while Caffe set up the TRAIN net",
-              "Check failed: shape[i] >= 0"]),
+        expect(lambda: CaffeNet(solver_for(net)))
+        """, ["layer 'conv2' (Convolution), reading 'pool1' (64, 20, 12, 12), failed "
+              "while Caffe set up the TRAIN net", "Check failed: shape[i] >= 0"]),
     # the other two messages of issue 11, item 5: each now names the layer and its type
     "num_output 0": ("""
         net = lenet_net()
         net.layer[2].convolution_param.num_output = 0
-        try:
-            CaffeNet(solver_for(net))
-        except CaffeError as e:
-            print("ERROR:", e)
-        """, ["layer 'conv1' (Convolution)", "num_output_ > 0"]),
+        expect(lambda: CaffeNet(solver_for(net)))
+        """, ["layer 'conv1' (Convolution), reading 'data' (64, 1, 28, 28)", "num_output_ > 0"]),
     "zero input dimension": ("""
         net = lenet_net()
         net.layer[0].input_param.shape[0].dim[1] = 0
-        try:
-            CaffeNet(solver_for(net))
-        except CaffeError as e:
-            print("ERROR:", e)
-        """, ["layer 'conv1' (Convolution)", "Check failed: blob->count()"]),
+        expect(lambda: CaffeNet(solver_for(net)))
+        """, ["layer 'conv1' (Convolution), reading 'data' (64, 0, 28, 28)",
+              "Check failed: blob->count()"]),
     "a TEST-only layer that fails names the TEST net": ("""
         net = lenet_net()
         acc = [l for l in net.layer if l.type == "Accuracy"][0]
         acc.accuracy_param.top_k = 11
         c = CaffeNet(solver_for(net))
-        try:
-            c.test_output_names
-        except CaffeError as e:
-            print("ERROR:", e)
-        """, ["layer 'accuracy' (Accuracy) failed while Caffe set up the TEST net", "top_k"]),
+        expect(lambda: c.test_output_names)
+        """, ["layer 'accuracy' (Accuracy), reading 'ip2' (64, 10), 'label' (64, 1), "
+              "failed while Caffe set up the TEST net", "top_k"]),
     "unreadable caffemodel": ("""
         open("garbage.caffemodel", "wb").write(b"\\x08\\xff" * 100)
         net = CaffeNet(lenet_solver())
@@ -114,10 +104,7 @@ CASES = {
     "loss inputs of different sizes": ("""
         net = lenet_net()
         net.layer[-1].type = "EuclideanLoss"   # needs equal counts: 64x10 vs 64x1
-        try:
-            CaffeNet(solver_for(net))
-        except CaffeError as e:
-            print("ERROR:", e)
+        expect(lambda: CaffeNet(solver_for(net)))
         """, ["Check failed", "Inputs must have the same dimension"]),
 }
 
@@ -168,8 +155,8 @@ def test_ignore_label_is_honoured():
 
     text = (LENET / "lenet_train_test.prototxt").read_text().replace("dim: 64", "dim: 4")
     text = text.replace('top: "loss"', 'top: "loss"\n  loss_param { ignore_label: -1 }')
-    net = CaffeNet(caffe_pb2.SolverParameter(
-        base_lr=0.01, lr_policy="fixed", net_param=text_format.Parse(text, caffe_pb2.NetParameter())))
+    proto = text_format.Parse(text, caffe_pb2.NetParameter())
+    net = CaffeNet(caffe_pb2.SolverParameter(base_lr=0.01, lr_policy="fixed", net_param=proto))
     batch = next(digit_batches(4))
     ignored = dict(batch, label=np.array([-1, -1, -1, -1]))
     assert net.forward(ignored, phase="TRAIN")["loss"] == 0  # every label ignored: no loss

@@ -159,7 +159,8 @@ class NetParam:
         # How errors name this net: the phase, and the state when it is not the net's own.
         net = str(phase)
         if (level, stages) != self._state():
-            net += f" (level {level}, stage {', '.join(stages)})" if stages else f" (level {level})"
+            net += (f" (level {level}, stage {', '.join(stages)})" if stages
+                    else f" (level {level})")
         self._check_in_place_splits(layers, net)
         for layer in layers:
             for blob in layer.bottoms:

@@ -208,7 +208,7 @@ def _index_rules(layers: Sequence[tuple], shapes: Mapping[str, tuple[int, ...]],
     return rules
 
 
-def nonfinite_inputs(names: Sequence[str], arrays: Sequence[np.ndarray | None]) -> str:
+def _nonfinite_inputs(names: Sequence[str], arrays: Sequence[np.ndarray | None]) -> str:
     """Which input blobs hold NaN or inf, and where; ``""`` when none does."""
     found = []
     for name, values in zip(names, arrays):
@@ -463,10 +463,11 @@ class CaffeNet:
         (a Caffe ``Data`` layer). The GIL is released while Caffe computes.
 
         A step whose batch holds NaN or inf, or whose forward pass gives a
-        non-finite loss, is not applied: Caffe runs no backward pass and no update, so the weights, the
-        solver's history and :attr:`iteration` stay as they were before it. That
-        loss is the last value returned and training stops there (the result is
-        shorter than ``steps`` unless it was the last step): ``losses[-1]`` is
+        non-finite loss, is not applied: Caffe runs no backward pass and no
+        update, so the weights, the solver's history and :attr:`iteration` stay
+        as they were before it. That loss (NaN for a refused batch) is the last
+        value returned and training stops there (the result is shorter than
+        ``steps`` unless it was the last step): ``losses[-1]`` is
         finite exactly when every step was applied. On the CPU, a max-pooling
         window of nothing but NaN also stops a step, with the loss NaN, even if
         the loss came out finite: Caffe's backward pass would write out of
@@ -517,7 +518,7 @@ class CaffeNet:
     def _stopped(self, losses: np.ndarray, i: int, steps: int,
                  arrays: Sequence[np.ndarray | None]) -> np.ndarray:
         step = f"training step {i + 1} of {steps} (iteration {self.iteration})"
-        cause = nonfinite_inputs(self.input_names, arrays)
+        cause = _nonfinite_inputs(self.input_names, arrays)
         if cause:
             self.last_refusal = f"{step} was refused: {cause}"
         else:
