@@ -106,8 +106,8 @@ class NetParam:
         """
         try:
             return self._build(phase, *self._state())
-        except NetDefinitionError:
-            if self.state is not None:
+        except NetDefinitionError as e:
+            if self.state is not None or e.field != "bottoms":  # not a blob a stage makes
                 raise
             states = list(dict.fromkeys(
                 (rule.min_level or 0, tuple(rule.stage)) for layer in self.layers
