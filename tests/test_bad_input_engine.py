@@ -214,6 +214,12 @@ def head(loss, extra=""):
 
 X = np.ones((4, 6), np.float32)
 
+def reading(source):
+    # a TRAIN net whose Data layer reads `source`, an LMDB
+    return solver('layer {{ name: "mnist" type: "Data" top: "data" top: "label" include '
+                  '{{ phase: TRAIN }} data_param {{ source: "%s" batch_size: 4 backend: LMDB }} '
+                  '}}' % source)
+
 def run(case, code):
     print("START", case, flush=True)
     try:
@@ -331,11 +337,17 @@ ENGINE = [
      "type: \"Reshape\" bottom: \"ip2\" top: \"fixed\" reshape_param { shape { dim: 4 dim: 10 "
      "} } }')); n.forward({'data': B['data'][:2], 'label': B['label'][:2]})", "CaffeError",
      ["layer 'fixed' (Reshape) cannot take its new input shapes"]),
-    ("a Data layer whose LMDB does not exist",
-     "CaffeNet(solver('layer { name: \"mnist\" type: \"Data\" top: \"data\" top: \"label\" "
-     "include { phase: TRAIN } data_param { source: \"no_such_lmdb\" batch_size: 4 "
-     "backend: LMDB } }'))", "CaffeError",
-     ["layer 'mnist' (Data)", "data_param.source 'no_such_lmdb'", "No such file"]),
+    ("a Data layer whose LMDB does not exist", "CaffeNet(reading('no_such_lmdb'))",
+     "CaffeError", ["layer 'mnist' (Data)", "data_param.source 'no_such_lmdb'",
+                    "No such file"]),
+    ("a Data layer over an empty LMDB",
+     "import lmdb; lmdb.open('empty_lmdb').close(); CaffeNet(reading('empty_lmdb'))",
+     "CaffeError", ["layer 'mnist' (Data)", "'empty_lmdb' (LMDB)", "it holds no records"]),
+    ("a Data layer over an LMDB of something else",
+     "import lmdb; env = lmdb.open('other_lmdb'); txn = env.begin(write=True); "
+     "txn.put(b'00000001', b'\\xff\\xff\\xff'); txn.commit(); env.close(); "
+     "CaffeNet(reading('other_lmdb'))", "CaffeError",
+     ["layer 'mnist' (Data)", "first record (key '00000001') is not a caffe.Datum"]),
     ("an unknown learning-rate policy",
      "s = lenet_solver(batch=4); s.lr_policy = 'cosine'; CaffeNet(s)", "ValueError",
      ["lr_policy is 'cosine'"]),
