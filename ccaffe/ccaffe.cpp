@@ -8,12 +8,17 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <unistd.h>
 
 #include "caffe/caffe.hpp"
+#include "caffe/layer_factory.hpp"
 #include "caffe/sgd_solvers.hpp"
+#include "caffe/util/db.hpp"
+#include "caffe/util/insert_splits.hpp"
 #include "caffe/util/io.hpp"
 #include "caffe/util/upgrade_proto.hpp"
 
@@ -180,6 +185,174 @@ std::string basename(const std::string& path) {
 
 bool file_exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
 
+// Rethrow the exception being handled with `context` before its message,
+// keeping its kind (usage error or Caffe failure). Call only in a catch block.
+[[noreturn]] void rethrow_with(const std::string& context) {
+  const std::string message = context + current_exception_message();
+  if (current_exception_is_usage_error()) throw std::invalid_argument(message);
+  throw std::runtime_error(message);
+}
+
+std::string layer_label(const caffe::LayerParameter& layer) {
+  return "layer '" + layer.name() + "' (" + layer.type() + ")";
+}
+
+// -- which layer Caffe was building ------------------------------------------------
+//
+// Net::Init creates each layer through the layer registry and sets it up
+// (LayerSetUp, Reshape) right after, before it creates the next. Every
+// registered creator is wrapped by one that records the layer it creates, so
+// when building a net throws, the last layer recorded is the one that failed.
+using Registry = caffe::LayerRegistry<float>;
+
+std::map<std::string, Registry::Creator>& original_creators() {
+  static auto* creators = new std::map<std::string, Registry::Creator>();
+  return *creators;
+}
+
+thread_local const char* building = nullptr;  // set while this thread builds a net
+thread_local std::string last_layer;          // layer_label of the last layer created
+thread_local int created = 0;                 // layers created so far in this build
+
+boost::shared_ptr<caffe::Layer<float>> recording_creator(const caffe::LayerParameter& param) {
+  if (building != nullptr) {
+    last_layer = layer_label(param);
+    ++created;
+  }
+  return original_creators().at(param.type())(param);
+}
+
+// The shapes of the inputs of layer `index` (0-based, in creation order) of the
+// net Caffe builds from `param` in `state`, found by building that net again up
+// to the layer before it; "" when they cannot be found.
+std::string input_shapes(const NetParameter& param, const caffe::NetState& state, int index) {
+  try {
+    NetParameter with_state(param), kept, split;
+    with_state.mutable_state()->CopyFrom(state);
+    Net<float>::FilterNet(with_state, &kept);
+    caffe::InsertSplits(kept, &split);  // as Net::Init does: creation order is this order
+    if (index < 0 || index >= split.layer_size() || split.layer(index).bottom_size() == 0)
+      return "";
+    const caffe::LayerParameter failed = split.layer(index);
+    split.mutable_layer()->DeleteSubrange(index, split.layer_size() - index);
+    std::map<std::string, std::string> given;  // Caffe's split copies -> the name written
+    for (const caffe::LayerParameter& layer : split.layer())
+      if (layer.type() == "Split")
+        for (const std::string& top : layer.top()) given[top] = layer.bottom(0);
+    Net<float> before(split);
+    std::string shapes;
+    for (const std::string& blob : failed.bottom()) {
+      if (!before.has_blob(blob)) return "";
+      shapes += (shapes.empty() ? "'" : ", '") + (given.count(blob) ? given[blob] : blob) +
+                "' " + shape_string(before.blob_by_name(blob)->shape());
+    }
+    return ", reading " + shapes + ",";
+  } catch (...) {
+    return "";
+  }
+}
+
+void record_layer_creation() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    for (auto& entry : Registry::Registry()) {
+      original_creators()[entry.first] = entry.second;
+      entry.second = &recording_creator;
+    }
+  });
+}
+
+// Run build(), which builds the net of `param` in `state`; an exception it
+// throws is rethrown naming the layer Caffe was setting up and the shapes of
+// its inputs. `what` says which net, for the message.
+template <typename F>
+auto naming_the_layer(const char* what, const NetParameter* param, const caffe::NetState& state,
+                      F build) -> decltype(build()) {
+  record_layer_creation();
+  building = what;
+  last_layer.clear();
+  created = 0;
+  try {
+    auto result = build();
+    building = nullptr;
+    return result;
+  } catch (...) {
+    building = nullptr;
+    if (last_layer.empty()) throw;
+    const std::string inputs = param ? input_shapes(*param, state, created - 1) : "";
+    rethrow_with(last_layer + inputs + " failed while Caffe set up the " + what + " net: ");
+  }
+}
+
+// A Data layer's database: Caffe opens it in a reader thread, where a failed
+// CHECK cannot be caught (std::terminate). Open it here first, and read its
+// first record, so that a missing, empty or foreign database is an error.
+void check_database(const caffe::LayerParameter& layer) {
+  const caffe::DataParameter& data = layer.data_param();
+  try {
+    std::unique_ptr<caffe::db::DB> db(caffe::db::GetDB(data.backend()));
+    db->Open(data.source(), caffe::db::READ);
+    std::unique_ptr<caffe::db::Cursor> cursor(db->NewCursor());
+    if (!cursor->valid()) throw std::runtime_error("it holds no records");
+    caffe::Datum datum;
+    if (!datum.ParseFromString(cursor->value()))
+      throw std::runtime_error("its first record (key '" + cursor->key() +
+                               "') is not a caffe.Datum");
+  } catch (...) {
+    rethrow_with(layer_label(layer) + ": cannot read data_param.source '" + data.source() +
+                 "' (" + (data.backend() == caffe::DataParameter::LMDB ? "LMDB" : "LevelDB") +
+                 "): ");
+  }
+}
+
+// The layers of `param` that a net of `state` keeps (Caffe's FilterNet), each
+// of a type this Caffe knows; otherwise the first unknown one is named (Caffe
+// would fail in its layer factory, naming the type but not the layer). Data
+// layers' databases are checked as well.
+void check_layers(const NetParameter& param, const caffe::NetState& state) {
+  NetParameter with_state(param);
+  with_state.mutable_state()->CopyFrom(state);
+  NetParameter kept;
+  Net<float>::FilterNet(with_state, &kept);
+  const Registry::CreatorRegistry& known = Registry::Registry();
+  for (const caffe::LayerParameter& layer : kept.layer()) {
+    if (layer.type() == "Data") check_database(layer);
+    if (known.count(layer.type())) continue;
+    std::string types;
+    for (const auto& entry : known) types += (types.empty() ? "" : ", ") + entry.first;
+    throw std::runtime_error("layer '" + layer.name() + "': Unknown layer type: " +
+                             layer.type() + " (known types: " + types + ")");
+  }
+}
+
+// The net a solver trains, with its state (Solver::InitTrainNet's rules).
+const NetParameter* solver_net(const SolverParameter& param) {
+  if (param.has_net_param()) return &param.net_param();
+  if (param.has_train_net_param()) return &param.train_net_param();
+  return nullptr;
+}
+
+// Net::Reshape, one layer at a time, naming a layer that fails.
+void reshape_naming_the_layer(Net<float>& n) {
+  for (size_t l = 0; l < n.layers().size(); ++l) {
+    try {
+      n.layers()[l]->Reshape(n.bottom_vecs()[l], n.top_vecs()[l]);
+    } catch (...) {
+      rethrow_with(layer_label(n.layers()[l]->layer_param()) +
+                   " cannot take its new input shapes: ");
+    }
+  }
+}
+
+// Net::ForwardFromTo(l, l) for one layer, naming it when it fails.
+float forward_naming_the_layer(Net<float>& n, int l) {
+  try {
+    return n.ForwardFromTo(l, l);
+  } catch (...) {
+    rethrow_with(layer_label(n.layers()[l]->layer_param()) + " failed in the forward pass: ");
+  }
+}
+
 void rename_or_throw(const std::string& from, const std::string& to) {
   if (std::rename(from.c_str(), to.c_str()) != 0)
     throw std::runtime_error("cannot rename " + from + " to " + to + ": " + std::strerror(errno));
@@ -199,7 +372,17 @@ Engine::Engine(const std::string& solver_param, int gpu) : gpu_(gpu) {
   } else {
     Caffe::set_mode(Caffe::CPU);
   }
-  solver_.reset(caffe::SolverRegistry<float>::CreateSolver(param));
+  const NetParameter* np = solver_net(param);
+  caffe::NetState state;
+  if (np != nullptr) {
+    state.set_phase(caffe::TRAIN);
+    state.MergeFrom(np->state());
+    state.MergeFrom(param.train_state());
+    check_layers(*np, state);
+  }
+  solver_.reset(naming_the_layer("TRAIN", np, state, [&] {
+    return caffe::SolverRegistry<float>::CreateSolver(param);
+  }));
   const Net<float>& n = *solver_->net();
   for (size_t i = 0; i < n.layers().size(); ++i) {
     const caffe::LayerParameter& layer = n.layers()[i]->layer_param();
@@ -232,11 +415,29 @@ Net<float>& Engine::net(NetId id) const {
     state.MergeFrom(np.state());
     if (param.test_state_size() > 0) state.MergeFrom(param.test_state(0));
     np.mutable_state()->CopyFrom(state);
+    check_layers(np, state);
     auto* self = const_cast<Engine*>(this);
-    self->test_net_.reset(new Net<float>(np));
+    self->test_net_.reset(
+        naming_the_layer("TEST", &np, state, [&] { return new Net<float>(np); }));
     self->test_net_->ShareTrainedLayersWith(solver_->net().get());
   }
   return *test_net_;
+}
+
+std::vector<LayerInfo> Engine::layers(NetId id) const {
+  Net<float>& n = net(id);
+  std::vector<LayerInfo> out;
+  for (size_t l = 0; l < n.layers().size(); ++l) {
+    LayerInfo info;
+    const caffe::LayerParameter& param = n.layers()[l]->layer_param();
+    info.name = n.layer_names()[l];
+    info.type = n.layers()[l]->type();
+    for (int b : n.bottom_ids(static_cast<int>(l))) info.bottoms.push_back(n.blob_names()[b]);
+    for (int t : n.top_ids(static_cast<int>(l))) info.tops.push_back(n.blob_names()[t]);
+    param.SerializeToString(&info.param);
+    out.push_back(std::move(info));
+  }
+  return out;
 }
 
 std::vector<BlobInfo> Engine::inputs(NetId id) const {
@@ -278,7 +479,7 @@ void Engine::reshape_inputs(NetId id, const std::vector<std::vector<int>>& shape
     throw std::out_of_range("more shapes than the net has input blobs");
   for (size_t i = 0; i < shapes.size(); ++i)
     if (!shapes[i].empty()) n.input_blobs()[i]->Reshape(shapes[i]);
-  n.Reshape();
+  reshape_naming_the_layer(n);
 }
 
 const float* Engine::blob_data(NetId id, const std::string& name, std::vector<int>* shape) const {
@@ -322,7 +523,7 @@ float Engine::checked_step() {
     bool unfilled = false;
     size_t next_pool = 0;
     for (int l = 0; l < layers; ++l) {
-      forward_loss += n.ForwardFromTo(l, l);
+      forward_loss += forward_naming_the_layer(n, l);
       if (next_pool < pools.size() && pools[next_pool] == l) {
         ++next_pool;
         unfilled = unfilled || unfilled_window(*n.top_vecs()[l][0]);
@@ -366,7 +567,8 @@ bool Engine::forward(NetId id, const std::vector<const float*>& inputs, std::str
     if (gpu_ >= 0 && Caffe::mode() != Caffe::GPU) Caffe::set_mode(Caffe::GPU);
     Net<float>& n = net(id);
     copy_inputs(n, inputs);
-    n.Forward();
+    const int layers = static_cast<int>(n.layers().size());
+    for (int l = 0; l < layers; ++l) forward_naming_the_layer(n, l);
     return true;
   } catch (...) {
     *error = current_exception_message();

@@ -42,10 +42,23 @@ struct BlobInfo {
   std::vector<int> shape;
 };
 
+// One layer of a built net (Caffe's Split layers included), in net order.
+struct LayerInfo {
+  std::string name;
+  std::string type;
+  std::vector<std::string> bottoms;
+  std::vector<std::string> tops;
+  std::string param;  // its caffe.LayerParameter, serialized
+};
+
 class Engine {
  public:
   // solver_param: a serialized caffe.SolverParameter whose net is inline
   // (net_param or train_net_param). gpu < 0 selects the CPU.
+  //
+  // When Caffe fails while it builds a net (a layer's constructor, LayerSetUp
+  // or Reshape), the error names that layer and its type; a layer type this
+  // Caffe lacks is named before anything is built.
   Engine(const std::string& solver_param, int gpu);
   ~Engine();
   Engine(const Engine&) = delete;
@@ -55,10 +68,12 @@ class Engine {
   std::vector<BlobInfo> outputs(NetId net) const;
   std::vector<std::string> blob_names(NetId net) const;
   std::vector<BlobInfo> blob_shapes(NetId net) const;  // every blob, in net order
+  std::vector<LayerInfo> layers(NetId net) const;
   // Writable CPU memory of input i of a net; valid until the next reshape.
   float* input_data(NetId net, int i);
   // Give input blobs new shapes (an empty shape keeps that blob's) and
-  // propagate them through the net.
+  // propagate them through the net. A layer that cannot take its new input
+  // shapes is named in the error.
   void reshape_inputs(NetId net, const std::vector<std::vector<int>>& shapes);
   // A blob's CPU data (read only) and shape; throws for an unknown name.
   const float* blob_data(NetId net, const std::string& name, std::vector<int>* shape) const;
@@ -80,7 +95,8 @@ class Engine {
   // Solver::Step(1) runs (the reference the checked step is tested against).
   bool step(const std::vector<const float*>& inputs, bool check_finite, float* loss,
             std::string* error);
-  // Forward pass of a net after copying inputs as in step().
+  // Forward pass of a net after copying inputs as in step(). As in step(), a
+  // layer that fails is named in *error.
   bool forward(NetId net, const std::vector<const float*>& inputs, std::string* error);
   int iteration() const;
   // Reseed Caffe's random generator of the calling thread (dropout masks and

@@ -304,3 +304,98 @@ def test_each_solver_type_is_written_as_caffes_type_string():
 def test_rdd_layer_is_the_input_layer():
     assert RDDLayer is InputLayer
     assert RDDLayer("data", shape=(1, 2)).to_proto().type == "Input"
+
+
+# BVLC's examples/mnist/mnist_autoencoder.prototxt, in outline (written here, not copied):
+# a Data layer per phase and TEST stage, a deep encoder/decoder, and two layers named
+# "loss" -- a sigmoid cross-entropy that trains and a Euclidean one that is only reported.
+AUTOENCODER = """
+name: "DigitAutoencoder"
+layer { name: "data" type: "Data" top: "data" include { phase: TRAIN }
+        transform_param { scale: 0.00390625 }
+        data_param { source: "digits_train_lmdb" batch_size: 16 backend: LMDB } }
+layer { name: "data" type: "Data" top: "data"
+        include { phase: TEST stage: "test-on-train" }
+        transform_param { scale: 0.00390625 }
+        data_param { source: "digits_train_lmdb" batch_size: 16 backend: LMDB } }
+layer { name: "data" type: "Data" top: "data"
+        include { phase: TEST stage: "test-on-test" }
+        transform_param { scale: 0.00390625 }
+        data_param { source: "digits_test_lmdb" batch_size: 16 backend: LMDB } }
+layer { name: "flatdata" type: "Flatten" bottom: "data" top: "flatdata" }
+layer { name: "encode1" type: "InnerProduct" bottom: "data" top: "encode1"
+        param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 1 decay_mult: 0 }
+        inner_product_param { num_output: 64
+          weight_filler { type: "gaussian" std: 0.1 sparse: 15 }
+          bias_filler { type: "constant" value: 0 } } }
+layer { name: "encode1neuron" type: "Sigmoid" bottom: "encode1" top: "encode1neuron" }
+layer { name: "encode2" type: "InnerProduct" bottom: "encode1neuron" top: "encode2"
+        inner_product_param { num_output: 16 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "decode2" type: "InnerProduct" bottom: "encode2" top: "decode2"
+        inner_product_param { num_output: 64 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "decode2neuron" type: "Sigmoid" bottom: "decode2" top: "decode2neuron" }
+layer { name: "decode1" type: "InnerProduct" bottom: "decode2neuron" top: "decode1"
+        inner_product_param { num_output: 784 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "decode1" bottom: "flatdata"
+        top: "cross_entropy_loss" loss_weight: 1 }
+layer { name: "decode1neuron" type: "Sigmoid" bottom: "decode1" top: "decode1neuron" }
+layer { name: "loss" type: "EuclideanLoss" bottom: "decode1neuron" bottom: "flatdata"
+        top: "l2_error" loss_weight: 0 }
+"""
+
+
+def test_bvlc_mnist_autoencoder_loads_and_its_two_loss_layers_warn(tmp_path):
+    from sparknet.dsl import NetDefinitionWarning
+    from sparknet.proto import ProtoLoader
+
+    path = tmp_path / "mnist_autoencoder.prototxt"
+    path.write_text(AUTOENCODER)
+    with pytest.warns(NetDefinitionWarning, match=r"2 layers of one net are named 'loss' "
+                      r"\(SigmoidCrossEntropyLoss, EuclideanLoss\)"):
+        net = NetParam.load(path)
+    assert net.to_proto() == ProtoLoader.load_net_prototxt(path)
+    # TEST has a data layer per stage only; each stage's net builds, as Caffe's would.
+    assert [layer.name for layer in net.layers_in("TEST")].count("data") == 0
+    assert "l2_error" in net.shapes("TEST") and "cross_entropy_loss" in net.shapes("TRAIN")
+
+
+def test_caffe_trains_a_net_with_two_layers_of_one_name():
+    """What the DSL now accepts, Caffe accepts: the autoencoder (fed by an Input) learns."""
+    import itertools
+    import warnings
+
+    from sparknet.data.digits import load_digits
+    from sparknet.dsl import NetDefinitionWarning
+    from sparknet.engine import CaffeNet
+
+    proto = text_format.Parse(AUTOENCODER, caffe_pb2.NetParameter())
+    del proto.layer[:3]
+    proto.layer.insert(0, InputLayer("data", shape=(16, 1, 28, 28)).to_proto())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NetDefinitionWarning)
+        with pytest.raises(NetDefinitionWarning, match="'loss'"):
+            NetParam.from_proto(proto)
+    with pytest.warns(NetDefinitionWarning):
+        solver = SolverParam(NetParam.from_proto(proto), base_lr=0.05, momentum=0.9,
+                             lr_policy=LrPolicy.fixed(), random_seed=1)
+    net = CaffeNet(solver)
+    assert net.output_names == ["cross_entropy_loss", "l2_error"]
+    x = load_digits("train")[0][:16 * 40].reshape(40, 16, 1, 28, 28)
+    batches = [{"data": b / 255.0} for b in itertools.chain(x, x, x)]
+    before = net.forward(batches[0], phase="TRAIN")["l2_error"]
+    losses = net.train(len(batches), batches)
+    after = net.forward(batches[0], phase="TRAIN")["l2_error"]
+    assert losses[-10:].mean() < 0.8 * losses[:10].mean(), losses
+    assert after < 0.8 * before, (before, after)
+
+
+def test_a_stage_whose_net_cannot_build_is_named():
+    from sparknet.dsl import NetStateRule
+    with pytest.raises(NetDefinitionError, match=r"TEST \(level 0, stage b\) net") as info:
+        NetParam("staged", InputLayer("a", shape=(2, 4), include=NetStateRule(
+                     phase=Phase.TEST, stage=["a"])),
+                 InputLayer("b", shape=(2, 4), include=NetStateRule(phase=Phase.TEST,
+                                                                    stage=["b"])),
+                 InputLayer("a", shape=(2, 4), include=Phase.TRAIN),
+                 ReLULayer("relu", ["a"]))
+    assert info.value.layer == "relu"

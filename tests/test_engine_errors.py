@@ -21,6 +21,12 @@ from sparknet.proto import caffe_pb2
 def solver_for(net):
     return caffe_pb2.SolverParameter(base_lr=0.01, lr_policy="fixed", net_param=net)
 
+def expect(make, kind=CaffeError):
+    try:
+        make()
+    except kind as e:
+        print("ERROR:", e)
+
 def survive():
     # The interpreter and Caffe still work after the failure.
     net = CaffeNet(lenet_solver(batch=4))
@@ -32,27 +38,39 @@ CASES = {
     "unknown layer type": ("""
         net = lenet_net()
         net.layer[2].type = "Convolutionn"
-        try:
-            CaffeNet(solver_for(net))
-        except CaffeError as e:
-            print("ERROR:", e)
-        """, ["Unknown layer type: Convolutionn"]),
+        expect(lambda: CaffeNet(solver_for(net)))
+        """, ["layer 'conv1': Unknown layer type: Convolutionn"]),
     "bottom that does not exist": ("""
         net = lenet_net()
         net.layer[3].bottom[0] = "conv9"
-        try:
-            CaffeNet(solver_for(net))
-        except CaffeError as e:
-            print("ERROR:", e)
+        expect(lambda: CaffeNet(solver_for(net)))
         """, ["Unknown bottom blob 'conv9'", "pool1"]),
     "kernel larger than its input": ("""
         net = lenet_net()
         net.layer[4].convolution_param.kernel_size[0] = 40
-        try:
-            CaffeNet(solver_for(net))
-        except CaffeError as e:
-            print("ERROR:", e)
-        """, ["Check failed"]),
+        expect(lambda: CaffeNet(solver_for(net)))
+        """, ["layer 'conv2' (Convolution), reading 'pool1' (64, 20, 12, 12), failed "
+              "while Caffe set up the TRAIN net", "Check failed: shape[i] >= 0"]),
+    # the other two messages of issue 11, item 5: each now names the layer and its type
+    "num_output 0": ("""
+        net = lenet_net()
+        net.layer[2].convolution_param.num_output = 0
+        expect(lambda: CaffeNet(solver_for(net)))
+        """, ["layer 'conv1' (Convolution), reading 'data' (64, 1, 28, 28)", "num_output_ > 0"]),
+    "zero input dimension": ("""
+        net = lenet_net()
+        net.layer[0].input_param.shape[0].dim[1] = 0
+        expect(lambda: CaffeNet(solver_for(net)))
+        """, ["layer 'conv1' (Convolution), reading 'data' (64, 0, 28, 28)",
+              "Check failed: blob->count()"]),
+    "a TEST-only layer that fails names the TEST net": ("""
+        net = lenet_net()
+        acc = [l for l in net.layer if l.type == "Accuracy"][0]
+        acc.accuracy_param.top_k = 11
+        c = CaffeNet(solver_for(net))
+        expect(lambda: c.test_output_names)
+        """, ["layer 'accuracy' (Accuracy), reading 'ip2' (64, 10), 'label' (64, 1), "
+              "failed while Caffe set up the TEST net", "top_k"]),
     "unreadable caffemodel": ("""
         open("garbage.caffemodel", "wb").write(b"\\x08\\xff" * 100)
         net = CaffeNet(lenet_solver())
@@ -86,10 +104,7 @@ CASES = {
     "loss inputs of different sizes": ("""
         net = lenet_net()
         net.layer[-1].type = "EuclideanLoss"   # needs equal counts: 64x10 vs 64x1
-        try:
-            CaffeNet(solver_for(net))
-        except CaffeError as e:
-            print("ERROR:", e)
+        expect(lambda: CaffeNet(solver_for(net)))
         """, ["Check failed", "Inputs must have the same dimension"]),
 }
 
@@ -107,3 +122,44 @@ def test_caffe_rejection_is_an_exception(case, tmp_path):
     for fragment in expected:
         assert fragment in done.stdout, done.stdout
     assert done.stdout.rstrip().endswith("ALIVE")
+
+
+def test_a_label_beyond_the_classes_is_refused_before_caffe_trains_on_it():
+    """Caffe checks labels only in debug builds: label 10 of 10 classes trained on
+    whatever lay past the scores, and a very large one crashed (SIGSEGV)."""
+    import numpy as np
+
+    from enginehelp import digit_batches, lenet_solver
+    from sparknet.engine import CaffeNet
+
+    net = CaffeNet(lenet_solver(batch=4))
+    batch = next(digit_batches(4))
+    before = net.get_weights().copy()
+    label = batch["label"].copy()
+    label[3] = 10
+    with pytest.raises(ValueError, match=r"input blob 'label' holds 10 \(example 3; 1 of 4 "
+                       r"values are bad\), but layer 'loss' \(SoftmaxWithLoss\) reads it as a "
+                       r"class index of 'ip2', which has 10 classes"):
+        net.train(1, [dict(batch, label=label)])
+    assert net.iteration == 0 and net.get_weights() == before
+    assert np.isfinite(net.train(1, [batch])).all() and net.iteration == 1
+
+
+def test_ignore_label_is_honoured():
+    import numpy as np
+    from google.protobuf import text_format
+
+    from enginehelp import LENET, digit_batches
+    from sparknet.engine import CaffeNet
+    from sparknet.proto import caffe_pb2
+
+    text = (LENET / "lenet_train_test.prototxt").read_text().replace("dim: 64", "dim: 4")
+    text = text.replace('top: "loss"', 'top: "loss"\n  loss_param { ignore_label: -1 }')
+    proto = text_format.Parse(text, caffe_pb2.NetParameter())
+    net = CaffeNet(caffe_pb2.SolverParameter(base_lr=0.01, lr_policy="fixed", net_param=proto))
+    batch = next(digit_batches(4))
+    ignored = dict(batch, label=np.array([-1, -1, -1, -1]))
+    assert net.forward(ignored, phase="TRAIN")["loss"] == 0  # every label ignored: no loss
+    assert np.isfinite(net.train(1, [ignored])).all()
+    with pytest.raises(ValueError, match="or -1 \\(its ignore_label\\)"):
+        net.train(1, [dict(batch, label=np.array([-2, 0, 1, 2]))])

@@ -139,8 +139,11 @@ CASES = {
         x[0] = np.nan
         loss = net.forward({"data": x, "label": y}, phase="TRAIN")["loss"]
         assert np.isfinite(loss), loss  # the loss alone would not have caught it
-        losses = net.train(1, [{"data": x, "label": y}])
-        assert np.isnan(losses).tolist() == [True], losses
+        # CaffeNet.train refuses NaN inputs before Caffe runs; the engine's own
+        # check (for NaN that arises inside the net) is what this case exercises.
+        arrays, _ = net._arrays(0, {"data": x, "label": y}, require_all=True,
+                                allow_resize=False)
+        assert np.isnan(net._engine.step(arrays))
         assert net.get_weights() == before and net.iteration == 2
         print("REFUSED")
         """,
@@ -166,6 +169,24 @@ def test_nonfinite_step_is_logged_and_the_result_is_short(caplog):
     assert len(losses) == 2 and np.isfinite(losses[0]) and not np.isfinite(losses[1])
     assert net.iteration == 1
     assert "step 2 of 3" in caplog.text and "not applied" in caplog.text
+    # The warning names the input blob that held the non-finite values, not just the loss.
+    assert "input blob 'data' holds 3136 inf (first in example 0)" in caplog.text
+    assert net.last_refusal.startswith("training step 2 of 3 (iteration 1) was refused")
     # What the Spark worker does: one step at a time, checking each loss.
     assert not np.isfinite(net.train(1, (bad,))[0])
     assert np.isfinite(net.train(1, (good,))[0]) and net.iteration == 2
+
+
+def test_a_finite_loss_over_an_infinite_input_is_refused_too():
+    """Infinite pixels can leave the loss finite and still fill the gradients with NaN:
+    Caffe would then apply the step and every weight would be NaN from there on."""
+    net = CaffeNet(lenet_solver(batch=4))
+    good = next(digit_batches(4))
+    data = good["data"].copy()
+    data[2, 0, 0, :3] = np.inf  # three adjacent pixels at the border of one image
+    before = net.get_weights().copy()
+    losses = net.train(1, [dict(good, data=data)])
+    assert np.isnan(losses).tolist() == [True]
+    assert net.iteration == 0 and net.get_weights() == before
+    assert "input blob 'data' holds 3 inf (first in example 2)" in net.last_refusal
+    assert np.isfinite(net.train(1, [good])).all() and net.last_refusal is None

@@ -49,7 +49,7 @@ from sparknet.dsl.enums import (
     SolverType,
     VarianceNorm,
 )
-from sparknet.dsl.errors import NetDefinitionError
+from sparknet.dsl.errors import NetDefinitionError, NetDefinitionWarning
 from sparknet.dsl.layers import *  # noqa: F403 - the layer classes are the DSL
 from sparknet.dsl.layers import __all__ as _layers
 from sparknet.dsl.net import NetParam
@@ -65,7 +65,7 @@ from sparknet.dsl.solver import LrPolicy, SolverParam
 
 __all__ = [
     "Backend", "EltwiseOp", "Engine", "Filler", "HingeNorm", "LossNormalization", "LossParam",
-    "LrPolicy", "NetDefinitionError", "NetParam", "NetState", "NetStateRule", "NormRegion",
+    "LrPolicy", "NetDefinitionError", "NetDefinitionWarning", "NetParam", "NetState", "NetStateRule", "NormRegion",
     "ParamSpec", "Phase", "Pooling", "ReductionOp", "Regularization", "ShareMode",
     "SnapshotFormat", "SolverMode", "SolverParam", "SolverType", "TransformParam",
     "VarianceNorm", *_layers,

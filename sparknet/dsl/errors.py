@@ -1,7 +1,7 @@
 """The one error the DSL raises for a net or solver that cannot work."""
 from __future__ import annotations
 
-__all__ = ["NetDefinitionError"]
+__all__ = ["NetDefinitionError", "NetDefinitionWarning"]
 
 
 class NetDefinitionError(ValueError):
@@ -24,3 +24,12 @@ class NetDefinitionError(ValueError):
         super().__init__(message)
         self.layer = layer
         self.field = field
+
+
+class NetDefinitionWarning(UserWarning):
+    """A definition Caffe accepts but that is probably not what was meant.
+
+    For example two layers of one name (BVLC's own MNIST autoencoder has two
+    layers named ``loss``): Caffe builds the net, but matches weights to layers
+    by name, so a ``.caffemodel`` cannot tell such layers apart.
+    """

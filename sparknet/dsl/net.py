@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, overload
@@ -12,7 +13,7 @@ import attrs
 
 from sparknet.dsl._fields import BOOL, STR, Message, fail, param, read_fields, write_fields
 from sparknet.dsl.enums import Phase
-from sparknet.dsl.errors import NetDefinitionError
+from sparknet.dsl.errors import NetDefinitionError, NetDefinitionWarning
 from sparknet.dsl.layers.base import Layer, Shape
 from sparknet.dsl.params import NetState
 from sparknet.proto import caffe_pb2, loader
@@ -85,7 +86,55 @@ class NetParam:
                             force_backward=force_backward, state=state, debug_info=debug_info)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_shapes", {phase.value: self._build(phase) for phase in Phase})
+        object.__setattr__(self, "_shapes", {phase.value: self._build_phase(phase)
+                                             for phase in Phase})
+        self._warn_shared_names()
+
+    def _state(self) -> tuple[int, tuple[str, ...]]:
+        return ((self.state.level or 0) if self.state else 0,
+                tuple(self.state.stage) if self.state else ())
+
+    def _build_phase(self, phase: Phase) -> BlobShapes:
+        """Build ``phase``'s net in the net's own state, or in the stages its rules name.
+
+        A net without a ``state`` whose layers are included only in some stage
+        (BVLC's MNIST autoencoder has a TEST data layer per stage, chosen by the
+        solver's ``test_state``) cannot be built in that phase without one;
+        Caffe builds it in each stage the solver names. Then every state that
+        the layers' ``include`` rules name for this phase must build, and the
+        shapes are those of the first.
+        """
+        try:
+            return self._build(phase, *self._state())
+        except NetDefinitionError as e:
+            if self.state is not None or e.field != "bottoms":  # not a blob a stage makes
+                raise
+            states = list(dict.fromkeys(
+                (rule.min_level or 0, tuple(rule.stage)) for layer in self.layers
+                for rule in layer.include
+                if (rule.stage or rule.min_level) and rule.phase in (None, phase)))
+            if not states:
+                raise
+        shapes = [self._build(phase, level, stages) for level, stages in states]
+        return shapes[0]
+
+    def _warn_shared_names(self) -> None:
+        """Warn about layers that share a name in one phase's net (Caffe accepts them)."""
+        shared: dict[str, list[Layer]] = {}
+        for phase in Phase:
+            by_name: dict[str, list[Layer]] = {}
+            for layer in self.layers_in(phase):
+                by_name.setdefault(layer.name, []).append(layer)
+            for name, layers in by_name.items():
+                if len(layers) > 1 and name not in shared:
+                    shared[name] = layers
+        for name, layers in shared.items():
+            types = ", ".join(layer.type for layer in layers)
+            warnings.warn(f"{self._describe()[0]}: {len(layers)} layers of one net are named "
+                          f"'{name}' ({types}); Caffe accepts this, but it matches weights "
+                          "to layers by name (a .caffemodel, a WeightCollection), so layers "
+                          "with weights need names of their own", NetDefinitionWarning,
+                          stacklevel=5)
 
     def _describe(self) -> tuple[str, str | None]:
         return f"net '{self.name}'" if self.name else "NetParam", None
@@ -97,32 +146,35 @@ class NetParam:
     # -- the phases, as Caffe builds them ----------------------------------------------
     def layers_in(self, phase: Phase | str) -> tuple[Layer, ...]:
         """The layers Caffe keeps in the net of ``phase``, in order."""
-        level = (self.state.level or 0) if self.state else 0
-        stages = self.state.stage if self.state else ()
+        return self._layers_in(phase, *self._state())
+
+    def _layers_in(self, phase: Phase | str, level: int,
+                   stages: tuple[str, ...]) -> tuple[Layer, ...]:
         return tuple(layer for layer in self.layers if layer.active_in(phase, level, stages))
 
-    def _build(self, phase: Phase) -> BlobShapes:
+    def _build(self, phase: Phase, level: int, stages: tuple[str, ...]) -> BlobShapes:
         shapes: BlobShapes = {}
         producer: dict[str, str] = {}
-        names: set[str] = set()
-        layers = self.layers_in(phase)
-        self._check_in_place_splits(layers, phase)
+        layers = self._layers_in(phase, level, stages)
+        # How errors name this net: the phase, and the state when it is not the net's own.
+        net = str(phase)
+        if (level, stages) != self._state():
+            net += (f" (level {level}, stage {', '.join(stages)})" if stages
+                    else f" (level {level})")
+        self._check_in_place_splits(layers, net)
         for layer in layers:
-            if layer.name in names:
-                fail(layer, "name", f"two layers in the {phase} net are named '{layer.name}'")
-            names.add(layer.name)
             for blob in layer.bottoms:
                 if blob not in shapes:
                     close = difflib.get_close_matches(blob, list(shapes), n=1)
                     hint = (f"; did you mean '{close[0]}'?" if close else
                             f"; the blobs so far are {', '.join(shapes) or 'none'}")
-                    fail(layer, "bottoms", f"no earlier layer of the {phase} net produces "
+                    fail(layer, "bottoms", f"no earlier layer of the {net} net produces "
                          f"'{blob}'{hint}")
             for i, blob in enumerate(layer.tops):
                 in_place = i < len(layer.bottoms) and layer.bottoms[i] == blob
                 if blob in shapes and not in_place:
                     fail(layer, "tops", f"blob '{blob}' is already produced by layer "
-                         f"'{producer[blob]}' in the {phase} net")
+                         f"'{producer[blob]}' in the {net} net")
             bottoms = tuple(shapes[b] for b in layer.bottoms)
             if any(shape is None for shape in bottoms):
                 tops: tuple[Shape | None, ...] = (None,) * len(layer.tops)
@@ -130,7 +182,7 @@ class NetParam:
                 try:
                     tops = layer.infer(bottoms)  # type: ignore[arg-type]
                 except NetDefinitionError as e:
-                    where = f" (in the {phase} net)" if self._phased() else ""
+                    where = f" (in the {net} net)" if self._phased() else ""
                     raise NetDefinitionError(f"{e}{where}", layer=e.layer,
                                              field=e.field) from None
             for blob, shape in zip(layer.tops, tops):
@@ -139,7 +191,7 @@ class NetParam:
         return shapes
 
     @staticmethod
-    def _check_in_place_splits(layers: tuple[Layer, ...], phase: Phase) -> None:
+    def _check_in_place_splits(layers: tuple[Layer, ...], net: str) -> None:
         """An in-place layer must be the only reader of the blob it overwrites.
 
         Caffe gives a blob read by several layers a Split layer and renames
@@ -166,7 +218,7 @@ class NetParam:
             if len(readers[source]) > 1:
                 also = (f"layer(s) {', '.join(repr(o) for o in others)} also read it" if others
                         else "it reads the blob twice")
-                fail(layer, "tops", f"computes '{blob}' in place, but {also} in the {phase} "
+                fail(layer, "tops", f"computes '{blob}' in place, but {also} in the {net} "
                      "net; Caffe splits a blob with several readers and then fails "
                      "('produced by multiple sources'): give this top its own name")
 
@@ -267,9 +319,11 @@ class NetParam:
             where = os.fspath(path)
             if e.layer is not None:
                 text = Path(path).read_text(encoding="utf-8")
-                found = re.search(rf'^\s*name:\s*"{re.escape(e.layer)}"', text, re.MULTILINE)
+                # the layer's name: on a line of its own, or right after "layer {"
+                found = re.search(rf'(?:^|{{)[ \t]*(name:\s*["\']{re.escape(e.layer)}["\'])',
+                                  text, re.MULTILINE)
                 if found:
-                    where += f":{text.count(chr(10), 0, found.start()) + 1}"
+                    where += f":{text.count(chr(10), 0, found.start(1)) + 1}"
             raise NetDefinitionError(f"{where}: {e}", layer=e.layer, field=e.field) from None
 
 

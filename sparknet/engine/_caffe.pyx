@@ -51,12 +51,20 @@ cdef extern from "ccaffe.hpp" namespace "ccaffe":
         string name
         vector[int] shape
 
+    cdef cppclass LayerInfo:
+        string name
+        string type
+        vector[string] bottoms
+        vector[string] tops
+        string param
+
     cdef cppclass Engine:
         Engine(const string& solver_param, int gpu) except +_raise
         vector[BlobInfo] inputs(NetId net) except +_raise
         vector[BlobInfo] outputs(NetId net) except +_raise
         vector[string] blob_names(NetId net) except +_raise
         vector[BlobInfo] blob_shapes(NetId net) except +_raise
+        vector[LayerInfo] layers(NetId net) except +_raise
         void reshape_inputs(NetId net, const vector[vector[int]]& shapes) except +_raise
         const float* blob_data(NetId net, const string& name, vector[int]* shape) except +_raise
         cbool step(const vector[const float*]& inputs, cbool check_finite, float* loss,
@@ -146,6 +154,17 @@ cdef class Engine_:
     def blob_shapes(self, int net):
         """[(name, shape)] of every blob of the net, in the net's order."""
         return _infos(self.c.blob_shapes(<NetId>net))
+
+    def layers(self, int net):
+        """[(name, type, bottoms, tops, serialized LayerParameter)] of the built net.
+
+        Caffe's own Split layers included: the bottoms are the blobs each layer
+        really reads.
+        """
+        return [(i.name.decode("utf-8"), i.type.decode("utf-8"),
+                 tuple(b.decode("utf-8") for b in i.bottoms),
+                 tuple(t.decode("utf-8") for t in i.tops), bytes(i.param))
+                for i in self.c.layers(<NetId>net)]
 
     def reshape_inputs(self, int net, shapes):
         """New shapes for the input blobs (None keeps one), then reshape the net."""

@@ -5,6 +5,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
@@ -120,6 +121,114 @@ def _check_data_readers(param: caffe_pb2.SolverParameter) -> None:
         seen[key] = phases
 
 
+#: Layers that read a bottom as class (or row) indices, and which bottom. Caffe checks
+#: these indices only in debug builds: out of range, they read and write out of bounds.
+_INDEX_BOTTOM = {"SoftmaxWithLoss": 1, "Accuracy": 1, "MultinomialLogisticLoss": 1,
+                 "InfogainLoss": 1, "HingeLoss": 1, "Embed": 0}
+#: Layers that pass their (single) bottom's values on unchanged.
+_SAME_VALUES = {"Split", "Reshape", "Flatten"}
+
+
+@dataclass(frozen=True)
+class _IndexRule:
+    """Input ``index`` (blob ``blob``) must hold indices in [0, classes) for ``layer``."""
+
+    index: int
+    blob: str
+    layer: str
+    layer_type: str
+    classes: int
+    scores: str
+    ignore_label: int | None
+
+    def check(self, values: np.ndarray) -> None:
+        """Raise ValueError naming the first value this layer cannot take."""
+        if not values.size:
+            return
+        lo, hi = values.min(), values.max()  # NaN fails both comparisons below
+        if lo >= 0 and hi < self.classes and np.array_equal(values, np.trunc(values)):
+            return
+        bad = ~((values >= 0) & (values < self.classes) & (values == np.trunc(values)))
+        if self.ignore_label is not None:
+            bad &= values != self.ignore_label
+        where = np.flatnonzero(bad)
+        if not where.size:
+            return
+        first = int(where[0])
+        per_example = values.size // values.shape[0] if values.ndim else values.size
+        allowed = f"integers in [0, {self.classes})"
+        if self.ignore_label is not None:
+            allowed += f" or {self.ignore_label} (its ignore_label)"
+        what = "a class index" if self.layer_type != "Embed" else "an index into its rows"
+        of = (f"of '{self.scores}', which has {self.classes} classes" if self.scores
+              else f"(input_dim {self.classes})")
+        raise ValueError(
+            f"input blob '{self.blob}' holds {values.flat[first]:g} (example "
+            f"{first // max(per_example, 1)}; {where.size} of {values.size} values are bad), "
+            f"but layer '{self.layer}' ({self.layer_type}) reads it as {what} {of}: "
+            f"it must hold {allowed}")
+
+
+def _index_rules(layers: Sequence[tuple], shapes: Mapping[str, tuple[int, ...]],
+                 inputs: Sequence[str]) -> list[_IndexRule]:
+    """The input blobs a built net reads as indices, traced through Split/Reshape/Flatten."""
+    def source(blob: str, at: int, through: set[str]) -> tuple[str, int]:
+        """The blob (and the layer that wrote it) that ``blob``, read by layer ``at``, copies."""
+        while True:  # back to the layer that last wrote the blob before `at`
+            at = next((i for i in range(at - 1, -1, -1) if blob in layers[i][3]), -1)
+            if at < 0 or layers[at][1] not in through or not layers[at][2]:
+                return blob, at
+            blob = layers[at][2][0]
+
+    rules = []
+    for position, (name, kind, bottoms, _, raw) in enumerate(layers):
+        if kind not in _INDEX_BOTTOM or len(bottoms) <= _INDEX_BOTTOM[kind]:
+            continue
+        blob, at = source(bottoms[_INDEX_BOTTOM[kind]], position, _SAME_VALUES)
+        if at < 0 or layers[at][1] != "Input" or blob not in inputs:
+            continue
+        param = caffe_pb2.LayerParameter.FromString(raw)
+        ignore = None
+        if kind == "Embed":
+            classes, scores = param.embed_param.input_dim, ""
+        else:
+            shape = shapes[bottoms[0]]
+            scores = source(bottoms[0], position, {"Split"})[0]  # the name the user gave
+            if kind in ("SoftmaxWithLoss", "Accuracy"):
+                axis = (param.softmax_param.axis if kind == "SoftmaxWithLoss"
+                        else param.accuracy_param.axis)
+                classes = shape[axis % len(shape)] if shape else 1
+                rule = param.loss_param if kind == "SoftmaxWithLoss" else param.accuracy_param
+                if rule.HasField("ignore_label"):
+                    ignore = int(rule.ignore_label)
+            else:  # Caffe's dim = count / num
+                classes = math.prod(shape[1:]) if shape else 1
+        rules.append(_IndexRule(list(inputs).index(blob), blob, name, kind, int(classes),
+                                scores, ignore))
+    return rules
+
+
+def _nonfinite_inputs(names: Sequence[str], arrays: Sequence[np.ndarray | None]) -> str:
+    """Which input blobs hold NaN or inf, and where; ``""`` when none does."""
+    found = []
+    for name, values in zip(names, arrays):
+        if values is None or np.isfinite(values).all():
+            continue
+        nan, inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+        first = int(np.flatnonzero(~np.isfinite(values))[0])
+        per_example = values.size // values.shape[0] if values.ndim and values.shape[0] else 1
+        kinds = " and ".join(f"{n} {k}" for n, k in ((nan, "NaN"), (inf, "inf")) if n)
+        found.append(f"input blob '{name}' holds {kinds} (first in example "
+                     f"{first // max(per_example, 1)})")
+    return "; ".join(found)
+
+
+def _finite(values: np.ndarray | None) -> bool:
+    """No NaN or inf (two reductions, no temporary array)."""
+    return values is None or not values.size or bool(
+        np.isfinite(values.min()) and np.isfinite(values.max()))
+
+
 def _numeric(name: str, value: Any) -> np.ndarray:
     a = np.asarray(value)
     if a.dtype == np.float32:
@@ -200,7 +309,10 @@ class CaffeNet:
         self._engine = _caffe.Engine_(_engine_solver(self.solver_param).SerializeToString(),
                                       -1 if gpu is None else int(gpu))
         self._inputs = {TRAIN: self._engine.inputs(TRAIN)}
+        self._index_rules: dict[int, list[_IndexRule]] = {}
         self._layout: tuple | None = None
+        #: Why the last :meth:`train` stopped at a refused step (``None``: it did not).
+        self.last_refusal: str | None = None
 
     # -- structure -----------------------------------------------------------------
     @property
@@ -301,6 +413,9 @@ class CaffeNet:
                 arrays.append(None)
                 continue
             a = _numeric(name, value)
+            if a.size == 0:  # Caffe would divide by the batch size (SIGFPE)
+                raise ValueError(f"input blob '{name}': the batch gives an empty array, shape "
+                                 f"{_shape_str(a.shape)}")
             if not _fits(a.shape, shape):
                 resizable = (allow_resize and a.ndim >= 1 and len(shape) >= 1
                              and _fits(a.shape[1:], shape[1:]))
@@ -314,7 +429,21 @@ class CaffeNet:
             arrays.append(a)
         if batch_size is not None:
             self._resize(net, batch_size)
+        self._check_indices(net, arrays)
         return arrays, batch_size
+
+    def _check_indices(self, net: int, arrays: Sequence[np.ndarray | None]) -> None:
+        """Refuse labels (indices) out of range before Caffe reads past its arrays."""
+        rules = self._index_rules.get(net)
+        if rules is None:
+            inputs = self._inputs[TRAIN] if net == TRAIN else self._test_inputs()
+            rules = self._index_rules[net] = _index_rules(
+                self._engine.layers(net), dict(self._engine.blob_shapes(net)),
+                [n for n, _ in inputs])
+        for rule in rules:
+            values = arrays[rule.index]
+            if values is not None:
+                rule.check(values)
 
     def _resize(self, net: int, n: int) -> None:
         inputs = self._inputs[TRAIN] if net == TRAIN else self._test_inputs()
@@ -323,6 +452,7 @@ class CaffeNet:
         self._engine.reshape_inputs(net, [(n, *shape[1:]) if shape else None
                                           for _, shape in inputs])
         self._inputs[net] = self._engine.inputs(net)
+        self._index_rules.pop(net, None)
 
     # -- training and testing --------------------------------------------------------
     def train(self, steps: int, batches: Iterable[Batch] | None = None) -> np.ndarray:
@@ -332,17 +462,29 @@ class CaffeNet:
         order per step; it may be omitted for nets that read their own data
         (a Caffe ``Data`` layer). The GIL is released while Caffe computes.
 
-        A step whose forward pass gives a non-finite loss (NaN or inf) is not
-        applied: Caffe runs no backward pass and no update, so the weights, the
-        solver's history and :attr:`iteration` stay as they were before it. That
-        loss is the last value returned and training stops there (the result is
-        shorter than ``steps`` unless it was the last step): ``losses[-1]`` is
+        A step whose batch holds NaN or inf, or whose forward pass gives a
+        non-finite loss, is not applied: Caffe runs no backward pass and no
+        update, so the weights, the solver's history and :attr:`iteration` stay
+        as they were before it. That loss (NaN for a refused batch) is the last
+        value returned and training stops there (the result is shorter than
+        ``steps`` unless it was the last step): ``losses[-1]`` is
         finite exactly when every step was applied. On the CPU, a max-pooling
         window of nothing but NaN also stops a step, with the loss NaN, even if
         the loss came out finite: Caffe's backward pass would write out of
         bounds there. The net stays usable: finite batches train on from the
-        weights before the refused step.
+        weights before the refused step. The warning logged, also kept in
+        :attr:`last_refusal`, names the input blobs that held NaN or inf, if any.
+
+        Labels are checked before Caffe sees them: an input blob that a layer
+        reads as class indices (``SoftmaxWithLoss``, ``Accuracy``,
+        ``MultinomialLogisticLoss``, ``InfogainLoss``, ``HingeLoss``; ``Embed``'s
+        row indices), directly or through ``Split``/``Reshape``/``Flatten``,
+        must hold integers in [0, classes) or that layer's ``ignore_label``;
+        otherwise ``ValueError`` names the blob, the value, the layer and the
+        number of classes, and the step is not run. ``test`` and ``forward``
+        check their batches the same way.
         """
+        self.last_refusal = None
         steps = int(steps)
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
@@ -354,7 +496,7 @@ class CaffeNet:
             for i in range(steps):
                 losses[i] = loss = self._engine.step([])
                 if not math.isfinite(loss):
-                    return self._stopped(losses, i, steps)
+                    return self._stopped(losses, i, steps, [])
             return losses
         it = iter(batches)
         for i in range(steps):
@@ -363,15 +505,28 @@ class CaffeNet:
             except StopIteration:
                 raise ValueError(f"the batches ran out after {i} of {steps} steps") from None
             arrays, _ = self._arrays(TRAIN, batch, require_all=True, allow_resize=False)
+            if not all(_finite(a) for a in arrays):
+                # refused before Caffe runs: a NaN or inf input can give a finite
+                # loss and still fill the gradients (and then the weights) with NaN
+                losses[i] = np.nan
+                return self._stopped(losses, i, steps, arrays)
             losses[i] = loss = self._engine.step(arrays)
             if not math.isfinite(loss):
-                return self._stopped(losses, i, steps)
+                return self._stopped(losses, i, steps, arrays)
         return losses
 
-    def _stopped(self, losses: np.ndarray, i: int, steps: int) -> np.ndarray:
-        logger.warning("training step %d of %d (iteration %d) gave a loss of %s: the step was "
-                       "not applied and training stopped", i + 1, steps, self.iteration,
-                       losses[i])
+    def _stopped(self, losses: np.ndarray, i: int, steps: int,
+                 arrays: Sequence[np.ndarray | None]) -> np.ndarray:
+        step = f"training step {i + 1} of {steps} (iteration {self.iteration})"
+        cause = _nonfinite_inputs(self.input_names, arrays)
+        if cause:
+            self.last_refusal = f"{step} was refused: {cause}"
+        else:
+            weights = ("the weights are finite: a learning rate too high, or a loss that "
+                       "overflows?" if np.isfinite(self.get_weights().flat).all()
+                       else "the weights hold NaN or inf")
+            self.last_refusal = f"{step} gave a loss of {losses[i]} ({weights})"
+        logger.warning("%s; the step was not applied and training stopped", self.last_refusal)
         return losses[:i + 1]
 
     def test(self, batches: Iterable[Batch], max_batches: int | None = None
@@ -492,7 +647,12 @@ class CaffeNet:
 
     def restore(self, solverstate: str | os.PathLike) -> None:
         """Continue from a ``.solverstate``: weights, solver history, iteration."""
-        self._engine.restore(os.fspath(solverstate))
+        try:
+            self._engine.restore(os.fspath(solverstate))
+        except CaffeError as e:  # unreadable, or another solver's: say which file
+            if os.fspath(solverstate) in str(e):
+                raise
+            raise CaffeError(f"{os.fspath(solverstate)}: {e}") from None
 
     def save_state(self, path: str | os.PathLike) -> Path:
         """The solver's own state (iteration, history; not the weights), raw and atomically.

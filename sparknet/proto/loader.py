@@ -108,7 +108,14 @@ def parse_solver(text: str, source: str = "<prototxt>") -> caffe_pb2.SolverParam
 
 
 def _read(path: PathLike) -> str:
-    return Path(path).read_text(encoding="utf-8")
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise PrototxtError(f"{os.fspath(path)}:{line}: not prototxt text (byte {e.start} is "
+                            "not UTF-8); is it a binary file, such as a .caffemodel?",
+                            os.fspath(path), line) from None
 
 
 def load_net_prototxt(path: PathLike, *, upgrade: bool = True) -> caffe_pb2.NetParameter:
