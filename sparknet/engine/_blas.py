@@ -1,0 +1,186 @@
+"""Which BLAS Caffe runs on, which kernels it picked, and its threads.
+
+Caffe's CPU speed is its BLAS's GEMM. ``libcaffe.so`` is linked to the BLAS
+chosen at build time (``SPARKNET_BLAS``, see ``caffe/build.py``); setup.py
+records that choice in ``build_info.json`` next to the engine extension.
+:func:`prepare` runs before ``libcaffe.so`` is loaded (environment variables a
+BLAS reads only while it loads); :func:`build_info` describes the library
+actually loaded, found with ``threadpoolctl``; :func:`check_kernels` warns when
+the kernels in use are a generic fallback on a CPU with AVX2 or AVX-512.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import warnings
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_BUILD_INFO = Path(__file__).with_name("build_info.json")
+
+# OpenBLAS core names (openblas_get_corename, lower case) whose SGEMM kernels use
+# the instruction set named.
+_AVX512_CORES = {"skylakex", "cooperlake", "sapphirerapids"}
+_AVX2_CORES = _AVX512_CORES | {"haswell", "zen"}
+_AVX512_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"}
+_AVX2_FLAGS = {"avx2", "fma"}
+
+# The library file of each build choice (also after auditwheel renames it to
+# name-<hash>.so). numpy's own OpenBLAS (libscipy_openblas64_...) never matches.
+_LIBRARY_NAMES = {
+    "openblas": re.compile(r"^libscipy_openblas[.-]"),
+    "system": re.compile(r"^libopenblas"),
+    "mkl": re.compile(r"^libmkl_rt"),
+}
+
+
+class BlasWarning(RuntimeWarning):
+    """The BLAS in use runs slower kernels than this CPU supports."""
+
+
+@cache
+def compiled_with() -> dict[str, Any]:
+    """The build description setup.py wrote (Caffe package, flavor, BLAS)."""
+    try:
+        return json.loads(_BUILD_INFO.read_text())
+    except FileNotFoundError:
+        return {"blas": {"name": "system", "library": "libopenblas.so.0"}}
+
+
+@cache
+def cpu() -> dict[str, Any]:
+    """This CPU's model name, vendor and instruction-set flags (Linux ``/proc/cpuinfo``)."""
+    model, vendor, flags = "", "", set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "model name" and not model:
+            model = value
+        elif key == "vendor_id" and not vendor:
+            vendor = value
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    isa = ("avx512" if _AVX512_FLAGS <= flags else
+           "avx2" if _AVX2_FLAGS <= flags else
+           "avx" if "avx" in flags else "sse")
+    return {"model": model, "vendor": vendor, "isa": isa, "cores": os.cpu_count(),
+            "flags": flags}
+
+
+def coretype_for(isa: str) -> str | None:
+    """The OpenBLAS 0.3.21 core whose kernels need only instructions of ``isa``."""
+    return {"avx512": "SkylakeX", "avx2": "Haswell", "avx": "Sandybridge"}.get(isa)
+
+
+def _loaded(pattern: re.Pattern) -> bool:
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+    return any(pattern.match(os.path.basename(line.split()[-1]))
+               for line in maps.splitlines() if "/" in line)
+
+
+def prepare() -> None:
+    """Environment for the BLAS, set before ``libcaffe.so`` (and so the BLAS) loads.
+
+    With Debian's OpenBLAS (``SPARKNET_BLAS=system``), whose 0.3.21 detection
+    falls back to generic ``Prescott`` kernels on CPUs newer than it, the core is
+    chosen from the CPU's flags (every instruction of the chosen kernels
+    present) unless ``OPENBLAS_CORETYPE`` is set already or
+    ``SPARKNET_OPENBLAS_CORETYPE=detect`` asks for OpenBLAS's own detection. With MKL, results are
+    made reproducible run to run whatever the buffers' alignment
+    (``MKL_CBWR=AUTO,STRICT``) unless ``MKL_CBWR`` is set. Spark's Python workers import the engine too, so they get the same.
+    """
+    name = compiled_with()["blas"]["name"]
+    auto = os.environ.get("SPARKNET_OPENBLAS_CORETYPE", "auto").lower() != "detect"
+    if name == "system" and auto and "OPENBLAS_CORETYPE" not in os.environ:
+        core = coretype_for(cpu()["isa"])
+        if core and not _loaded(_LIBRARY_NAMES["system"]):
+            os.environ["OPENBLAS_CORETYPE"] = core
+            logger.debug("OPENBLAS_CORETYPE=%s (from the CPU's flags)", core)
+    elif name == "mkl":
+        os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+
+def _library() -> dict[str, Any] | None:
+    from threadpoolctl import threadpool_info
+
+    pattern = _LIBRARY_NAMES[compiled_with()["blas"]["name"]]
+    for lib in threadpool_info():
+        if lib.get("user_api") == "blas" and pattern.match(os.path.basename(lib["filepath"])):
+            return lib
+    return None
+
+
+def build_info() -> dict[str, Any]:
+    """What Caffe runs on: its package, build flavor, BLAS, version, kernels, threads.
+
+    ``blas["core"]`` is the kernel set OpenBLAS picked (``None`` for MKL, which
+    dispatches per call); ``warning`` says when it is a generic fallback on a CPU
+    with AVX2 or AVX-512 (``None`` otherwise).
+    """
+    from sparknet.engine import _caffe  # loads libcaffe.so and its BLAS
+
+    built = compiled_with()
+    lib = _library() or {}
+    here = cpu()
+    info = {
+        "caffe": built.get("package"),
+        "flavor": "cuda" if _caffe.cuda_build() else "cpu",
+        "blas": {
+            "name": built["blas"]["name"],
+            "implementation": lib.get("internal_api"),
+            "version": lib.get("version") or built["blas"].get("package_version"),
+            "core": lib.get("architecture"),
+            "threading": lib.get("threading_layer"),
+            "threads": _caffe.blas_threads(),
+            "library": lib.get("filepath"),
+        },
+        "cpu": {k: v for k, v in here.items() if k != "flags"},
+    }
+    info["warning"] = _fallback_warning(info["blas"], here)
+    return info
+
+
+def _fallback_warning(blas: dict[str, Any], here: dict[str, Any]) -> str | None:
+    core = (blas.get("core") or "").lower()
+    if blas.get("implementation") != "openblas" or not core:
+        return None
+    fix = ("rebuild with the default BLAS (SPARKNET_BLAS=openblas make build) or set "
+           f"OPENBLAS_CORETYPE={coretype_for(here['isa'])} before sparknet loads")
+    if here["isa"] == "avx512" and core not in _AVX512_CORES:
+        return (f"OpenBLAS {blas.get('version')} runs its {blas['core']} kernels on this "
+                f"AVX-512 CPU ({here['model']}): Caffe trains 2-3x slower than it could; {fix}")
+    if here["isa"] == "avx2" and core not in _AVX2_CORES:
+        return (f"OpenBLAS {blas.get('version')} runs its generic {blas['core']} kernels on "
+                f"this AVX2 CPU ({here['model']}): Caffe trains slower than it could; {fix}")
+    return None
+
+
+_checked = False
+
+
+def check_kernels() -> None:
+    """Warn (once per process) when the BLAS runs generic kernels on an AVX2/AVX-512 CPU."""
+    global _checked
+    if _checked:
+        return
+    _checked = True
+    try:
+        message = build_info()["warning"]
+    except Exception as e:  # identification is advisory: never break loading the engine
+        logger.debug("could not identify the BLAS: %s", e)
+        return
+    if message:
+        logger.warning(message)
+        warnings.warn(message, BlasWarning, stacklevel=3)
