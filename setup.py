@@ -13,7 +13,6 @@
    ``build_info.json`` there records which BLAS that is.
 """
 import functools
-import json
 import shutil
 import subprocess
 import sys
@@ -66,8 +65,7 @@ class BuildExt(build_ext):
             dest = engine / lib.name
             if not dest.exists() or dest.read_bytes() != lib.read_bytes():
                 shutil.copyfile(lib, dest)
-        keep = {"package", "flavor", "blas"}
-        record = json.dumps({k: v for k, v in info.items() if k in keep}, indent=2)
+        record = caffe_build.engine_record(info)
         target = engine / "build_info.json"
         if not target.exists() or target.read_text() != record:
             target.write_text(record)

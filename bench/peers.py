@@ -8,9 +8,10 @@ momentum: images per second of a training step, for
   (PyPI scipy-openblas32, the default build), ``system`` (Debian's OpenBLAS
   with its own CPU detection), ``system-tuned`` (the same library, the core
   picked from the CPU's flags as sparknet does for ``SPARKNET_BLAS=system``),
-  ``mkl`` (PyPI's MKL runtime). Each is its own Caffe cache entry, built on
-  first use (only linking: the compiled objects are shared); the same engine
-  extension loads it through ``LD_LIBRARY_PATH``;
+  ``mkl`` (PyPI's MKL runtime, ``MKL_CBWR=AUTO,STRICT`` as sparknet sets it).
+  Each is its own Caffe cache entry, built on first use (only linking: the
+  compiled objects are shared); the same engine extension loads it through
+  ``LD_LIBRARY_PATH`` and reads that build's ``build_info.json``;
 * PyTorch CPU (``torch.set_num_threads(1)``), the same layers.
 
 Every measurement is a fresh process; contenders alternate within each repeat
@@ -142,12 +143,10 @@ def torch_child(net: str) -> dict:
 
 def caffe_lib_dir(variant: str) -> Path:
     """The cache entry's lib/ of the Caffe build for ``variant`` (built if missing)."""
-    env = dict(os.environ, SPARKNET_BLAS=variant.split("-")[0])
-    done = subprocess.run([sys.executable, str(ROOT / "caffe" / "build.py"), "--json"],
-                          env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"building Caffe for {variant} failed: {done.stderr[-2000:]}")
-    return Path(json.loads(done.stdout)["library_dirs"][0])
+    sys.path.insert(0, str(HERE))
+    from _build import caffe_build_info
+
+    return Path(caffe_build_info(variant.split("-")[0])["library_dirs"][0])
 
 
 def child_env(variant: str, lib_dir: Path | None) -> dict:
@@ -156,16 +155,8 @@ def child_env(variant: str, lib_dir: Path | None) -> dict:
     env.pop("OPENBLAS_CORETYPE", None)
     if lib_dir is not None:
         env["LD_LIBRARY_PATH"] = f"{lib_dir}{os.pathsep}{env.get('LD_LIBRARY_PATH', '')}"
-    if variant == "system":
+    if variant == "system":  # OpenBLAS's own detection; "system-tuned": sparknet's choice
         env["SPARKNET_OPENBLAS_CORETYPE"] = "detect"
-    elif variant == "system-tuned":
-        from sparknet.engine import _blas  # the module only: no libcaffe in this process
-
-        core = _blas.coretype_for(_blas.cpu()["isa"])
-        if core:
-            env["OPENBLAS_CORETYPE"] = core
-    elif variant == "mkl":
-        env.setdefault("MKL_CBWR", "AUTO,STRICT")
     return env
 
 

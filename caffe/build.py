@@ -94,13 +94,13 @@ def blas() -> str:
     return want
 
 
-def _python_package_dir(module: str, pip_name: str) -> Path:
+def _python_package_dir(module: str, pip_name: str, choice: str) -> Path:
     """Where ``module`` is installed for the Python running this build."""
     done = subprocess.run(
         [sys.executable, "-c", f"import {module}, os; print(os.path.dirname({module}.__file__))"],
         capture_output=True, text=True)
     if done.returncode != 0:
-        raise BuildError(f"SPARKNET_BLAS={blas()} needs the {pip_name} package in "
+        raise BuildError(f"SPARKNET_BLAS={choice} needs the {pip_name} package in "
                          f"{sys.executable}'s environment (pip install -r requirements-dev.txt)")
     return Path(done.stdout.strip())
 
@@ -108,7 +108,7 @@ def _python_package_dir(module: str, pip_name: str) -> Path:
 def blas_library(choice: str) -> tuple[Path, str]:
     """The BLAS shared library file of ``choice`` and its package version ('' if Debian's)."""
     if choice == "openblas":
-        lib = _python_package_dir("scipy_openblas32", "scipy-openblas32") / "lib"
+        lib = _python_package_dir("scipy_openblas32", "scipy-openblas32", choice) / "lib"
         version = _pip_version("scipy-openblas32")
         return lib / "libscipy_openblas.so", version
     if choice == "mkl":
@@ -257,10 +257,25 @@ def describe(out: Path, kind: str, choice: str) -> dict:
     }
 
 
-def ensure_built(tools: bool = False) -> dict:
-    """Build Caffe into the cache unless it is there already; return build.json."""
+def engine_record(info: dict) -> str:
+    """``build_info.json``: what the engine reports about the build it runs on.
+
+    Written next to libcaffe.so, in the cache entry's lib/ and (by setup.py)
+    beside the engine extension; ``sparknet.engine._blas`` reads the one next to
+    the libcaffe.so the dynamic loader picks.
+    """
+    return json.dumps({k: info[k] for k in ("package", "flavor", "blas")}, indent=2)
+
+
+def ensure_built(tools: bool = False, choice: str | None = None) -> dict:
+    """Build Caffe into the cache unless it is there already; return build.json.
+
+    ``choice`` is the BLAS (default: ``SPARKNET_BLAS``, else :data:`DEFAULT_BLAS`).
+    """
     kind = flavor()
-    choice = blas()
+    if choice is not None and choice not in BLAS_CHOICES:
+        raise BuildError(f"BLAS {choice!r} is not one of: {', '.join(BLAS_CHOICES)}")
+    choice = choice or blas()
     out = prefix(kind, choice)
     manifest = out / "build.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -280,10 +295,14 @@ def ensure_built(tools: bool = False) -> dict:
                 shutil.copy2(lib, out / "lib" / lib.name)
             _make(out, kind, choice)
             info = describe(out, kind, choice)
+            (out / "lib" / "build_info.json").write_text(engine_record(info))
             tmp = manifest.with_suffix(".tmp")
             tmp.write_text(json.dumps(info, indent=2))
             os.replace(tmp, manifest)
         info = json.loads(manifest.read_text())
+        record = out / "lib" / "build_info.json"
+        if not record.exists():  # an entry from before build_info.json existed
+            record.write_text(engine_record(info))
         if tools and not Path(info["caffe_tool"]).exists():
             _make(out, kind, choice, "tools")
     return info

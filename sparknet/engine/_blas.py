@@ -43,11 +43,20 @@ class BlasWarning(RuntimeWarning):
     """The BLAS in use runs slower kernels than this CPU supports."""
 
 
+def _libcaffe_dir() -> Path:
+    """Where the libcaffe.so this process loads is: a directory of ``LD_LIBRARY_PATH``
+    holding one (searched first, as the dynamic loader does), else the engine's."""
+    for d in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep):
+        if d and (Path(d) / "libcaffe.so").exists():
+            return Path(d)
+    return _BUILD_INFO.parent
+
+
 @cache
 def compiled_with() -> dict[str, Any]:
-    """The build description setup.py wrote (Caffe package, flavor, BLAS)."""
+    """The build description next to libcaffe.so (Caffe package, flavor, BLAS)."""
     try:
-        return json.loads(_BUILD_INFO.read_text())
+        return json.loads((_libcaffe_dir() / _BUILD_INFO.name).read_text())
     except FileNotFoundError:
         return {"blas": {"name": "system", "library": "libopenblas.so.0"}}
 
@@ -156,8 +165,13 @@ def _fallback_warning(blas: dict[str, Any], here: dict[str, Any]) -> str | None:
     core = (blas.get("core") or "").lower()
     if blas.get("implementation") != "openblas" or not core:
         return None
-    fix = ("rebuild with the default BLAS (SPARKNET_BLAS=openblas make build) or set "
-           f"OPENBLAS_CORETYPE={coretype_for(here['isa'])} before sparknet loads")
+    best = coretype_for(here["isa"])
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    if forced is not None:
+        fix = f"OPENBLAS_CORETYPE={forced} is set in the environment: unset it or set {best}"
+    else:
+        fix = (f"set OPENBLAS_CORETYPE={best} before sparknet loads, or rebuild with the "
+               "default BLAS (SPARKNET_BLAS=openblas make build)")
     if here["isa"] == "avx512" and core not in _AVX512_CORES:
         return (f"OpenBLAS {blas.get('version')} runs its {blas['core']} kernels on this "
                 f"AVX-512 CPU ({here['model']}): Caffe trains 2-3x slower than it could; {fix}")
@@ -177,10 +191,31 @@ def check_kernels() -> None:
         return
     _checked = True
     try:
-        message = build_info()["warning"]
+        info = build_info()
     except Exception as e:  # identification is advisory: never break loading the engine
         logger.debug("could not identify the BLAS: %s", e)
         return
+    blas = info["blas"]
+    logger.info("Caffe's BLAS: %s %s, kernels %s, %s thread(s)", blas["implementation"],
+                blas["version"], blas["core"], blas["threads"])
+    message = info["warning"]
     if message:
-        logger.warning(message)
         warnings.warn(message, BlasWarning, stacklevel=3)
+
+
+def describe_build(info: dict[str, Any] | None = None) -> str:
+    """:func:`build_info` as the lines ``sparknet info`` prints."""
+    info = info or build_info()
+    blas, here = info["blas"], info["cpu"]
+    isa = {"avx512": "AVX-512", "avx2": "AVX2", "avx": "AVX", "sse": "SSE"}[here["isa"]]
+    kernels = f"kernels {blas['core']}" if blas["core"] else "kernels chosen per call"
+    lines = [
+        f"Caffe: {info['caffe']} ({info['flavor']} build)",
+        f"BLAS:  {blas['name']} build: {blas['implementation']} {blas['version']}, {kernels}, "
+        f"{blas['threads']} thread(s) ({blas['threading']})",
+        f"       {blas['library']}",
+        f"CPU:   {here['model']} ({here['vendor']}, {isa}), {here['cores']} cores",
+    ]
+    if info["warning"]:
+        lines.append(f"warning: {info['warning']}")
+    return "\n".join(lines)
