@@ -21,7 +21,7 @@ DEBIAN_PACKAGES := build-essential pkg-config protobuf-compiler libprotobuf-dev 
 
 # The BLAS libcaffe.so is linked to (caffe/build.py: openblas, system or mkl);
 # each has its own Caffe cache entry, and changing it re-links the extension.
-SPARKNET_BLAS ?= openblas
+SPARKNET_BLAS ?= system
 export SPARKNET_BLAS
 
 BUILD_INPUTS := setup.py setup.cfg pyproject.toml caffe/build.py caffe/caffe.mk \

@@ -8,7 +8,7 @@
    giving ``sparknet/proto/caffe_pb2.py``;
 3. Cython on ``sparknet/engine/_caffe.pyx`` plus the ``ccaffe`` facade, linked
    against that ``libcaffe.so``, which is copied next to the extension (found
-   through an ``$ORIGIN`` rpath) with the BLAS library it runs on (for the default
+   through an ``$ORIGIN`` rpath) with the BLAS library it runs on (for
    ``SPARKNET_BLAS=openblas``), so an installed environment is self-contained;
    ``build_info.json`` there records which BLAS that is.
 """
@@ -65,6 +65,10 @@ class BuildExt(build_ext):
             dest = engine / lib.name
             if not dest.exists() or dest.read_bytes() != lib.read_bytes():
                 shutil.copyfile(lib, dest)
+        wanted = {Path(p).name for p in info.get("runtime_libraries", ())}
+        for stale in engine.glob("libscipy_openblas*.so"):  # a previous build's BLAS
+            if stale.name not in wanted:
+                stale.unlink()
         record = caffe_build.engine_record(info)
         target = engine / "build_info.json"
         if not target.exists() or target.read_text() != record:

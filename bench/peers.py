@@ -4,11 +4,11 @@
 sizes (LeNet b64, CIFAR-10 quick b100, CaffeNet b16), random inputs, SGD with
 momentum: images per second of a training step, for
 
-* ``CaffeNet.train`` on each Caffe build named by ``--blas``: ``openblas``
-  (PyPI scipy-openblas32, the default build), ``system`` (Debian's OpenBLAS
-  with its own CPU detection), ``system-tuned`` (the same library, the core
-  picked from the CPU's flags as sparknet does for ``SPARKNET_BLAS=system``),
-  ``mkl`` (PyPI's MKL runtime, ``MKL_CBWR=AUTO,STRICT`` as sparknet sets it).
+* ``CaffeNet.train`` on each Caffe build named by ``--blas``: ``system``
+  (the default build: Debian's OpenBLAS, its core picked from the CPU's flags
+  as sparknet does), ``system-detected`` (the same library left to its own CPU
+  detection), ``openblas`` (PyPI scipy-openblas32 0.3.34), ``mkl`` (PyPI's
+  MKL runtime, ``MKL_CBWR=AUTO,STRICT`` as sparknet sets it).
   Each is its own Caffe cache entry, built on first use (only linking: the
   compiled objects are shared); the same engine extension loads it through
   ``LD_LIBRARY_PATH`` and reads that build's ``build_info.json``;
@@ -27,8 +27,9 @@ the final test accuracy.
 
 PyTorch is a benchmark-only requirement (``requirements-bench.txt``).
 
-    .venv/bin/python bench/peers.py [--blas openblas,system,...] [--nets lenet,...]
-                                    [--repeats 2] [--no-spark] [--no-engine]
+    .venv/bin/python bench/peers.py [--blas system,openblas,...] [--nets lenet,...]
+                                    [--repeats 2] [--threads 1] [--no-torch]
+                                    [--no-spark] [--no-engine]
 """
 from __future__ import annotations
 
@@ -49,14 +50,14 @@ NETS = {  # name: (prototxt, batch, timed steps, warm-up steps)
     "cifar10_quick": ("caffe/models/cifar10_quick/train_val.prototxt", 100, 40, 3),
     "caffenet": ("caffe/models/caffenet/train_val.prototxt", 16, 6, 2),
 }
-BLAS = ("openblas", "system", "system-tuned", "mkl")
-DEFAULT_BLAS = "openblas"
+BLAS = ("system", "system-detected", "openblas", "mkl")
+DEFAULT_BLAS = "system"
 
 
 # -- children: one measurement per process ----------------------------------------------
 
 
-def engine_child(net: str, variant: str) -> dict:
+def engine_child(net: str, variant: str, threads: int) -> dict:
     sys.path.insert(0, str(HERE))
     import itertools
 
@@ -65,7 +66,7 @@ def engine_child(net: str, variant: str) -> dict:
     from sparknet.engine import CaffeNet, _blas, set_blas_threads
 
     path, batch, steps, warmup = NETS[net]
-    set_blas_threads(1)
+    set_blas_threads(threads)
     caffe_net = CaffeNet(solver_for(ROOT / path, batch))
     pool = python_pool(caffe_net)
     caffe_net.train(warmup, itertools.cycle(pool))
@@ -110,11 +111,11 @@ def torch_model(net: str):
     raise ValueError(net)
 
 
-def torch_child(net: str) -> dict:
+def torch_child(net: str, threads: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     _, batch, steps, warmup = NETS[net]
     shape = {"lenet": (1, 28, 28), "cifar10_quick": (3, 32, 32), "caffenet": (3, 227, 227)}[net]
@@ -149,19 +150,20 @@ def caffe_lib_dir(variant: str) -> Path:
     return Path(caffe_build_info(variant.split("-")[0])["library_dirs"][0])
 
 
-def child_env(variant: str, lib_dir: Path | None) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               OPENBLAS_NUM_THREADS="1")
+def child_env(variant: str, lib_dir: Path | None, threads: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               OPENBLAS_NUM_THREADS=str(threads))
     env.pop("OPENBLAS_CORETYPE", None)
     if lib_dir is not None:
         env["LD_LIBRARY_PATH"] = f"{lib_dir}{os.pathsep}{env.get('LD_LIBRARY_PATH', '')}"
-    if variant == "system":  # OpenBLAS's own detection; "system-tuned": sparknet's choice
+    if variant == "system-detected":  # OpenBLAS's own CPU detection, not sparknet's choice
         env["SPARKNET_OPENBLAS_CORETYPE"] = "detect"
     return env
 
 
-def measure(kind: str, net: str, variant: str, env: dict) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--net", net, "--variant", variant]
+def measure(kind: str, net: str, variant: str, env: dict, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind, "--net", net, "--variant", variant,
+           "--threads", str(threads)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} {net} {variant} failed:\n{done.stderr[-3000:]}")
@@ -250,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blas", default=",".join(BLAS), help="Caffe builds to compare")
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="BLAS/intra-op threads per process")
     ap.add_argument("--no-torch", action="store_true", help="engine builds only")
     ap.add_argument("--no-spark", action="store_true")
     ap.add_argument("--no-engine", action="store_true")
@@ -258,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        got = engine_child(args.net, args.variant) if args.child == "engine" \
-            else torch_child(args.net)
+        got = engine_child(args.net, args.variant, args.threads) if args.child == "engine" \
+            else torch_child(args.net, args.threads)
         print(json.dumps(got))
         return 0
 
@@ -268,24 +271,26 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown --blas {sorted(unknown)}; choose from {', '.join(BLAS)}")
     nets = [n for n in args.nets.split(",") if n]
-    contenders = {v: child_env(v, caffe_lib_dir(v)) for v in variants}
+    contenders = {v: child_env(v, caffe_lib_dir(v), args.threads) for v in variants}
     if not args.no_torch:
-        contenders["pytorch"] = child_env("pytorch", None)
+        contenders["pytorch"] = child_env("pytorch", None, args.threads)
     best: dict[tuple[str, str], dict] = {}
     if not args.no_engine:
         for rep in range(args.repeats):
             for net in nets:
                 for name, env in contenders.items():
-                    got = measure("torch" if name == "pytorch" else "engine", net, name, env)
+                    got = measure("torch" if name == "pytorch" else "engine", net, name, env,
+                                  args.threads)
                     key = (net, name)
                     if key not in best or got["ips"] > best[key]["ips"]:
                         best[key] = got
                     print(f"repeat {rep + 1} {net:<14} {name:<13} {got['ips']:8.1f} img/s "
-                          f"({got['version']}, {got['core']}, {got['threads']} thread)",
+                          f"({got['version']}, {got['core']}, {got['threads']} threads)",
                           flush=True)
     spark = None if args.no_spark else spark_figures(args.repeats)
 
-    print(f"\nimages/s, 1 thread per process, best of {args.repeats} alternating runs:")
+    print(f"\nimages/s, {args.threads} thread(s) per process, best of {args.repeats} "
+          "alternating runs:")
     print(f"{'net':<14}" + "".join(f"{name:>14}" for name in contenders))
     for net in nets if not args.no_engine else []:
         print(f"{net:<14}" + "".join(f"{best[(net, n)]['ips']:>14.1f}" for n in contenders))

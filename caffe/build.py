@@ -48,13 +48,13 @@ RECIPE_FILES = ("caffe.mk", "sparknet_fatal.hpp", "blas_shim.c")  # decide the r
 
 #: ``SPARKNET_BLAS`` values: the BLAS libcaffe.so is linked to.
 BLAS_CHOICES = {
-    "openblas": "OpenBLAS from PyPI's scipy-openblas32 (recent: knows current CPUs), "
-                "copied next to libcaffe.so",
     "system": "Debian's libopenblas (libopenblas-dev); on CPUs its detection does not "
               "know, sparknet picks OPENBLAS_CORETYPE from the CPU's flags",
+    "openblas": "OpenBLAS from PyPI's scipy-openblas32 (recent: knows current CPUs, but "
+                "slow with more than one thread on a busy machine), copied next to libcaffe.so",
     "mkl": "Intel MKL from PyPI's mkl (its libmkl_rt.so.3 in the environment)",
 }
-DEFAULT_BLAS = "openblas"
+DEFAULT_BLAS = "system"
 
 
 class BuildError(RuntimeError):
@@ -101,7 +101,7 @@ def _python_package_dir(module: str, pip_name: str, choice: str) -> Path:
         capture_output=True, text=True)
     if done.returncode != 0:
         raise BuildError(f"SPARKNET_BLAS={choice} needs the {pip_name} package in "
-                         f"{sys.executable}'s environment (pip install -r requirements-dev.txt)")
+                         f"{sys.executable}'s environment (pip install -r requirements-bench.txt)")
     return Path(done.stdout.strip())
 
 

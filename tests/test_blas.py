@@ -125,7 +125,7 @@ def test_set_blas_threads_reaches_the_linked_blas():
         set_blas_threads(1)
 
 
-@pytest.mark.parametrize("choice", ["system", "mkl"])
+@pytest.mark.parametrize("choice", ["system", "openblas", "mkl"])
 def test_set_blas_threads_reaches_the_other_blas_builds(choice):
     if choice == INSTALLED:
         pytest.skip("the installed build is tested in-process")
@@ -152,19 +152,20 @@ from enginehelp import digit_batches, lenet_solver
 from sparknet.engine import CaffeNet, set_blas_threads
 set_blas_threads({threads})
 net = CaffeNet(lenet_solver(seed={seed}))
-net.train(40, digit_batches(seed=3))
+net.train(20, digit_batches(seed=3))
 np.save({out!r}, net.get_weights().flat)
 """
 
 
-@pytest.mark.parametrize("choice", ["default", "system", "mkl"])
+@pytest.mark.parametrize("choice", ["system", "openblas", "mkl"])
 def test_same_seed_and_threads_give_the_same_weights_run_after_run(choice, tmp_path):
-    env = _env(INSTALLED if choice == "default" else choice)
-    for threads in (1, 2):
+    env = _env(choice)
+    for threads, seeds in ((1, (5, 5, 6)), (2, (5, 5))):
         runs = []
-        for i, seed in enumerate((5, 5, 6)):
+        for i, seed in enumerate(seeds):
             out = tmp_path / f"w{threads}-{i}.npy"
             _run(_TRAIN.format(threads=threads, seed=seed, out=str(out)), env)
             runs.append(np.load(out))
         np.testing.assert_array_equal(runs[0], runs[1])  # bit-identical, process to process
-        assert not np.array_equal(runs[0], runs[2])  # another seed: other weights
+        if len(runs) > 2:
+            assert not np.array_equal(runs[0], runs[2])  # another seed: other weights

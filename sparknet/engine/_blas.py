@@ -39,6 +39,9 @@ _LIBRARY_NAMES = {
 }
 
 
+_loaded_before_engine = False
+
+
 class BlasWarning(RuntimeWarning):
     """The BLAS in use runs slower kernels than this CPU supports."""
 
@@ -112,9 +115,13 @@ def prepare() -> None:
     """
     name = compiled_with()["blas"]["name"]
     auto = os.environ.get("SPARKNET_OPENBLAS_CORETYPE", "auto").lower() != "detect"
+    global _loaded_before_engine
     if name == "system" and auto and "OPENBLAS_CORETYPE" not in os.environ:
         core = coretype_for(cpu()["isa"])
-        if core and not _loaded(_LIBRARY_NAMES["system"]):
+        _loaded_before_engine = _loaded(_LIBRARY_NAMES["system"])
+        if core and not _loaded_before_engine:
+            # Only this process and its children: the variable is what OpenBLAS
+            # reads while it loads, which happens right after this.
             os.environ["OPENBLAS_CORETYPE"] = core
             logger.debug("OPENBLAS_CORETYPE=%s (from the CPU's flags)", core)
     elif name == "mkl":
@@ -169,9 +176,11 @@ def _fallback_warning(blas: dict[str, Any], here: dict[str, Any]) -> str | None:
     forced = os.environ.get("OPENBLAS_CORETYPE")
     if forced is not None:
         fix = f"OPENBLAS_CORETYPE={forced} is set in the environment: unset it or set {best}"
+    elif _loaded_before_engine:
+        fix = (f"libopenblas was loaded before sparknet.engine, so sparknet could not choose "
+               f"its core: import sparknet.engine first or set OPENBLAS_CORETYPE={best}")
     else:
-        fix = (f"set OPENBLAS_CORETYPE={best} before sparknet loads, or rebuild with the "
-               "default BLAS (SPARKNET_BLAS=openblas make build)")
+        fix = f"set OPENBLAS_CORETYPE={best} before sparknet.engine is imported"
     if here["isa"] == "avx512" and core not in _AVX512_CORES:
         return (f"OpenBLAS {blas.get('version')} runs its {blas['core']} kernels on this "
                 f"AVX-512 CPU ({here['model']}): Caffe trains 2-3x slower than it could; {fix}")
@@ -196,7 +205,7 @@ def check_kernels() -> None:
         logger.debug("could not identify the BLAS: %s", e)
         return
     blas = info["blas"]
-    logger.info("Caffe's BLAS: %s %s, kernels %s, %s thread(s)", blas["implementation"],
+    logger.debug("Caffe's BLAS: %s %s, kernels %s, %s thread(s)", blas["implementation"],
                 blas["version"], blas["core"], blas["threads"])
     message = info["warning"]
     if message:
