@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blas", default=",".join(BLAS), help="Caffe builds to compare")
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--spark-repeats", type=int, default=1,
+                    help="train / TorchDistributor pairs (about 4 minutes each)")
     ap.add_argument("--threads", type=int, default=1, help="BLAS/intra-op threads per process")
     ap.add_argument("--no-torch", action="store_true", help="engine builds only")
     ap.add_argument("--no-spark", action="store_true")
@@ -287,13 +289,14 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"repeat {rep + 1} {net:<14} {name:<13} {got['ips']:8.1f} img/s "
                           f"({got['version']}, {got['core']}, {got['threads']} threads)",
                           flush=True)
-    spark = None if args.no_spark else spark_figures(args.repeats)
+    spark = None if args.no_spark else spark_figures(args.spark_repeats)
 
-    print(f"\nimages/s, {args.threads} thread(s) per process, best of {args.repeats} "
-          "alternating runs:")
-    print(f"{'net':<14}" + "".join(f"{name:>14}" for name in contenders))
-    for net in nets if not args.no_engine else []:
-        print(f"{net:<14}" + "".join(f"{best[(net, n)]['ips']:>14.1f}" for n in contenders))
+    if not args.no_engine:
+        print(f"\nimages/s, {args.threads} thread(s) per process, best of {args.repeats} "
+              "alternating runs:")
+        print(f"{'net':<14}" + "".join(f"{name:>16}" for name in contenders))
+        for net in nets:
+            print(f"{net:<14}" + "".join(f"{best[(net, n)]['ips']:>16.1f}" for n in contenders))
     if spark:
         for k, runs in spark.items():
             print(f"{'train' if k == 'sparknet' else 'TorchDistributor'}: images/s "
