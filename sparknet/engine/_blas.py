@@ -105,17 +105,18 @@ def _loaded(pattern: re.Pattern) -> bool:
 def prepare() -> None:
     """Environment for the BLAS, set before ``libcaffe.so`` (and so the BLAS) loads.
 
-    With Debian's OpenBLAS (``SPARKNET_BLAS=system``), whose 0.3.21 detection
-    falls back to generic ``Prescott`` kernels on CPUs newer than it, the core is
-    chosen from the CPU's flags (every instruction of the chosen kernels
-    present) unless ``OPENBLAS_CORETYPE`` is set already or
-    ``SPARKNET_OPENBLAS_CORETYPE=detect`` asks for OpenBLAS's own detection. With MKL, results are
-    made reproducible run to run whatever the buffers' alignment
-    (``MKL_CBWR=AUTO,STRICT``) unless ``MKL_CBWR`` is set. Spark's Python workers import the engine too, so they get the same.
+    With Debian's OpenBLAS (``SPARKNET_BLAS=system``, the default), whose
+    0.3.21 detection falls back to generic ``Prescott`` kernels on CPUs newer
+    than it, the core is chosen from the CPU's flags (every instruction of the
+    chosen kernels present) unless ``OPENBLAS_CORETYPE`` is set already or
+    ``SPARKNET_OPENBLAS_CORETYPE=detect`` asks for OpenBLAS's own detection.
+    With MKL, results are made reproducible run to run whatever the buffers'
+    alignment (``MKL_CBWR=AUTO,STRICT``) unless ``MKL_CBWR`` is set. Spark's
+    Python workers import the engine too, so they get the same.
     """
+    global _loaded_before_engine
     name = compiled_with()["blas"]["name"]
     auto = os.environ.get("SPARKNET_OPENBLAS_CORETYPE", "auto").lower() != "detect"
-    global _loaded_before_engine
     if name == "system" and auto and "OPENBLAS_CORETYPE" not in os.environ:
         core = coretype_for(cpu()["isa"])
         _loaded_before_engine = _loaded(_LIBRARY_NAMES["system"])
