@@ -276,6 +276,7 @@ def ensure_built(tools: bool = False, choice: str | None = None) -> dict:
     if choice is not None and choice not in BLAS_CHOICES:
         raise BuildError(f"BLAS {choice!r} is not one of: {', '.join(BLAS_CHOICES)}")
     choice = choice or blas()
+    blas_library(choice)  # the library is there (or a clear error) before any work
     out = prefix(kind, choice)
     manifest = out / "build.json"
     out.parent.mkdir(parents=True, exist_ok=True)
