@@ -77,6 +77,16 @@ def test_the_engine_runs_kernels_that_use_this_cpus_vector_units():
         wanted = _blas._AVX512_CORES if ISA == "avx512" else _blas._AVX2_CORES
         assert core in wanted, info
     assert info["warning"] is None, info
+    # The README's `sparknet info` example, as written.
+    done = subprocess.run([str(Path(sys.executable).parent / "sparknet"), "info"], cwd=ROOT,
+                          env=_env(INSTALLED), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"Caffe: {info['caffe']} (cpu build)"
+    assert lines[1].startswith(f"BLAS:  {INSTALLED} build: ")
+    if info["blas"]["core"]:
+        assert f"kernels {info['blas']['core']}" in lines[1]
+    assert lines[3].startswith("CPU:   ") and "warning" not in done.stdout
 
 
 @needs_avx2
