@@ -19,11 +19,16 @@ DEBIAN_PACKAGES := build-essential pkg-config protobuf-compiler libprotobuf-dev 
 	libboost-filesystem-dev libhdf5-dev libopenblas-dev liblmdb-dev libleveldb-dev \
 	libsnappy-dev libgtest-dev
 
+# The BLAS libcaffe.so is linked to (caffe/build.py: openblas, system or mkl);
+# each has its own Caffe cache entry, and changing it re-links the extension.
+SPARKNET_BLAS ?= system
+export SPARKNET_BLAS
+
 BUILD_INPUTS := setup.py setup.cfg pyproject.toml caffe/build.py caffe/caffe.mk \
-	caffe/sparknet_fatal.hpp ccaffe/ccaffe.cpp ccaffe/ccaffe.hpp sparknet/engine/_caffe.pyx \
+	caffe/sparknet_fatal.hpp caffe/blas_shim.c ccaffe/ccaffe.cpp ccaffe/ccaffe.hpp sparknet/engine/_caffe.pyx \
 	sparknet/data/_kernels.pyx sparknet/data/_crop_kernel.h
 
-.PHONY: run test build deps env bench wheel pack clean
+.PHONY: run test build deps env bench bench-env wheel pack clean
 
 run: build
 	$(PY) examples/lenet_app.py --workers 2
@@ -31,7 +36,7 @@ run: build
 test: build
 	$(PY) -m pytest tests
 
-bench: build
+bench: build bench-env
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 build: $(VENV)/.built
@@ -57,7 +62,18 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | deps
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-$(VENV)/.built: $(VENV)/.installed $(BUILD_INPUTS) | deps
+# Benchmark-only peers (PyTorch CPU, MKL): bench/peers.py compares against them.
+bench-env: $(VENV)/.bench-installed
+
+$(VENV)/.bench-installed: requirements-bench.txt $(VENV)/.installed
+	$(PY) -m pip install -q -r requirements-bench.txt
+	touch $@
+
+$(VENV)/.blas-$(SPARKNET_BLAS): | $(VENV)/.installed
+	rm -f $(VENV)/.blas-*
+	touch $@
+
+$(VENV)/.built: $(VENV)/.installed $(VENV)/.blas-$(SPARKNET_BLAS) $(BUILD_INPUTS) | deps
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 

@@ -8,7 +8,9 @@
    giving ``sparknet/proto/caffe_pb2.py``;
 3. Cython on ``sparknet/engine/_caffe.pyx`` plus the ``ccaffe`` facade, linked
    against that ``libcaffe.so``, which is copied next to the extension (found
-   through an ``$ORIGIN`` rpath) so an installed environment is self-contained.
+   through an ``$ORIGIN`` rpath) with the BLAS library it runs on (for
+   ``SPARKNET_BLAS=openblas``), so an installed environment is self-contained;
+   ``build_info.json`` there records which BLAS that is.
 """
 import functools
 import shutil
@@ -55,10 +57,22 @@ class BuildExt(build_ext):
             ext.libraries += info["libraries"]
             ext.define_macros += [(d, None) for d in info["define_macros"]]
         super().run()
-        lib = Path(info["library_dirs"][0]) / "libcaffe.so"
-        dest = Path(self.get_ext_fullpath("sparknet.engine._caffe")).parent / "libcaffe.so"
-        if not dest.exists() or dest.read_bytes() != lib.read_bytes():
-            shutil.copyfile(lib, dest)
+        # libcaffe.so and the BLAS library it links (when not a system one) go next
+        # to the extension; build_info.json says which BLAS that is (sparknet.engine._blas).
+        engine = Path(self.get_ext_fullpath("sparknet.engine._caffe")).parent
+        for lib in map(Path, info.get("runtime_libraries")
+                       or [Path(info["library_dirs"][0]) / "libcaffe.so"]):
+            dest = engine / lib.name
+            if not dest.exists() or dest.read_bytes() != lib.read_bytes():
+                shutil.copyfile(lib, dest)
+        wanted = {Path(p).name for p in info.get("runtime_libraries", ())}
+        for stale in engine.glob("libscipy_openblas*.so"):  # a previous build's BLAS
+            if stale.name not in wanted:
+                stale.unlink()
+        record = caffe_build.engine_record(info)
+        target = engine / "build_info.json"
+        if not target.exists() or target.read_text() != record:
+            target.write_text(record)
 
 
 def extensions():

@@ -8,13 +8,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def caffe_build_info() -> dict:
+def caffe_build_info(blas: str | None = None) -> dict:
+    """build.json of the Caffe build for ``blas`` (default: this checkout's), built if missing."""
     sys.path.insert(0, str(ROOT / "caffe"))
     try:
         import build
     finally:
         sys.path.pop(0)
-    return build.ensure_built()
+    return build.ensure_built(choice=blas)
 
 
 def compile_against_caffe(source: Path, output: Path) -> Path:

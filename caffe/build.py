@@ -6,8 +6,9 @@ Caffe's C++ sources come from the pinned PyPI source package
 project's own recipe (``caffe.mk``) against Debian's libraries, and land in a
 cache directory outside the clone::
 
-    $SPARKNET_CACHE (default ~/.cache/sparknet)/caffe-<sdist sha>-<flavor>-<recipe sha>/
+    $SPARKNET_CACHE (default ~/.cache/sparknet)/caffe-<sdist sha>-<flavor>-<blas>-<recipe sha>/
         lib/libcaffe.so     the library (every source force-includes sparknet_fatal.hpp)
+                            and, for BLAS=openblas, the libscipy_openblas.so it runs on
         include/            generated caffe/proto/caffe.pb.h and caffe.proto
         src/                the unpacked source package (headers under src/include)
         build.json          written last: its presence means the build is complete
@@ -15,6 +16,11 @@ cache directory outside the clone::
 A second build with the same source package and recipe costs nothing. The
 flavor is ``cpu`` unless ``SPARKNET_CUDA=1`` (or ``auto``, the default, with
 ``nvcc`` on PATH and ``nvidia-smi`` listing a GPU), which gives ``cuda``.
+
+The BLAS libcaffe.so is linked to is ``SPARKNET_BLAS`` (see :data:`BLAS_CHOICES`;
+default :data:`DEFAULT_BLAS`). Caffe's objects do not depend on it: a build for
+another BLAS copies the objects of a finished build with the same recipe and
+only links (seconds instead of minutes). Each BLAS has its own cache entry.
 
 This module uses only the standard library: ``setup.py`` imports it before
 anything else is installed. Run it directly to build, or with ``--json`` to
@@ -38,7 +44,17 @@ VERSION = "9.0.2"
 SHA256 = "c6410cc60bdd6db685d441b66be7df05410f8850ac88d6b75d48ef9b2315c08a"
 
 HERE = Path(__file__).resolve().parent
-RECIPE_FILES = ("caffe.mk", "sparknet_fatal.hpp")  # what decides the compiled result
+RECIPE_FILES = ("caffe.mk", "sparknet_fatal.hpp", "blas_shim.c")  # decide the result
+
+#: ``SPARKNET_BLAS`` values: the BLAS libcaffe.so is linked to.
+BLAS_CHOICES = {
+    "system": "Debian's libopenblas (libopenblas-dev); on CPUs its detection does not "
+              "know, sparknet picks OPENBLAS_CORETYPE from the CPU's flags",
+    "openblas": "OpenBLAS from PyPI's scipy-openblas32 (recent: knows current CPUs, but "
+                "slow with more than one thread on a busy machine), copied next to libcaffe.so",
+    "mkl": "Intel MKL from PyPI's mkl (its libmkl_rt.so.3 in the environment)",
+}
+DEFAULT_BLAS = "system"
 
 
 class BuildError(RuntimeError):
@@ -70,6 +86,48 @@ def flavor() -> str:
     return "cpu"
 
 
+def blas() -> str:
+    """The BLAS to link, from ``SPARKNET_BLAS`` (default :data:`DEFAULT_BLAS`)."""
+    want = (os.environ.get("SPARKNET_BLAS") or DEFAULT_BLAS).strip().lower()
+    if want not in BLAS_CHOICES:
+        raise BuildError(f"SPARKNET_BLAS={want!r} is not one of: {', '.join(BLAS_CHOICES)}")
+    return want
+
+
+def _python_package_dir(module: str, pip_name: str, choice: str) -> Path:
+    """Where ``module`` is installed for the Python running this build."""
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {module}, os; print(os.path.dirname({module}.__file__))"],
+        capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BuildError(f"SPARKNET_BLAS={choice} needs the {pip_name} package in "
+                         f"{sys.executable}'s environment (pip install -r requirements-bench.txt)")
+    return Path(done.stdout.strip())
+
+
+def blas_library(choice: str) -> tuple[Path, str]:
+    """The BLAS shared library file of ``choice`` and its package version ('' if Debian's)."""
+    if choice == "openblas":
+        lib = _python_package_dir("scipy_openblas32", "scipy-openblas32", choice) / "lib"
+        version = _pip_version("scipy-openblas32")
+        return lib / "libscipy_openblas.so", version
+    if choice == "mkl":
+        # The mkl wheel puts its libraries in the environment's lib/ (no Python module).
+        lib = Path(sys.prefix) / "lib" / "libmkl_rt.so.3"
+        if not lib.exists():
+            raise BuildError(f"SPARKNET_BLAS=mkl needs PyPI's mkl in {sys.prefix} "
+                             f"(no {lib}; pip install -r requirements-bench.txt)")
+        return lib, _pip_version("mkl")
+    return Path("/usr/lib/x86_64-linux-gnu/libopenblas.so.0"), ""
+
+
+def _pip_version(dist: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", f"import importlib.metadata as m; print(m.version({dist!r}))"],
+        capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
 def recipe_hash() -> str:
     h = hashlib.sha256()
     for name in RECIPE_FILES:
@@ -77,9 +135,34 @@ def recipe_hash() -> str:
     return h.hexdigest()
 
 
-def prefix(kind: str | None = None) -> Path:
+def prefix(kind: str | None = None, choice: str | None = None) -> Path:
     kind = kind or flavor()
-    return cache_root() / f"caffe-{SHA256[:12]}-{kind}-{recipe_hash()[:10]}"
+    choice = choice or blas()
+    return cache_root() / f"caffe-{SHA256[:12]}-{kind}-{choice}-{recipe_hash()[:10]}"
+
+
+def _reuse_objects(out: Path, kind: str, choice: str) -> None:
+    """Copy the compiled objects of a finished build for another BLAS, if any.
+
+    The objects depend on the sources and the recipe, not on the BLAS (it is
+    only linked), so make then finds them up to date and only links.
+    """
+    for other in BLAS_CHOICES:
+        src = prefix(kind, other)
+        if other == choice or not (src / "build.json").exists():
+            continue
+        _log(f"reusing the compiled objects of {src.name} (only linking for {choice})")
+        parts = [p for p in ("src", "include", "obj") if not (out / p).exists()]
+        tmp = Path(tempfile.mkdtemp(dir=out, prefix=".copy-"))
+        try:
+            for part in parts:
+                shutil.copytree(src / part, tmp / part, symlinks=True,
+                                ignore=shutil.ignore_patterns("blas_shim.o"))
+            for part in parts:
+                os.replace(tmp / part, out / part)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
 
 
 def _sha256(path: Path) -> str:
@@ -136,53 +219,93 @@ def _unpack(sdist: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _make(out: Path, kind: str, *targets: str) -> None:
+def _make(out: Path, kind: str, choice: str, *targets: str) -> None:
     jobs = os.environ.get("SPARKNET_BUILD_JOBS") or str(os.cpu_count() or 2)
+    lib, _ = blas_library(choice)
     cmd = ["make", "-f", str(HERE / "caffe.mk"), f"-j{jobs}",
            f"SRC={out / 'src'}", f"OUT={out}", f"FATAL={HERE / 'sparknet_fatal.hpp'}",
-           f"CUDA={1 if kind == 'cuda' else 0}", *targets]
+           f"CUDA={1 if kind == 'cuda' else 0}", f"BLAS={choice}", f"BLAS_DIR={lib.parent}",
+           f"BLAS_SHIM={HERE / 'blas_shim.c'}", *targets]
     if subprocess.run(cmd).returncode != 0:
         raise BuildError(f"compiling Caffe failed (command: {' '.join(cmd)})")
 
 
-def describe(out: Path, kind: str) -> dict:
+def describe(out: Path, kind: str, choice: str) -> dict:
     defs = ["USE_LMDB", "USE_LEVELDB", "NDEBUG"] + ([] if kind == "cuda" else ["CPU_ONLY"])
+    lib, version = blas_library(choice)
+    # The libraries libcaffe.so needs at run time that are not system ones:
+    # setup.py copies them next to the engine extension.
+    runtime = [str(out / "lib" / "libcaffe.so")]
+    if choice == "openblas":
+        runtime.append(str(out / "lib" / lib.name))
     return {
         "package": f"{PACKAGE}=={VERSION}",
         "sha256": SHA256,
         "flavor": kind,
+        "blas": {"name": choice, "library": lib.name, "package_version": version,
+                 "description": BLAS_CHOICES[choice]},
         "prefix": str(out),
+        "runtime_libraries": runtime,
         "include_dirs": [str(out / "include"), str(out / "src" / "include"),
                          "/usr/include/hdf5/serial"],
         "library_dirs": [str(out / "lib")],
-        "libraries": ["caffe", "glog", "gflags", "protobuf", "boost_system", "openblas"],
+        "libraries": ["caffe", "glog", "gflags", "protobuf", "boost_system"]
+                     + (["openblas"] if choice == "system" else []),
         "define_macros": defs,
         "proto": str(out / "include" / "caffe" / "proto" / "caffe.proto"),
         "caffe_tool": str(out / "bin" / "caffe"),
     }
 
 
-def ensure_built(tools: bool = False) -> dict:
-    """Build Caffe into the cache unless it is there already; return build.json."""
+def engine_record(info: dict) -> str:
+    """``build_info.json``: what the engine reports about the build it runs on.
+
+    Written next to libcaffe.so, in the cache entry's lib/ and (by setup.py)
+    beside the engine extension; ``sparknet.engine._blas`` reads the one next to
+    the libcaffe.so the dynamic loader picks.
+    """
+    return json.dumps({k: info[k] for k in ("package", "flavor", "blas")}, indent=2)
+
+
+def ensure_built(tools: bool = False, choice: str | None = None) -> dict:
+    """Build Caffe into the cache unless it is there already; return build.json.
+
+    ``choice`` is the BLAS (default: ``SPARKNET_BLAS``, else :data:`DEFAULT_BLAS`).
+    """
     kind = flavor()
-    out = prefix(kind)
+    if choice is not None and choice not in BLAS_CHOICES:
+        raise BuildError(f"BLAS {choice!r} is not one of: {', '.join(BLAS_CHOICES)}")
+    choice = choice or blas()
+    blas_library(choice)  # the library is there (or a clear error) before any work
+    out = prefix(kind, choice)
     manifest = out / "build.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time per cache entry
         if not manifest.exists():
-            _log(f"building Caffe ({kind}) into {out}; this takes a few minutes once")
+            _log(f"building Caffe ({kind}, BLAS {choice}) into {out}; "
+                 "this takes a few minutes once")
             out.mkdir(exist_ok=True)
+            if not (out / "obj").exists():
+                _reuse_objects(out, kind, choice)
             if not (out / "src").exists():
                 _unpack(fetch_sdist(), out / "src")
-            _make(out, kind)
-            info = describe(out, kind)
+            if choice == "openblas":
+                lib, _ = blas_library(choice)
+                (out / "lib").mkdir(exist_ok=True)
+                shutil.copy2(lib, out / "lib" / lib.name)
+            _make(out, kind, choice)
+            info = describe(out, kind, choice)
+            (out / "lib" / "build_info.json").write_text(engine_record(info))
             tmp = manifest.with_suffix(".tmp")
             tmp.write_text(json.dumps(info, indent=2))
             os.replace(tmp, manifest)
         info = json.loads(manifest.read_text())
+        record = out / "lib" / "build_info.json"
+        if not record.exists():  # an entry from before build_info.json existed
+            record.write_text(engine_record(info))
         if tools and not Path(info["caffe_tool"]).exists():
-            _make(out, kind, "tools")
+            _make(out, kind, choice, "tools")
     return info
 
 

@@ -4,9 +4,19 @@
 #   OUT     install prefix (lib/, include/, obj/, bin/)
 #   FATAL   path of sparknet_fatal.hpp, force-included into every source
 #   CUDA    1 for a GPU build (needs nvcc), 0 for CPU_ONLY
+#   BLAS    which BLAS libcaffe.so is linked to (the objects do not depend on it):
+#           system    Debian's libopenblas
+#           openblas  PyPI scipy-openblas32's libscipy_openblas.so, copied into
+#                     $(OUT)/lib by build.py (found next to libcaffe.so at run time)
+#           mkl       PyPI mkl's libmkl_rt.so.3 in BLAS_DIR (found there at run time)
+#   BLAS_DIR  the directory of that library (openblas, mkl)
 CUDA ?= 0
+BLAS ?= system
+BLAS_DIR ?=
 NVCC ?= nvcc
 CXX ?= g++
+CC ?= gcc
+BLAS_SHIM ?= $(dir $(lastword $(MAKEFILE_LIST)))blas_shim.c
 OBJ := $(OUT)/obj
 GEN := $(OUT)/include/caffe/proto
 
@@ -21,7 +31,25 @@ HDF5_LIB := $(shell pkg-config --libs hdf5) -lhdf5_hl
 DEFS := -DNDEBUG -DUSE_LMDB -DUSE_LEVELDB
 INCS := -I$(OUT)/include -I$(SRC)/include $(HDF5_INC) -I/usr/include/x86_64-linux-gnu
 LIBS := -lglog -lgflags -lprotobuf -lboost_system -lboost_thread -lboost_filesystem \
-        $(HDF5_LIB) -llmdb -lleveldb -lopenblas -lpthread
+        $(HDF5_LIB) -llmdb -lleveldb -lpthread
+
+# Caffe calls cblas_* and the facade openblas_*_num_threads; blas_shim.c maps
+# them for the BLAS libraries that name them otherwise.
+SHIM :=
+ifeq ($(BLAS),system)
+  BLAS_LIBS := -lopenblas
+else ifeq ($(BLAS),openblas)
+  SHIM := $(OBJ)/blas_shim.o
+  SHIM_DEF := -DSPARKNET_BLAS_SCIPY
+  BLAS_LIBS := -L$(OUT)/lib -lscipy_openblas
+else ifeq ($(BLAS),mkl)
+  SHIM := $(OBJ)/blas_shim.o
+  SHIM_DEF := -DSPARKNET_BLAS_MKL
+  BLAS_LIBS := -L$(BLAS_DIR) -l:libmkl_rt.so.3 -Wl,-rpath,$(BLAS_DIR)
+else
+  $(error unknown BLAS=$(BLAS); use system, openblas or mkl)
+endif
+LIBS += $(BLAS_LIBS)
 
 ifeq ($(CUDA),1)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(realpath $(shell command -v $(NVCC))))
@@ -57,9 +85,13 @@ $(OBJ)/%.cu.o: $(SRC)/src/caffe/%.cu $(GEN)/caffe.pb.cc
 	@$(NVCC) -O3 -std=c++14 $(CUDA_ARCH) -Xcompiler -fPIC,-w $(DEFS) $(INCS) \
 	    -include $(FATAL) -c $< -o $@
 
-$(OUT)/lib/libcaffe.so: $(OBJS)
+$(OBJ)/blas_shim.o: $(BLAS_SHIM)
 	@mkdir -p $(dir $@)
-	$(CXX) -shared -o $@ $^ $(LIBS) -Wl,-soname,libcaffe.so
+	$(CC) -O2 -fPIC $(SHIM_DEF) -c $< -o $@
+
+$(OUT)/lib/libcaffe.so: $(OBJS) $(SHIM)
+	@mkdir -p $(dir $@)
+	$(CXX) -shared -o $@ $^ $(LIBS) -Wl,-soname,libcaffe.so -Wl,-rpath,'$$ORIGIN'
 
 # Caffe's own command-line tool, for tests that check interoperability with
 # files Caffe itself writes. Not installed for users.

@@ -340,6 +340,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     from sparknet.proto import caffe_pb2
 
     path = args.file
+    if path is None:  # the build itself: Caffe, its BLAS and the kernels in use
+        from sparknet.engine._blas import describe_build
+
+        print(describe_build())
+        return 0
     raw = (Path(path).read_bytes() if Path(path).is_file()
            and not path.endswith((".py", ".prototxt")) else None)
     if path.endswith(".caffemodel") or (raw is not None and _binary(raw)):
@@ -472,8 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="Parquet output path")
     p.set_defaults(func=cmd_featurize)
 
-    p = sub.add_parser("info", help="layers, shapes and parameters of a net or .caffemodel")
-    p.add_argument("file", help=".prototxt, .caffemodel, shipped model or module")
+    p = sub.add_parser("info", help="layers, shapes and parameters of a net or .caffemodel; "
+                       "without one, the Caffe build, its BLAS and kernels")
+    p.add_argument("file", nargs="?", help=".prototxt, .caffemodel, shipped model or module")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("convert", help="net .prototxt -> DSL Python source, or back")

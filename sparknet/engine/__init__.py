@@ -4,8 +4,13 @@
 a net's parameters in one flat buffer for cheap averaging and pickling. A Caffe
 CHECK failure surfaces as :class:`CaffeError` and never aborts the process.
 """
-from sparknet.engine._caffe import CaffeError
-from sparknet.engine.net import (
+from sparknet.engine import _blas
+
+_blas.prepare()  # before libcaffe.so, and so its BLAS, is loaded
+
+from sparknet.engine._blas import BlasWarning, build_info  # noqa: E402
+from sparknet.engine._caffe import CaffeError  # noqa: E402
+from sparknet.engine.net import (  # noqa: E402
     CaffeNet,
     blas_threads,
     cuda_build,
@@ -13,13 +18,17 @@ from sparknet.engine.net import (
     set_log_level,
     solver_proto,
 )
-from sparknet.engine.weights import WeightCollection
+from sparknet.engine.weights import WeightCollection  # noqa: E402
+
+_blas.check_kernels()
 
 __all__ = [
+    "BlasWarning",
     "CaffeError",
     "CaffeNet",
     "WeightCollection",
     "blas_threads",
+    "build_info",
     "cuda_build",
     "set_blas_threads",
     "set_log_level",

@@ -36,11 +36,13 @@ def set_log_level(level: str | int) -> None:
 
 
 def set_blas_threads(threads: int) -> None:
-    """Threads OpenBLAS uses for Caffe's CPU math (a Spark task: its cores)."""
+    """Threads the BLAS libcaffe is linked to (OpenBLAS or MKL) uses for Caffe's CPU
+    math (a Spark task: its cores); :func:`build_info` shows which BLAS that is."""
     _caffe.set_blas_threads(int(threads))
 
 
 def blas_threads() -> int:
+    """Threads Caffe's BLAS uses (as the library itself reports)."""
     return _caffe.blas_threads()
 
 
