@@ -28,18 +28,22 @@ BUILD_INPUTS := setup.py setup.cfg pyproject.toml caffe/build.py caffe/caffe.mk 
 	caffe/sparknet_fatal.hpp caffe/blas_shim.c ccaffe/ccaffe.cpp ccaffe/ccaffe.hpp sparknet/engine/_caffe.pyx \
 	sparknet/data/_kernels.pyx sparknet/data/_crop_kernel.h
 
-.PHONY: run test build deps env bench bench-env wheel pack clean
+.PHONY: run test lint build deps env bench bench-env wheel pack clean
 
 run: build
 	$(PY) examples/lenet_app.py --workers 2
 
 test: build
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests
 
 bench: build bench-env
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 build: $(VENV)/.built
+
+lint: env
+	$(VENV)/bin/ruff check .
 
 env: $(VENV)/.installed
 

@@ -34,6 +34,7 @@ Usage: ``python bench/averaging.py [--reps 5] [--spark] [--tree] [--conf key=val
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -57,10 +58,8 @@ def _rss() -> int:
 
 
 def _reset_peak() -> None:
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def _peak() -> int:

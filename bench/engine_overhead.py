@@ -32,11 +32,11 @@ import numpy as np
 from google.protobuf import text_format
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _build import ROOT, compile_against_caffe  # noqa: E402
+from _build import ROOT, compile_against_caffe
 
-from sparknet.engine import CaffeNet, set_blas_threads  # noqa: E402
-from sparknet.engine.net import _engine_solver  # noqa: E402
-from sparknet.proto import caffe_pb2  # noqa: E402
+from sparknet.engine import CaffeNet, set_blas_threads
+from sparknet.engine.net import _engine_solver
+from sparknet.proto import caffe_pb2
 
 NETS = {
     "LeNet": ("caffe/models/lenet/lenet_train_test.prototxt", 64),

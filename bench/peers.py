@@ -164,7 +164,7 @@ def child_env(variant: str, lib_dir: Path | None, threads: int) -> dict:
 def measure(kind: str, net: str, variant: str, env: dict, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--net", net, "--variant", variant,
            "--threads", str(threads)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} {net} {variant} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

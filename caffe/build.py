@@ -80,7 +80,7 @@ def flavor() -> str:
             raise BuildError("SPARKNET_CUDA=1 but nvcc is not on PATH")
         return "cuda"
     if has_nvcc and shutil.which("nvidia-smi"):
-        probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+        probe = subprocess.run(["nvidia-smi", "-L"], check=False, capture_output=True, text=True)
         if probe.returncode == 0 and "GPU" in probe.stdout:
             return "cuda"
     return "cpu"
@@ -98,7 +98,7 @@ def _python_package_dir(module: str, pip_name: str, choice: str) -> Path:
     """Where ``module`` is installed for the Python running this build."""
     done = subprocess.run(
         [sys.executable, "-c", f"import {module}, os; print(os.path.dirname({module}.__file__))"],
-        capture_output=True, text=True)
+        check=False, capture_output=True, text=True)
     if done.returncode != 0:
         raise BuildError(f"SPARKNET_BLAS={choice} needs the {pip_name} package in "
                          f"{sys.executable}'s environment (pip install -r requirements-bench.txt)")
@@ -124,7 +124,7 @@ def blas_library(choice: str) -> tuple[Path, str]:
 def _pip_version(dist: str) -> str:
     done = subprocess.run(
         [sys.executable, "-c", f"import importlib.metadata as m; print(m.version({dist!r}))"],
-        capture_output=True, text=True)
+        check=False, capture_output=True, text=True)
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
@@ -188,9 +188,9 @@ def fetch_sdist() -> Path:
                 cmd = ["-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                        "--disable-pip-version-check", "-q", "-d", tmp,
                        f"{PACKAGE}=={VERSION}"]
-                done = subprocess.run([sys.executable, *cmd])
+                done = subprocess.run([sys.executable, *cmd], check=False)
                 if done.returncode != 0 and shutil.which("python3"):
-                    done = subprocess.run(["python3", *cmd])
+                    done = subprocess.run(["python3", *cmd], check=False)
                 if done.returncode != 0:
                     raise BuildError(f"pip could not download {PACKAGE}=={VERSION}")
                 got = next(Path(tmp).glob("*.tar.gz"), None)
@@ -226,7 +226,7 @@ def _make(out: Path, kind: str, choice: str, *targets: str) -> None:
            f"SRC={out / 'src'}", f"OUT={out}", f"FATAL={HERE / 'sparknet_fatal.hpp'}",
            f"CUDA={1 if kind == 'cuda' else 0}", f"BLAS={choice}", f"BLAS_DIR={lib.parent}",
            f"BLAS_SHIM={HERE / 'blas_shim.c'}", *targets]
-    if subprocess.run(cmd).returncode != 0:
+    if subprocess.run(cmd, check=False).returncode != 0:
         raise BuildError(f"compiling Caffe failed (command: {' '.join(cmd)})")
 
 

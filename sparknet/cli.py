@@ -143,7 +143,8 @@ def check_uri(uri: str | None) -> None:
     scheme, _, rest = uri.partition(":")
     if not rest:
         raise UsageError(f"data source '{uri}' names no path (write {scheme}:/path/to/data)")
-    from sparknet.data._io import local_path, scheme as uri_scheme
+    from sparknet.data._io import local_path
+    from sparknet.data._io import scheme as uri_scheme
 
     if uri_scheme(rest) == "" and not local_path(rest).exists():
         raise UsageError(f"data source '{uri}': {local_path(rest)} does not exist")
@@ -374,7 +375,6 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"parameters: {total:,}")
         return 0
     from sparknet.dsl import NetParam, Phase
-    from sparknet.proto import ProtoLoader
 
     proto = load_net(path)
     net = NetParam.from_proto(proto)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a local Spark session and the bundled digits."""
+"""Shared fixtures: a local Spark session, the bundled digits, and the loopback S3 server
+(``s3``, ``flaky_s3`` from ``s3server``, imported here so every module has them)."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from s3server import flaky_s3, s3  # noqa: F401 - fixtures, registered by importing them here
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,8 +1,6 @@
 """A real S3-compatible server on loopback for tests (moto's server mode), reusable.
 
-Use the fixture from any test module::
-
-    from s3server import s3  # noqa: F401  (registers the fixture)
+Every test module has the fixture (``conftest.py`` imports it)::
 
     def test_something(s3, spark):
         bucket = s3.bucket()                  # a fresh, empty bucket
@@ -17,6 +15,7 @@ in boto3 is mocked, every call goes over HTTP to the server.
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import os
@@ -143,10 +142,8 @@ class FlakyProxy:
                 if fault["mode"] == "stall":
                     time.sleep(proxy.stall_s)
                 self.close_connection = True
-                try:
+                with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from s3server import s3  # noqa: F401 - the loopback S3 server fixture
 
 from sparknet.data import load_cifar10, load_mnist, synthetic
 from sparknet.data.caffe_lmdb import load_lmdb, read_lmdb
@@ -224,7 +223,7 @@ S3_CASES = [
 
 @pytest.mark.parametrize("case, objects, call, error, words", S3_CASES,
                          ids=[c[0] for c in S3_CASES])
-def test_bad_s3_input_is_named(s3, spark, case, objects, call, error, words):  # noqa: F811
+def test_bad_s3_input_is_named(s3, spark, case, objects, call, error, words):
     bucket = _bucket_with(s3, objects)
     with pytest.raises(error) as caught:
         call(bucket, s3.options(), spark)

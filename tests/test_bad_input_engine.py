@@ -14,8 +14,8 @@ import json
 import textwrap
 
 import pytest
-
 from enginehelp import ROOT, run_isolated
+
 from sparknet.dsl import (
     AccuracyLayer,
     ConvolutionLayer,
@@ -114,8 +114,9 @@ def test_a_mistaken_prototxt_names_the_file_and_line(edit, error, fragments, tmp
 
 
 def test_a_binary_file_given_as_prototxt_is_named(tmp_path):
-    from sparknet.engine import CaffeNet
     from enginehelp import lenet_solver
+
+    from sparknet.engine import CaffeNet
 
     path = tmp_path / "lenet.caffemodel"
     CaffeNet(lenet_solver(batch=2)).save_weights(path)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from s3server import s3  # noqa: F401 - the fixture
 
 from sparknet.proto import ProtoLoader
 
@@ -146,9 +145,8 @@ def _cifar(folder: Path) -> str:
 
 
 def _lmdb(folder: Path) -> tuple[str, str]:
-    from sparknet.data.caffe_lmdb import write_lmdb
-
     from sparknet.data import load_digits
+    from sparknet.data.caffe_lmdb import write_lmdb
 
     for split in ("train", "test"):  # float Datums, in [0, 1] as LeNet takes them
         x, y = load_digits(split)
@@ -156,7 +154,7 @@ def _lmdb(folder: Path) -> tuple[str, str]:
     return f"lmdb:{folder / 'train'}", f"lmdb:{folder / 'test'}"
 
 
-def _s3(s3server, folder: Path) -> str:  # noqa: F811
+def _s3(s3server, folder: Path) -> str:
     """The images of _cifar, as lossless PNGs in tar shards in SparkNet's S3 layout."""
     import io
 

@@ -7,7 +7,6 @@ import struct
 import numpy as np
 import pytest
 from PIL import Image
-from s3server import s3  # noqa: F401 - the fixture
 
 from sparknet.data import (
     _io,

@@ -3,6 +3,7 @@ what convert_imageset writes (raw and encoded datums), sparknet reads."""
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy as np
 import pytest
@@ -154,7 +155,7 @@ def test_encoded_roundtrip_and_datum_errors(tmp_path):
         d.ParseFromString(txn.get(b"00000003"))
     env.close()
     assert d.encoded and d.data[:4] == b"\x89PNG" and d.label == 3
-    back, labels = load_lmdb(tmp_path / "enc", dtype=np.uint8)
+    back, _labels = load_lmdb(tmp_path / "enc", dtype=np.uint8)
     np.testing.assert_array_equal(back, x)  # PNG is lossless, channel order kept
     with pytest.raises(ValueError, match="int32"):
         array_to_datum(x[0], 1.5)
@@ -183,7 +184,7 @@ def test_lmdb_rdd_key_ranges(tmp_path, spark):
     write_lmdb(tmp_path / "db", zip(x, y), commit_every=7)
     ranges = key_ranges(tmp_path / "db", 4)
     assert len(ranges) == 4 and ranges[0][0] is None and ranges[-1][1] is None
-    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
     rdd = lmdb_rdd(spark, tmp_path / "db", 4, scale=0.5)
     assert rdd.getNumPartitions() == 4
     sizes = rdd.glom().map(len).collect()

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from s3server import flaky_s3, s3  # noqa: F401 - fixtures
 
 from sparknet.data import S3Options, load_imagenet, synthetic
 from sparknet.data.imagenet import tar_members, tar_minibatches
@@ -93,7 +92,7 @@ def test_transform_on_workers_and_bgr(s3, shards, spark):
                          options=s3.options())
     got = data.rdd.collect()
     assert len(data.shards) == 1 and len(got) == 3
-    img = decode_image(truth[list(truth)[0]][0], SIZE, color="BGR").transpose(2, 0, 1)
+    img = decode_image(truth[next(iter(truth))][0], SIZE, color="BGR").transpose(2, 0, 1)
     np.testing.assert_allclose(got[0][0], t(img[None])[0], rtol=1e-6)
     assert got[0][0].shape == (3, 24, 24)
 

@@ -36,7 +36,7 @@ def test_train_crop_mirror_mean_image_scale(dtype):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (6, 3, 9, 11)).astype(dtype)
     mean = rng.random((3, 9, 11), dtype=np.float32) * 255
-    kw = dict(crop_size=5, mirror=True, scale=0.017, mean=mean, phase="TRAIN")
+    kw = {"crop_size": 5, "mirror": True, "scale": 0.017, "mean": mean, "phase": "TRAIN"}
     ys, xs, flips = Transformer(seed=7, **kw).offsets(6, 9, 11)
     out = Transformer(seed=7, **kw)(x)
     assert out.dtype == np.float32 and out.shape == (6, 3, 5, 5)

@@ -58,7 +58,7 @@ def standalone(tmp_path_factory):
     master = subprocess.Popen(
         [spark_class, "org.apache.spark.deploy.master.Master",
          "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui)],
-        env=env, stdout=open(work / "master.log", "w"), stderr=subprocess.STDOUT)
+        env=env, stdout=open(work / "master.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115 - the daemon's log, open for its lifetime
     procs = [master]
     try:
         _wait_for_port(port, master, "the Spark master")
@@ -67,7 +67,7 @@ def standalone(tmp_path_factory):
             [spark_class, "org.apache.spark.deploy.worker.Worker", url,
              "--host", "127.0.0.1", "--cores", "2", "--memory", "3g",
              "--webui-port", str(_free_port()), "--work-dir", str(work / "work")],
-            env=env, stdout=open(work / "worker.log", "w"), stderr=subprocess.STDOUT)
+            env=env, stdout=open(work / "worker.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115 - the daemon's log, open for its lifetime
         procs.append(worker)
         time.sleep(5)  # registration with the master
         yield url, work

@@ -145,7 +145,7 @@ def test_floats_are_the_float32_caffe_keeps():
 
 def test_repr_is_the_python_that_builds_the_net():
     net = readme_net()
-    rebuilt = eval(repr(net), vars(dsl))  # noqa: S307 - our own repr
+    rebuilt = eval(repr(net), vars(dsl))
     assert rebuilt == net
     assert repr(net.layers[3]) == ("PoolingLayer('pool1', ['conv1'], pooling=Pooling.MAX, "
                                    "kernel=(2, 2), stride=(2, 2))")
@@ -237,7 +237,7 @@ def test_raw_layers_keep_what_the_dsl_does_not_model():
     assert layer == RawLayer("norm", ["x"], tops=["norm"], type="Normalize",
                              proto=caffe_pb2.LayerParameter(norm_param={"across_spatial": False}))
     names = {**vars(dsl), "caffe_pb2": caffe_pb2, "text_format": text_format}
-    assert eval(repr(layer), names) == layer  # noqa: S307 - our own repr
+    assert eval(repr(layer), names) == layer
     net = NetParam("raw", InputLayer("x", shape=(1, 3, 4, 4)), layer)
     assert net.shapes("TRAIN")["norm"] == (1, 3, 4, 4)  # Normalize keeps its bottom's shape
     # A known type spelled in a way the typed class would not write back stays raw,

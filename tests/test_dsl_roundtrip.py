@@ -42,7 +42,7 @@ def test_round_trip_is_exact_and_typed(path):
     assert NetParam.from_proto(net.to_proto()) == net
     # ... and as Python source, the prototxt converted to the DSL.
     namespace: dict = {}
-    exec(net.to_python(), namespace)  # noqa: S102 - our own output
+    exec(net.to_python(), namespace)
     assert namespace["net"] == net
 
 

@@ -6,12 +6,10 @@ import subprocess
 
 import numpy as np
 import pytest
+from enginehelp import ROOT, caffe_tool, digit_batches, held_out_batches, lenet_net, lenet_solver
 from google.protobuf import text_format
 
-from enginehelp import (ROOT, caffe_tool, digit_batches, held_out_batches, lenet_net,
-                        lenet_solver)
-from sparknet.engine import (CaffeError, CaffeNet, WeightCollection, blas_threads,
-                             cuda_build, set_blas_threads)
+from sparknet.engine import CaffeNet, WeightCollection, blas_threads, cuda_build, set_blas_threads
 from sparknet.proto import caffe_pb2
 
 

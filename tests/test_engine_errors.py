@@ -7,7 +7,6 @@ fail, rather than the whole test run.
 from __future__ import annotations
 
 import pytest
-
 from enginehelp import ROOT, run_isolated
 
 PRELUDE = """
@@ -128,8 +127,8 @@ def test_a_label_beyond_the_classes_is_refused_before_caffe_trains_on_it():
     """Caffe checks labels only in debug builds: label 10 of 10 classes trained on
     whatever lay past the scores, and a very large one crashed (SIGSEGV)."""
     import numpy as np
-
     from enginehelp import digit_batches, lenet_solver
+
     from sparknet.engine import CaffeNet
 
     net = CaffeNet(lenet_solver(batch=4))
@@ -147,9 +146,9 @@ def test_a_label_beyond_the_classes_is_refused_before_caffe_trains_on_it():
 
 def test_ignore_label_is_honoured():
     import numpy as np
+    from enginehelp import LENET, digit_batches
     from google.protobuf import text_format
 
-    from enginehelp import LENET, digit_batches
     from sparknet.engine import CaffeNet
     from sparknet.proto import caffe_pb2
 

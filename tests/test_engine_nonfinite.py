@@ -15,10 +15,9 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from enginehelp import ROOT, digit_batches, lenet_solver, run_isolated
-from sparknet.engine import CaffeNet, set_blas_threads
 
+from sparknet.engine import CaffeNet, set_blas_threads
 
 # -- finite losses: the checked step is Caffe's Solver::Step, bit for bit ----------------
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from s3server import s3  # noqa: F401 - the fixture
 
 from sparknet.proto import caffe_pb2
 
@@ -176,7 +175,7 @@ def test_cifar_app_on_cifar_format_files(cifar_dir, tmp_path):
 
 # -- ImageNet from S3 ---------------------------------------------------------------------
 
-def test_imagenet_app_on_s3_shards(s3, tmp_path):  # noqa: F811 - the fixture
+def test_imagenet_app_on_s3_shards(s3, tmp_path):
     """JPEGs in class folders -> the upload tool -> a loopback S3 bucket -> the app."""
     from PIL import Image
 

@@ -31,7 +31,7 @@ def test_dsl_module_and_prototxt_compile_to_the_same_net(root, model):
 def test_the_prototxt_converts_to_python_that_builds_the_module_net(root, model):
     source = NetParam.load(root / model.PROTOTXT).to_python(variable="converted")
     namespace: dict = {}
-    exec(source, namespace)  # noqa: S102 - our own output
+    exec(source, namespace)
     assert namespace["converted"] == model.net()
     assert all(len(line) <= 110 for line in source.splitlines())
 

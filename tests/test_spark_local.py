@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-from s3server import s3  # noqa: F401  (the moto S3 server fixture)
 
 from sparknet.data import digits_dataframe, digits_rdd, load_digits
 from sparknet.engine import CaffeNet, WeightCollection
@@ -379,7 +378,7 @@ def test_divergence_stops_with_the_round_and_keeps_the_last_checkpoint(spark, di
     assert np.isfinite(net.get_weights().flat).all()
 
 
-def test_s3_checkpoints_and_resume(spark, digits, solver16, s3):  # noqa: F811
+def test_s3_checkpoints_and_resume(spark, digits, solver16, s3):
     train_rdd, _ = digits
     bucket = s3.bucket()
     where = f"s3://{bucket}/lenet"

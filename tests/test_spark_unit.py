@@ -7,7 +7,6 @@ import zlib
 
 import numpy as np
 import pytest
-from s3server import s3  # noqa: F401  (the moto S3 server fixture)
 
 from sparknet.spark import _comm
 from sparknet.spark._records import DataError, ExampleSpec, label_rules, record_values
@@ -283,7 +282,7 @@ def test_local_checkpoints_are_atomic_and_pruned(tmp_path):
     assert ck.latest() == "round-000003"
 
 
-def test_s3_checkpoints(s3):  # noqa: F811
+def test_s3_checkpoints(s3):
     bucket = s3.bucket()
     storage = open_storage(f"s3://{bucket}/runs/a", s3.options())
     assert isinstance(storage, S3Storage)

@@ -73,7 +73,7 @@ def _read_hadoop(uri: str, spark: Any) -> bytes:
     sc = _spark_context(spark)
     try:
         found = sc.binaryFiles(uri).take(2)
-    except Exception as e:  # py4j wraps Hadoop's FileNotFoundException / InvalidInputException
+    except Exception as e:  # noqa: BLE001 - py4j wraps Hadoop's FileNotFoundException / InvalidInputException
         text = str(e)
         if "does not exist" in text or "FileNotFound" in text or "No such file" in text:
             raise FileNotFoundError(f"{uri}: no such file") from None

@@ -14,6 +14,7 @@ in the order given. uint8 arrays become byte datums (like
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import math
 import os
@@ -95,7 +96,7 @@ def datum_to_array(datum: caffe_pb2.Datum | bytes, *, name: str = "datum"
         d = caffe_pb2.Datum()
         try:
             d.ParseFromString(datum)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends: any failure means "not a Datum"
             raise ValueError(f"{name}: not a Caffe Datum ({e})") from None
         datum = d
     if datum.encoded:
@@ -107,7 +108,7 @@ def datum_to_array(datum: caffe_pb2.Datum | bytes, *, name: str = "datum"
         try:
             with Image.open(io.BytesIO(data)) as im:
                 grey = im.mode in ("1", "L", "I", "I;16", "F")
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad bytes; each is reported as unreadable
             raise ValueError(f"{name}: encoded datum is not a readable image ({e})") from None
         try:
             hwc = decode_image(data, color="L" if grey else "BGR")
@@ -260,7 +261,7 @@ def key_ranges(path: PathLike, parts: int) -> list[tuple[bytes | None, bytes | N
     if not starts:
         return [(None, None)]
     bounds: list[bytes | None] = [None, *starts[1:], None]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 def lmdb_rdd(spark: Any, path: PathLike, num_partitions: int | None = None, *,

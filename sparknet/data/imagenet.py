@@ -18,8 +18,8 @@ members had no label, and which labelled files no shard held.
 from __future__ import annotations
 
 import io
-import os
 import logging
+import os
 import posixpath
 import tarfile
 import zlib
@@ -328,7 +328,7 @@ def _members(f: Any, where: str, report: ShardReport, max_member_bytes: int
              ) -> Iterator[tuple[str, bytes]]:
     """``(name, bytes)`` of each regular member; what cannot be read goes into ``report``."""
     try:
-        tar = tarfile.open(fileobj=f, mode="r|*")
+        tar = tarfile.open(fileobj=f, mode="r|*")  # noqa: SIM115 - entered by the `with tar` below
     except (tarfile.TarError, EOFError, zlib.error) as e:
         report.bad.append(("<shard>", f"not a readable tar file: {e}"))
         log.warning("%s: not a readable tar file (%s); shard skipped", where, e)
@@ -441,7 +441,7 @@ def tar_minibatches(path_or_file: Any, transformer: Callable[[np.ndarray], np.nd
     f = path_or_file
     if isinstance(path_or_file, (str, bytes)) or hasattr(path_or_file, "__fspath__"):
         where = os.fsdecode(path_or_file)
-        f = open(path_or_file, "rb")
+        f = open(path_or_file, "rb")  # noqa: SIM115 - closed below when opened here
         close = True
     else:
         where = str(getattr(path_or_file, "name", "<tar>"))

@@ -30,6 +30,7 @@ import argparse
 import functools
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -137,7 +138,7 @@ def index_source(source: str | os.PathLike, labels: dict[str, int] | None,
                         items.append(Item(f.relative_to(p).as_posix(), label, str(f)))
         return items, problems
     try:
-        outer = tarfile.open(p, "r:")
+        outer = tarfile.open(p, "r:")  # noqa: SIM115 - closed in the finally below
     except tarfile.TarError as e:
         raise ValueError(f"{p}: not an uncompressed tar file ({e})") from None
     with outer:
@@ -151,7 +152,7 @@ def index_source(source: str | os.PathLike, labels: dict[str, int] | None,
                     continue
                 handle = outer.extractfile(m)
                 try:
-                    inner = tarfile.open(fileobj=handle, mode="r:")
+                    inner = tarfile.open(fileobj=handle, mode="r:")  # noqa: SIM115 - closed in the finally below
                     for im in inner:
                         if im.isfile() and _is_image(im.name):
                             items.append(Item(Path(im.name).name, label, str(p),
@@ -258,7 +259,7 @@ def upload_split(client: Any, bucket: str, split: str, items: list[Item], *, pre
         raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
     items = sorted(items, key=lambda it: it.name)
     names = [it.name for it in items]
-    dup = next((a for a, b in zip(names, names[1:]) if a == b), None)
+    dup = next((a for a, b in itertools.pairwise(names) if a == b), None)
     if dup is not None:
         raise ValueError(f"{split}: two images are named {dup}; shard member names must be unique")
     order = np.random.default_rng(seed).permutation(len(items))

@@ -141,7 +141,7 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None, *, color: str
                     a = a[:, :, None]
             except ImageDecodeError:
                 raise
-            except Exception:
+            except Exception:  # noqa: BLE001 - the fast decoder failed in any way: fall back to Pillow, which names the error
                 a = None
         if a is None:
             a = _decode_pil(data, size, mode)

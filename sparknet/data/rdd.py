@@ -14,6 +14,7 @@ array columns into dicts of float32 arrays.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -33,7 +34,7 @@ def _default_partitions(sc: Any, n: int) -> int:
 
 def _chunks(x: np.ndarray, y: np.ndarray, parts: int) -> list[tuple[np.ndarray, np.ndarray]]:
     bounds = np.linspace(0, len(x), parts + 1).astype(int)
-    return [(x[a:b], y[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [(x[a:b], y[a:b]) for a, b in itertools.pairwise(bounds)]
 
 
 def _expand(scale: float | None, dtype: Any) -> Callable[[Iterator], Iterator[Example]]:
@@ -156,7 +157,7 @@ def _column_converter(field: Any, shape: Sequence[int] | None, size: tuple[int, 
 
     name = field.name
     dt = field.dataType
-    if isinstance(dt, T.StructType) and _IMAGE_FIELDS <= set(dt.names):
+    if isinstance(dt, T.StructType) and set(dt.names) >= _IMAGE_FIELDS:
         return lambda v: image_struct_to_array(v, size=size, channel_order=channel_order)
     if isinstance(dt, T.BinaryType):
         if shape is not None:
@@ -177,7 +178,7 @@ def _column_converter(field: Any, shape: Sequence[int] | None, size: tuple[int, 
             a = np.asarray(v.toArray() if hasattr(v, "toArray") else v, np.float32)
             return a.reshape(shape) if shape is not None else a
         return arr
-    if isinstance(dt, T.NumericType) or isinstance(dt, T.BooleanType):
+    if isinstance(dt, (T.NumericType, T.BooleanType)):
         return float
     raise TypeError(f"column '{name}' has type {dt.simpleString()}: sparknet reads image "
                     "structs, binary (encoded images, or raw bytes with a shape), numeric "

@@ -10,6 +10,7 @@ byte it had reached.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import time
@@ -229,10 +230,8 @@ class S3ObjectReader(io.RawIOBase):
 
     def _close_body(self) -> None:
         if self._body is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._body.close()
-            except Exception:
-                pass
             self._body = None
 
     def close(self) -> None:

@@ -98,7 +98,7 @@ def read_mean(path: PathLike) -> np.ndarray:
     blob = caffe_pb2.BlobProto()
     try:
         blob.ParseFromString(data)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends: any failure means "not a BlobProto"
         raise ValueError(f"{path}: not a BlobProto ({e})") from None
     a = blobproto_to_array(blob, str(path))
     if a.ndim == 4:
@@ -267,7 +267,7 @@ class Transformer:
             text_format.Parse(text, net)
         except text_format.ParseError as e:
             raise ValueError(f"{where}: {e}") from None
-        want = _PHASES[phase] if phase in _PHASES else None
+        want = _PHASES.get(phase)
         if want is None:
             raise ValueError(f"phase must be 'TRAIN' or 'TEST', got {phase!r}")
         for lp in net.layer:

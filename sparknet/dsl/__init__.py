@@ -63,7 +63,7 @@ from sparknet.dsl.params import (
 )
 from sparknet.dsl.solver import LrPolicy, SolverParam
 
-__all__ = [
+__all__ = [  # noqa: PLE0604 - _layers is the layer classes' names, a list of str
     "Backend", "EltwiseOp", "Engine", "Filler", "HingeNorm", "LossNormalization", "LossParam",
     "LrPolicy", "NetDefinitionError", "NetDefinitionWarning", "NetParam", "NetState", "NetStateRule", "NormRegion",
     "ParamSpec", "Phase", "Pooling", "ReductionOp", "Regularization", "ShareMode",

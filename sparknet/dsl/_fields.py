@@ -508,7 +508,7 @@ def _guard_init(cls: type) -> None:
     required = [f.alias for f in fields if f.default is attrs.NOTHING]
 
     @functools.wraps(init)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         if len(args) > len(positional) or any(k in kwargs for k in positional[:len(args)]) \
                 or any(k not in names for k in kwargs) \
                 or any(k not in kwargs and k not in positional[:len(args)] for k in required):

@@ -81,8 +81,8 @@ def cpu() -> dict[str, Any]:
             vendor = value
         elif key == "flags" and not flags:
             flags = set(value.split())
-    isa = ("avx512" if _AVX512_FLAGS <= flags else
-           "avx2" if _AVX2_FLAGS <= flags else
+    isa = ("avx512" if flags >= _AVX512_FLAGS else
+           "avx2" if flags >= _AVX2_FLAGS else
            "avx" if "avx" in flags else "sse")
     return {"model": model, "vendor": vendor, "isa": isa, "cores": os.cpu_count(),
             "flags": flags}
@@ -202,7 +202,7 @@ def check_kernels() -> None:
     _checked = True
     try:
         info = build_info()
-    except Exception as e:  # identification is advisory: never break loading the engine
+    except Exception as e:  # noqa: BLE001 - identification is advisory: never break loading the engine
         logger.debug("could not identify the BLAS: %s", e)
         return
     blas = info["blas"]

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from sparknet.engine._caffe import TEST, TRAIN, CaffeError
 from sparknet.engine.weights import WeightCollection, check_layouts
 from sparknet.proto import caffe_pb2
 
-Batch = Union[Mapping[str, Any], Sequence[Any]]
+Batch = Mapping[str, Any] | Sequence[Any]
 
 logger = logging.getLogger(__name__)
 

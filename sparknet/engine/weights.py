@@ -60,7 +60,7 @@ class WeightCollection(Mapping[str, list[np.ndarray]]):
     that names the first layer and blob that differ.
     """
 
-    __slots__ = ("_layout", "_flat", "_views")
+    __slots__ = ("_flat", "_layout", "_views")
 
     def __init__(self, layers: Mapping[str, Sequence[Any]]):
         layout = tuple(

@@ -52,7 +52,7 @@ def filesystem(spark: Any, path: str) -> tuple[Any, Any]:
     hpath = jvm.org.apache.hadoop.fs.Path(path)
     try:
         return hpath.getFileSystem(conf), hpath
-    except Exception as e:  # py4j's Py4JJavaError: UnsupportedFileSystemException, ...
+    except Exception as e:  # noqa: BLE001 - py4j's Py4JJavaError: UnsupportedFileSystemException, ...
         scheme = path.split("://", 1)[0] if "://" in path else "file"
         java = getattr(e, "java_exception", None)
         text = str(java.toString()) if java is not None else (str(e) or type(e).__name__)

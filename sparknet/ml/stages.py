@@ -288,7 +288,7 @@ class CaffeModel(Model, _CaffeStage, MLWritable, MLReadable):
         return list(self._history)
 
     @property
-    def stoppedRound(self) -> int | None:  # noqa: N802  (Spark's camelCase)
+    def stoppedRound(self) -> int | None:
         """The round after which early stopping ended training, or None."""
         return self._stopped_round
 

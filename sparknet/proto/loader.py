@@ -27,10 +27,23 @@ from google.protobuf.message import Message
 from sparknet.proto import caffe_pb2
 
 __all__ = [
-    "DATA_LAYER_TYPES", "DataLayerInfo", "PrototxtError", "ProtoLoader", "data_layers",
-    "load_net_prototxt", "load_solver_prototxt", "load_solver_prototxt_with_net",
-    "load_solver_with_net_prototxt", "net_needs_upgrade", "parse_net", "parse_solver",
-    "replace_data_layers", "save_prototxt", "to_prototxt", "transform_params", "upgrade_net",
+    "DATA_LAYER_TYPES",
+    "DataLayerInfo",
+    "ProtoLoader",
+    "PrototxtError",
+    "data_layers",
+    "load_net_prototxt",
+    "load_solver_prototxt",
+    "load_solver_prototxt_with_net",
+    "load_solver_with_net_prototxt",
+    "net_needs_upgrade",
+    "parse_net",
+    "parse_solver",
+    "replace_data_layers",
+    "save_prototxt",
+    "to_prototxt",
+    "transform_params",
+    "upgrade_net",
     "upgrade_solver",
 ]
 
@@ -590,12 +603,12 @@ class ProtoLoader:
     parse_net = staticmethod(parse_net)
     parse_solver = staticmethod(parse_solver)
 
-    loadNetPrototxt = load_net_prototxt  # noqa: N815
-    loadSolverPrototxt = load_solver_prototxt  # noqa: N815
-    loadSolverPrototxtWithNet = load_solver_prototxt_with_net  # noqa: N815
-    loadSolverWithNetPrototxt = load_solver_with_net_prototxt  # noqa: N815
-    replaceDataLayers = replace_data_layers  # noqa: N815
-    dataLayers = data_layers  # noqa: N815
-    transformParams = transform_params  # noqa: N815
-    savePrototxt = save_prototxt  # noqa: N815
-    toPrototxt = to_prototxt  # noqa: N815
+    loadNetPrototxt = load_net_prototxt
+    loadSolverPrototxt = load_solver_prototxt
+    loadSolverPrototxtWithNet = load_solver_prototxt_with_net
+    loadSolverWithNetPrototxt = load_solver_with_net_prototxt
+    replaceDataLayers = replace_data_layers
+    dataLayers = data_layers
+    transformParams = transform_params
+    savePrototxt = save_prototxt
+    toPrototxt = to_prototxt

@@ -23,6 +23,7 @@ the task gets a small picklable channel with ``weights()`` and ``send()``):
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import pickle
@@ -584,10 +585,8 @@ class SocketExchange:
             self._flat = self._acc = None
             conns = list(self._conns)
         for conn in conns:  # wake the connection threads: they drop what they hold
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self._thread.join(timeout=5)
         self._server.close()
 
@@ -664,10 +663,8 @@ class SocketExchange:
         if _refused(conn, acc, size):
             return
         if stalled is not None:  # a new attempt: the one still pushing is given up on
-            try:
+            with contextlib.suppress(OSError):
                 stalled.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         with busy:  # one attempt of a partition at a time: the next resumes where it stopped
             with self._lock:
                 if key != self._key:

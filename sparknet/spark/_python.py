@@ -53,7 +53,7 @@ def probe(_items):
 
 def _probe() -> Any:
     namespace: dict[str, Any] = {"__name__": "sparknet_worker_probe"}
-    exec(compile(_PROBE_SOURCE, "<sparknet worker probe>", "exec"), namespace)  # noqa: S102
+    exec(compile(_PROBE_SOURCE, "<sparknet worker probe>", "exec"), namespace)
     return namespace["probe"]
 
 

@@ -724,7 +724,7 @@ class _Trainer:
     def _run_round(self, spec: RoundSpec, chan: Any, extras_bc: Any, install_bc: Any,
                    acc: np.ndarray, on_state: Callable[[tuple], None]) -> list[dict]:
         try:
-            for attempt in range(3):
+            for _attempt in range(3):
                 metas = self._round_job(spec, self.exchange.accept(chan, acc), extras_bc,
                                         install_bc, acc, on_state)
                 sent = [m["partition"] for m in metas

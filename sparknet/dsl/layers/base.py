@@ -33,17 +33,7 @@ __all__ = ["CAFFE_LAYER_TYPES", "Layer", "RawLayer", "Shape", "layer_class_for"]
 Shape = tuple[int, ...]
 
 #: Every layer type the Caffe sparknet builds (brocolli-caffe 9.0.2) registers.
-CAFFE_LAYER_TYPES = frozenset("""
-    AbsVal Accuracy AnnotatedData ArgMax BNLL BatchNorm BatchNormKyle BatchReindex Bias
-    BilinearInterpolate Concat ContrastiveLoss Convolution Crop Data Deconvolution
-    DetectionEvaluate DetectionOutput Dropout DummyData ELU Eltwise Embed EuclideanLoss Exp
-    Filter Flatten HDF5Data HDF5Output HardSigmoid HardSwish HingeLoss Im2col ImageData
-    Inception InfogainLoss InnerProduct Input LRN LSTM LSTMUnit Log MVN MaxUnPool MemoryData
-    MultiBoxLoss MultinomialLogisticLoss Normalize PReLU PSROIPooling Pad Parameter Permute
-    PixelShuffle Pooling Power PriorBox Proposal Python RNN ReLU ReLU6 Reduction Reshape
-    Resize SPP Scale Sigmoid SigmoidCrossEntropyLoss Silence Slice SmoothL1Loss Softmax
-    SoftmaxWithLoss Split TanH Threshold Tile Unsqueeze Upsample VideoData WindowData
-""".split())
+CAFFE_LAYER_TYPES = frozenset(["AbsVal", "Accuracy", "AnnotatedData", "ArgMax", "BNLL", "BatchNorm", "BatchNormKyle", "BatchReindex", "Bias", "BilinearInterpolate", "Concat", "ContrastiveLoss", "Convolution", "Crop", "Data", "Deconvolution", "DetectionEvaluate", "DetectionOutput", "Dropout", "DummyData", "ELU", "Eltwise", "Embed", "EuclideanLoss", "Exp", "Filter", "Flatten", "HDF5Data", "HDF5Output", "HardSigmoid", "HardSwish", "HingeLoss", "Im2col", "ImageData", "Inception", "InfogainLoss", "InnerProduct", "Input", "LRN", "LSTM", "LSTMUnit", "Log", "MVN", "MaxUnPool", "MemoryData", "MultiBoxLoss", "MultinomialLogisticLoss", "Normalize", "PReLU", "PSROIPooling", "Pad", "Parameter", "Permute", "PixelShuffle", "Pooling", "Power", "PriorBox", "Proposal", "Python", "RNN", "ReLU", "ReLU6", "Reduction", "Reshape", "Resize", "SPP", "Scale", "Sigmoid", "SigmoidCrossEntropyLoss", "Silence", "Slice", "SmoothL1Loss", "Softmax", "SoftmaxWithLoss", "Split", "TanH", "Threshold", "Tile", "Unsqueeze", "Upsample", "VideoData", "WindowData"])
 
 #: Types the DSL has no class for whose tops have their bottom's shape.
 _SHAPE_PRESERVING = frozenset(

@@ -2,6 +2,8 @@
 scaling, element-wise sums, concatenation, slicing, reshaping, softmax ..."""
 from __future__ import annotations
 
+import itertools
+
 from sparknet.dsl._fields import (
     BOOL,
     INT32,
@@ -238,7 +240,7 @@ class SliceLayer(Layer):
                 self._fail("slice_point", f"point {self.slice_point[-1]} is not inside "
                            f"axis {axis} of {_shape_text(shape)}")
             edges = (0, *self.slice_point, size)
-            sizes = [b - a for a, b in zip(edges, edges[1:])]
+            sizes = [b - a for a, b in itertools.pairwise(edges)]
         else:
             if size % len(self.tops):
                 self._fail("tops", f"{len(self.tops)} tops do not divide axis {axis} of "

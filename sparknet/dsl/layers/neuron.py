@@ -20,7 +20,7 @@ class _Neuron(Layer):
         return (bottoms[0],)
 
 
-def _neuron(type: str, param: str | None = None):  # noqa: ANN202 - a class decorator
+def _neuron(type: str, param: str | None = None):
     return layer(type, param=param, bottoms=(1, 1), tops=(1, 1), in_place=True)
 
 
