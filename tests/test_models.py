@@ -42,7 +42,7 @@ def test_dsl_module_and_prototxt_compile_to_the_same_solver(root, model):
     assert model.solver().to_proto() == from_files
     assert SolverParam.from_proto(from_files) == model.solver()
     # The solver file names its net file, relative to the repository.
-    assert ProtoLoader.load_solver_with_net_prototxt(root / model.SOLVER_PROTOTXT) == from_files
+    assert ProtoLoader.load_solver_prototxt_with_net(root / model.SOLVER_PROTOTXT) == from_files
 
 
 def test_fed_by_data_and_label_inputs_scored_by_accuracy_in_test(model):

@@ -175,7 +175,7 @@ def test_other_unknown_fields_are_named_without_the_bvlc_hint(tmp_path):
 
 def test_solver_with_its_net_file(root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the net path is found relative to the repository too
-    solver = ProtoLoader.load_solver_with_net_prototxt(
+    solver = ProtoLoader.load_solver_prototxt_with_net(
         root / "caffe/models/lenet/lenet_solver.prototxt", snapshot_prefix="runs/lenet")
     assert not solver.HasField("net") and solver.net_param.name == "LeNet"
     assert solver.snapshot_prefix == "runs/lenet" and solver.base_lr == pytest.approx(0.01)
@@ -184,7 +184,7 @@ def test_solver_with_its_net_file(root, tmp_path, monkeypatch):
     missing = tmp_path / "solver.prototxt"
     missing.write_text('net: "nowhere/net.prototxt"\nbase_lr: 0.1\n')
     with pytest.raises(FileNotFoundError, match="nowhere/net.prototxt"):
-        ProtoLoader.load_solver_with_net_prototxt(missing)
+        ProtoLoader.load_solver_prototxt_with_net(missing)
 
 
 def test_solver_with_a_dsl_net(root):
@@ -194,6 +194,33 @@ def test_solver_with_a_dsl_net(root):
         snapshot_prefix="snap")
     assert solver.net_param.layer[0].input_param.shape[0].dim[0] == 8
     assert solver.snapshot_prefix == "snap"
+
+
+def test_sparknets_three_arguments_and_the_one_snake_case_function(root):
+    path = root / "caffe/models/lenet/lenet_solver.prototxt"
+    net = ProtoLoader.load_net_prototxt(root / "caffe/models/lenet/lenet_train_test.prototxt")
+    solver = ProtoLoader.loadSolverPrototxtWithNet(path, net, "runs/x")  # SparkNet's order
+    assert solver.snapshot_prefix == "runs/x" and solver.net_param == net
+    assert ProtoLoader.loadSolverPrototxtWithNet(path, net) == \
+        ProtoLoader.load_solver_prototxt_with_net(path)  # without a net: the file's
+    assert not hasattr(ProtoLoader, "loadSolverWithNetPrototxt")
+    assert not hasattr(loader, "load_solver_with_net_prototxt")
+
+
+def test_anything_with_to_proto_is_taken_as_its_message():
+    from sparknet.models import lenet
+
+    net = lenet.net(batch_size=4)
+    assert loader.as_message(net, caffe_pb2.NetParameter) == net.to_proto()
+    proto = net.to_proto()
+    assert loader.as_message(proto, caffe_pb2.NetParameter) is proto
+    assert loader.as_message(proto.SerializeToString(), caffe_pb2.NetParameter) == proto
+    with pytest.raises(TypeError, match=r"NetParam.to_proto\(\) returned NetParameter, not a "
+                       "caffe_pb2.SolverParameter"):
+        loader.as_message(net, caffe_pb2.SolverParameter)
+    with pytest.raises(TypeError, match="expected a caffe_pb2.NetParameter or an object with "
+                       r"to_proto\(\), got int"):
+        loader.as_message(3, caffe_pb2.NetParameter)
 
 
 def test_old_solver_type_enum_is_upgraded(tmp_path):
@@ -240,7 +267,6 @@ def test_sparknet_spellings_are_the_same_functions():
     pairs = {"loadNetPrototxt": "load_net_prototxt",
              "loadSolverPrototxt": "load_solver_prototxt",
              "loadSolverPrototxtWithNet": "load_solver_prototxt_with_net",
-             "loadSolverWithNetPrototxt": "load_solver_with_net_prototxt",
              "replaceDataLayers": "replace_data_layers",
              "savePrototxt": "save_prototxt", "dataLayers": "data_layers"}
     for camel, snake in pairs.items():

@@ -21,6 +21,7 @@ import numpy as np
 
 from sparknet.data._io import PathLike, atomic_write_bytes
 from sparknet.proto import caffe_pb2
+from sparknet.proto.rules import layer_active, net_state
 
 try:  # the compiled one-pass crop/mirror/mean (built with the package)
     from sparknet.data import _kernels
@@ -277,7 +278,7 @@ class Transformer:
                 if not lp.HasField("transform_param"):
                     raise ValueError(f"{where}: layer '{layer}' has no transform_param")
                 return cls.from_proto(lp.transform_param, phase, root=root, seed=seed)
-            if lp.HasField("transform_param") and _runs_in(lp, want):
+            if lp.HasField("transform_param") and layer_active(lp, want, *net_state(net)):
                 return cls.from_proto(lp.transform_param, phase, root=root, seed=seed)
         if layer is not None:
             raise ValueError(f"{where}: no layer named '{layer}'")
@@ -423,14 +424,6 @@ class Transformer:
         return out
 
 
-def _runs_in(layer: caffe_pb2.LayerParameter, phase: str) -> bool:
-    """Whether a layer's include/exclude rules let it run in ``phase`` (phase rules only)."""
-    p = caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST
-    if len(layer.include):
-        return any(not r.HasField("phase") or r.phase == p for r in layer.include)
-    if len(layer.exclude):
-        return not any(r.HasField("phase") and r.phase == p for r in layer.exclude)
-    return True
 
 
 def transform_batches(examples: Iterable[Any], transformer: Transformer, batch_size: int

@@ -261,13 +261,13 @@ class SolverParam:
         """The DSL solver for a ``SolverParameter`` whose net is inline.
 
         A solver that names its net by file must be loaded with
-        ``ProtoLoader.load_solver_with_net_prototxt`` first.
+        ``ProtoLoader.load_solver_prototxt_with_net`` first.
         """
         proto = loader.upgrade_solver(proto)
         if not proto.HasField("net_param"):
             raise NetDefinitionError(
                 "SolverParam, field 'net': the solver has no inline net_param; load it with "
-                "ProtoLoader.load_solver_with_net_prototxt (or ..._with_net) first",
+                "ProtoLoader.load_solver_prototxt_with_net first",
                 field="net")
         if not proto.HasField("lr_policy"):
             raise NetDefinitionError("SolverParam, field 'lr_policy': the solver has no "

@@ -4,17 +4,27 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sparknet._util import shape_str
 from sparknet.engine import _caffe
 from sparknet.engine._caffe import TEST, TRAIN, CaffeError
+from sparknet.engine._checks import (
+    IndexRule,
+    check_data_readers,
+    finite,
+    index_rules,
+    nonfinite_inputs,
+)
 from sparknet.engine.weights import WeightCollection, check_layouts
-from sparknet.proto import caffe_pb2
+from sparknet.proto import as_message, caffe_pb2
+from sparknet.proto.rules import phase_value
 
 Batch = Mapping[str, Any] | Sequence[Any]
 
@@ -22,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 _LOG_LEVELS = {"INFO": 0, "WARNING": 1, "ERROR": 2, "FATAL": 3}
 _log_level_set = False
+#: A URI with a scheme (``s3://``, ``hdfs://``): read by the caller's ``fetch``.
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 _LR_POLICIES = {"fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid"}
 
 
@@ -53,21 +65,7 @@ def cuda_build() -> bool:
 
 def solver_proto(solver: Any) -> caffe_pb2.SolverParameter:
     """A ``caffe_pb2.SolverParameter`` from one, its bytes, or a DSL object."""
-    if isinstance(solver, caffe_pb2.SolverParameter):
-        return solver
-    if isinstance(solver, (bytes, bytearray)):
-        p = caffe_pb2.SolverParameter()
-        p.ParseFromString(bytes(solver))
-        return p
-    to_proto = getattr(solver, "to_proto", None)
-    if callable(to_proto):
-        p = to_proto()
-        if isinstance(p, caffe_pb2.SolverParameter):
-            return p
-        raise TypeError(f"{type(solver).__name__}.to_proto() returned {type(p).__name__}, "
-                        "not a caffe_pb2.SolverParameter")
-    raise TypeError(f"expected a caffe_pb2.SolverParameter or an object with to_proto(), "
-                    f"got {type(solver).__name__}")
+    return as_message(solver, caffe_pb2.SolverParameter)
 
 
 def _engine_solver(param: caffe_pb2.SolverParameter) -> caffe_pb2.SolverParameter:
@@ -78,7 +76,7 @@ def _engine_solver(param: caffe_pb2.SolverParameter) -> caffe_pb2.SolverParamete
     if param.lr_policy not in _LR_POLICIES:
         raise ValueError(f"the solver's lr_policy is {param.lr_policy!r}; Caffe knows "
                          f"{', '.join(sorted(_LR_POLICIES))}")
-    _check_data_readers(param)
+    check_data_readers(param)
     p = caffe_pb2.SolverParameter()
     p.CopyFrom(param)
     for field in ("test_iter", "test_net", "test_net_param", "test_state"):
@@ -88,147 +86,6 @@ def _engine_solver(param: caffe_pb2.SolverParameter) -> caffe_pb2.SolverParamete
     p.snapshot = 0
     p.display = 0
     return p
-
-
-def _phases(layer: caffe_pb2.LayerParameter) -> set[int]:
-    """The phases a layer runs in, from its phase-only include/exclude rules."""
-    phases = {caffe_pb2.TRAIN, caffe_pb2.TEST}
-    if layer.include:
-        phases = {r.phase for r in layer.include if r.HasField("phase")} or phases
-    for rule in layer.exclude:
-        if rule.HasField("phase"):
-            phases.discard(rule.phase)
-    return phases
-
-
-def _check_data_readers(param: caffe_pb2.SolverParameter) -> None:
-    """Refuse what would hang Caffe: one Data reader shared by TRAIN and TEST.
-
-    Caffe keys its background database readers by layer name and source, so a
-    Data layer active in both phases (or two of the same name and source)
-    would have the TEST net wait forever for records the TRAIN net takes.
-    """
-    net = param.net_param if param.HasField("net_param") else param.train_net_param
-    seen: dict[tuple[str, str], set[int]] = {}
-    for layer in net.layer:
-        if layer.type != "Data":
-            continue
-        key = (layer.name, layer.data_param.source)
-        phases = _phases(layer)
-        if len(phases) > 1 or key in seen:
-            raise ValueError(f"Data layer '{layer.name}' reads {layer.data_param.source!r} in "
-                             "both TRAIN and TEST; Caffe would share one reader between them "
-                             "and hang. Give each phase its own Data layer with a different "
-                             "name or source (or feed the net through Input layers)")
-        seen[key] = phases
-
-
-#: Layers that read a bottom as class (or row) indices, and which bottom. Caffe checks
-#: these indices only in debug builds: out of range, they read and write out of bounds.
-_INDEX_BOTTOM = {"SoftmaxWithLoss": 1, "Accuracy": 1, "MultinomialLogisticLoss": 1,
-                 "InfogainLoss": 1, "HingeLoss": 1, "Embed": 0}
-#: Layers that pass their (single) bottom's values on unchanged.
-_SAME_VALUES = {"Split", "Reshape", "Flatten"}
-
-
-@dataclass(frozen=True)
-class _IndexRule:
-    """Input ``index`` (blob ``blob``) must hold indices in [0, classes) for ``layer``."""
-
-    index: int
-    blob: str
-    layer: str
-    layer_type: str
-    classes: int
-    scores: str
-    ignore_label: int | None
-
-    def check(self, values: np.ndarray) -> None:
-        """Raise ValueError naming the first value this layer cannot take."""
-        if not values.size:
-            return
-        lo, hi = values.min(), values.max()  # NaN fails both comparisons below
-        if lo >= 0 and hi < self.classes and np.array_equal(values, np.trunc(values)):
-            return
-        bad = ~((values >= 0) & (values < self.classes) & (values == np.trunc(values)))
-        if self.ignore_label is not None:
-            bad &= values != self.ignore_label
-        where = np.flatnonzero(bad)
-        if not where.size:
-            return
-        first = int(where[0])
-        per_example = values.size // values.shape[0] if values.ndim else values.size
-        allowed = f"integers in [0, {self.classes})"
-        if self.ignore_label is not None:
-            allowed += f" or {self.ignore_label} (its ignore_label)"
-        what = "a class index" if self.layer_type != "Embed" else "an index into its rows"
-        of = (f"of '{self.scores}', which has {self.classes} classes" if self.scores
-              else f"(input_dim {self.classes})")
-        raise ValueError(
-            f"input blob '{self.blob}' holds {values.flat[first]:g} (example "
-            f"{first // max(per_example, 1)}; {where.size} of {values.size} values are bad), "
-            f"but layer '{self.layer}' ({self.layer_type}) reads it as {what} {of}: "
-            f"it must hold {allowed}")
-
-
-def _index_rules(layers: Sequence[tuple], shapes: Mapping[str, tuple[int, ...]],
-                 inputs: Sequence[str]) -> list[_IndexRule]:
-    """The input blobs a built net reads as indices, traced through Split/Reshape/Flatten."""
-    def source(blob: str, at: int, through: set[str]) -> tuple[str, int]:
-        """The blob (and the layer that wrote it) that ``blob``, read by layer ``at``, copies."""
-        while True:  # back to the layer that last wrote the blob before `at`
-            at = next((i for i in range(at - 1, -1, -1) if blob in layers[i][3]), -1)
-            if at < 0 or layers[at][1] not in through or not layers[at][2]:
-                return blob, at
-            blob = layers[at][2][0]
-
-    rules = []
-    for position, (name, kind, bottoms, _, raw) in enumerate(layers):
-        if kind not in _INDEX_BOTTOM or len(bottoms) <= _INDEX_BOTTOM[kind]:
-            continue
-        blob, at = source(bottoms[_INDEX_BOTTOM[kind]], position, _SAME_VALUES)
-        if at < 0 or layers[at][1] != "Input" or blob not in inputs:
-            continue
-        param = caffe_pb2.LayerParameter.FromString(raw)
-        ignore = None
-        if kind == "Embed":
-            classes, scores = param.embed_param.input_dim, ""
-        else:
-            shape = shapes[bottoms[0]]
-            scores = source(bottoms[0], position, {"Split"})[0]  # the name the user gave
-            if kind in ("SoftmaxWithLoss", "Accuracy"):
-                axis = (param.softmax_param.axis if kind == "SoftmaxWithLoss"
-                        else param.accuracy_param.axis)
-                classes = shape[axis % len(shape)] if shape else 1
-                rule = param.loss_param if kind == "SoftmaxWithLoss" else param.accuracy_param
-                if rule.HasField("ignore_label"):
-                    ignore = int(rule.ignore_label)
-            else:  # Caffe's dim = count / num
-                classes = math.prod(shape[1:]) if shape else 1
-        rules.append(_IndexRule(list(inputs).index(blob), blob, name, kind, int(classes),
-                                scores, ignore))
-    return rules
-
-
-def _nonfinite_inputs(names: Sequence[str], arrays: Sequence[np.ndarray | None]) -> str:
-    """Which input blobs hold NaN or inf, and where; ``""`` when none does."""
-    found = []
-    for name, values in zip(names, arrays):
-        if values is None or np.isfinite(values).all():
-            continue
-        nan, inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
-        first = int(np.flatnonzero(~np.isfinite(values))[0])
-        per_example = values.size // values.shape[0] if values.ndim and values.shape[0] else 1
-        kinds = " and ".join(f"{n} {k}" for n, k in ((nan, "NaN"), (inf, "inf")) if n)
-        found.append(f"input blob '{name}' holds {kinds} (first in example "
-                     f"{first // max(per_example, 1)})")
-    return "; ".join(found)
-
-
-def _finite(values: np.ndarray | None) -> bool:
-    """No NaN or inf (two reductions, no temporary array)."""
-    return values is None or not values.size or bool(
-        np.isfinite(values.min()) and np.isfinite(values.max()))
 
 
 def _numeric(name: str, value: Any) -> np.ndarray:
@@ -246,10 +103,6 @@ def _fits(given: tuple[int, ...], blob: tuple[int, ...]) -> bool:
     return given == blob or [d for d in given if d != 1] == [d for d in blob if d != 1]
 
 
-def _shape_str(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
-
-
 def _out_buffer(out: Any, num_params: int, what: str) -> np.ndarray:
     """``out`` if the engine can copy the parameters straight into it.
 
@@ -263,7 +116,7 @@ def _out_buffer(out: Any, num_params: int, what: str) -> np.ndarray:
     if out.dtype != np.float32:
         problem = f"dtype {out.dtype}"
     elif out.ndim != 1 or out.size != num_params:
-        problem = f"shape {_shape_str(out.shape)}"
+        problem = f"shape {shape_str(out.shape)}"
     elif not out.flags.c_contiguous:
         problem = "a non-contiguous array"
     elif not out.flags.writeable:
@@ -277,7 +130,7 @@ def _flat_weights(flat: np.ndarray, num_params: int) -> np.ndarray:
     """A flat weight array as the engine reads it: C-contiguous float32 (copied only if not)."""
     if flat.ndim != 1 or flat.size != num_params:
         raise ValueError(f"a flat weight array must be 1-d with {num_params} values (the net's "
-                         f"num_params), got shape {_shape_str(flat.shape)}")
+                         f"num_params), got shape {shape_str(flat.shape)}")
     if flat.dtype.kind not in "iuf":
         raise ValueError(f"a flat weight array must hold real numbers, got dtype {flat.dtype}")
     return np.ascontiguousarray(flat, np.float32)
@@ -311,7 +164,7 @@ class CaffeNet:
         self._engine = _caffe.Engine_(_engine_solver(self.solver_param).SerializeToString(),
                                       -1 if gpu is None else int(gpu))
         self._inputs = {TRAIN: self._engine.inputs(TRAIN)}
-        self._index_rules: dict[int, list[_IndexRule]] = {}
+        self._index_rules: dict[int, list[IndexRule]] = {}
         self._layout: tuple | None = None
         #: Why the last :meth:`train` stopped at a refused step (``None``: it did not).
         self.last_refusal: str | None = None
@@ -323,16 +176,24 @@ class CaffeNet:
         return [n for n, _ in self._inputs[TRAIN]]
 
     @property
-    def input_shapes(self) -> dict[str, tuple[int, ...]]:
-        return dict(self._inputs[TRAIN])
-
-    @property
     def output_names(self) -> list[str]:
         """Output blobs of the TRAIN net (its losses, usually)."""
         return [n for n, _ in self._engine.outputs(TRAIN)]
 
     @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Input blob name -> shape (batch first) of the TRAIN net."""
+        return dict(self._inputs[TRAIN])
+
+    @property
+    def test_input_names(self) -> list[str]:
+        """Names of the TEST net's input blobs, in the net's blob order."""
+        inputs = dict(self._test_inputs())
+        return [n for n in self.blob_names("TEST") if n in inputs]
+
+    @property
     def test_input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Input blob name -> shape (batch first) of the TEST net."""
         return dict(self._test_inputs())
 
     @property
@@ -375,11 +236,7 @@ class CaffeNet:
 
     @staticmethod
     def _phase(phase: str | int) -> int:
-        if phase in (TRAIN, "TRAIN", "train"):
-            return TRAIN
-        if phase in (TEST, "TEST", "test"):
-            return TEST
-        raise ValueError(f"phase must be 'TRAIN' or 'TEST', got {phase!r}")
+        return phase_value(phase)  # caffe_pb2's TRAIN/TEST are the engine's
 
     def _test_inputs(self) -> list[tuple[str, tuple[int, ...]]]:
         if TEST not in self._inputs:
@@ -417,13 +274,13 @@ class CaffeNet:
             a = _numeric(name, value)
             if a.size == 0:  # Caffe would divide by the batch size (SIGFPE)
                 raise ValueError(f"input blob '{name}': the batch gives an empty array, shape "
-                                 f"{_shape_str(a.shape)}")
+                                 f"{shape_str(a.shape)}")
             if not _fits(a.shape, shape):
                 resizable = (allow_resize and a.ndim >= 1 and len(shape) >= 1
                              and _fits(a.shape[1:], shape[1:]))
                 if not resizable:
-                    raise ValueError(f"input blob '{name}' has shape {_shape_str(shape)}, "
-                                     f"the batch gives {_shape_str(a.shape)}")
+                    raise ValueError(f"input blob '{name}' has shape {shape_str(shape)}, "
+                                     f"the batch gives {shape_str(a.shape)}")
                 if batch_size is not None and a.shape[0] != batch_size:
                     raise ValueError(f"input blob '{name}': batch of {a.shape[0]}, "
                                      f"other inputs have {batch_size}")
@@ -439,7 +296,7 @@ class CaffeNet:
         rules = self._index_rules.get(net)
         if rules is None:
             inputs = self._inputs[TRAIN] if net == TRAIN else self._test_inputs()
-            rules = self._index_rules[net] = _index_rules(
+            rules = self._index_rules[net] = index_rules(
                 self._engine.layers(net), dict(self._engine.blob_shapes(net)),
                 [n for n, _ in inputs])
         for rule in rules:
@@ -507,7 +364,7 @@ class CaffeNet:
             except StopIteration:
                 raise ValueError(f"the batches ran out after {i} of {steps} steps") from None
             arrays, _ = self._arrays(TRAIN, batch, require_all=True, allow_resize=False)
-            if not all(_finite(a) for a in arrays):
+            if not all(finite(a) for a in arrays):
                 # refused before Caffe runs: a NaN or inf input can give a finite
                 # loss and still fill the gradients (and then the weights) with NaN
                 losses[i] = np.nan
@@ -520,7 +377,7 @@ class CaffeNet:
     def _stopped(self, losses: np.ndarray, i: int, steps: int,
                  arrays: Sequence[np.ndarray | None]) -> np.ndarray:
         step = f"training step {i + 1} of {steps} (iteration {self.iteration})"
-        cause = _nonfinite_inputs(self.input_names, arrays)
+        cause = nonfinite_inputs(self.input_names, arrays)
         if cause:
             self.last_refusal = f"{step} was refused: {cause}"
         else:
@@ -628,16 +485,65 @@ class CaffeNet:
         """Write the weights as a ``.caffemodel`` (atomically)."""
         self._engine.save_weights(os.fspath(path))
 
-    def load_weights(self, path: str | os.PathLike) -> None:
-        """Copy weights from a ``.caffemodel`` (by layer name, as Caffe does).
+    def load_weights(self, source: str | os.PathLike | bytes) -> None:
+        """Copy weights from a ``.caffemodel``, a local path or the file's bytes (by
+        layer name, as Caffe does).
 
         Every layer is checked before any is copied: a file that does not fit
         raises ``ValueError`` naming each mismatching layer and changes nothing.
         """
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            self._load_weights_bytes(bytes(source), "the .caffemodel given as bytes")
+            return
+        self._load_weights_file(Path(source), os.fspath(source))
+
+    def _load_weights_file(self, path: Path, what: str) -> None:
         try:
             self._engine.load_weights(os.fspath(path))
         except CaffeError as e:  # Caffe could not read it: say which file
-            raise CaffeError(f"{os.fspath(path)}: {e}") from None
+            raise CaffeError(f"{what}: {e}") from None
+
+    def use_weights(self, weights: Any, *, fetch: Callable[[str], bytes] | None = None) -> bool:
+        """Set the weights from any form sparknet accepts; ``False`` for ``None`` (the
+        net keeps its filler weights).
+
+        ``weights`` is a ``WeightCollection``, a mapping of layer name to
+        arrays, an object holding a ``WeightCollection`` as ``.weights`` (a
+        ``TrainResult``, a ``CaffeModel``), a flat float32 array, the bytes of a
+        ``.caffemodel``, its local path, or a URI (``s3://bucket/key``) that
+        ``fetch`` reads into bytes (the engine knows no storage; the caller's
+        layer does).
+        """
+        if weights is None:
+            return False
+        held = getattr(weights, "weights", None)
+        if isinstance(held, WeightCollection):
+            weights = held
+        if isinstance(weights, (WeightCollection, Mapping, np.ndarray)):
+            self.set_weights(weights)
+        elif isinstance(weights, (bytes, bytearray, memoryview)):
+            self.load_weights(weights)
+        elif isinstance(weights, (str, os.PathLike)):
+            name = os.fspath(weights)
+            if _URI.match(name):
+                if fetch is None:
+                    raise ValueError(f"{name}: a URI, and no way to read it was given (fetch=)")
+                self._load_weights_bytes(fetch(name), name)
+            elif not Path(name).is_file():
+                raise FileNotFoundError(f"{name}: no such .caffemodel")
+            else:
+                self.load_weights(name)
+        else:
+            raise TypeError("weights must be a WeightCollection, a mapping of layer name to "
+                            "arrays, a TrainResult, .caffemodel bytes or a path to one, got "
+                            f"{type(weights).__name__}")
+        return True
+
+    def _load_weights_bytes(self, data: bytes, what: str) -> None:
+        with tempfile.TemporaryDirectory(prefix="sparknet-weights-") as d:
+            path = Path(d) / "weights.caffemodel"
+            path.write_bytes(data)
+            self._load_weights_file(path, what)
 
     def snapshot(self, prefix: str | os.PathLike) -> tuple[Path, Path]:
         """Caffe's snapshot: ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate``."""

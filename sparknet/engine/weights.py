@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from sparknet._util import shape_str
+
 Layout = tuple[tuple[str, tuple[tuple[int, ...], ...]], ...]
 
 
@@ -22,10 +24,6 @@ def _count(shape: tuple[int, ...]) -> int:
     for d in shape:
         n *= d
     return n
-
-
-def _shape_str(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
 def check_layouts(expected: Layout, given: Layout) -> None:
@@ -41,8 +39,8 @@ def check_layouts(expected: Layout, given: Layout) -> None:
                              f"{len(theirs[name])} in the other WeightCollection")
         for i, (a, b) in enumerate(zip(shapes, theirs[name])):
             if a != b:
-                raise ValueError(f"layer '{name}' blob {i} has shape {_shape_str(a)} here "
-                                 f"and {_shape_str(b)} in the other WeightCollection")
+                raise ValueError(f"layer '{name}' blob {i} has shape {shape_str(a)} here "
+                                 f"and {shape_str(b)} in the other WeightCollection")
     extra = [n for n in theirs if n not in mine]
     if extra:
         raise ValueError(f"layer '{extra[0]}' is only in the other WeightCollection")
@@ -226,7 +224,7 @@ class WeightCollection(Mapping[str, list[np.ndarray]]):
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        layers = ", ".join(f"{n}: {' '.join(_shape_str(s) for s in shapes)}"
+        layers = ", ".join(f"{n}: {' '.join(shape_str(s) for s in shapes)}"
                            for n, shapes in self._layout)
         return f"WeightCollection({self.num_params} params; {layers})"
 

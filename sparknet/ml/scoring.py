@@ -23,10 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from sparknet.engine import CaffeNet
+from sparknet._util import shape_str
+from sparknet.data._io import read_bytes
+from sparknet.engine import CaffeNet, WeightCollection
 from sparknet.proto import caffe_pb2
 from sparknet.spark import _comm
-from sparknet.spark._records import DataError, fit, label_rules, shape_str, to_array
+from sparknet.spark._records import DataError, fit, label_rules, to_array
 from sparknet.spark._worker import NetSpec, net_entry, write_flat
 
 log = logging.getLogger("sparknet.ml")
@@ -55,7 +57,7 @@ class NetInfo:
     def of(cls, param: caffe_pb2.SolverParameter) -> NetInfo:
         net = CaffeNet(param)
         shapes = {n: tuple(s) for n, s in net.test_input_shapes.items()}
-        names = tuple(n for n in net.blob_names("TEST") if n in shapes)
+        names = tuple(net.test_input_names)
         if not names:
             raise ValueError("the net's TEST phase has no input blobs: sparknet feeds Input "
                              "layers")
@@ -78,6 +80,15 @@ class NetInfo:
 
     def values(self, blob: str) -> int:
         return math.prod(self.blob_shapes[blob][1:])
+
+
+def load_weights(param: caffe_pb2.SolverParameter, weights: Any) -> WeightCollection:
+    """The net's weights from any form ``CaffeNet.use_weights`` takes (a ``.caffemodel``
+    path may be ``s3://``); ``None``: the fillers, with a warning."""
+    net = CaffeNet(param)
+    if not net.use_weights(weights, fetch=read_bytes):
+        log.warning("no weights given; using the net's initial (filler) weights")
+    return net.get_weights()
 
 
 def digest(param: caffe_pb2.SolverParameter) -> str:
@@ -256,11 +267,11 @@ def caffe_udf(model: Any, blob: str | Sequence[str] | None = None, batch_size: i
         if not (isinstance(model, tuple) and len(model) == 2):
             raise TypeError("caffe_udf takes a CaffeModel or a (solver, weights) pair, got "
                             f"{type(model).__name__}")
-        from sparknet.spark.inference import _solver, _weights
+        from sparknet.spark.inference import _solver
 
         param = _solver(model[0])
         info = NetInfo.of(param)
-        flat = _weights(model[1], CaffeNet(param), None)
+        flat = load_weights(param, model[1]).flat
         if blob is None:
             blob = info.scores or info.blobs[-1]
     blobs = (blob,) if isinstance(blob, str) else tuple(blob)

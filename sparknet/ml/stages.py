@@ -19,10 +19,19 @@ import numpy as np
 from pyspark.ml import Estimator, Model
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, MLReadable, MLWritable
 
+from sparknet._util import shape_str
 from sparknet.engine import WeightCollection
 from sparknet.ml._params import CaffeParams
-from sparknet.ml.scoring import NetInfo, broadcast, check_size, make_udf, scale_inputs, score_plan
-from sparknet.spark._records import DataError, shape_str
+from sparknet.ml.scoring import (
+    NetInfo,
+    broadcast,
+    check_size,
+    load_weights,
+    make_udf,
+    scale_inputs,
+    score_plan,
+)
+from sparknet.spark._records import DataError
 
 log = logging.getLogger("sparknet.ml")
 
@@ -264,14 +273,11 @@ class CaffeModel(Model, _CaffeStage, MLWritable, MLReadable):
 
     # -- weights ----------------------------------------------------------------------------
     def _set_weights(self, weights: Any) -> None:
-        if hasattr(weights, "weights") and isinstance(weights.weights, WeightCollection):
-            weights = weights.weights
+        held = getattr(weights, "weights", None)  # a TrainResult
+        if isinstance(held, WeightCollection):
+            weights = held
         if not isinstance(weights, WeightCollection):
-            from sparknet.engine import CaffeNet
-            from sparknet.spark.inference import _weights
-
-            net = CaffeNet(self._effective_solver())
-            weights = WeightCollection.from_flat(net.weight_layout, _weights(weights, net, None))
+            weights = load_weights(self._effective_solver(), weights)
         self._weights = weights
         self._bc = None
 

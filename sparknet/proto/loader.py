@@ -25,17 +25,18 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from sparknet.proto import caffe_pb2
+from sparknet.proto.rules import active_phases, net_state
 
 __all__ = [
     "DATA_LAYER_TYPES",
     "DataLayerInfo",
     "ProtoLoader",
     "PrototxtError",
+    "as_message",
     "data_layers",
     "load_net_prototxt",
     "load_solver_prototxt",
     "load_solver_prototxt_with_net",
-    "load_solver_with_net_prototxt",
     "net_needs_upgrade",
     "parse_net",
     "parse_solver",
@@ -154,55 +155,51 @@ def load_solver_prototxt(path: PathLike, *, upgrade: bool = True) -> caffe_pb2.S
     return upgrade_solver(solver, source=os.fspath(path)) if upgrade else solver
 
 
-def _net_message(net: Any) -> caffe_pb2.NetParameter:
-    if isinstance(net, caffe_pb2.NetParameter):
-        return net
-    to_proto = getattr(net, "to_proto", None)
+def as_message(obj: Any, message_type: type[M]) -> M:
+    """``obj`` as a ``message_type`` message: the message itself, its serialized
+    bytes, or anything with a ``to_proto()`` that returns one (a DSL object).
+
+    Raises ``TypeError`` naming what was given otherwise.
+    """
+    if isinstance(obj, message_type):
+        return obj
+    name = f"caffe_pb2.{message_type.__name__}"
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        message = message_type()
+        message.ParseFromString(bytes(obj))
+        return message
+    to_proto = getattr(obj, "to_proto", None)
     if callable(to_proto):
-        proto = to_proto()
-        if isinstance(proto, caffe_pb2.NetParameter):
-            return proto
-    raise TypeError(f"expected a caffe_pb2.NetParameter or a DSL NetParam, "
-                    f"got {type(net).__name__}")
+        message = to_proto()
+        if isinstance(message, message_type):
+            return message
+        raise TypeError(f"{type(obj).__name__}.to_proto() returned {type(message).__name__}, "
+                        f"not a {name}")
+    raise TypeError(f"expected a {name} or an object with to_proto(), got {type(obj).__name__}")
 
 
-def load_solver_prototxt_with_net(path: PathLike, net_param: Any,
+def load_solver_prototxt_with_net(path: PathLike, net_param: Any = None,
                                   snapshot_prefix: str | None = None
                                   ) -> caffe_pb2.SolverParameter:
-    """Read a solver and put ``net_param`` in it as its net (``loadSolverPrototxtWithNet``).
+    """Read a solver with its one net inlined as ``net_param`` (SparkNet's
+    ``loadSolverPrototxtWithNet(path, net, snapshotPrefix)``).
 
-    Whatever net the file names (``net``, ``train_net``, ``test_net`` ...) is
-    dropped: ``net_param`` (a ``NetParameter`` or a DSL ``NetParam``) is the
-    one net, holding both phases. ``snapshot_prefix``, if given, replaces the
-    file's.
+    ``net_param`` (a ``NetParameter`` or a DSL ``NetParam``) becomes the one
+    net, holding both phases; whatever net the file names (``net``,
+    ``train_net``, ``test_net`` ...) is dropped. Without it, the net the file
+    names is read and inlined: the net path is tried as written (against the
+    working directory, as Caffe does), then against the solver's folder and
+    each folder above it, so ``net: "caffe/models/lenet/lenet_train_test.prototxt"``
+    is found from anywhere in the repository. ``snapshot_prefix``, if given,
+    replaces the file's.
     """
     solver = load_solver_prototxt(path)
-    _use_net(solver, _net_message(net_param))
-    if snapshot_prefix is not None:
-        solver.snapshot_prefix = snapshot_prefix
-    return solver
-
-
-def _use_net(solver: caffe_pb2.SolverParameter, net: caffe_pb2.NetParameter) -> None:
-    for name in ("net", "train_net", "test_net", "train_net_param", "test_net_param"):
-        solver.ClearField(name)
-    solver.net_param.CopyFrom(net)
-
-
-def load_solver_with_net_prototxt(path: PathLike, snapshot_prefix: str | None = None
-                                  ) -> caffe_pb2.SolverParameter:
-    """Read a solver and the net file it names, inlined as ``net_param``.
-
-    The net path is tried as written (against the working directory, as Caffe
-    does), then against the solver's folder and each folder above it, so
-    ``net: "caffe/models/lenet/lenet_train_test.prototxt"`` is found from
-    anywhere in the repository.
-    """
-    solver = load_solver_prototxt(path)
-    if solver.HasField("net_param"):
-        net = solver.net_param
+    if net_param is not None:
+        net = as_message(net_param, caffe_pb2.NetParameter)
+    elif solver.HasField("net_param"):
+        net = _copy(solver.net_param)
     elif solver.HasField("train_net_param"):
-        net = solver.train_net_param
+        net = _copy(solver.train_net_param)
     else:
         name = solver.net or solver.train_net
         if not name:
@@ -212,8 +209,9 @@ def load_solver_with_net_prototxt(path: PathLike, snapshot_prefix: str | None = 
             raise ValueError(f"{os.fspath(path)}: separate train and test net files are not "
                              "supported; merge them into one net with include { phase } rules")
         net = load_net_prototxt(_find(name, Path(path)))
-    net = _copy(net)
-    _use_net(solver, net)
+    for field_name in ("net", "train_net", "test_net", "train_net_param", "test_net_param"):
+        solver.ClearField(field_name)
+    solver.net_param.CopyFrom(net)
     if snapshot_prefix is not None:
         solver.snapshot_prefix = snapshot_prefix
     return solver
@@ -414,26 +412,6 @@ def upgrade_solver(solver: caffe_pb2.SolverParameter, source: str = "<solver>"
 
 # -- data layers ------------------------------------------------------------------------
 
-_PHASES = ("TRAIN", "TEST")
-
-
-def _rule_met(rule: caffe_pb2.NetStateRule, phase: str, level: int,
-              stages: Sequence[str]) -> bool:
-    return ((not rule.HasField("phase") or caffe_pb2.Phase.Name(rule.phase) == phase)
-            and (not rule.HasField("min_level") or level >= rule.min_level)
-            and (not rule.HasField("max_level") or level <= rule.max_level)
-            and all(s in stages for s in rule.stage)
-            and not any(s in stages for s in rule.not_stage))
-
-
-def _active(layer: caffe_pb2.LayerParameter, phase: str, net: caffe_pb2.NetParameter) -> bool:
-    """Caffe's ``FilterNet`` decision for one layer in a net of ``phase``."""
-    level, stages = net.state.level, list(net.state.stage)
-    if len(layer.include):
-        return any(_rule_met(r, phase, level, stages) for r in layer.include)
-    return not any(_rule_met(r, phase, level, stages) for r in layer.exclude)
-
-
 @dataclass(frozen=True)
 class DataLayerInfo:
     """Where a net's data comes from, for sparknet's data pipeline.
@@ -484,7 +462,7 @@ def data_layers(net: Any) -> list[DataLayerInfo]:
     Caffe's reading layers (Data, ImageData, HDF5Data ...); if there are none,
     the Input layers (a net already prepared for sparknet).
     """
-    net = _net_message(net)
+    net = as_message(net, caffe_pb2.NetParameter)
     found = []
     for i in _data_layer_indices(net):
         layer = net.layer[i]
@@ -495,7 +473,7 @@ def data_layers(net: Any) -> list[DataLayerInfo]:
                 batch = params.batch_size if params.HasField("batch_size") else None
                 source = getattr(params, "source", None) or None
         found.append(DataLayerInfo(layer.name, layer.type,
-                                   tuple(p for p in _PHASES if _active(layer, p, net)),
+                                   active_phases(layer, [net_state(net)] * 2),
                                    tuple(layer.top), batch, source, _transform_of(layer)))
     return found
 
@@ -538,7 +516,7 @@ def replace_data_layers(net: Any, train_batch: int, test_batch: int, channels: i
             raise ValueError(f"{what} must be a positive integer, got {value!r}")
     if not all(isinstance(d, int) and d > 0 for d in label_shape):
         raise ValueError(f"label_shape must be positive integers, got {tuple(label_shape)}")
-    source = _net_message(net)
+    source = as_message(net, caffe_pb2.NetParameter)
     indices = set(_data_layer_indices(source))
     if not indices:
         raise ValueError(f"net '{source.name}' has no data layers to replace (no "
@@ -551,7 +529,7 @@ def replace_data_layers(net: Any, train_batch: int, test_batch: int, channels: i
         if i not in indices:
             result.layer.append(layer)
             continue
-        phases = tuple(p for p in _PHASES if _active(layer, p, source))
+        phases = active_phases(layer, [net_state(source)] * 2)
         if not phases:
             result.layer.append(layer)  # feeds neither phase (another stage): keep it
             continue
@@ -594,7 +572,6 @@ class ProtoLoader:
     load_net_prototxt = staticmethod(load_net_prototxt)
     load_solver_prototxt = staticmethod(load_solver_prototxt)
     load_solver_prototxt_with_net = staticmethod(load_solver_prototxt_with_net)
-    load_solver_with_net_prototxt = staticmethod(load_solver_with_net_prototxt)
     replace_data_layers = staticmethod(replace_data_layers)
     data_layers = staticmethod(data_layers)
     transform_params = staticmethod(transform_params)
@@ -606,7 +583,6 @@ class ProtoLoader:
     loadNetPrototxt = load_net_prototxt
     loadSolverPrototxt = load_solver_prototxt
     loadSolverPrototxtWithNet = load_solver_prototxt_with_net
-    loadSolverWithNetPrototxt = load_solver_with_net_prototxt
     replaceDataLayers = replace_data_layers
     dataLayers = data_layers
     transformParams = transform_params

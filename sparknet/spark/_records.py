@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from sparknet._util import shape_str  # also imported from here by spark's modules
 from sparknet.proto import caffe_pb2
+from sparknet.proto.rules import layer_active, net_state
 
 #: Loss/metric layers whose second bottom is a class index in [0, C).
 _CLASS_LAYERS = {"SoftmaxWithLoss", "MultinomialLogisticLoss", "InfogainLoss", "HingeLoss",
@@ -24,10 +26,6 @@ _CLASS_LAYERS = {"SoftmaxWithLoss", "MultinomialLogisticLoss", "InfogainLoss", "
 
 class DataError(ValueError):
     """The training or test data does not fit the net (raised on the driver)."""
-
-
-def shape_str(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
 # -- the net's side ----------------------------------------------------------------------
@@ -44,21 +42,13 @@ class LabelRule:
     ignore_label: int | None = None
 
 
-def _runs_in(layer: caffe_pb2.LayerParameter, phase: int) -> bool:
-    if len(layer.include):
-        return any(not r.HasField("phase") or r.phase == phase for r in layer.include)
-    if len(layer.exclude):
-        return not any(r.HasField("phase") and r.phase == phase for r in layer.exclude)
-    return True
-
-
 def label_rules(net_param: caffe_pb2.NetParameter, phase: str, inputs: Sequence[str],
                 blob_shapes: Mapping[str, tuple[int, ...]]) -> list[LabelRule]:
     """Which input blobs must hold class indices, and how many classes, for ``phase``."""
-    ph = caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST
+    state = net_state(net_param)
     rules: list[LabelRule] = []
     for layer in net_param.layer:
-        if layer.type not in _CLASS_LAYERS or len(layer.bottom) < 2 or not _runs_in(layer, ph):
+        if layer.type not in _CLASS_LAYERS or len(layer.bottom) < 2 or not layer_active(layer, phase, *state):
             continue
         label = layer.bottom[1]
         scores = layer.bottom[0]

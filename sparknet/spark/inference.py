@@ -55,7 +55,7 @@ def _solver(net: Any) -> caffe_pb2.SolverParameter:
             raise FileNotFoundError(f"{path}: no such prototxt")
         param = loader.load_net_prototxt(path)
         if not len(param.layer):
-            return loader.load_solver_with_net_prototxt(path)
+            return loader.load_solver_prototxt_with_net(path)
         net = param
     if isinstance(net, caffe_pb2.NetParameter):
         s = caffe_pb2.SolverParameter()

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, NoReturn, TypeVar, dataclass_transform
 import attrs
 from google.protobuf import text_format
 
+from sparknet._util import shape_str
 from sparknet.dsl._fields import (
     BOOL,
     REAL,
@@ -234,9 +235,7 @@ def _count_text(lo: int, hi: int | None) -> str:
 
 
 def _shape_text(shape: Shape | None) -> str:
-    if shape is None:
-        return "(unknown)"
-    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+    return "(unknown)" if shape is None else shape_str(shape)
 
 
 def count(shape: Shape, start: int = 0, end: int | None = None) -> int:
