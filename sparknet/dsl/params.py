@@ -3,6 +3,7 @@ data transformations and loss options."""
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from typing import Any
 
 from sparknet.dsl._fields import (
@@ -166,6 +167,15 @@ class NetStateRule:
                 and (self.max_level is None or level <= self.max_level)
                 and all(s in stages for s in self.stage)
                 and not any(s in stages for s in self.not_stage))
+
+
+def rules_keep(include: Sequence[NetStateRule], exclude: Sequence[NetStateRule], phase: Phase,
+               level: int = 0, stages: tuple[str, ...] = ()) -> bool:
+    """Whether Caffe keeps a layer with these rules in a net of ``phase``, ``level`` and
+    ``stages`` (its ``FilterNet``: any include rule met, else no exclude rule met)."""
+    if include:
+        return any(rule.met_by(phase, level, stages) for rule in include)
+    return not any(rule.met_by(phase, level, stages) for rule in exclude)
 
 
 @dsl_class

@@ -25,7 +25,7 @@ from sparknet.dsl._fields import (
 )
 from sparknet.dsl.enums import Phase
 from sparknet.dsl.errors import NetDefinitionError
-from sparknet.dsl.params import NetStateRule, ParamSpec, _phase_rule
+from sparknet.dsl.params import NetStateRule, ParamSpec, _phase_rule, rules_keep
 from sparknet.proto import caffe_pb2
 
 __all__ = ["CAFFE_LAYER_TYPES", "Layer", "RawLayer", "Shape", "layer_class_for"]
@@ -171,10 +171,7 @@ class Layer:
     def active_in(self, phase: Phase | str, level: int = 0,
                   stages: Sequence[str] = ()) -> bool:
         """Whether Caffe keeps this layer in a net of ``phase`` (its ``FilterNet``)."""
-        phase, stages = Phase(phase), tuple(stages)
-        if self.include:
-            return any(rule.met_by(phase, level, stages) for rule in self.include)
-        return not any(rule.met_by(phase, level, stages) for rule in self.exclude)
+        return rules_keep(self.include, self.exclude, Phase(phase), level, tuple(stages))
 
     # -- protobuf ----------------------------------------------------------------------
     def to_proto(self) -> caffe_pb2.LayerParameter:
