@@ -228,10 +228,12 @@ class CaffeNet:
 
     @property
     def mode(self) -> str:
+        """``"cpu"`` or ``"gpu"``."""
         return "cpu" if self._gpu is None else "gpu"
 
     @property
     def device(self) -> int | None:
+        """The GPU this net runs on (``None`` on the CPU)."""
         return self._gpu
 
     @staticmethod
@@ -432,6 +434,7 @@ class CaffeNet:
     # -- weights -------------------------------------------------------------------
     @property
     def weight_layout(self) -> tuple:
+        """``((layer, (shape, ...)), ...)``: each learnable layer's blob shapes, in order."""
         if self._layout is None:
             self._layout = self._engine.param_layout()
         return self._layout

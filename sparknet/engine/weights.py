@@ -126,10 +126,12 @@ class WeightCollection(Mapping[str, list[np.ndarray]]):
 
     @property
     def num_params(self) -> int:
+        """How many parameters (float32 values) all layers hold together."""
         return int(self._flat.size)
 
     @property
     def nbytes(self) -> int:
+        """The size of the flat buffer in bytes."""
         return int(self._flat.nbytes)
 
     def check_compatible(self, other: WeightCollection) -> None:
@@ -139,6 +141,7 @@ class WeightCollection(Mapping[str, list[np.ndarray]]):
         check_layouts(self._layout, other._layout)
 
     def copy(self) -> WeightCollection:
+        """A deep copy (a new flat buffer, same layout)."""
         return WeightCollection.from_flat(self._layout, self._flat.copy())
 
     # -- arithmetic --------------------------------------------------------------

@@ -18,9 +18,7 @@ and refuses anything else with an error naming the path.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import tempfile
 import uuid
 from pathlib import Path
@@ -208,12 +206,3 @@ class CaffeModelReader(MLReader):
             model._set_weights(caffe.get_weights())
         log.info("loaded %s from %s", self.cls.__name__, path)
         return model
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON metadata of a model saved to a local directory (for inspection)."""
-    folder = Path(path) / "metadata"
-    parts = sorted(folder.glob("part-*"))
-    if not parts:
-        raise ModelDirectoryError(f"{path}: no metadata/part-* file")
-    return json.loads(parts[0].read_text().splitlines()[0])

@@ -228,30 +228,25 @@ def caffe_udf(model: Any, blob: str | Sequence[str] | None = None, batch_size: i
               gpu: bool = False, blas_threads: int | None = None) -> Any:
     """An Arrow-batched pandas UDF that runs a trained Caffe net over a column.
 
-    Parameters
-    ----------
-    model
-        A fitted :class:`~sparknet.ml.CaffeModel`, or a ``(solver_or_net,
-        weights)`` pair as :func:`sparknet.spark.predict` takes them (weights:
-        a ``WeightCollection``, a ``TrainResult`` or a ``.caffemodel`` path).
-    blob
-        The blob to return (``array<float>``, the example's values in C order);
-        several blobs give a struct with one field per blob (``select(f(...)
-        .alias("f")).select("f.*")`` makes them columns). Default: the model's
-        ``outputBlob``, or the net's last blob.
-    batch_size
-        Rows per forward pass (default: the net's TEST batch size).
-    inputs
-        The input blob each argument of the UDF feeds, in order (default: the
-        first input blob; inputs not fed are zeros).
-    input_scale
-        Multiplies the first input's values (default: the model's
-        ``inputScale``, else 1).
+    Args:
+        model: a fitted :class:`~sparknet.ml.CaffeModel`, or a ``(solver_or_net,
+            weights)`` pair as :func:`sparknet.spark.predict` takes them (weights:
+            a ``WeightCollection``, a ``TrainResult`` or a ``.caffemodel`` path).
+        blob: the blob to return (``array<float>``, the example's values in C
+            order); several blobs give a struct with one field per blob
+            (``select(f(...).alias("f")).select("f.*")`` makes them columns).
+            Default: the model's ``outputBlob``, or the net's last blob.
+        batch_size: rows per forward pass (default: the net's TEST batch size).
+        inputs: the input blob each argument of the UDF feeds, in order
+            (default: the first input blob; inputs not fed are zeros).
+        input_scale: multiplies the first input's values (default: the model's
+            ``inputScale``, else 1).
+        gpu: run the net on the executor's GPU.
+        blas_threads: threads Caffe's BLAS uses in each task.
 
-    Returns
-    -------
-    A ``pandas_udf``: ``df.select(f("features"))``, or
-    ``spark.udf.register("scores", f)`` and ``SELECT scores(features) ...``.
+    Returns:
+        A ``pandas_udf``: ``df.select(f("features"))``, or
+        ``spark.udf.register("scores", f)`` and ``SELECT scores(features) ...``.
     """
     from sparknet.ml.stages import CaffeModel
 

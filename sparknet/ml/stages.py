@@ -38,10 +38,6 @@ log = logging.getLogger("sparknet.ml")
 __all__ = ["CaffeEstimator", "CaffeModel"]
 
 
-def _preprocess(scale: dict[str, float], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return scale_inputs(scale, arrays)
-
-
 class _Stopper:
     """Early stopping: ``False`` (stop) after ``patience`` validations without improvement."""
 
@@ -228,7 +224,7 @@ class CaffeEstimator(Estimator, _CaffeStage, DefaultParamsWritable, DefaultParam
             train_df, val_df = dataset.select(*select), None
         data_blob = next(b for b in mapping if b != info.label)
         scale = self.getInputScale()
-        preprocess = (functools.partial(_preprocess, {data_blob: scale}) if scale != 1.0
+        preprocess = (functools.partial(scale_inputs, {data_blob: scale}) if scale != 1.0
                       else None)
         stopper = _Stopper(metric, patience) if patience else None
         spark = SparkSession.getActiveSession() or dataset.sparkSession
