@@ -9,7 +9,14 @@ import pytest
 from enginehelp import ROOT, caffe_tool, digit_batches, held_out_batches, lenet_net, lenet_solver
 from google.protobuf import text_format
 
-from sparknet.engine import CaffeNet, WeightCollection, blas_threads, cuda_build, set_blas_threads
+from sparknet.engine import (
+    CaffeError,
+    CaffeNet,
+    WeightCollection,
+    blas_threads,
+    cuda_build,
+    set_blas_threads,
+)
 from sparknet.proto import caffe_pb2
 
 
@@ -117,6 +124,54 @@ def test_set_weights_round_trip_and_mismatch():
     other = CaffeNet(_solver_with(lenet_net(), ip1_outputs=300))
     with pytest.raises(ValueError, match=r"layer 'ip1' blob 0 has shape \(500, 800\).*\(300, 800\)"):
         a.set_weights(other.get_weights())
+
+
+def test_use_weights_takes_every_form_sparknet_accepts(tmp_path):
+    source = CaffeNet(lenet_solver(seed=1))
+    path = tmp_path / "lenet.caffemodel"
+    source.save_weights(path)
+    data = path.read_bytes()
+    expected = source.get_weights()
+
+    class Result:  # a TrainResult holds its weights as .weights
+        weights = expected
+
+    for form in (expected, dict(expected), Result(), expected.flat, data, path, str(path)):
+        net = CaffeNet(lenet_solver(seed=2))
+        assert net.use_weights(form)
+        assert net.get_weights() == expected, type(form).__name__
+    fetched = []
+    net = CaffeNet(lenet_solver(seed=2))
+    assert net.use_weights("s3://models/lenet.caffemodel",
+                           fetch=lambda uri: fetched.append(uri) or data)
+    assert fetched == ["s3://models/lenet.caffemodel"] and net.get_weights() == expected
+    before = CaffeNet(lenet_solver(seed=3))
+    assert not before.use_weights(None)  # the fillers stay
+    assert before.get_weights() == CaffeNet(lenet_solver(seed=3)).get_weights()
+    with pytest.raises(FileNotFoundError, match="nowhere.caffemodel: no such .caffemodel"):
+        net.use_weights(tmp_path / "nowhere.caffemodel")
+    with pytest.raises(ValueError, match="s3://b/k.caffemodel: a URI, and no way to read it"):
+        net.use_weights("s3://b/k.caffemodel")
+    with pytest.raises(TypeError, match="weights must be .* got int"):
+        net.use_weights(3)
+    with pytest.raises(CaffeError, match="the .caffemodel given as bytes"):
+        net.load_weights(b"not a caffemodel")
+    assert net.get_weights() == expected  # nothing changed
+
+
+def test_test_input_names_are_the_test_nets_inputs_in_blob_order():
+    solver = caffe_pb2.SolverParameter(base_lr=0.1, lr_policy="fixed")
+    text_format.Parse("""
+        layer { name: "y" type: "Input" top: "y" include { phase: TEST }
+                input_param { shape { dim: 2 dim: 3 } } }
+        layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+        layer { name: "sum" type: "Eltwise" bottom: "x" bottom: "y" top: "sum"
+                include { phase: TEST } }""", solver.net_param)
+    net = CaffeNet(solver)
+    assert net.input_names == ["x"]
+    assert net.test_input_names == ["y", "x"]
+    assert set(net.test_input_shapes) == set(net.test_input_names)
+    assert CaffeNet(lenet_solver()).test_input_names == ["data", "label"]
 
 
 def _solver_with(net: caffe_pb2.NetParameter, ip1_outputs: int) -> caffe_pb2.SolverParameter:
