@@ -346,3 +346,22 @@ def test_input_cols_feed_a_second_input_blob_in_training_and_scoring(spark):
         est.copy({est.inputCols: {"hnt": "aux"}}).fit(df)
     with pytest.raises(ValueError, match="input blob 'hint' has no column"):
         est.copy({est.inputCols: {}}).fit(df)
+
+
+def test_a_model_reads_its_caffemodel_from_s3(s3, monkeypatch, tmp_path):
+    from sparknet.ml import CaffeModel
+
+    solver = lenet.solver(batch_size=8)
+    trained = CaffeNet(solver)
+    trained.train(3, [{"data": np.full((8, 1, 28, 28), 0.5, np.float32),
+                       "label": np.arange(8, dtype=np.float32)}] * 3)
+    trained.save_weights(tmp_path / "w.caffemodel")
+    bucket = s3.bucket()
+    s3.client().put_object(Bucket=bucket, Key="models/w.caffemodel",
+                           Body=(tmp_path / "w.caffemodel").read_bytes())
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)  # the default S3Options' endpoint
+    model = CaffeModel(solver=solver, weights=f"s3://{bucket}/models/w.caffemodel")
+    assert model.weights == trained.get_weights()
+    assert model.weights != CaffeNet(solver).get_weights()
+    with pytest.raises(FileNotFoundError, match="missing.caffemodel"):
+        CaffeModel(solver=solver, weights=f"s3://{bucket}/models/missing.caffemodel")
