@@ -158,6 +158,10 @@ def test_directories_that_are_not_this_models_are_refused_naming_the_path(
     with pytest.raises(ModelDirectoryError, match=f"{mine}/net.prototxt is another net than the "
                        "one its metadata describes"):
         CaffeModel.load(str(mine))
+    (mine / "net.prototxt").write_text('layer { nme: "x" }\n')
+    with pytest.raises(ModelDirectoryError, match=f"{mine}/net.prototxt:1:9: field 'nme' is "
+                       "unknown"):
+        CaffeModel.load(str(mine))
     # the estimator itself round-trips (an unfitted Pipeline saves its Params)
     est = CaffeEstimator.load(str(est_dir))
     assert est.getSolver() == CaffeEstimator(solver=lenet.solver(16)).getSolver()

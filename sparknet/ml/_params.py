@@ -21,29 +21,19 @@ from pyspark.ml.param.shared import (
 )
 
 from sparknet.engine import solver_proto
-from sparknet.proto import caffe_pb2
+from sparknet.proto import caffe_pb2, loader
 
 
 def solver_text(solver: Any) -> str:
     """A solver (DSL, ``caffe_pb2``, prototxt text) as prototxt text with the net inline."""
     if isinstance(solver, str):
-        param = parse_solver(solver, "solver")
+        param = loader.parse_solver(solver, "solver")
     else:
         param = solver_proto(solver)
     if not param.HasField("net_param"):
         raise ValueError("solver: the net must be inline (net_param); give a DSL SolverParam, "
                          "or load the prototxt with ProtoLoader.load_solver_prototxt_with_net")
     return text_format.MessageToString(param)
-
-
-def parse_solver(text: str, where: str) -> caffe_pb2.SolverParameter:
-    """Prototxt text -> ``SolverParameter``; a parse error names ``where`` and the line."""
-    param = caffe_pb2.SolverParameter()
-    try:
-        text_format.Parse(text, param)
-    except text_format.ParseError as e:
-        raise ValueError(f"{where}: not a Caffe solver prototxt: {e}") from None
-    return param
 
 
 def _to_solver(value: Any) -> str:
@@ -170,14 +160,14 @@ class CaffeParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityC
     def _solver_value(self, param: Param, field: str) -> float:
         if self.isDefined(param):
             return self.getOrDefault(param)
-        return float(getattr(parse_solver(self.getSolver(), "solver"), field))
+        return float(getattr(loader.parse_solver(self.getSolver(), "solver"), field))
 
     # -- the effective solver -------------------------------------------------------------------
     def _effective_solver(self) -> caffe_pb2.SolverParameter:
         """The solver Param with batchSize, baseLr, momentum and weightDecay applied."""
         if not self.isDefined(self.solver):
             raise ValueError(f"{type(self).__name__}: the solver Param is not set")
-        param = parse_solver(self.getSolver(), "solver")
+        param = loader.parse_solver(self.getSolver(), "solver")
         for p, field in ((self.baseLr, "base_lr"), (self.momentum, "momentum"),
                          (self.weightDecay, "weight_decay")):
             if self.isDefined(p):

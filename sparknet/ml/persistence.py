@@ -179,14 +179,12 @@ class CaffeModelReader(MLReader):
                     why = str(java.toString()) if java is not None else str(e)
                     raise ModelDirectoryError(f"{path}/{name}: cannot be read ({why})"
                                               ) from None
-            from sparknet.proto import caffe_pb2
+            from sparknet.proto import PrototxtError, loader
 
-            net = caffe_pb2.NetParameter()
             try:
-                text_format.Parse((local / NET).read_text(), net)
-            except text_format.ParseError as e:
-                raise ModelDirectoryError(f"{path}/{NET}: not a Caffe net prototxt ({e})"
-                                          ) from None
+                net = loader.parse_net((local / NET).read_text(), f"{path}/{NET}")
+            except PrototxtError as e:
+                raise ModelDirectoryError(f"not a Caffe net prototxt: {e}") from None
             if net != param.net_param:
                 raise ModelDirectoryError(f"{path}/{NET} is another net than the one its "
                                           f"metadata describes ('{net.name}' vs "
