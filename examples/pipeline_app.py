@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-import appkit
+from sparknet import frontend
 
 log = logging.getLogger("sparknet.examples.pipeline")
 
@@ -37,11 +37,11 @@ def digits_frame(spark, split: str):
 
 
 def build_parser():
-    p = appkit.parser(__doc__, prog="pipeline_app.py")
-    appkit.add_spark_options(p)
-    p.add_argument("--rounds", type=appkit.positive_int, default=8,
+    p = frontend.parser(__doc__, prog="pipeline_app.py")
+    frontend.add_spark_options(p)
+    p.add_argument("--rounds", type=frontend.positive_int, default=8,
                    help="rounds of parameter averaging (default 8)")
-    p.add_argument("--sync-interval", type=appkit.positive_int, default=25,
+    p.add_argument("--sync-interval", type=frontend.positive_int, default=25,
                    help="solver steps per worker per round (default 25)")
     p.add_argument("--output", default="runs/pipeline",
                    help="where the fitted PipelineModel and the predictions go "
@@ -55,7 +55,7 @@ def build_parser():
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    spark = appkit.spark_session("sparknet-pipeline", args.master, args.workers)
+    spark = frontend.spark_session("sparknet-pipeline", args.master, args.workers)
     try:
         from pyspark.ml import Pipeline, PipelineModel
         from pyspark.ml.evaluation import MulticlassClassificationEvaluator
@@ -107,4 +107,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    appkit.run(main)
+    frontend.run(main)
