@@ -81,10 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  args.sync_interval, args.rounds, args.batch_size)
         t0 = time.perf_counter()
         result = train(spark, solver, train_rdd, test_data=test_rdd, preprocess=subtract_mean,
-                       workers=args.workers,
-                       sync_interval=args.sync_interval, rounds=args.rounds,
-                       test_interval=args.test_interval, output_dir=args.output,
-                       checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed)
+                       **frontend.training_arguments(args))
         seconds = time.perf_counter() - t0
         weights = out / "cifar10_quick.caffemodel"
         result.save(weights)

@@ -150,12 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  ", the rest frozen" if args.freeze else "")
 
         t0 = time.perf_counter()
-        result = train(spark, solver, train_rdd, test_data=test_rdd, workers=args.workers,
-                       sync_interval=args.sync_interval, rounds=args.rounds,
-                       test_interval=args.test_interval, output_dir=args.output,
-                       checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
+        result = train(spark, solver, train_rdd, test_data=test_rdd,
                        init_weights=args.weights,  # every layer found by name; not the new one
-                       **transforms)
+                       **transforms, **frontend.training_arguments(args))
         seconds = time.perf_counter() - t0
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)

@@ -143,11 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         result = train(spark, solver, train_data.rdd,
                        test_data=test_data.rdd if test_data is not None else None,
-                       workers=args.workers, sync_interval=args.sync_interval,
-                       rounds=args.rounds, test_interval=args.test_interval,
                        transform=train_tf, test_transform=test_tf,
-                       output_dir=args.output, checkpoint_dir=args.checkpoint_dir,
-                       resume=args.resume, seed=args.seed)
+                       **frontend.training_arguments(args))
         seconds = time.perf_counter() - t0
         report = train_data.report()
         weights = out / "caffenet.caffemodel"

@@ -56,10 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("LeNet on %s: %d workers, tau %d, %d rounds, batch %d", source, args.workers,
                  args.sync_interval, args.rounds, args.batch_size)
         t0 = time.perf_counter()
-        result = train(spark, solver, train_rdd, test_data=test_rdd, workers=args.workers,
-                       sync_interval=args.sync_interval, rounds=args.rounds,
-                       test_interval=args.test_interval, output_dir=args.output,
-                       checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed)
+        result = train(spark, solver, train_rdd, test_data=test_rdd,
+                       **frontend.training_arguments(args))
         seconds = time.perf_counter() - t0
         weights = Path(args.output) / "lenet.caffemodel"
         result.save(weights)

@@ -67,10 +67,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                   test_batch_size=args.test_batch_size, data=train_rdd)
     solver = frontend.apply_solver_options(solver, args)
     t0 = time.perf_counter()
-    result = train(spark, solver, train_rdd, test_data=test_rdd, workers=args.workers,
-                   sync_interval=args.sync_interval, rounds=args.rounds,
-                   test_interval=args.test_interval, output_dir=args.output,
-                   checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed)
+    result = train(spark, solver, train_rdd, test_data=test_rdd,
+                   **frontend.training_arguments(args))
     seconds = time.perf_counter() - t0
     if args.save:
         result.save(args.save)

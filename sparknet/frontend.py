@@ -49,7 +49,7 @@ __all__ = [
     "check_uri", "configure_logging", "exit_status", "format_metrics", "image_size",
     "imagenet_data", "last_test", "load_data", "load_net", "load_solver", "non_negative_int",
     "parser", "positive_int", "print_outputs", "reads_own_data", "report_training", "run",
-    "spark_session", "test_uri", "under_spark_submit",
+    "spark_session", "test_uri", "training_arguments", "under_spark_submit",
 ]
 
 #: The data URIs both front ends accept, as their ``--help`` shows them.
@@ -259,6 +259,17 @@ def add_prototxt_options(group: Any, model: str, root: Path) -> None:
                        help=f"net prototxt (default: the shipped {model})")
     group.add_argument("--solver", default=str(root / module.SOLVER_PROTOTXT),
                        metavar="PROTOTXT", help=f"solver prototxt (default: {model}'s)")
+
+
+def training_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`sparknet.spark.train` that the options set.
+
+    Those of :func:`add_training_options` and ``--workers`` of :func:`add_spark_options`.
+    """
+    return {"workers": args.workers, "sync_interval": args.sync_interval,
+            "rounds": args.rounds, "test_interval": args.test_interval,
+            "output_dir": args.output, "checkpoint_dir": args.checkpoint_dir,
+            "resume": args.resume, "seed": args.seed}
 
 
 def check_training_options(args: argparse.Namespace) -> None:
