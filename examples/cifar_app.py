@@ -28,6 +28,7 @@ log = logging.getLogger("sparknet.examples.cifar")
 ROOT = Path(__file__).resolve().parent.parent  # the shipped prototxt are under caffe/models/
 
 def build_parser() -> argparse.ArgumentParser:
+    """The app's options, with its docstring as ``--help``."""
     p = frontend.parser(__doc__, prog="cifar_app.py")
     p.add_argument("data", metavar="DATA_DIR",
                    help="folder (or s3://, hdfs:// URI) holding the CIFAR-10 binary batches")
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Train CIFAR-10 quick on the binary batches; print the last test and the files written."""
     args = build_parser().parse_args(argv)
     frontend.check_training_options(args)
     frontend.check_uri(f"cifar10:{args.data}", args.data)

@@ -30,6 +30,7 @@ log = logging.getLogger("sparknet.examples.featurizer")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The app's options, with its docstring as ``--help``."""
     p = frontend.parser(__doc__, prog="featurizer_app.py")
     p.add_argument("--weights", required=True, metavar="CAFFEMODEL",
                    help="trained weights for the net")
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Write the blobs' features of every image to Parquet; print where."""
     args = build_parser().parse_args(argv)
     frontend.check_uri(args.data, f"--data {args.data}")
     frontend.check_files(args.weights, args.mean)

@@ -33,6 +33,7 @@ log = logging.getLogger("sparknet.examples.finetune")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The app's options, with its docstring as ``--help``."""
     p = frontend.parser(__doc__, prog="finetune_app.py")
     p.add_argument("--weights", required=True, metavar="CAFFEMODEL",
                    help="the trained weights to start from")
@@ -105,6 +106,7 @@ def freeze_all_but(solver: Any, layout: Sequence[tuple[str, Sequence[Any]]], kee
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Replace the last layer, train from the .caffemodel; print the last test and the files."""
     args = build_parser().parse_args(argv)
     frontend.check_training_options(args)
     frontend.check_uri(args.data, f"--data {args.data}")

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent  # the shipped prototxt are under 
 (SHARDS, LABELS), (VAL_SHARDS, VAL_LABELS) = (frontend.S3_LAYOUT[s] for s in ("train", "test"))
 
 def build_parser() -> argparse.ArgumentParser:
+    """The app's options, with its docstring as ``--help``."""
     p = frontend.parser(__doc__, prog="imagenet_app.py")
     p.add_argument("workers", type=frontend.positive_int, help="Spark workers K")
     p.add_argument("bucket", help="S3 bucket in the upload tool's layout")
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Train CaffeNet on the S3 shards; print the last test and the files written."""
     args = build_parser().parse_args(argv)
     frontend.check_training_options(args)
     frontend.check_files(args.net, args.solver, args.mean)

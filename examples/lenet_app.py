@@ -25,6 +25,7 @@ log = logging.getLogger("sparknet.examples.lenet")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The app's options, with its docstring as ``--help``."""
     p = frontend.parser(__doc__, prog="lenet_app.py")
     p.add_argument("--mnist", metavar="DIR",
                    help="folder (or s3://, hdfs:// URI) with the four MNIST IDX files, "
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Train LeNet on the digits or MNIST; print the last test and the files written."""
     args = build_parser().parse_args(argv)
     frontend.check_training_options(args)
     uri = f"mnist:{args.mnist}" if args.mnist else "digits:"

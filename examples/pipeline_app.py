@@ -14,6 +14,7 @@ examples:
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from collections.abc import Sequence
@@ -36,7 +37,8 @@ def digits_frame(spark, split: str):
     return spark.createDataFrame(rows, ["id", "pixels", "label"])
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
+    """The app's options, with its docstring as ``--help``."""
     p = frontend.parser(__doc__, prog="pipeline_app.py")
     frontend.add_spark_options(p)
     p.add_argument("--rounds", type=frontend.positive_int, default=8,
@@ -54,6 +56,7 @@ def build_parser():
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Fit (or tune), save, load and score the pipeline; print the accuracy and paths."""
     args = build_parser().parse_args(argv)
     spark = frontend.spark_session("sparknet-pipeline", args.master, args.workers)
     try:

@@ -31,20 +31,17 @@ def _check_inputs(args: argparse.Namespace) -> None:
     for path in (args.net, args.solver):
         if path is not None and path.endswith(".prototxt"):
             frontend.check_prototxt(path)
-    weights = getattr(args, "weights", None)
-    if weights is not None:
-        from sparknet.spark.checkpoint import is_s3
-
-        if not is_s3(weights) and not Path(weights).is_file():
-            raise UsageError(f"--weights {weights}: no such file")
+    frontend.check_files(getattr(args, "weights", None))
 
 
 def _session(args: argparse.Namespace) -> Any:
+    """The command's SparkSession (see :func:`frontend.spark_session`)."""
     return frontend.spark_session(f"sparknet-{args.command}", args.master, args.workers,
                                   args.driver_memory)
 
 
 def _data(spark: Any, args: argparse.Namespace, uri: str, split: str) -> Any:
+    """An RDD of ``(array, label)`` for a data URI, images sized as the options say."""
     return frontend.load_data(spark, uri, split, args.workers, size=args.image_size,
                               color=args.color)
 

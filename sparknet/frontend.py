@@ -189,7 +189,7 @@ def image_size(text: str) -> tuple[int, int]:
 
 
 def parser(description: str, *, prog: str | None = None) -> argparse.ArgumentParser:
-    """An argument parser whose help shows ``description`` (an app's docstring) and the exit status."""
+    """An argument parser showing ``description`` (an app's docstring) and the exit status."""
     summary, _, rest = description.strip().partition("\n\n")
     epilog = f"{rest}\n\n{EXIT_HELP}" if rest else EXIT_HELP
     return argparse.ArgumentParser(prog=prog, description=summary, epilog=epilog,
@@ -215,8 +215,7 @@ def add_spark_options(p: argparse.ArgumentParser, *, workers: bool = True,
 
 def add_data_options(p: argparse.ArgumentParser, *, default: str = "digits:",
                      help: str = "data URI", test_data: bool = False) -> None:
-    """``--data`` (a URI of :data:`SCHEMES`), ``--test-data`` if asked, and for ``s3://``
-    ``--image-size`` and ``--color``."""
+    """``--data`` (a URI), ``--test-data`` if asked; ``--image-size``, ``--color`` for s3://."""
     p.add_argument("--data", default=default, metavar="URI",
                    help=f"{help}: {', '.join(SCHEMES)} (default {default})")
     if test_data:
@@ -290,9 +289,14 @@ def apply_solver_options(solver: Any, args: argparse.Namespace) -> Any:
 
 
 def check_files(*paths: str | None) -> None:
-    """A usage error naming the first given path that is not a file."""
+    """A usage error naming the first given local path that is not a file.
+
+    URIs (``s3://``, ``hdfs://`` ...) are left to whatever reads them.
+    """
+    from sparknet.data._io import local_path, scheme
+
     for path in paths:
-        if path is not None and not Path(path).is_file():
+        if path is not None and scheme(path) == "" and not local_path(path).is_file():
             raise UsageError(f"{path}: no such file")
 
 
