@@ -372,13 +372,13 @@ def load_data(spark: Any, uri: str, split: str, partitions: int | None, *,
     check_uri(uri)
     path = uri.partition(":")[2]
     if uri in ("digits", "digits:"):
-        return data.digits_rdd(spark, split, partitions)
+        return data.digits_rdd(spark, split, num_partitions=partitions)
     if uri.startswith("mnist:"):
         return data.mnist_rdd(spark, path, split, num_partitions=partitions)
     if uri.startswith("cifar10:"):
         return data.cifar10_rdd(spark, path, split, num_partitions=partitions)
     if uri.startswith("lmdb:"):
-        return data.lmdb_rdd(spark, path, partitions)
+        return data.lmdb_rdd(spark, path, num_partitions=partitions)
     return imagenet_data(spark, uri, split, size=size, color=color).rdd
 
 
