@@ -22,33 +22,35 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import appkit
+from sparknet import frontend
 
 log = logging.getLogger("sparknet.examples.cifar")
+ROOT = Path(__file__).resolve().parent.parent  # the shipped prototxt are under caffe/models/
 
 def build_parser() -> argparse.ArgumentParser:
-    p = appkit.parser(__doc__, prog="cifar_app.py")
+    """The app's options, with its docstring as ``--help``."""
+    p = frontend.parser(__doc__, prog="cifar_app.py")
     p.add_argument("data", metavar="DATA_DIR",
                    help="folder (or s3://, hdfs:// URI) holding the CIFAR-10 binary batches")
-    appkit.add_prototxt_options(p, "cifar10_quick", "cifar10_quick")
-    p.add_argument("--batch-size", type=appkit.positive_int, metavar="N", default=100,
+    frontend.add_prototxt_options(p, "cifar10_quick", ROOT)
+    p.add_argument("--batch-size", type=frontend.positive_int, metavar="N", default=100,
                    help="training minibatch per worker (default 100, as SparkNet)")
-    p.add_argument("--test-batch-size", type=appkit.positive_int, metavar="N", default=100,
+    p.add_argument("--test-batch-size", type=frontend.positive_int, metavar="N", default=100,
                    help="test minibatch (default 100)")
     p.add_argument("--train-files", nargs="+", metavar="FILE",
                    help="training batch files (default data_batch_1.bin ... data_batch_5.bin)")
-    appkit.add_spark_options(p)
-    appkit.add_training_options(p, sync_interval=10, rounds=100, test_interval=5,
-                                output="runs/cifar")
+    frontend.add_spark_options(p)
+    frontend.add_training_options(p, sync_interval=10, rounds=100, test_interval=5,
+                                  output="runs/cifar")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Train CIFAR-10 quick on the binary batches; print the last test and the files written."""
     args = build_parser().parse_args(argv)
-    appkit.check_training_options(args)
-    if "://" not in args.data and not Path(args.data).is_dir():
-        raise appkit.UsageError(f"{args.data}: no such folder")
-    appkit.check_files(args.net, args.solver)
+    frontend.check_training_options(args)
+    frontend.check_uri(f"cifar10:{args.data}", args.data)
+    frontend.check_files(args.net, args.solver)
 
     from sparknet.data import cifar10_rdd, compute_mean, write_mean
     from sparknet.proto import ProtoLoader
@@ -58,10 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     net = ProtoLoader.load_net_prototxt(args.net)
     net = ProtoLoader.replace_data_layers(net, args.batch_size, args.test_batch_size, 3, 32, 32)
     solver = ProtoLoader.load_solver_prototxt_with_net(args.solver, net)
-    solver = appkit.apply_solver_options(solver, args)
+    solver = frontend.apply_solver_options(solver, args)
 
-    spark = appkit.spark_session("sparknet-cifar", args.master, args.workers,
-                                 args.driver_memory)
+    spark = frontend.spark_session("sparknet-cifar", args.master, args.workers,
+                                   args.driver_memory)
     try:
         train_rdd = cifar10_rdd(spark, args.data, "train", shuffle_seed=args.seed,
                                 num_partitions=args.workers, files=args.train_files).cache()
@@ -81,20 +83,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                  args.sync_interval, args.rounds, args.batch_size)
         t0 = time.perf_counter()
         result = train(spark, solver, train_rdd, test_data=test_rdd, preprocess=subtract_mean,
-                       workers=args.workers,
-                       sync_interval=args.sync_interval, rounds=args.rounds,
-                       test_interval=args.test_interval, output_dir=args.output,
-                       checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed)
+                       **frontend.training_arguments(args))
         seconds = time.perf_counter() - t0
         weights = out / "cifar10_quick.caffemodel"
         result.save(weights)
     finally:
         spark.stop()
 
-    return appkit.report_training(
+    return frontend.report_training(
         f"trained CIFAR-10 quick in {seconds:.1f} s ({len(result.history)} rounds)", result,
         {"weights": weights, "mean image": mean_file})
 
 
 if __name__ == "__main__":
-    appkit.run(main)
+    frontend.run(main)

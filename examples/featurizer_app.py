@@ -23,59 +23,59 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-import appkit
+from sparknet import frontend
 
 log = logging.getLogger("sparknet.examples.featurizer")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = appkit.parser(__doc__, prog="featurizer_app.py")
+    """The app's options, with its docstring as ``--help``."""
+    p = frontend.parser(__doc__, prog="featurizer_app.py")
     p.add_argument("--weights", required=True, metavar="CAFFEMODEL",
                    help="trained weights for the net")
     p.add_argument("--net", default="lenet", metavar="MODEL|PROTOTXT",
                    help="the net (default lenet)")
-    p.add_argument("--data", default="digits:", metavar="URI",
-                   help="digits:, mnist:DIR or cifar10:DIR (default digits:)")
+    frontend.add_data_options(p, help="the images to featurize")
     p.add_argument("--split", default="test", choices=("train", "test"),
                    help="which split to featurize (default test)")
     p.add_argument("--blob", action="append", required=True, metavar="NAME",
                    help="a blob to extract (repeat for several)")
     p.add_argument("--mean", metavar="BINARYPROTO",
                    help="subtract this mean image first (as the net was trained)")
-    p.add_argument("--batch-size", type=appkit.positive_int, metavar="N", default=100,
+    p.add_argument("--batch-size", type=frontend.positive_int, metavar="N", default=100,
                    help="images per forward pass (default 100)")
     p.add_argument("--arrays", action="store_true",
                    help="write array<float> columns instead of ML vectors")
     p.add_argument("--output", required=True, metavar="PARQUET",
                    help="where to write the features (overwritten)")
-    appkit.add_spark_options(p)
+    frontend.add_spark_options(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Write the blobs' features of every image to Parquet; print where."""
     args = build_parser().parse_args(argv)
-    appkit.check_data_uri(args.data)
-    for path in (args.weights, args.mean):
-        if path is not None and not Path(path).is_file():
-            raise appkit.UsageError(f"{path}: no such file")
+    frontend.check_uri(args.data, f"--data {args.data}")
+    frontend.check_files(args.weights, args.mean)
 
     from sparknet.data import read_mean
     from sparknet.spark import featurize
 
     mean = read_mean(args.mean) if args.mean else None
-    spark = appkit.spark_session("sparknet-featurizer", args.master, args.workers,
-                                 args.driver_memory)
+    spark = frontend.spark_session("sparknet-featurizer", args.master, args.workers,
+                                   args.driver_memory)
     try:
-        data = appkit.load_examples(spark, args.data, args.split, args.workers)
-        solver = appkit.load_solver(args.net, None, args.batch_size, args.batch_size, data)
+        data = frontend.load_data(spark, args.data, args.split, args.workers,
+                                  size=args.image_size, color=args.color)
+        solver = frontend.load_solver(args.net, batch_size=args.batch_size,
+                                      test_batch_size=args.batch_size, data=data)
         preprocess = None
         if mean is not None:
             image, _ = data.first()
             if mean.shape != tuple(image.shape):
-                raise appkit.UsageError(f"{args.mean}: a {mean.shape} mean image for "
-                                        f"{tuple(image.shape)} images")
+                raise frontend.UsageError(f"{args.mean}: a {mean.shape} mean image for "
+                                          f"{tuple(image.shape)} images")
 
             def preprocess(example: dict) -> dict:  # on the workers, once per image
                 return {**example, "data": example["data"] - mean}
@@ -93,9 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"featurized {rows} images ({args.data} {args.split}) in {seconds:.1f} s; "
           f"columns: {', '.join(columns)}")
-    appkit.print_outputs({"features (Parquet)": args.output})
+    frontend.print_outputs({"features (Parquet)": args.output})
     return 0
 
 
 if __name__ == "__main__":
-    appkit.run(main)
+    frontend.run(main)

@@ -27,23 +27,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import appkit
+from sparknet import frontend
 
 log = logging.getLogger("sparknet.examples.finetune")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = appkit.parser(__doc__, prog="finetune_app.py")
+    """The app's options, with its docstring as ``--help``."""
+    p = frontend.parser(__doc__, prog="finetune_app.py")
     p.add_argument("--weights", required=True, metavar="CAFFEMODEL",
                    help="the trained weights to start from")
     p.add_argument("--net", default="lenet", metavar="MODEL|PROTOTXT",
                    help="the net the weights belong to (default lenet)")
     p.add_argument("--solver", metavar="PROTOTXT", help="solver prototxt (default: the "
                    "model's solver; plain SGD for a prototxt net)")
-    p.add_argument("--data", default="digits:", metavar="URI",
-                   help="the new task's data: digits:, mnist:DIR or cifar10:DIR "
-                   "(default digits:)")
-    p.add_argument("--num-classes", type=appkit.positive_int, metavar="N", required=True,
+    frontend.add_data_options(p, help="the new task's data", test_data=True)
+    p.add_argument("--num-classes", type=frontend.positive_int, metavar="N", required=True,
                    help="outputs of the new last layer (labels 0 .. N-1)")
     p.add_argument("--layer", help="the layer to replace (default: the last one with "
                    "num_output)")
@@ -53,11 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(cifar_app.py writes one)")
     p.add_argument("--freeze", action="store_true",
                    help="train only the new layer (every other layer gets lr_mult 0)")
-    p.add_argument("--batch-size", type=appkit.positive_int, metavar="N", default=64,
+    p.add_argument("--batch-size", type=frontend.positive_int, metavar="N", default=64,
                    help="minibatch per worker (default 64)")
-    appkit.add_spark_options(p)
-    appkit.add_training_options(p, sync_interval=20, rounds=10, test_interval=2,
-                                output="runs/finetune")
+    frontend.add_spark_options(p)
+    frontend.add_training_options(p, sync_interval=20, rounds=10, test_interval=2,
+                                  output="runs/finetune")
     return p
 
 
@@ -77,19 +76,19 @@ def replace_last_layer(net: Any, num_classes: int, layer: str | None = None,
     with_outputs = [x for x in dsl.layers if getattr(x, "num_output", None) is not None]
     if layer is None:
         if not with_outputs:
-            raise appkit.UsageError(f"net '{dsl.name}' has no layer with num_output to replace")
+            raise frontend.UsageError(f"net '{dsl.name}' has no layer with num_output to replace")
         target = with_outputs[-1]
     else:
         found = [x for x in dsl.layers if x.name == layer]
         if not found:
-            raise appkit.UsageError(f"net '{dsl.name}' has no layer named {layer!r}")
+            raise frontend.UsageError(f"net '{dsl.name}' has no layer named {layer!r}")
         target = found[0]
         if getattr(target, "num_output", None) is None:
-            raise appkit.UsageError(f"layer {layer!r} ({type(target).__name__}) has no "
-                                    "num_output to change")
+            raise frontend.UsageError(f"layer {layer!r} ({type(target).__name__}) has no "
+                                      "num_output to change")
     name = new_name or f"{target.name}_finetune"
     if any(x.name == name for x in dsl.layers):
-        raise appkit.UsageError(f"net '{dsl.name}' already has a layer named {name!r}")
+        raise frontend.UsageError(f"net '{dsl.name}' already has a layer named {name!r}")
     replacement = attrs.evolve(target, name=name, num_output=num_classes)
     layers = [replacement if x is target else x for x in dsl.layers]
     return attrs.evolve(dsl, layers=layers).to_proto(), target.name, name
@@ -107,37 +106,40 @@ def freeze_all_but(solver: Any, layout: Sequence[tuple[str, Sequence[Any]]], kee
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Replace the last layer, train from the .caffemodel; print the last test and the files."""
     args = build_parser().parse_args(argv)
-    appkit.check_training_options(args)
-    appkit.check_data_uri(args.data)
-    for option, path in (("--weights", args.weights), ("--mean", args.mean)):
-        if path is not None and not Path(path).is_file():
-            raise appkit.UsageError(f"{option} {path}: no such file")
+    frontend.check_training_options(args)
+    frontend.check_uri(args.data, f"--data {args.data}")
+    test_uri = frontend.test_uri(args.data, args.test_data)
+    frontend.check_uri(test_uri, f"--test-data {test_uri}")
+    frontend.check_files(args.weights, args.mean)
 
     from sparknet.data import Transformer, read_mean
     from sparknet.engine import CaffeNet
     from sparknet.spark import train
 
-    spark = appkit.spark_session("sparknet-finetune", args.master, args.workers,
-                                 args.driver_memory)
+    spark = frontend.spark_session("sparknet-finetune", args.master, args.workers,
+                                   args.driver_memory)
     try:
-        train_rdd = appkit.load_examples(spark, args.data, "train", args.workers)
-        test_rdd = appkit.load_examples(spark, args.data, "test", args.workers)
+        images = {"size": args.image_size, "color": args.color}
+        train_rdd = frontend.load_data(spark, args.data, "train", args.workers, **images)
+        test_rdd = (frontend.load_data(spark, test_uri, "test", args.workers, **images)
+                    if test_uri else None)
         transforms = {}
         if args.mean:  # subtracted from every minibatch on the workers
             mean = read_mean(args.mean)
             image, _ = train_rdd.first()
             if mean.shape != tuple(image.shape):
-                raise appkit.UsageError(f"--mean {args.mean}: a {mean.shape} mean image for "
-                                        f"{tuple(image.shape)} images")
+                raise frontend.UsageError(f"--mean {args.mean}: a {mean.shape} mean image for "
+                                          f"{tuple(image.shape)} images")
             transforms = {"transform": Transformer(mean=mean, phase="TRAIN"),
                           "test_transform": Transformer(mean=mean, phase="TEST")}
-        solver = appkit.load_solver(args.net, args.solver, args.batch_size, args.batch_size,
-                                    train_rdd)
+        solver = frontend.load_solver(args.net, args.solver, batch_size=args.batch_size,
+                                      test_batch_size=args.batch_size, data=train_rdd)
         net, old, new = replace_last_layer(solver.net_param, args.num_classes, args.layer,
                                            args.new_name)
         solver.net_param.CopyFrom(net)
-        solver = appkit.apply_solver_options(solver, args)
+        solver = frontend.apply_solver_options(solver, args)
 
         # Fail here, on the driver, if the .caffemodel does not fit the net.
         engine = CaffeNet(solver)
@@ -150,12 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  ", the rest frozen" if args.freeze else "")
 
         t0 = time.perf_counter()
-        result = train(spark, solver, train_rdd, test_data=test_rdd, workers=args.workers,
-                       sync_interval=args.sync_interval, rounds=args.rounds,
-                       test_interval=args.test_interval, output_dir=args.output,
-                       checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
+        result = train(spark, solver, train_rdd, test_data=test_rdd,
                        init_weights=args.weights,  # every layer found by name; not the new one
-                       **transforms)
+                       **transforms, **frontend.training_arguments(args))
         seconds = time.perf_counter() - t0
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
@@ -164,10 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         spark.stop()
 
-    return appkit.report_training(
+    return frontend.report_training(
         f"fine-tuned {args.net} ({old} -> {new}, {args.num_classes} classes) in "
         f"{seconds:.1f} s ({len(result.history)} rounds)", result, {"weights": weights})
 
 
 if __name__ == "__main__":
-    appkit.run(main)
+    frontend.run(main)

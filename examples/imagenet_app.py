@@ -30,51 +30,55 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import appkit
+from sparknet import frontend
 
 log = logging.getLogger("sparknet.examples.imagenet")
+ROOT = Path(__file__).resolve().parent.parent  # the shipped prototxt are under caffe/models/
+(SHARDS, LABELS), (VAL_SHARDS, VAL_LABELS) = (frontend.S3_LAYOUT[s] for s in ("train", "test"))
 
 def build_parser() -> argparse.ArgumentParser:
-    p = appkit.parser(__doc__, prog="imagenet_app.py")
-    p.add_argument("workers", type=appkit.positive_int, help="Spark workers K")
+    """The app's options, with its docstring as ``--help``."""
+    p = frontend.parser(__doc__, prog="imagenet_app.py")
+    p.add_argument("workers", type=frontend.positive_int, help="Spark workers K")
     p.add_argument("bucket", help="S3 bucket in the upload tool's layout")
     s3 = p.add_argument_group("data")
     s3.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint (default: AWS)")
     s3.add_argument("--region", help="S3 region (default: boto3's chain)")
-    s3.add_argument("--shard-prefix", metavar="PREFIX", default="ILSVRC2012_train/train.",
+    s3.add_argument("--shard-prefix", metavar="PREFIX", default=SHARDS,
                     help="key prefix of the training shards (default %(default)s)")
-    s3.add_argument("--labels", default="train.txt", metavar="KEY",
+    s3.add_argument("--labels", default=LABELS, metavar="KEY",
                     help="key of the training label list (default %(default)s)")
-    s3.add_argument("--val-prefix", metavar="PREFIX", default="ILSVRC2012_val/val.",
+    s3.add_argument("--val-prefix", metavar="PREFIX", default=VAL_SHARDS,
                     help="key prefix of the validation shards (default %(default)s)")
-    s3.add_argument("--val-labels", default="val.txt", metavar="KEY",
+    s3.add_argument("--val-labels", default=VAL_LABELS, metavar="KEY",
                     help="key of the validation label list (default %(default)s)")
     s3.add_argument("--no-val", action="store_true", help="do not test on validation shards")
-    s3.add_argument("--max-shards", type=appkit.positive_int, metavar="N",
+    s3.add_argument("--max-shards", type=frontend.positive_int, metavar="N",
                     help="use only the first N training shards (a trial run)")
     s3.add_argument("--mean", metavar="BINARYPROTO",
                     help="mean image to subtract (default: compute it from the training "
                     "shards and write OUTPUT/mean.binaryproto)")
     net = p.add_argument_group("net")
-    appkit.add_prototxt_options(net, "caffenet", "CaffeNet")
-    net.add_argument("--image-size", type=appkit.positive_int, default=256, metavar="N",
+    frontend.add_prototxt_options(net, "caffenet", ROOT)
+    net.add_argument("--image-size", type=frontend.positive_int, default=256, metavar="N",
                      help="decode and resize images to NxN (default 256)")
-    net.add_argument("--crop", type=appkit.positive_int, metavar="N",
+    net.add_argument("--crop", type=frontend.positive_int, metavar="N",
                      help="crop size (default: the net's transform_param, 227)")
-    net.add_argument("--batch-size", type=appkit.positive_int, default=256, metavar="N",
+    net.add_argument("--batch-size", type=frontend.positive_int, default=256, metavar="N",
                      help="training minibatch per worker (default 256, as SparkNet)")
-    net.add_argument("--test-batch-size", type=appkit.positive_int, default=50, metavar="N",
+    net.add_argument("--test-batch-size", type=frontend.positive_int, default=50, metavar="N",
                      help="test minibatch (default 50)")
-    appkit.add_spark_options(p, workers=False, driver_memory="4g")
-    appkit.add_training_options(p, sync_interval=50, rounds=1000, test_interval=10,
-                                output="runs/imagenet")
+    frontend.add_spark_options(p, workers=False, driver_memory="4g")
+    frontend.add_training_options(p, sync_interval=50, rounds=1000, test_interval=10,
+                                  output="runs/imagenet")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Train CaffeNet on the S3 shards; print the last test and the files written."""
     args = build_parser().parse_args(argv)
-    appkit.check_training_options(args)
-    appkit.check_files(args.net, args.solver, args.mean)
+    frontend.check_training_options(args)
+    frontend.check_files(args.net, args.solver, args.mean)
 
     import numpy as np
 
@@ -93,16 +97,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_tp, test_tp = transforms.get("TRAIN"), transforms.get("TEST")
     crop = args.crop or (train_tp.crop_size if train_tp is not None else 0) or args.image_size
     if crop > args.image_size:
-        raise appkit.UsageError(f"--crop {crop} is larger than --image-size {args.image_size}")
+        raise frontend.UsageError(f"--crop {crop} is larger than --image-size {args.image_size}")
     net = ProtoLoader.replace_data_layers(net, args.batch_size, args.test_batch_size, 3,
                                           crop, crop)
     solver = ProtoLoader.load_solver_prototxt_with_net(args.solver, net)
-    solver = appkit.apply_solver_options(solver, args)
+    solver = frontend.apply_solver_options(solver, args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 
-    spark = appkit.spark_session("sparknet-imagenet", args.master, args.workers,
-                                 args.driver_memory)
+    spark = frontend.spark_session("sparknet-imagenet", args.master, args.workers,
+                                   args.driver_memory)
     try:
         size = (args.image_size, args.image_size)
         s3 = {"endpoint_url": args.endpoint_url, "region_name": args.region}
@@ -116,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.mean:
             mean = read_mean(args.mean)
             if mean.shape != (3, *size):
-                raise appkit.UsageError(f"{args.mean}: a {mean.shape} mean image for "
-                                        f"{(3, *size)} images (see --image-size)")
+                raise frontend.UsageError(f"{args.mean}: a {mean.shape} mean image for "
+                                          f"{(3, *size)} images (see --image-size)")
             mean_file = Path(args.mean)
         else:
             log.info("computing the mean image of s3://%s/%s* on the workers", args.bucket,
@@ -141,11 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         result = train(spark, solver, train_data.rdd,
                        test_data=test_data.rdd if test_data is not None else None,
-                       workers=args.workers, sync_interval=args.sync_interval,
-                       rounds=args.rounds, test_interval=args.test_interval,
                        transform=train_tf, test_transform=test_tf,
-                       output_dir=args.output, checkpoint_dir=args.checkpoint_dir,
-                       resume=args.resume, seed=args.seed)
+                       **frontend.training_arguments(args))
         seconds = time.perf_counter() - t0
         report = train_data.report()
         weights = out / "caffenet.caffemodel"
@@ -153,11 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         spark.stop()
 
-    return appkit.report_training(
+    return frontend.report_training(
         f"trained CaffeNet on s3://{args.bucket} in {seconds:.1f} s "
         f"({len(result.history)} rounds): {report.summary()}", result,
         {"weights": weights, "mean image": mean_file})
 
 
 if __name__ == "__main__":
-    appkit.run(main)
+    frontend.run(main)

@@ -19,63 +19,57 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import appkit
+from sparknet import frontend
 
 log = logging.getLogger("sparknet.examples.lenet")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = appkit.parser(__doc__, prog="lenet_app.py")
+    """The app's options, with its docstring as ``--help``."""
+    p = frontend.parser(__doc__, prog="lenet_app.py")
     p.add_argument("--mnist", metavar="DIR",
                    help="folder (or s3://, hdfs:// URI) with the four MNIST IDX files, "
                    "gzipped or not (default: the bundled digits)")
-    p.add_argument("--batch-size", type=appkit.positive_int, metavar="N", default=64,
+    p.add_argument("--batch-size", type=frontend.positive_int, metavar="N", default=64,
                    help="minibatch size per worker (default 64)")
-    appkit.add_spark_options(p)
-    appkit.add_training_options(p, sync_interval=50, rounds=12, test_interval=3,
-                                output="runs/lenet")
+    frontend.add_spark_options(p)
+    frontend.add_training_options(p, sync_interval=50, rounds=12, test_interval=3,
+                                  output="runs/lenet")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Train LeNet on the digits or MNIST; print the last test and the files written."""
     args = build_parser().parse_args(argv)
-    appkit.check_training_options(args)
-    if args.mnist and "://" not in args.mnist and not Path(args.mnist).is_dir():
-        raise appkit.UsageError(f"--mnist {args.mnist}: no such folder")
+    frontend.check_training_options(args)
+    uri = f"mnist:{args.mnist}" if args.mnist else "digits:"
+    frontend.check_uri(uri, f"--mnist {args.mnist}")
 
-    from sparknet.data import digits_rdd, mnist_rdd
     from sparknet.models import lenet
     from sparknet.spark import train
 
-    spark = appkit.spark_session("sparknet-lenet", args.master, args.workers,
-                                 args.driver_memory)
+    spark = frontend.spark_session("sparknet-lenet", args.master, args.workers,
+                                   args.driver_memory)
     try:
-        if args.mnist:
-            train_rdd = mnist_rdd(spark, args.mnist, "train", num_partitions=args.workers)
-            test_rdd = mnist_rdd(spark, args.mnist, "test", num_partitions=args.workers)
-            source = f"MNIST ({args.mnist})"
-        else:
-            train_rdd = digits_rdd(spark, "train", args.workers)
-            test_rdd = digits_rdd(spark, "test", args.workers)
-            source = "the bundled digits"
-        solver = appkit.apply_solver_options(lenet.solver(batch_size=args.batch_size), args)
+        train_rdd = frontend.load_data(spark, uri, "train", args.workers)
+        test_rdd = frontend.load_data(spark, uri, "test", args.workers)
+        source = f"MNIST ({args.mnist})" if args.mnist else "the bundled digits"
+        solver = frontend.apply_solver_options(lenet.solver(batch_size=args.batch_size), args)
         log.info("LeNet on %s: %d workers, tau %d, %d rounds, batch %d", source, args.workers,
                  args.sync_interval, args.rounds, args.batch_size)
         t0 = time.perf_counter()
-        result = train(spark, solver, train_rdd, test_data=test_rdd, workers=args.workers,
-                       sync_interval=args.sync_interval, rounds=args.rounds,
-                       test_interval=args.test_interval, output_dir=args.output,
-                       checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed)
+        result = train(spark, solver, train_rdd, test_data=test_rdd,
+                       **frontend.training_arguments(args))
         seconds = time.perf_counter() - t0
         weights = Path(args.output) / "lenet.caffemodel"
         result.save(weights)
     finally:
         spark.stop()
 
-    return appkit.report_training(
+    return frontend.report_training(
         f"trained LeNet on {source} in {seconds:.1f} s ({len(result.history)} rounds)", result,
         {"weights": weights})
 
 
 if __name__ == "__main__":
-    appkit.run(main)
+    frontend.run(main)

@@ -14,11 +14,12 @@ examples:
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from collections.abc import Sequence
 
-import appkit
+from sparknet import frontend
 
 log = logging.getLogger("sparknet.examples.pipeline")
 
@@ -36,12 +37,13 @@ def digits_frame(spark, split: str):
     return spark.createDataFrame(rows, ["id", "pixels", "label"])
 
 
-def build_parser():
-    p = appkit.parser(__doc__, prog="pipeline_app.py")
-    appkit.add_spark_options(p)
-    p.add_argument("--rounds", type=appkit.positive_int, default=8,
+def build_parser() -> argparse.ArgumentParser:
+    """The app's options, with its docstring as ``--help``."""
+    p = frontend.parser(__doc__, prog="pipeline_app.py")
+    frontend.add_spark_options(p)
+    p.add_argument("--rounds", type=frontend.positive_int, default=8,
                    help="rounds of parameter averaging (default 8)")
-    p.add_argument("--sync-interval", type=appkit.positive_int, default=25,
+    p.add_argument("--sync-interval", type=frontend.positive_int, default=25,
                    help="solver steps per worker per round (default 25)")
     p.add_argument("--output", default="runs/pipeline",
                    help="where the fitted PipelineModel and the predictions go "
@@ -54,8 +56,9 @@ def build_parser():
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Fit (or tune), save, load and score the pipeline; print the accuracy and paths."""
     args = build_parser().parse_args(argv)
-    spark = appkit.spark_session("sparknet-pipeline", args.master, args.workers)
+    spark = frontend.spark_session("sparknet-pipeline", args.master, args.workers)
     try:
         from pyspark.ml import Pipeline, PipelineModel
         from pyspark.ml.evaluation import MulticlassClassificationEvaluator
@@ -107,4 +110,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    appkit.run(main)
+    frontend.run(main)

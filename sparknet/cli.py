@@ -1,304 +1,88 @@
 """The ``sparknet`` command line: train, test, featurize, info, convert.
 
 Nets are named as a shipped model (``lenet``, ``cifar10_quick``, ``caffenet``,
-``googlenet``), a Python module or ``.py`` file with ``net()``/``solver()``
-functions, or a net ``.prototxt`` (with ``--solver``). Data is a URI:
-
-    digits:                  the bundled handwritten digits (no download)
-    mnist:/path/to/dir       MNIST IDX files (gzipped or not; local, hdfs://, s3://)
-    cifar10:/path/to/dir     CIFAR-10 binary batches
-    lmdb:/path/to/db         a Caffe LMDB of Datum records
-    s3://bucket[/prefix]     ImageNet tar shards in SparkNet's S3 layout: under the
-                             prefix, ILSVRC2012_train/train.*.tar + train.txt and
-                             ILSVRC2012_val/val.*.tar + val.txt (--image-size, --color)
-
-Exit status: 0 success, 1 the run failed (for example a diverging loss, or
-a file that could not be written), 2 a mistake in what was asked (reported
-without a traceback).
+``googlenet``), a Python module or ``.py`` file with ``net``/``solver()``, or a
+net ``.prototxt`` (with ``--solver``, else plain SGD). Data is a URI, exit
+statuses follow one policy; both are shared with the example apps and
+documented in :mod:`sparknet.frontend`.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sparknet import frontend
+from sparknet.frontend import UsageError
+
 log = logging.getLogger("sparknet")
 
-MODELS = ("lenet", "cifar10_quick", "caffenet", "googlenet")
-SCHEMES = ("digits:", "mnist:", "cifar10:", "lmdb:", "s3://")
 
-
-class UsageError(Exception):
-    """A mistake in the command line; printed without a traceback, exit 2."""
-
-
-# -- nets ------------------------------------------------------------------------------
-
-
-def _module(spec: str) -> Any:
-    if spec in MODELS:
-        return importlib.import_module(f"sparknet.models.{spec}")
-    if spec.endswith(".py"):
-        path = Path(spec)
-        if not path.exists():
-            raise UsageError(f"{spec}: no such file")
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        return module
-    try:
-        return importlib.import_module(spec)
-    except ImportError as e:
-        raise UsageError(f"'{spec}' is neither a shipped model ({', '.join(MODELS)}), "
-                         f"a .prototxt, a .py file nor an importable module ({e})") from None
-
-
-def load_solver(spec: str, solver: str | None, batch_size: int | None,
-                test_batch_size: int | None, input_shape: Sequence[int] | None = None) -> Any:
-    """A ``caffe_pb2.SolverParameter`` (net inline, fed by Input layers)."""
-    from sparknet.proto import ProtoLoader, caffe_pb2
-
-    if spec.endswith(".prototxt"):
-        _check_text(spec)
-        net = ProtoLoader.load_net_prototxt(spec)
-        if _reads_own_data(net):
-            if input_shape is None:
-                raise UsageError(f"{spec} reads its own data; sparknet feeds it instead, "
-                                 "but needs the data's shape (give --data)")
-            c, h, w = input_shape
-            net = ProtoLoader.replace_data_layers(net, batch_size or 64,
-                                                  test_batch_size or batch_size or 64, c, h, w)
-        if solver is None:
-            return caffe_pb2.SolverParameter(base_lr=0.01, momentum=0.9, lr_policy="fixed",
-                                             net_param=net)
-        _check_text(solver)
-        return ProtoLoader.load_solver_prototxt_with_net(solver, net)
-    module = _module(spec)
-    kwargs = {}
-    if batch_size:
-        kwargs["batch_size"] = batch_size
-    if not hasattr(module, "solver"):
-        raise UsageError(f"module '{spec}' has no solver() function")
-    return _proto(module.solver(**kwargs))
-
-
-def _check_text(path: str) -> None:
-    """A prototxt must exist and be text (a .caffemodel renamed is a common slip)."""
-    if not Path(path).is_file():
-        raise UsageError(f"{path}: no such file")
-    if _binary(Path(path).read_bytes()):
-        raise UsageError(f"{path}: a binary file, not a text prototxt (weights go to "
-                         "--weights as a .caffemodel)")
-
-
-def _reads_own_data(net: Any) -> bool:
-    from sparknet.proto.loader import DATA_LAYER_TYPES, data_layers
-
-    return any(d.type in DATA_LAYER_TYPES for d in data_layers(net))
-
-
-def _proto(obj: Any) -> Any:
-    return obj.to_proto() if hasattr(obj, "to_proto") else obj
-
-
-def load_net(spec: str) -> Any:
-    """A ``caffe_pb2.NetParameter`` from a prototxt, model name or module."""
-    from sparknet.proto import ProtoLoader
-
-    if spec.endswith(".prototxt"):
-        _check_text(spec)
-        return ProtoLoader.load_net_prototxt(spec)
-    module = _module(spec)
-    net = getattr(module, "net", None)
-    if net is None:
-        raise UsageError(f"module '{spec}' has no net (a NetParam or a net() function)")
-    return _proto(net if hasattr(net, "to_proto") else net())
-
-
-# -- data ------------------------------------------------------------------------------
-
-
-def check_uri(uri: str | None) -> None:
-    """Refuse an unknown data URI, or one naming a local path that is not there, early."""
-    if uri is None or uri in ("digits", "digits:"):
-        return
-    if not uri.startswith(SCHEMES):
-        raise UsageError(f"unknown data source '{uri}'; use one of {', '.join(SCHEMES)}")
-    if uri.startswith("s3://"):
-        from sparknet.data.s3 import parse_s3_uri
-
-        try:
-            parse_s3_uri(uri)
-        except ValueError as e:
-            raise UsageError(f"data source '{uri}': {e}") from None
-        return
-    scheme, _, rest = uri.partition(":")
-    if not rest:
-        raise UsageError(f"data source '{uri}' names no path (write {scheme}:/path/to/data)")
-    from sparknet.data._io import local_path
-    from sparknet.data._io import scheme as uri_scheme
-
-    if uri_scheme(rest) == "" and not local_path(rest).exists():
-        raise UsageError(f"data source '{uri}': {local_path(rest)} does not exist")
-
-
-def check_weights(path: str) -> None:
-    """A local ``--weights`` file must exist (checked before Spark starts)."""
-    from sparknet.spark.checkpoint import is_s3
-
-    if not is_s3(path) and not Path(path).is_file():
-        raise UsageError(f"--weights {path}: no such file")
-
-
-#: SparkNet's S3 layout under ``s3://bucket[/prefix]`` (what ``sparknet.data.imagenet_to_s3``
-#: writes with its default prefixes): split -> (shard key prefix, label list key).
-S3_LAYOUT = {"train": ("ILSVRC2012_train/train.", "train.txt"),
-             "test": ("ILSVRC2012_val/val.", "val.txt")}
-
-
-def imagenet_data(spark: Any, uri: str, split: str, *, size: tuple[int, int] = (256, 256),
-                  color: str = "RGB") -> Any:
-    """The ``s3://bucket[/prefix]`` data scheme: ImageNet tar shards in SparkNet's layout.
-
-    The training split is ``<prefix>/ILSVRC2012_train/train.*.tar`` labelled by
-    ``<prefix>/train.txt``, the test split ``<prefix>/ILSVRC2012_val/val.*.tar`` by
-    ``<prefix>/val.txt``; the endpoint and credentials come from boto3's chain
-    (``AWS_ENDPOINT_URL`` for an S3-compatible store).
-    """
-    from sparknet.data.imagenet import load_imagenet
-    from sparknet.data.s3 import parse_s3_uri
-
-    try:
-        bucket, prefix = parse_s3_uri(uri)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    base = prefix.strip("/") + "/" if prefix.strip("/") else ""
-    shards, labels = S3_LAYOUT[split]
-    return load_imagenet(spark, bucket, shard_prefix=base + shards, labels_key=base + labels,
-                         size=size, color=color)
-
-
-def load_data(spark: Any, uri: str, split: str, partitions: int | None, *,
-              size: tuple[int, int] = (256, 256), color: str = "RGB") -> Any:
-    """An RDD of ``(array, label)`` examples for a data URI.
-
-    ``size`` (width, height) and ``color`` apply to decoded images (``s3://``).
-    """
-    from sparknet import data
-
-    if uri == "digits:" or uri == "digits":
-        from sparknet.data.digits import digits_rdd
-        return digits_rdd(spark, split, partitions)
-    if uri.startswith("mnist:"):
-        return data.mnist.mnist_rdd(spark, uri[len("mnist:"):], split, num_partitions=partitions)
-    if uri.startswith("cifar10:"):
-        return data.cifar.cifar10_rdd(spark, uri[len("cifar10:"):], split,
-                                      num_partitions=partitions)
-    if uri.startswith("lmdb:"):
-        return data.caffe_lmdb.lmdb_rdd(spark, uri[len("lmdb:"):], partitions)
-    if uri.startswith("s3://"):
-        return imagenet_data(spark, uri, split, size=size, color=color).rdd
-    raise UsageError(f"unknown data source '{uri}'; use one of {', '.join(SCHEMES)}")
-
-
-def _image_args(args: argparse.Namespace) -> dict[str, Any]:
-    return {"size": args.image_size, "color": args.color}
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'")
-    return value
-
-
-def image_size(text: str) -> tuple[int, int]:
-    """``"256"`` or ``"256x224"`` (width x height) -> ``(width, height)``."""
-    try:
-        parts = [int(v) for v in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"expected a size like 256 or 256x224, got '{text}'")
-    return parts[0], parts[1]
-
-
-def _spark(master: str | None, app: str) -> Any:
-    from pyspark.sql import SparkSession
-
-    builder = SparkSession.builder.appName(app)
-    if master:
-        builder = builder.master(master)
-    session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("WARN")
-    from sparknet.spark._python import prepare_workers
-
-    prepare_workers(session.sparkContext)  # the workers' Python imports this sparknet
-    return session
-
-
-def check_net(args: argparse.Namespace) -> None:
-    """Prototxt files must be there and be text (checked before Spark starts)."""
+def _check_inputs(args: argparse.Namespace) -> None:
+    """What can be checked before Spark starts: data URIs, prototxt files, weights."""
+    frontend.check_uri(args.data, f"--data {args.data}")
     for path in (args.net, args.solver):
         if path is not None and path.endswith(".prototxt"):
-            _check_text(path)
+            frontend.check_prototxt(path)
+    frontend.check_files(getattr(args, "weights", None))
+
+
+def _session(args: argparse.Namespace) -> Any:
+    """The command's SparkSession (see :func:`frontend.spark_session`)."""
+    return frontend.spark_session(f"sparknet-{args.command}", args.master, args.workers,
+                                  args.driver_memory)
+
+
+def _data(spark: Any, args: argparse.Namespace, uri: str, split: str) -> Any:
+    """An RDD of ``(array, label)`` for a data URI, images sized as the options say."""
+    return frontend.load_data(spark, uri, split, args.workers, size=args.image_size,
+                              color=args.color)
 
 
 # -- commands --------------------------------------------------------------------------
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    check_uri(args.data)
-    check_net(args)
-    check_uri(args.test_data)
+    """``sparknet train``: parameter averaging on Spark, then the end-of-run report."""
+    frontend.check_training_options(args)
+    _check_inputs(args)
+    frontend.check_uri(args.test_data, f"--test-data {args.test_data}")
     from sparknet.spark import train
 
-    spark = _spark(args.master, "sparknet-train")
-    train_rdd = load_data(spark, args.data, "train", args.workers, **_image_args(args))
-    test_uri = args.test_data or (args.data if not args.data.startswith("lmdb:") else None)
-    test_rdd = (load_data(spark, test_uri, "test", args.workers, **_image_args(args))
-                if test_uri else None)
-    first = train_rdd.first()
-    shape = tuple(first[0].shape) if isinstance(first, tuple) else None
-    solver = load_solver(args.net, args.solver, args.batch_size, args.test_batch_size, shape)
-    result = train(spark, solver, train_rdd, test_data=test_rdd, workers=args.workers,
-                   sync_interval=args.sync_interval, rounds=args.rounds,
-                   test_interval=args.test_interval, output_dir=args.output,
-                   checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed)
+    spark = _session(args)
+    train_rdd = _data(spark, args, args.data, "train")
+    test_uri = frontend.test_uri(args.data, args.test_data)
+    test_rdd = _data(spark, args, test_uri, "test") if test_uri else None
+    solver = frontend.load_solver(args.net, args.solver, batch_size=args.batch_size,
+                                  test_batch_size=args.test_batch_size, data=train_rdd)
+    solver = frontend.apply_solver_options(solver, args)
+    t0 = time.perf_counter()
+    result = train(spark, solver, train_rdd, test_data=test_rdd,
+                   **frontend.training_arguments(args))
+    seconds = time.perf_counter() - t0
     if args.save:
         result.save(args.save)
-        print(f"weights: {args.save}")
-    last = next((h["test"] for h in reversed(result.history) if h.get("test")), None)
-    if last:
-        print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in last.items()))
-    return 0
+    return frontend.report_training(
+        f"trained {args.net} on {args.data} in {seconds:.1f} s ({len(result.history)} rounds)",
+        result, {"weights": args.save})
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    check_uri(args.data)
-    check_net(args)
-    check_weights(args.weights)
+    """``sparknet test``: a ``.caffemodel``'s accuracy on a data set, as one JSON line."""
+    _check_inputs(args)
     from sparknet.spark import predict
 
-    spark = _spark(args.master, "sparknet-test")
-    rdd = load_data(spark, args.data, "test", args.workers, **_image_args(args))
-    first = rdd.first()
-    solver = load_solver(args.net, args.solver, args.batch_size, args.batch_size,
-                         tuple(first[0].shape) if isinstance(first, tuple) else None)
+    spark = _session(args)
+    rdd = _data(spark, args, args.data, "test")
+    solver = frontend.load_solver(args.net, args.solver, batch_size=args.batch_size,
+                                  test_batch_size=args.batch_size, data=rdd)
     scores, labels = _accuracy_blobs(solver.net_param)
     frame = predict(spark, solver, args.weights, rdd, blobs=[scores])
     hits, total = (frame.rdd.map(lambda row: (int(np.argmax(row[scores]) == row[labels]), 1))
@@ -321,16 +105,14 @@ def _accuracy_blobs(net: Any) -> tuple[str, str]:
 
 
 def cmd_featurize(args: argparse.Namespace) -> int:
-    check_uri(args.data)
-    check_net(args)
-    check_weights(args.weights)
+    """``sparknet featurize``: blobs of a trained net for every example, into Parquet."""
+    _check_inputs(args)
     from sparknet.spark import featurize
 
-    spark = _spark(args.master, "sparknet-featurize")
-    rdd = load_data(spark, args.data, args.split, args.workers, **_image_args(args))
-    first = rdd.first()
-    solver = load_solver(args.net, args.solver, args.batch_size, args.batch_size,
-                         tuple(first[0].shape) if isinstance(first, tuple) else None)
+    spark = _session(args)
+    rdd = _data(spark, args, args.data, args.split)
+    solver = frontend.load_solver(args.net, args.solver, batch_size=args.batch_size,
+                                  test_batch_size=args.batch_size, data=rdd)
     frame = featurize(spark, solver, args.weights, rdd, blobs=args.blob)
     frame.write.mode("overwrite").parquet(args.output)
     print(f"features ({', '.join(args.blob)}): {args.output}")
@@ -338,6 +120,7 @@ def cmd_featurize(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """``sparknet info``: a net's layers, shapes and parameters, a .caffemodel's, or the build's."""
     from sparknet.proto import caffe_pb2
 
     path = args.file
@@ -348,7 +131,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     raw = (Path(path).read_bytes() if Path(path).is_file()
            and not path.endswith((".py", ".prototxt")) else None)
-    if path.endswith(".caffemodel") or (raw is not None and _binary(raw)):
+    if path.endswith(".caffemodel") or (raw is not None and frontend.binary(raw)):
         if raw is None:
             raise UsageError(f"{path}: no such file")
         net = caffe_pb2.NetParameter()
@@ -376,18 +159,18 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     from sparknet.dsl import NetParam, Phase
 
-    proto = load_net(path)
+    proto = frontend.load_net(path)
     net = NetParam.from_proto(proto)
     shapes = net.shapes(Phase.TRAIN)
     print(f"{net.name}: {len(net.layers)} layers (TRAIN phase shown)")
     for layer in net.layers_in(Phase.TRAIN):
         tops = ", ".join(f"{t} {shapes.get(t, '?')}" for t in layer.tops)
         print(f"  {layer.name:<24} {type(layer).__name__:<24} -> {tops}")
-    if _reads_own_data(proto):
+    if frontend.reads_own_data(proto):
         print("parameters: unknown until the data layers are replaced by inputs")
         return 0
     from sparknet.engine import CaffeNet
-    engine = CaffeNet(caffe_pb2.SolverParameter(base_lr=0.01, lr_policy="fixed", net_param=proto))
+    engine = CaffeNet(caffe_pb2.SolverParameter(net_param=proto, **frontend.DEFAULT_SOLVER))
     total = 0
     for name, blob_shapes in engine.weight_layout:
         count = sum(int(np.prod(s)) for s in blob_shapes)
@@ -397,26 +180,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _binary(data: bytes) -> bool:
-    """Not text: a NUL byte, or not UTF-8."""
-    if b"\0" in data[:65536]:
-        return True
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return True
-    return False
-
-
 def cmd_convert(args: argparse.Namespace) -> int:
+    """``sparknet convert``: a net prototxt as DSL Python source, or a model as prototxt."""
     from sparknet.dsl import NetParam
     from sparknet.proto import ProtoLoader
 
     src = args.file
     if src.endswith(".prototxt"):
-        text = NetParam.from_proto(load_net(src)).to_python()
+        text = NetParam.from_proto(frontend.load_net(src)).to_python()
     else:
-        text = ProtoLoader.to_prototxt(load_net(src))
+        text = ProtoLoader.to_prototxt(frontend.load_net(src))
     if args.output:
         from sparknet.data._io import atomic_write_bytes
         atomic_write_bytes(args.output, text.encode())
@@ -430,39 +203,30 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``sparknet`` argument parser, one sub-command each."""
     parser = argparse.ArgumentParser(
         prog="sparknet", description="Distributed Caffe training on Apache Spark.",
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=f"{frontend.URI_HELP}\n{frontend.EXIT_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser, *, weights: bool) -> None:
+    def common(p: argparse.ArgumentParser, *, weights: bool, test_data: bool = False) -> None:
         p.add_argument("net", help="shipped model, module, .py file or net .prototxt")
-        p.add_argument("--solver", help="solver .prototxt (with a net .prototxt)")
-        p.add_argument("--data", default="digits:", help="data URI (default: digits:)")
-        p.add_argument("--master", help="Spark master (default: spark-submit's, else local[*])")
-        p.add_argument("--workers", type=positive_int, default=2,
-                       help="Spark workers K (default 2)")
-        p.add_argument("--batch-size", type=positive_int,
+        p.add_argument("--solver", help="solver .prototxt (default: the model's solver(); "
+                       "plain SGD for a net .prototxt)")
+        frontend.add_data_options(p, test_data=test_data)
+        frontend.add_spark_options(p, verbose=False)
+        p.add_argument("--batch-size", type=frontend.positive_int,
                        help="minibatch size (default: the net's)")
-        p.add_argument("--image-size", type=image_size, default=(256, 256), metavar="WxH",
-                       help="s3:// images are resized to this (default 256x256)")
-        p.add_argument("--color", choices=["RGB", "BGR", "L"], default="RGB",
-                       help="s3:// images' channels (default RGB; L: grayscale)")
         if weights:
             p.add_argument("--weights", required=True, help=".caffemodel to load")
 
     p = sub.add_parser("train", help="train a net with parameter averaging on Spark")
-    common(p, weights=False)
-    p.add_argument("--test-data", help="test data URI (default: --data's test split)")
-    p.add_argument("--test-batch-size", type=positive_int)
-    p.add_argument("--sync-interval", type=positive_int, default=50, help="tau: steps per round")
-    p.add_argument("--rounds", type=positive_int, default=20)
-    p.add_argument("--test-interval", type=int, default=5, help="rounds between tests")
-    p.add_argument("--output", default="runs/train", help="log, history and plot folder")
-    p.add_argument("--checkpoint-dir", help="local path or s3:// URI for checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--seed", type=int, default=0)
+    common(p, weights=False, test_data=True)
+    p.add_argument("--test-batch-size", type=frontend.positive_int)
+    frontend.add_training_options(p, sync_interval=50, rounds=20, test_interval=5,
+                                  output="runs/train")
     p.add_argument("--save", help="write the final weights to this .caffemodel")
     p.set_defaults(func=cmd_train)
 
@@ -490,23 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``sparknet`` command line; the exit status is :func:`frontend.exit_status`'s."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(message)s")
-    from sparknet.dsl import NetDefinitionError
-    from sparknet.engine import CaffeError
-
-    try:
-        return args.func(args)
-    except (UsageError, NetDefinitionError, FileNotFoundError, ValueError) as e:
-        print(f"sparknet {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except CaffeError as e:
-        print(f"sparknet {args.command}: Caffe rejected the net: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"sparknet {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except (RuntimeError, OSError) as e:  # a disk full, a lost connection: one line, exit 1
-        print(f"sparknet {args.command}: failed: {e}", file=sys.stderr)
-        return 1
+    frontend.configure_logging(args.verbose)
+    return frontend.exit_status(lambda: args.func(args), f"sparknet {args.command}",
+                                args.verbose)

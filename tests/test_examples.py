@@ -319,6 +319,35 @@ def test_finetune_app_labels_that_do_not_fit(parity_mnist, tmp_path):
     assert "Traceback" not in proc.stderr and "round 1" not in proc.stderr
 
 
+@pytest.fixture(scope="module")
+def parity_lmdb(tmp_path_factory):
+    """The digits as two Caffe LMDBs of float Datums, labelled even (0) / odd (1)."""
+    from sparknet.data import load_digits
+    from sparknet.data.caffe_lmdb import write_lmdb
+
+    folder = tmp_path_factory.mktemp("parity-lmdb")
+    for split in ("train", "test"):
+        x, y = load_digits(split)
+        write_lmdb(folder / split, zip(x, (y % 2).astype(int)))
+    return folder
+
+
+def test_finetune_app_on_lmdb_databases(parity_lmdb, tmp_path):
+    """The apps take every data URI the command line takes: here lmdb:, train and test."""
+    pre = tmp_path / "digits.caffemodel"
+    pretrained_lenet(pre)
+    proc = run_app("finetune_app", "--weights", str(pre), "--net", "lenet",
+                   "--data", f"lmdb:{parity_lmdb / 'train'}",
+                   "--test-data", f"lmdb:{parity_lmdb / 'test'}", "--num-classes", "2",
+                   "--rounds", "2", "--sync-interval", "20", "--test-interval", "1",
+                   "--output", "out", cwd=tmp_path)
+    history = check_training_outputs(proc.stdout, tmp_path, rounds=2)
+    assert printed_metrics(proc.stdout)["accuracy"] >= 0.9
+    # scored on the 360 test digits of the second LMDB, not on the 1437 training ones
+    assert all(r["test"]["accuracy"] * 360 == pytest.approx(round(r["test"]["accuracy"] * 360),
+                                                            abs=1e-3) for r in history)
+
+
 # -- mistakes -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("app", "args", "message"), [
@@ -331,8 +360,14 @@ def test_finetune_app_labels_that_do_not_fit(parity_mnist, tmp_path):
                         "--output", "x.parquet"], "no such file"),
     ("finetune_app", ["--weights", "/no/such.caffemodel", "--num-classes", "2"],
      "no such file"),
-    ("finetune_app", ["--weights", __file__, "--num-classes", "2", "--data", "lmdb:/x"],
-     "unknown data source"),
+    ("finetune_app", ["--weights", __file__, "--num-classes", "2", "--data", "ftp://x"],
+     "unknown data source 'ftp://x'"),
+    ("finetune_app", ["--weights", __file__, "--num-classes", "2", "--data", "lmdb:/no/db"],
+     "--data lmdb:/no/db: no such folder"),
+    ("finetune_app", ["--weights", __file__, "--num-classes", "2", "--test-data", "mnist:"],
+     "--test-data mnist: names no folder"),
+    ("featurizer_app", ["--weights", __file__, "--blob", "ip1", "--output", "x.parquet",
+                        "--data", "s3://"], "--data s3://: not an S3 URI"),
 ])
 def test_user_mistakes_exit_2_without_traceback(app, args, message, tmp_path):
     proc = run_app(app, *args, cwd=tmp_path, status=2, timeout=60)
