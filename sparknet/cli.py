@@ -83,7 +83,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     rdd = _data(spark, args, args.data, "test")
     solver = frontend.load_solver(args.net, args.solver, batch_size=args.batch_size,
                                   test_batch_size=args.batch_size, data=rdd)
-    scores, labels = _accuracy_blobs(solver.net_param)
+    scores, labels = _accuracy_blobs(solver)
     frame = predict(spark, solver, args.weights, rdd, blobs=[scores])
     hits, total = (frame.rdd.map(lambda row: (int(np.argmax(row[scores]) == row[labels]), 1))
                    .reduce(lambda a, b: (a[0] + b[0], a[1] + b[1])))
@@ -91,15 +91,15 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
-def _accuracy_blobs(net: Any) -> tuple[str, str]:
-    """The (scores, label) bottoms of the net's TEST-phase Accuracy layer."""
-    from sparknet.proto import caffe_pb2
+def _accuracy_blobs(solver: Any) -> tuple[str, str]:
+    """The (scores, label) bottoms of the Accuracy layer in the solver's TEST net."""
+    from sparknet.proto.rules import layer_active, solver_net_state
 
+    net = solver.net_param
+    state = solver_net_state(solver, "TEST")
     for layer in net.layer:
-        excluded = any(r.phase == caffe_pb2.TEST for r in layer.exclude if r.HasField("phase"))
-        included = not layer.include or any(not r.HasField("phase") or r.phase == caffe_pb2.TEST
-                                             for r in layer.include)
-        if layer.type == "Accuracy" and included and not excluded and len(layer.bottom) >= 2:
+        if (layer.type == "Accuracy" and len(layer.bottom) >= 2
+                and layer_active(layer, "TEST", *state)):
             return layer.bottom[0], layer.bottom[1]
     raise UsageError(f"net '{net.name}' has no TEST-phase Accuracy layer to score with")
 

@@ -281,7 +281,9 @@ def check_training_options(args: argparse.Namespace) -> None:
 
 def apply_solver_options(solver: Any, args: argparse.Namespace) -> Any:
     """``solver`` as a ``caffe_pb2.SolverParameter`` with ``--base-lr`` and ``--seed`` applied."""
-    proto = _proto(solver)
+    from sparknet.proto import as_message, caffe_pb2
+
+    proto = as_message(solver, caffe_pb2.SolverParameter)
     if args.base_lr is not None:
         proto.base_lr = args.base_lr
     proto.random_seed = args.seed
@@ -384,11 +386,6 @@ def load_data(spark: Any, uri: str, split: str, partitions: int | None, *,
 
 # -- nets and solvers -----------------------------------------------------------------------
 
-def _proto(obj: Any) -> Any:
-    """A DSL object's ``caffe_pb2`` message (anything with ``to_proto``), or ``obj`` itself."""
-    return obj.to_proto() if hasattr(obj, "to_proto") else obj
-
-
 def _module(spec: str) -> Any:
     """A shipped model, a ``.py`` file or an importable module, by what the user wrote."""
     if spec in MODELS:
@@ -448,7 +445,7 @@ def load_net(spec: str, *, batch_size: int | None = None,
     A module (or ``.py`` file) has ``net``: a ``NetParam`` or a function returning
     one, called with the batch sizes it takes.
     """
-    from sparknet.proto import ProtoLoader
+    from sparknet.proto import ProtoLoader, as_message, caffe_pb2
 
     if spec.endswith(".prototxt"):
         check_prototxt(spec)
@@ -458,7 +455,7 @@ def load_net(spec: str, *, batch_size: int | None = None,
         raise UsageError(f"module '{spec}' has no net (a NetParam or a net() function)")
     if not hasattr(net, "to_proto"):
         net = _call(net, batch_size=batch_size, test_batch_size=test_batch_size)
-    return _proto(net)
+    return as_message(net, caffe_pb2.NetParameter)
 
 
 def _input_shape(spec: str, data: Any) -> tuple[int, int, int]:
@@ -485,7 +482,7 @@ def load_solver(spec: str, solver: str | None = None, *, batch_size: int | None 
     the first example of ``data`` (an RDD of ``(array, label)``, read only
     then); without ``solver`` it gets :data:`DEFAULT_SOLVER`.
     """
-    from sparknet.proto import ProtoLoader, caffe_pb2
+    from sparknet.proto import ProtoLoader, as_message, caffe_pb2
 
     if solver is not None:
         check_prototxt(solver)
@@ -502,8 +499,8 @@ def load_solver(spec: str, solver: str | None = None, *, batch_size: int | None 
         module = _module(spec)
         if not hasattr(module, "solver"):
             raise UsageError(f"module '{spec}' has no solver() function (or give --solver)")
-        return _proto(_call(module.solver, batch_size=batch_size,
-                            test_batch_size=test_batch_size))
+        return as_message(_call(module.solver, batch_size=batch_size,
+                                test_batch_size=test_batch_size), caffe_pb2.SolverParameter)
     else:
         net = load_net(spec, batch_size=batch_size, test_batch_size=test_batch_size)
     return ProtoLoader.load_solver_prototxt_with_net(solver, net)
