@@ -441,6 +441,24 @@ def test_predict_and_featurize(spark, digits, tmp_path):
         predict(spark, lenet.solver(64), result, test_rdd, blobs=["nope"])
 
 
+def test_a_saved_result_loads_and_predicts_like_the_trained_one(spark, digits, solver16,
+                                                                tmp_path):
+    from sparknet.spark import TrainResult
+
+    train_rdd, test_rdd = digits
+    result = train(spark, solver16, train_rdd, rounds=1, **SMALL)
+    loaded = TrainResult.load(result.save(tmp_path / "w.caffemodel"), solver16)
+    assert loaded.weights == result.weights
+    want = predict(spark, solver16, result, test_rdd, blobs=["ip2"]).collect()
+    got = loaded.predict(spark, test_rdd, ["ip2"]).collect()
+    assert len(got) == len(want) > 0
+    assert np.array_equal(np.array([r["ip2"] for r in got]), np.array([r["ip2"] for r in want]))
+    # train(init_weights=) takes what predict(weights=) takes: here a dict of arrays
+    as_dict = {name: [a.copy() for a in arrays] for name, arrays in result.weights.items()}
+    assert (train(spark, solver16, train_rdd, rounds=1, init_weights=as_dict, **SMALL).weights
+            == train(spark, solver16, train_rdd, rounds=1, init_weights=loaded, **SMALL).weights)
+
+
 def test_results_are_weight_collections(spark, digits, solver16):
     result = train(spark, solver16, digits[0], rounds=1, **SMALL)
     assert isinstance(result.weights, WeightCollection)
