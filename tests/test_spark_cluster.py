@@ -102,7 +102,8 @@ def _lenet_run(spark: Any, rounds: int, **kw: Any) -> Any:
 def scenario_local_cluster(out: dict) -> None:
     from sparknet.data import digits_rdd
     from sparknet.models import lenet
-    from sparknet.spark import Fault, predict
+    from sparknet.spark import predict
+    from sparknet.spark._faults import Fault, inject
 
     spark = _session("local-cluster[2,1,1024]")
     sc = spark.sparkContext
@@ -113,7 +114,8 @@ def scenario_local_cluster(out: dict) -> None:
         out["clean_seconds"] = time.perf_counter() - t
         out["executors"] = sorted({_executor_of(p["pid"]) or -1
                                    for h in clean.history for p in h["partitions"]})
-        faulty = _lenet_run(spark, 3, fault=Fault(round=1, partition=1, after_steps=4), **small)
+        with inject(spark, Fault(round=1, partition=1, after_steps=4)):
+            faulty = _lenet_run(spark, 3, **small)
         out["fault_equal"] = bool(clean.weights == faulty.weights)
         out["exchange"] = [clean.exchange, faulty.exchange]
         out["fault_retried"] = [h.get("retried", []) for h in faulty.history]

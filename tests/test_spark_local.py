@@ -256,29 +256,28 @@ def test_executors_that_cannot_reach_the_driver_fall_back_to_spark(spark, solver
 def test_dropout_nets_give_the_same_weights_after_a_worker_crash(spark, digits):
     from enginehelp import dropout_solver
 
-    from sparknet.spark import Fault
+    from sparknet.spark._faults import Fault, inject
 
     train_rdd, _ = digits
     clean = train(spark, dropout_solver(16), train_rdd, rounds=3, **SMALL)
     # partition 1's Python worker dies mid-round 2; Spark reruns it in a fresh process, whose
     # Caffe random generator would otherwise be at another place than the dead one's
-    crashed = train(spark, dropout_solver(16), train_rdd, rounds=3,
-                    fault=Fault(round=1, partition=1, after_steps=2, kind="exit"), **SMALL)
+    with inject(spark, Fault(round=1, partition=1, after_steps=2, kind="exit")):
+        crashed = train(spark, dropout_solver(16), train_rdd, rounds=3, **SMALL)
     assert crashed.history[1]["retried"] == [1]
     assert crashed.weights == clean.weights
 
 
 @pytest.mark.parametrize("misses", [1, 4])
 def test_tasks_that_miss_their_cached_data_are_rerun(spark, digits, solver16, misses):
-    from sparknet.spark import Fault
+    from sparknet.spark._faults import Fault, inject
 
     train_rdd, _ = digits
     clean = train(spark, solver16, train_rdd, rounds=3, **SMALL)
     # 1 miss: partition 1 is rerun on its own; 4: three reruns miss too, the data is cached
     # again and the round redone
-    missed = train(spark, solver16, train_rdd, rounds=3,
-                   fault=Fault(round=1, partition=1, after_steps=misses, kind="missing"),
-                   **SMALL)
+    with inject(spark, Fault(round=1, partition=1, after_steps=misses, kind="missing")):
+        missed = train(spark, solver16, train_rdd, rounds=3, **SMALL)
     assert missed.history[1]["rerun"] == [1]
     assert missed.weights == clean.weights
 
@@ -440,6 +439,24 @@ def test_predict_and_featurize(spark, digits, tmp_path):
     assert frame.columns == ["id", "ip2"] and frame.count() == len(y)
     with pytest.raises(ValueError, match="no blob 'nope'.*ip1"):
         predict(spark, lenet.solver(64), result, test_rdd, blobs=["nope"])
+
+
+def test_a_saved_result_loads_and_predicts_like_the_trained_one(spark, digits, solver16,
+                                                                tmp_path):
+    from sparknet.spark import TrainResult
+
+    train_rdd, test_rdd = digits
+    result = train(spark, solver16, train_rdd, rounds=1, **SMALL)
+    loaded = TrainResult.load(result.save(tmp_path / "w.caffemodel"), solver16)
+    assert loaded.weights == result.weights
+    want = predict(spark, solver16, result, test_rdd, blobs=["ip2"]).collect()
+    got = loaded.predict(spark, test_rdd, ["ip2"]).collect()
+    assert len(got) == len(want) > 0
+    assert np.array_equal(np.array([r["ip2"] for r in got]), np.array([r["ip2"] for r in want]))
+    # train(init_weights=) takes what predict(weights=) takes: here a dict of arrays
+    as_dict = {name: [a.copy() for a in arrays] for name, arrays in result.weights.items()}
+    assert (train(spark, solver16, train_rdd, rounds=1, init_weights=as_dict, **SMALL).weights
+            == train(spark, solver16, train_rdd, rounds=1, init_weights=loaded, **SMALL).weights)
 
 
 def test_results_are_weight_collections(spark, digits, solver16):

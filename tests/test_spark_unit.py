@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from sparknet.spark import _comm
+from sparknet.spark import _comm, _socket_exchange
 from sparknet.spark._records import DataError, ExampleSpec, label_rules, record_values
 from sparknet.spark._runlog import RunLog, plot_history
 from sparknet.spark._store import batch_indices
@@ -160,7 +160,7 @@ def _wait_progress(exchange, partition, floats):
 def test_exchange_serves_the_published_weights_and_adds_each_result_once(exchange, monkeypatch):
     import threading
 
-    monkeypatch.setattr(_comm, "PUSH_CHUNK", 1000)
+    monkeypatch.setattr(_socket_exchange, "PUSH_CHUNK", 1000)
     rng = np.random.default_rng(0)
     w = rng.standard_normal(10_000).astype(np.float32)
     chan = pickle.loads(pickle.dumps(exchange.publish(w)))  # as a task gets it
@@ -196,7 +196,7 @@ def test_exchange_serves_the_published_weights_and_adds_each_result_once(exchang
 def test_exchange_takes_over_a_stalled_push_and_tells_a_different_result(exchange, monkeypatch):
     import time
 
-    monkeypatch.setattr(_comm, "PUSH_CHUNK", 1000)
+    monkeypatch.setattr(_socket_exchange, "PUSH_CHUNK", 1000)
     rng = np.random.default_rng(1)
     a, c = rng.standard_normal((2, 10_000)).astype(np.float32)
     acc = np.full(a.size, 7, np.float32)  # accept() zeroes it
@@ -331,3 +331,97 @@ def test_progress_bar_shows_rounds_loss_accuracy_and_speed(capsys):
     run.close()
     err = capsys.readouterr().err
     assert "2/3" in err and "loss=0.2500" in err and "acc=0.9750" in err and "img/s=1234" in err
+
+
+# -- the run's configuration ---------------------------------------------------------------------
+
+class _Context:
+    defaultParallelism = 3
+
+
+@pytest.mark.parametrize("options, error, words", [
+    ({"sync_interval": 0}, ValueError, "sync_interval must be >= 1, got 0"),
+    ({"rounds": -1}, ValueError, "rounds must be >= 0, got -1"),
+    ({"workers": -2}, ValueError, "workers must be >= 1, got -2"),
+    ({"reduction": "ring"}, ValueError, "reduction must be 'auto', 'driver' or 'tree'"),
+    ({"exchange": "mpi"}, ValueError, "exchange must be 'auto', 'socket' or 'spark'"),
+    ({"exchange": "socket", "reduction": "tree"}, ValueError, "needs exchange='spark'"),
+    ({"strategy": "hogwild"}, ValueError, "strategy must be 'average', 'easgd'"),
+    ({"strategy": "easgd", "workers": 1, "seed": 0,
+      "transform": None, "test_transform": 3}, TypeError, "test_transform must be a callable"),
+])
+def test_train_options_are_checked_once_when_the_config_is_built(options, error, words):
+    from sparknet.spark._config import TrainConfig
+
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+        TrainConfig.create(_Context(), **options)
+
+
+def test_train_config_resolves_workers_and_is_frozen():
+    import attrs
+
+    from sparknet.spark import EASGD
+    from sparknet.spark._config import TrainConfig
+
+    config = TrainConfig.create(_Context(), strategy="easgd", test_interval=None,
+                                checkpoint_dir=None)
+    assert config.workers == 3 and config.strategy == EASGD() and config.test_interval == 0
+    assert config.easgd_rate == pytest.approx(0.3)
+    assert [r for r in range(100) if config.checkpoint_due(r)] == []
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        config.rounds = 5  # type: ignore[misc]
+
+
+# -- weights given by the user: one loader for train(init_weights=) and predict(weights=) --------
+
+@pytest.fixture(scope="module")
+def lenet_weights():
+    from sparknet.engine import CaffeNet
+    from sparknet.models import lenet
+
+    solver = lenet.solver(16).to_proto()
+    net = CaffeNet(solver)
+    rng = np.random.default_rng(3)
+    w = net.get_weights()
+    trained = {name: [rng.standard_normal(a.shape).astype(np.float32) for a in arrays]
+               for name, arrays in w.items()}
+    return solver, trained
+
+
+def test_every_form_of_weights_loads_the_same(tmp_path, s3, lenet_weights):
+    from sparknet.engine import CaffeNet, WeightCollection
+    from sparknet.spark import TrainResult
+    from sparknet.spark._model import load_weights
+
+    solver, trained = lenet_weights
+    want = WeightCollection(trained)
+    result = TrainResult(want, [], solver, s3_options=s3.options())
+    local = result.save(tmp_path / "w" / "lenet.caffemodel")
+    bucket = s3.bucket()
+    remote = result.save(f"s3://{bucket}/models/lenet.caffemodel")
+    assert s3.keys(bucket) == ["models/lenet.caffemodel"]
+    for form in (want, trained, result, local, tmp_path / "w" / "lenet.caffemodel", remote):
+        net = CaffeNet(solver)
+        load_weights(net, form, s3.options())
+        assert net.get_weights() == want, type(form).__name__
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nothing.caffemodel")):
+        load_weights(CaffeNet(solver), tmp_path / "nothing.caffemodel")
+    with pytest.raises(FileNotFoundError, match=f"s3://{bucket}/models/nothing.caffemodel"):
+        load_weights(CaffeNet(solver), f"s3://{bucket}/models/nothing.caffemodel",
+                     s3.options())
+    with pytest.raises(TypeError, match="got int"):
+        load_weights(CaffeNet(solver), 7)
+
+
+def test_train_result_load_reads_what_save_wrote(tmp_path, s3, lenet_weights):
+    from sparknet.engine import WeightCollection
+    from sparknet.spark import TrainResult
+
+    solver, trained = lenet_weights
+    result = TrainResult(WeightCollection(trained), [{"round": 1}], solver,
+                         s3_options=s3.options())
+    bucket = s3.bucket()
+    for path in (str(tmp_path / "lenet.caffemodel"), f"s3://{bucket}/lenet.caffemodel"):
+        back = TrainResult.load(result.save(path), solver, s3_options=s3.options())
+        assert back.weights == result.weights and back.checkpoint == path
+        assert back.history == [] and back.rounds == 0

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from sparknet.data._io import PathLike, atomic_dir
+from sparknet.data._io import PathLike, atomic_dir, spark_context
 from sparknet.proto import caffe_pb2
 
 log = logging.getLogger(__name__)
@@ -273,7 +273,7 @@ def lmdb_rdd(spark: Any, path: PathLike, num_partitions: int | None = None, *,
     workers (a local path in local mode, or a shared file system). Arrays are
     converted to ``dtype`` (float32) and multiplied by ``scale`` when given.
     """
-    sc = getattr(spark, "sparkContext", spark)
+    sc = spark_context(spark)
     parts = num_partitions or int(sc.defaultParallelism or 2)
     ranges = key_ranges(path, parts)
     where = os.fspath(Path(path).resolve())

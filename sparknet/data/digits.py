@@ -60,11 +60,12 @@ def digits_rdd(spark: Any, split: Split = "train", num_partitions: int | None = 
     to Spark's default parallelism. The images ship with scikit-learn, so each
     worker loads its own slice: Spark tasks carry no data, only an index.
     """
-    from sparknet.data.rdd import _default_partitions, _sc
+    from sparknet.data._io import spark_context
+    from sparknet.data.rdd import _default_partitions
 
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    sc = _sc(spark)
+    sc = spark_context(spark)
     n = len(load_digits(split)[1])
     parts = num_partitions or _default_partitions(sc, n)
     if parts < 1:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from sparknet.data._io import spark_context
 from sparknet.data.images import ImageDecodeError, decode_image
 from sparknet.data.s3 import S3Options, list_keys, open_s3
 
@@ -242,7 +243,7 @@ def load_imagenet(spark: Any, bucket: str, *, shard_prefix: str = "ILSVRC2012_tr
     empty prefix or a missing label list raise ``FileNotFoundError`` naming it.
     """
     opts = options or S3Options(endpoint_url=endpoint_url, region_name=region_name)
-    sc = getattr(spark, "sparkContext", spark)
+    sc = spark_context(spark)
     client = opts.client()
     shards: list[str] = []
     for key, _size in list_keys(client, bucket, shard_prefix, suffixes=SHARD_SUFFIXES,

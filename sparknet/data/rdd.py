@@ -21,11 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from sparknet.data._io import spark_context
+
 Example = tuple[np.ndarray, float]
-
-
-def _sc(spark: Any) -> Any:
-    return getattr(spark, "sparkContext", spark)
 
 
 def _default_partitions(sc: Any, n: int) -> int:
@@ -63,7 +61,7 @@ def to_rdd(spark: Any, x: np.ndarray, y: np.ndarray, num_partitions: int | None 
     y = np.asarray(y)
     if len(x) != len(y):
         raise ValueError(f"{len(x)} examples but {len(y)} labels")
-    sc = _sc(spark)
+    sc = spark_context(spark)
     parts = num_partitions or _default_partitions(sc, len(x))
     if parts < 1:
         raise ValueError(f"num_partitions must be >= 1, got {parts}")

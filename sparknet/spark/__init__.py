@@ -12,7 +12,6 @@ nothing below this package imports it.
 """
 from sparknet.spark._python import WorkerPythonError
 from sparknet.spark._records import DataError
-from sparknet.spark._worker import Fault
 from sparknet.spark.trainer import (
     EASGD,
     Averaging,
@@ -25,7 +24,6 @@ __all__ = [
     "EASGD",
     "Averaging",
     "DataError",
-    "Fault",
     "TrainResult",
     "TrainingDiverged",
     "WorkerPythonError",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -163,7 +163,6 @@ class ExampleSpec:
     preprocess: Callable[[dict[str, np.ndarray]], Mapping[str, Any]] | None = None
     require_all: bool = True
     what: str = "train_data"
-    extra: dict[str, Any] = field(default_factory=dict)
     #: Blobs a per-minibatch transform feeds: kept at the shape the data gives (a random
     #: crop needs the whole image), unless it holds exactly the blob's values.
     free: tuple[str, ...] = ()

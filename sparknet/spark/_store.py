@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from sparknet.data._io import atomic_write_bytes
+from sparknet.spark._messages import BlobStats, StoreHandle
 from sparknet.spark._records import DataError, ExampleSpec, shape_str, storage_dtype
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,8 @@ def _write_blob(f: Any, arrays: list[np.ndarray], dtype: np.dtype) -> None:
     f.write(memoryview(np.ascontiguousarray(np.stack(arrays), dtype=dtype)).cast("B"))
 
 
-def materialise(spec: MaterialiseSpec, partition: int, items: Iterable[Any]) -> Iterator[dict]:
+def materialise(spec: MaterialiseSpec, partition: int,
+                items: Iterable[Any]) -> Iterator[StoreHandle]:
     """Write one partition's examples as arrays in the local store; yield its handle."""
     t0 = time.perf_counter()
     root = local_root() / spec.dataset
@@ -78,9 +81,8 @@ def materialise(spec: MaterialiseSpec, partition: int, items: Iterable[Any]) -> 
     stats = {n: {"min": np.inf, "max": -np.inf, "integral": True} for n in spec.stats_blobs}
     nonfinite: dict[str, int] = {}
     n = 0
-    handle: dict[str, Any] = {"dataset": spec.dataset, "partition": partition,
-                              "dir": str(folder), "host": socket.gethostname(),
-                              "pid": os.getpid(), "error": None}
+    error: str | None = None
+    first_index: int | None = None
     try:
         for item in items:
             if spec.indexed:
@@ -126,31 +128,30 @@ def materialise(spec: MaterialiseSpec, partition: int, items: Iterable[Any]) -> 
             if buffers[name]:
                 _write_blob(files[name], buffers[name], dtypes[name])
     except DataError as e:
-        handle["error"] = str(e)
+        error = str(e)
     except Exception as e:  # noqa: BLE001  # report a bad example on the driver
-        handle["error"] = f"{spec.examples.what} partition {partition}: {type(e).__name__}: {e}"
+        error = f"{spec.examples.what} partition {partition}: {type(e).__name__}: {e}"
     finally:
         for f in files.values():
             f.close()
-    if handle["error"] is None:
-        meta = {"n": n, "blobs": {name: {"dtype": dtypes[name].str, "shape": list(shapes[name])}
-                                  for name in dtypes}}
+    if error is None:
+        meta: dict[str, Any] = {"n": n, "blobs": {
+            name: {"dtype": dtypes[name].str, "shape": list(shapes[name])} for name in dtypes}}
         if spec.indexed and n:
             order = np.argsort(np.asarray(indices, np.int64), kind="stable")
             np.save(folder / "order.npy", order)
             meta["order"] = "order.npy"
-            handle["first_index"] = int(min(indices))
-        (folder / "meta.tmp").write_text(json.dumps(meta))
-        os.replace(folder / "meta.tmp", folder / "meta.json")
+            first_index = int(min(indices))
+        atomic_write_bytes(folder / "meta.json", json.dumps(meta).encode())  # marks it complete
     else:
         shutil.rmtree(folder, ignore_errors=True)
-    handle["n"] = n
-    handle["stats"] = {k: dict(v) for k, v in stats.items()}
-    handle["nonfinite"] = nonfinite
-    handle["seconds"] = time.perf_counter() - t0
-    handle["bytes"] = sum((folder / f"{name}.bin").stat().st_size for name in dtypes
-                          if (folder / f"{name}.bin").exists())
-    yield handle
+    yield StoreHandle(
+        dataset=spec.dataset, partition=partition, dir=str(folder), host=socket.gethostname(),
+        pid=os.getpid(), error=error, n=n, stats={k: BlobStats(**v) for k, v in stats.items()},
+        nonfinite=nonfinite, seconds=time.perf_counter() - t0,
+        bytes=sum((folder / f"{name}.bin").stat().st_size for name in dtypes
+                  if (folder / f"{name}.bin").exists()),
+        first_index=first_index)
 
 
 class Store:
@@ -188,13 +189,13 @@ class Store:
 _STORES: dict[str, Store] = {}
 
 
-def open_store(handle: dict) -> Store | None:
+def open_store(handle: StoreHandle) -> Store | None:
     """The store a handle names, if it is on this machine (cached per process)."""
-    folder = handle["dir"]
+    folder = handle.dir
     store = _STORES.get(folder)
     if store is not None:
         return store
-    if handle.get("host") != socket.gethostname() or not (Path(folder) / "meta.json").exists():
+    if handle.host != socket.gethostname() or not (Path(folder) / "meta.json").exists():
         return None
     store = Store(folder)
     if len(_STORES) > 64:

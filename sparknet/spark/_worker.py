@@ -37,7 +37,18 @@ from typing import Any
 
 import numpy as np
 
-from sparknet.spark import _comm
+from sparknet.data._io import atomic_write_bytes
+from sparknet.spark import _faults
+from sparknet.spark._messages import (
+    Nonfinite,
+    RoundReport,
+    StateChunk,
+    StoreHandle,
+    TaskInfo,
+    TestReport,
+    Timings,
+)
+from sparknet.spark._socket_exchange import forget_fetched
 from sparknet.spark._store import batch_indices, local_root, open_store, remove_dataset
 
 log = logging.getLogger(__name__)
@@ -47,22 +58,6 @@ _STATE_CHUNK = 1 << 22
 
 
 # -- specs (picklable, small) ---------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Fault:
-    """A failure to inject (tests): raise in ``partition``'s task of 0-based ``round``.
-
-    Only the first attempt fails, after ``after_steps`` solver steps, so Spark's
-    retry must recover. ``kind="exit"`` kills the Python worker process instead;
-    ``kind="missing"`` makes the task report its cached data missing (as when a
-    task runs on another executor) the first ``after_steps`` times.
-    """
-
-    round: int
-    partition: int
-    after_steps: int = 1
-    kind: str = "raise"
-
 
 @dataclass(frozen=True)
 class NetSpec:
@@ -89,7 +84,6 @@ class RoundSpec:
     num_params: int
     easgd_rate: float | None = None  # None: SparkNet's averaging
     send_state: bool = False
-    fault: Fault | None = None
 
 
 @dataclass(frozen=True)
@@ -278,9 +272,7 @@ def _install(folder: Path, rnd: int, files: Mapping[str, bytes]) -> None:
         state.learned_net = str(model)
     else:
         state.ClearField("learned_net")
-    tmp = stem.with_suffix(".tmp")
-    tmp.write_bytes(state.SerializeToString())
-    os.replace(tmp, stem.with_suffix(".solverstate"))
+    atomic_write_bytes(stem.with_suffix(".solverstate"), state.SerializeToString())
 
 
 def ensure_state(spec: RoundSpec, entry: _Entry, partition: int,
@@ -330,39 +322,24 @@ def _apply(transforms: Mapping[str, Callable[..., Any]], batch: dict[str, np.nda
 
 # -- tasks ------------------------------------------------------------------------------------
 
-def _meta(partition: int) -> dict[str, Any]:
+def _task(partition: int) -> TaskInfo:
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
-    return {"partition": partition, "host": socket.gethostname(), "pid": os.getpid(),
-            "attempt": ctx.attemptNumber() if ctx is not None else 0}
-
-
-def _pretend_missing(spec: RoundSpec, partition: int, folder: Path) -> bool:
-    """Fault ``kind="missing"``: act as if the data were elsewhere, ``after_steps`` times."""
-    fault = spec.fault
-    if (fault is None or fault.kind != "missing" or fault.round != spec.round
-            or fault.partition != partition):
-        return False
-    marker = folder / f".missing-{spec.round}"
-    seen = int(marker.read_text()) if marker.exists() else 0
-    if seen >= fault.after_steps:
-        return False
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(str(seen + 1))
-    return True
+    return TaskInfo(partition, socket.gethostname(), os.getpid(),
+                    ctx.attemptNumber() if ctx is not None else 0)
 
 
 def round_task(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: Any,
-               partition: int, handles: Iterable[dict]) -> Iterator[Any]:
+               partition: int, handles: Iterable[StoreHandle]) -> Iterator[Any]:
     """One partition's round: set weights, ``steps`` solver steps, send the result back.
 
     ``channel`` (from ``sparknet.spark._comm``) gives the round's weights and
     takes the result: the trained weights, for EASGD the difference to the
-    centre. Yields ``("m", meta)``, then whatever items the channel sends the
-    result as (none when it pushed it to the driver directly), then in
-    checkpoint rounds ``("s", partition, kind, offset, bytes)`` items of the
-    partition's solver state.
+    centre. Yields a :class:`RoundReport`, then whatever items the channel
+    sends the result as (none when it pushed it to the driver directly), then
+    in checkpoint rounds the :class:`StateChunk` items of the partition's
+    solver state.
     """
     items = iter(handles)
     while True:
@@ -378,15 +355,15 @@ def round_task(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: Any,
 
 
 def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: Any,
-                     handle: dict) -> Iterator[Any]:
+                     handle: StoreHandle) -> Iterator[Any]:
     t0 = time.perf_counter()
-    p = int(handle["partition"])
-    meta = _meta(p)
+    p = handle.partition
+    task = _task(p)
     store = open_store(handle)
-    folder = state_dir(spec.run, p, handle["dir"])
-    if store is None or _pretend_missing(spec, p, folder):
-        meta["missing_store"] = True
-        yield "m", meta
+    folder = state_dir(spec.run, p, handle.dir)
+    hook = _faults.task_hook()  # None unless a test injects a fault
+    if store is None or (hook is not None and hook.data_missing(spec.round, p, folder)):
+        yield RoundReport(task, missing_store=True)
         return
     entry = net_entry(spec.net)
     install = None
@@ -414,34 +391,29 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
             yield batch
 
     net.seed(round_seed(spec.seed, p, spec.round))  # dropout: the same masks on any retry
-    fault = spec.fault
-    if (fault is not None and fault.kind in ("raise", "exit") and fault.round == spec.round
-            and fault.partition == p and meta["attempt"] == 0):
-        net.train(min(fault.after_steps, spec.steps), batches())
-        if fault.kind == "exit":
-            os._exit(17)
-        raise RuntimeError(f"sparknet: injected failure in round {spec.round + 1}, "
-                           f"partition {p} (first attempt)")
+    stream = batches()
+    if hook is not None:
+        stream = hook.batches(spec.round, p, task.attempt, stream)
     losses = np.empty(spec.steps, np.float32)
-    for k, batch in enumerate(batches()):
+    for k, batch in enumerate(stream):
         # one step at a time: stop at the first NaN/inf loss, before Caffe runs more steps
         # on NaN activations (its max pooling then writes out of bounds)
         losses[k] = net.train(1, (batch,))[0]
         if not np.isfinite(losses[k]):
-            meta.update(state=how, images=(k + 1) * spec.batch, losses=losses[:k + 1].tolist(),
-                        nonfinite={"step": spec.round * spec.steps + k,
-                                   "loss": float(losses[k])})
             _poison(spec.net.key, entry)
-            yield "m", meta
+            yield RoundReport(task, state=how, images=(k + 1) * spec.batch,
+                              losses=tuple(losses[:k + 1].tolist()),
+                              nonfinite=Nonfinite(spec.round * spec.steps + k,
+                                                  float(losses[k])))
             return
     t_trained = time.perf_counter()
-    meta.update(state=how, images=spec.steps * spec.batch, losses=losses.tolist())
     result = read_flat(net, entry.buffer(0, spec.num_params))
     if not np.isfinite(result).all():
-        meta["nonfinite"] = {"step": (spec.round + 1) * spec.steps - 1, "loss": float("nan"),
-                             "weights": True}
         _poison(spec.net.key, entry)
-        yield "m", meta
+        yield RoundReport(task, state=how, images=spec.steps * spec.batch,
+                          losses=tuple(losses.tolist()),
+                          nonfinite=Nonfinite((spec.round + 1) * spec.steps - 1, float("nan"),
+                                              weights=True))
         return
     if spec.easgd_rate is not None:
         # result <- x - centre (what the driver sums); local <- x - rate * (x - centre)
@@ -461,11 +433,11 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
     t_saved = time.perf_counter()
     sent = channel.send(p, result)  # a socket channel has pushed it all when this returns
     t_end = time.perf_counter()
-    meta["seconds"] = {"load": t_ready - t0, "fetch": t_fetched - t_fetch,
-                       "compute": t_trained - t_ready,
-                       "save": t_saved - t_trained, "send": t_end - t_saved,
-                       "total": t_end - t0}
-    yield "m", meta
+    yield RoundReport(task, state=how, images=spec.steps * spec.batch,
+                      losses=tuple(losses.tolist()),
+                      seconds=Timings(load=t_ready - t0, fetch=t_fetched - t_fetch,
+                                      compute=t_trained - t_ready, save=t_saved - t_trained,
+                                      send=t_end - t_saved, total=t_end - t0))
     yield from sent
     if spec.send_state:
         kinds = [("solverstate", state)]
@@ -478,34 +450,32 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
                     data = f.read(_STATE_CHUNK)
                     if not data:
                         break
-                    yield "s", p, kind, offset, data
+                    yield StateChunk(p, kind, offset, data)
                     offset += len(data)
-            yield "s", p, kind, -1, b""  # end of this file
+            yield StateChunk(p, kind, -1, b"")  # end of this file
 
 
 def test_task(spec: TestSpec, channel: Any, extras_bc: Any, partition: int,
-              handles: Iterable[dict]) -> Iterator[Any]:
-    """Score the channel's weights on one cached test partition: ``("t", result)``."""
+              handles: Iterable[StoreHandle]) -> Iterator[TestReport]:
+    """Score the channel's weights on one cached test partition."""
     todo = list(handles)
     for handle in todo:
         t0 = time.perf_counter()
-        p = int(handle["partition"])
-        meta = _meta(p)
+        task = _task(handle.partition)
         store = open_store(handle)
         if store is None:
-            meta["missing_store"] = True
-            yield "m", meta
+            yield TestReport(task, missing_store=True)
             continue
         entry = net_entry(spec.net)
         if spec.local_weights and entry.tag not in (None, "fresh"):
             entry.tag = None  # the partition's local weights are overwritten: restore next round
         write_flat(entry.net, channel.weights())
         transforms = extras_bc.value.test_transform if extras_bc is not None else {}
-        metrics = entry.net.test(_test_batches(store, spec, transforms, p)) if store.n else {}
-        meta.update(n=store.n, seconds=time.perf_counter() - t0,
-                    metrics={k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist())
-                             for k, v in metrics.items()})
-        yield "t", meta
+        metrics = (entry.net.test(_test_batches(store, spec, transforms, handle.partition))
+                   if store.n else {})
+        yield TestReport(task, n=store.n, seconds=time.perf_counter() - t0,
+                         metrics={k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist())
+                                  for k, v in metrics.items()})
 
 
 def _test_batches(store: Any, spec: TestSpec, transforms: Mapping[str, Callable[..., Any]],
@@ -514,7 +484,7 @@ def _test_batches(store: Any, spec: TestSpec, transforms: Mapping[str, Callable[
         yield _apply(transforms, batch, [spec.seed, partition, k, 2]) if transforms else batch
 
 
-def ping_task(channel: Any, handles: Iterable[dict]) -> Iterator[tuple[str, str | None]]:
+def ping_task(channel: Any, handles: Iterable[StoreHandle]) -> Iterator[tuple[str, str | None]]:
     """Can this executor reach the driver's weight exchange? ``(host, None or the error)``."""
     for _ in handles:  # read the input to its end: the Python worker stays reusable
         pass
@@ -526,16 +496,16 @@ def ping_task(channel: Any, handles: Iterable[dict]) -> Iterator[tuple[str, str 
         yield socket.gethostname(), None
 
 
-def cleanup_task(datasets: tuple[str, ...], run: str | None, handles: Iterable[dict]
-                 ) -> Iterator[int]:
+def cleanup_task(datasets: tuple[str, ...], run: str | None,
+                 handles: Iterable[StoreHandle]) -> Iterator[int]:
     """Delete this executor's stores of ``datasets`` and the run's solver states."""
     roots = {local_root()}
     for handle in handles:
-        roots.add(Path(handle["dir"]).parent.parent)
+        roots.add(Path(handle.dir).parent.parent)
     for d in datasets:
         remove_dataset(d)
     if run is not None:
         for root in roots:
             shutil.rmtree(root / f"run-{run}", ignore_errors=True)
-        _comm.forget_fetched()
+        forget_fetched()
     yield 1

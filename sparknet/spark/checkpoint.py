@@ -19,224 +19,38 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import math
 import shutil
 import tempfile
-import uuid
+import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sparknet.data._io import atomic_file, named_os_error
+import attrs
+import numpy as np
+from google.protobuf import text_format
+
+# the storage layer is data's; these names stay importable from here
+from sparknet.data._io import (  # noqa: F401
+    STATE,
+    LocalStorage,
+    S3Storage,
+    Storage,
+    is_s3,
+    open_storage,
+)
+from sparknet.proto import caffe_pb2
 
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
-STATE = "state.json"
 WEIGHTS = "weights.caffemodel"
 
 
 def round_name(rnd: int) -> str:
     return f"round-{rnd:06d}"
-
-
-def is_s3(uri: str | os.PathLike) -> bool:
-    return str(uri).startswith(("s3://", "s3a://", "s3n://"))
-
-
-class Storage:
-    """Where checkpoints go: a local folder or an S3 prefix (same interface)."""
-
-    uri: str
-
-    def write_bytes(self, name: str, data: bytes) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def write_file(self, name: str, path: Path) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def read_bytes(self, name: str) -> bytes | None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def download(self, name: str, path: Path) -> bool:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def rounds(self) -> list[str]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def delete_tree(self, name: str) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def publish(self, name: str, staged: Path) -> None:  # pragma: no cover - interface
-        """Make the staged checkpoint folder ``staged`` visible as ``name`` (atomically)."""
-        raise NotImplementedError
-
-    def where(self, name: str = "") -> str:
-        return f"{self.uri.rstrip('/')}/{name}" if name else self.uri
-
-
-class LocalStorage(Storage):
-    """A local folder; files are written to a temporary name and renamed."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root).expanduser()
-        self.uri = str(self.root)
-
-    def write_bytes(self, name: str, data: bytes) -> None:
-        with atomic_file(self.root / name) as f:  # a failed write leaves the old file
-            f.write(data)
-
-    def write_file(self, name: str, path: Path) -> None:
-        with atomic_file(self.root / name) as f, open(path, "rb") as src:
-            shutil.copyfileobj(src, f)
-
-    def read_bytes(self, name: str) -> bytes | None:
-        try:
-            return (self.root / name).read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-
-    def download(self, name: str, path: Path) -> bool:
-        src = self.root / name
-        if not src.is_file():
-            return False
-        shutil.copyfile(src, path)
-        return True
-
-    def rounds(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and p.name.startswith("round-") and (p / STATE).is_file())
-
-    def delete_tree(self, name: str) -> None:
-        shutil.rmtree(self.root / name, ignore_errors=True)
-
-    def publish(self, name: str, staged: Path) -> None:
-        dest = self.root / name
-        self.root.mkdir(parents=True, exist_ok=True)
-        if staged.parent != self.root:
-            tmp = self.root / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-            try:
-                shutil.copytree(staged, tmp)
-            except OSError as e:  # disk full: no half copy stays behind
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise named_os_error(e, dest) from None
-        else:
-            tmp = staged
-        if dest.exists():  # a checkpoint of the same round from an earlier attempt
-            old = self.root / f".{name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(dest, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, dest)
-
-    def staging(self) -> Path:
-        """A fresh folder next to the checkpoints (same file system: rename is atomic)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
-
-
-class S3Storage(Storage):
-    """An S3 prefix; each file is one complete ``PutObject`` (S3 has no partial objects)."""
-
-    def __init__(self, uri: str, options: Any = None):
-        from sparknet.data.s3 import S3Options, parse_s3_uri
-
-        self.uri = uri.rstrip("/")
-        self.bucket, prefix = parse_s3_uri(self.uri + "/")
-        self.prefix = prefix.rstrip("/")
-        self.options = options if options is not None else S3Options()
-        self._client: Any = None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = self.options.client()
-        return self._client
-
-    def _key(self, name: str) -> str:
-        return f"{self.prefix}/{name}" if self.prefix else name
-
-    def _error(self, e: Exception, name: str | None) -> Exception:
-        from sparknet.data.s3 import s3_error
-
-        return s3_error(e, self.bucket, None if name is None else self._key(name), self.options)
-
-    def write_bytes(self, name: str, data: bytes) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
-        except (ClientError, BotoCoreError) as e:
-            raise self._error(e, name) from None
-
-    def write_file(self, name: str, path: Path) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            with open(path, "rb") as f:
-                self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=f)
-        except (ClientError, BotoCoreError) as e:
-            raise self._error(e, name) from None
-
-    def read_bytes(self, name: str) -> bytes | None:
-        from botocore.exceptions import ClientError
-
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
-        except ClientError as e:
-            code = str(e.response.get("Error", {}).get("Code", ""))
-            if code in ("NoSuchKey", "404", "NotFound"):
-                return None
-            raise self._error(e, name) from None
-
-    def download(self, name: str, path: Path) -> bool:
-        data = self.read_bytes(name)
-        if data is None:
-            return False
-        path.write_bytes(data)
-        return True
-
-    def _list(self, name: str) -> Iterator[str]:
-        from sparknet.data.s3 import list_keys
-
-        prefix = self._key(name)
-        for key, _ in list_keys(self.client, self.bucket, prefix, options=self.options):
-            yield key
-
-    def rounds(self) -> list[str]:
-        base = self._key("")
-        names = set()
-        for key in self._list("round-"):
-            rest = key[len(base):]
-            folder, _, leaf = rest.partition("/")
-            if leaf == STATE:
-                names.add(folder)
-        return sorted(names)
-
-    def delete_tree(self, name: str) -> None:
-        keys = list(self._list(name.rstrip("/") + "/"))
-        for i in range(0, len(keys), 1000):
-            self.client.delete_objects(Bucket=self.bucket, Delete={
-                "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
-
-    def publish(self, name: str, staged: Path) -> None:
-        files = sorted(p for p in staged.rglob("*") if p.is_file())
-        # state.json marks the checkpoint complete: it goes up last
-        files.sort(key=lambda p: p.name == STATE)
-        for p in files:
-            self.write_file(f"{name}/{p.relative_to(staged).as_posix()}", p)
-
-    def staging(self) -> Path:
-        return Path(tempfile.mkdtemp(prefix="sparknet-ckpt-"))
-
-
-def open_storage(uri: str | os.PathLike, s3_options: Any = None) -> Storage:
-    """The storage for ``uri``: ``s3://bucket/prefix`` or a local folder."""
-    if is_s3(uri):
-        return S3Storage(str(uri), s3_options)
-    return LocalStorage(uri)
 
 
 class CheckpointError(ValueError):
@@ -341,3 +155,148 @@ class Checkpoints:
                 raise CheckpointError(f"{where} does not match its recorded checksum "
                                       f"(corrupt)", self.storage.where(name))
         return data
+
+
+# -- resuming and committing a training run -----------------------------------------------------
+
+@attrs.frozen
+class Resumed:
+    """Where a run starts: after ``round`` (0: from scratch), with what it had then.
+
+    ``weights``: the flat averaged weights (``None``: from scratch);
+    ``install``: partition -> its solver-state files (``kind`` -> bytes);
+    ``elapsed``: seconds of training before; ``history``: the rounds so far;
+    ``checkpoint``: where it was read from.
+    """
+
+    round: int = 0
+    weights: np.ndarray | None = attrs.field(default=None, eq=False)
+    install: dict[int, dict[str, bytes]] = attrs.field(factory=dict, eq=False)
+    elapsed: float = 0.0
+    history: list[dict] = attrs.field(factory=list)
+    checkpoint: str | None = None
+
+
+def run_config(config: Any, model: Any) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed by a run (``TrainConfig``, ``Model``)."""
+    return {"solver_sha1": model.solver_key, "workers": config.workers,
+            "sync_interval": config.sync_interval, "seed": config.seed,
+            "shuffle": config.shuffle, "batch_size": model.batch,
+            "num_params": model.num_params,
+            "strategy": config.strategy.describe(config.workers)}
+
+
+class RunCheckpoints(Checkpoints):
+    """The checkpoints of one training run: resume from the newest usable, commit rounds.
+
+    ``config`` and ``model`` are the run's ``TrainConfig`` and ``Model``;
+    ``driver`` its ``DriverNet`` (reads and writes ``.caffemodel`` files).
+    """
+
+    def __init__(self, config: Any, model: Any, driver: Any):
+        super().__init__(open_storage(config.checkpoint_dir, config.s3_options),
+                         config.keep_checkpoints)
+        self.config, self.model, self.driver = config, model, driver
+
+    def resume(self) -> Resumed:
+        """The newest usable checkpoint (or a fresh start when there is none).
+
+        A corrupt or truncated checkpoint (state, weights or a worker's state)
+        is named in a warning and the next older one is tried.
+        """
+        names = self.candidates()
+        if not names:
+            log.info("resume: no checkpoint in %s yet; starting from scratch",
+                     self.storage.where())
+            return Resumed()
+        problems: list[str] = []
+        for name in names:
+            try:
+                loaded = self._load(name)
+            except CheckpointError as e:
+                problems.append(str(e))
+                log.warning("cannot resume from %s: %s; trying an older checkpoint",
+                            e.checkpoint, e)
+                continue
+            if problems:
+                log.warning("resuming from %s, the newest usable checkpoint (%d newer one(s) "
+                            "unusable)", self.storage.where(name), len(problems))
+            return loaded
+        raise CheckpointError(f"no usable checkpoint in {self.storage.where()}: "
+                              + "; ".join(problems), self.storage.where())
+
+    def _load(self, name: str) -> Resumed:
+        state = self.load_state(name)
+        mine, theirs = run_config(self.config, self.model), state.get("config", {})
+        diffs = [f"{k}: checkpoint {theirs.get(k)!r}, now {v!r}" for k, v in mine.items()
+                 if theirs.get(k) != v]
+        if diffs:
+            raise ValueError(f"cannot resume from {self.storage.where(name)}: it was written by "
+                             f"a different configuration ({'; '.join(diffs)})")
+        where = self.storage.where(f"{name}/{WEIGHTS}")
+        data = self.read_file(name, state, WEIGHTS)
+        self._check_weights(data, where, self.storage.where(name))
+        with tempfile.TemporaryDirectory() as d:
+            local = Path(d) / WEIGHTS
+            local.write_bytes(data)
+            try:
+                flat = self.driver.flat(local)
+            except Exception as e:  # noqa: BLE001  # Caffe's words, about the checkpoint's file
+                raise CheckpointError(f"{where}: {str(e).replace(str(local), WEIGHTS)}",
+                                      self.storage.where(name)) from None
+        install: dict[int, dict[str, bytes]] = {}
+        for p, files in state.get("partitions", {}).items():
+            entry: dict[str, bytes] = {}
+            for kind, fname in files.items():
+                entry[kind] = self.read_file(name, state, fname)
+                if kind == "solverstate":
+                    try:
+                        caffe_pb2.SolverState().ParseFromString(entry[kind])
+                    except Exception as e:  # noqa: BLE001  # protobuf's DecodeError
+                        raise CheckpointError(
+                            f"{self.storage.where(f'{name}/{fname}')} is not a Caffe solver "
+                            f"state (truncated or corrupt: {e})",
+                            self.storage.where(name)) from None
+            install[int(p)] = entry
+        return Resumed(int(state["round"]), flat, install, float(state.get("elapsed", 0.0)),
+                       list(state.get("history", [])), self.storage.where(name))
+
+    def _check_weights(self, data: bytes, where: str, checkpoint: str) -> None:
+        """The weights file parses and holds every layer of the net with the right sizes."""
+        proto = caffe_pb2.NetParameter()
+        try:
+            proto.ParseFromString(data)
+        except Exception as e:  # noqa: BLE001  # protobuf's DecodeError
+            raise CheckpointError(f"{where} is not a Caffe NetParameter (truncated or corrupt: "
+                                  f"{e})", checkpoint) from None
+        have = {layer.name: [len(b.data) for b in layer.blobs]
+                for layer in (*proto.layer, *proto.layers)}
+        for lname, shapes in self.model.layout:
+            want = [math.prod(sh) for sh in shapes]
+            if have.get(lname) != want:
+                raise CheckpointError(f"{where} holds no complete weights for layer '{lname}' "
+                                      f"(truncated or from another net)", checkpoint)
+
+    def commit_round(self, rnd: int, flat: np.ndarray, staged: Path | None,
+                     partitions: Mapping[int, Mapping[str, str]], *, elapsed: float,
+                     history: list[dict]) -> str:
+        """Write round ``rnd``'s checkpoint: the weights into ``staged`` (a fresh folder
+        when ``None``), beside the partitions' states already there; then publish it."""
+        if staged is None:
+            staged = self.begin()
+        try:
+            self.driver.save(flat, staged / WEIGHTS)
+        except BaseException:  # disk full: the staging folder does not stay behind
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        param = self.model.param
+        state = {"format": 1, "round": rnd, "rounds": self.config.rounds,
+                 "config": run_config(self.config, self.model), "elapsed": elapsed,
+                 "history": history,
+                 "rng": {"seed": self.config.seed, "sampling": "numpy default_rng([seed, "
+                         "partition, epoch]).permutation per epoch; solver random_seed "
+                         f"{param.random_seed}"},
+                 "solver": text_format.MessageToString(param),
+                 "partitions": {str(p): dict(v) for p, v in partitions.items()},
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        return self.commit(rnd, staged, state)

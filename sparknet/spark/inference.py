@@ -18,7 +18,6 @@ import hashlib
 import logging
 import math
 import os
-import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,9 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from sparknet.engine import CaffeNet, WeightCollection, solver_proto
+from sparknet.data._io import spark_context
+from sparknet.engine import CaffeNet, solver_proto
 from sparknet.proto import caffe_pb2
 from sparknet.spark import _comm
+from sparknet.spark._model import load_weights
 from sparknet.spark._python import prepare_workers
 from sparknet.spark._records import (
     DataError,
@@ -72,28 +73,11 @@ def _solver(net: Any) -> caffe_pb2.SolverParameter:
 
 
 def _weights(weights: Any, net: CaffeNet, s3_options: Any) -> np.ndarray:
+    """``weights`` (any form :func:`~sparknet.spark._model.load_weights` takes) as a flat vector."""
     if weights is None:
         log.warning("predict: no weights given; using the net's initial (filler) weights")
-    elif hasattr(weights, "weights") and isinstance(weights.weights, WeightCollection):
-        net.set_weights(weights.weights)
-    elif isinstance(weights, WeightCollection):
-        net.set_weights(weights)
-    elif isinstance(weights, Mapping):
-        net.set_weights(WeightCollection(weights))
     else:
-        from sparknet.spark.checkpoint import S3Storage, is_s3
-
-        if is_s3(weights):
-            base, name = str(weights).rsplit("/", 1)
-            with tempfile.TemporaryDirectory() as d:
-                local = Path(d) / name
-                if not S3Storage(base, s3_options).download(name, local):
-                    raise FileNotFoundError(f"{weights} does not exist")
-                net.load_weights(local)
-        else:
-            if not Path(weights).is_file():
-                raise FileNotFoundError(f"{weights}: no such .caffemodel")
-            net.load_weights(weights)
+        load_weights(net, weights, s3_options)
     return np.array(net.get_weights().flat, np.float32, copy=True)
 
 
@@ -203,8 +187,9 @@ def predict(spark: Any, net: Any, weights: Any, data: Any, blobs: Sequence[str] 
     net
         A solver or net: ``caffe_pb2`` message, DSL object, or a prototxt path.
     weights
-        A ``WeightCollection``, a :class:`~sparknet.spark.TrainResult`, a
-        ``.caffemodel`` path (local or ``s3://``), or ``None`` for the fillers.
+        What ``train``'s ``init_weights`` takes: a ``WeightCollection``, a
+        dict of layer name -> arrays, a :class:`~sparknet.spark.TrainResult`,
+        a ``.caffemodel`` path (local or ``s3://``); or ``None`` for the fillers.
     data
         An RDD of examples (tuples in input-blob order, or dicts keyed by blob
         name) or a DataFrame with columns named after the input blobs.
@@ -224,7 +209,7 @@ def predict(spark: Any, net: Any, weights: Any, data: Any, blobs: Sequence[str] 
     from pyspark.sql import SparkSession
     from pyspark.sql import types as T
 
-    sc = getattr(spark, "sparkContext", spark)
+    sc = spark_context(spark)
     prepare_workers(sc)  # WorkerPythonError before any work when they lack this sparknet
     session = spark if isinstance(spark, SparkSession) else SparkSession.builder.getOrCreate()
     if isinstance(blobs, str):
