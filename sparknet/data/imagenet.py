@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from sparknet.data.images import ImageDecodeError, decode_image
+from sparknet.data.images import ImageDecodeError, decode_batch, decode_image
+from sparknet.data.rdd import batched
 from sparknet.data.s3 import S3Options, list_keys, open_s3
 
 log = logging.getLogger(__name__)
@@ -265,39 +266,33 @@ def load_imagenet(spark: Any, bucket: str, *, shard_prefix: str = "ILSVRC2012_tr
         table = labels_bc.value if labels_bc is not None else None
         worker_client = opts.client()
         for key in keys:
-            examples = shard_examples(worker_client, bucket, key, table, size=wh, color=color,
-                                      options=opts, report_to=acc.add)
-            if transform is None:
-                for img, label in examples:
-                    yield np.ascontiguousarray(img.transpose(2, 0, 1), np_dtype), label
-            else:
-                yield from _transformed(examples, transform, transform_batch, np_dtype)
+            yield from chw_examples(
+                shard_examples(worker_client, bucket, key, table, size=wh, color=color,
+                               options=opts, report_to=acc.add),
+                np_dtype, transform, transform_batch)
 
     rdd = sc.parallelize(shards, len(shards)).mapPartitions(partition)
     return ImageNetData(rdd, shards, labels, bucket, acc)
 
 
-def _transformed(examples: Iterator[tuple[np.ndarray, float]],
-                 transform: Callable[[np.ndarray], np.ndarray], batch: int, dtype: np.dtype
-                 ) -> Iterator[tuple[np.ndarray, float]]:
-    imgs: list[np.ndarray] = []
-    labels: list[float] = []
+def chw_examples(examples: Iterable[tuple[np.ndarray, float]], dtype: Any = np.uint8,
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                 transform_batch: int = 64) -> Iterator[tuple[np.ndarray, float]]:
+    """Decoded ``(HWC image, label)`` pairs -> ``(dtype CHW array, label)``, as the loader yields.
 
-    def flush() -> Iterator[tuple[np.ndarray, float]]:
-        x = np.stack(imgs).transpose(0, 3, 1, 2)
-        out = transform(x)
-        for a, y in zip(out, labels):
-            yield np.asarray(a, dtype), y
-        imgs.clear()
-        labels.clear()
-
-    for img, label in examples:
-        imgs.append(img)
-        labels.append(label)
-        if len(imgs) == batch:
-            yield from flush()
-    if imgs:
-        yield from flush()
+    This is what :func:`load_imagenet` runs on each shard after decoding it,
+    and so what the Spark trainer caches on its workers. ``transform``, when
+    given, runs on NCHW batches of ``transform_batch`` images.
+    """
+    np_dtype = np.dtype(dtype)
+    if transform is None:
+        for img, label in examples:
+            yield np.ascontiguousarray(img.transpose(2, 0, 1), np_dtype), label
+        return
+    for chunk in batched(examples, transform_batch):
+        out = transform(np.stack([img for img, _ in chunk]).transpose(0, 3, 1, 2))
+        for a, (_, label) in zip(out, chunk):
+            yield np.asarray(a, np_dtype), label
 
 
 def shard_examples(client: Any, bucket: str, key: str, labels: Mapping[str, int] | None, *,
@@ -435,8 +430,6 @@ def tar_minibatches(path_or_file: Any, transformer: Callable[[np.ndarray], np.nd
     one warning at the end. Labels come from ``labels`` by member name
     (default -1).
     """
-    from sparknet.data.images import decode_batch
-
     close = False
     f = path_or_file
     if isinstance(path_or_file, (str, bytes)) or hasattr(path_or_file, "__fspath__"):
@@ -446,54 +439,41 @@ def tar_minibatches(path_or_file: Any, transformer: Callable[[np.ndarray], np.nd
     else:
         where = str(getattr(path_or_file, "name", "<tar>"))
     report = report if report is not None else ShardReport(shard=where)
-    try:
-        datas: list[bytes] = []
-        names: list[str] = []
-        ys: list[float] = []
-        buffer: np.ndarray | None = None  # decoded pixels, reused batch after batch
+    buffer: np.ndarray | None = None  # decoded pixels, reused batch after batch
 
-        def flush() -> tuple[np.ndarray, np.ndarray]:
-            nonlocal size, buffer
-            try:
-                batch = buffer = decode_batch(datas, size, color=color, layout="NHWC",
-                                              out=buffer)
-                y = np.asarray(ys, np.float32)
-            except ImageDecodeError:
-                good, keep = [], []
-                for name, d, label in zip(names, datas, ys):
-                    try:
-                        good.append(decode_image(d, size, color=color))
-                        keep.append(label)
-                    except ImageDecodeError as e:
-                        report.bad.append((name, str(e)))
-                        log.warning("%s: member %s skipped: %s", where, name, e)
-                batch = np.stack(good) if good else None
-                y = np.asarray(keep, np.float32)
-            report.images += len(y)
-            datas.clear()
-            names.clear()
-            ys.clear()
-            if batch is None:
-                return np.empty((0,), np.float32), y
-            if size is None:
-                size = (batch.shape[2], batch.shape[1])
-            return transformer(batch, layout="NHWC"), y
+    def decode(chunk: list[tuple[str, bytes, float]]) -> tuple[np.ndarray | None, np.ndarray]:
+        nonlocal size, buffer
+        try:
+            batch = buffer = decode_batch([d for _, d, _ in chunk], size, color=color,
+                                          layout="NHWC", out=buffer)
+            y = np.asarray([label for _, _, label in chunk], np.float32)
+        except ImageDecodeError:
+            good, keep = [], []
+            for name, d, label in chunk:
+                try:
+                    good.append(decode_image(d, size, color=color))
+                    keep.append(label)
+                except ImageDecodeError as e:
+                    report.bad.append((name, str(e)))
+                    log.warning("%s: member %s skipped: %s", where, name, e)
+            batch = np.stack(good) if good else None
+            y = np.asarray(keep, np.float32)
+        report.images += len(y)
+        if batch is not None and size is None:
+            size = (batch.shape[2], batch.shape[1])
+        return batch, y
 
+    def labelled() -> Iterator[tuple[str, bytes, float]]:
         for name, data in _members(f, where, report, MAX_MEMBER_BYTES):
             found = _labelled(labels, name, where, report)
-            if found is None:
-                continue
-            datas.append(data)
-            names.append(name)
-            ys.append(float(found[1]))
-            if len(datas) == batch_size:
-                x, y = flush()
-                if len(y):
-                    yield x, y
-        if datas:
-            x, y = flush()
-            if len(y):
-                yield x, y
+            if found is not None:
+                yield name, data, float(found[1])
+
+    try:
+        for chunk in batched(labelled(), batch_size):
+            batch, y = decode(chunk)
+            if batch is not None:
+                yield transformer(batch, layout="NHWC"), y
         report.complete = True
     finally:
         if close:

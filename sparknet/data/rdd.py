@@ -17,11 +17,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 Example = tuple[np.ndarray, float]
+T = TypeVar("T")
 
 
 def _sc(spark: Any) -> Any:
@@ -99,14 +100,6 @@ def to_dataframe(spark: Any, x: np.ndarray, y: np.ndarray, *,
     rows = to_rdd(session, x, y, num_partitions, scale=scale).map(
         lambda p: (p[0].reshape(-1).tolist(), float(p[1])))
     return session.createDataFrame(rows, schema)
-
-
-def collect_arrays(rdd: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Collect an RDD of ``(array, label)`` pairs as stacked ``(x, y)`` (for small data)."""
-    pairs = rdd.collect()
-    if not pairs:
-        return np.empty((0,), np.float32), np.empty((0,), np.float32)
-    return np.stack([p[0] for p in pairs]), np.asarray([p[1] for p in pairs], np.float32)
 
 
 # -- DataFrames in ------------------------------------------------------------------------
@@ -224,13 +217,14 @@ def dataframe_to_rdd(df: Any, columns: Mapping[str, str] | Sequence[str] | None 
     return df.select(*cols).rdd.map(convert)
 
 
-def batched(examples: Iterable[Any], batch_size: int) -> Iterator[list[Any]]:
-    """Lists of ``batch_size`` items (the last may be shorter)."""
-    batch: list[Any] = []
-    for e in examples:
-        batch.append(e)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
+def batched(items: Iterable[T], batch_size: int) -> Iterator[list[T]]:
+    """Lists of ``batch_size`` consecutive items, the last one shorter if need be.
+
+    The one "collect a batch, then flush" loop of the data side: minibatches,
+    LMDB transactions, store writes. Each list is new (a caller may keep it).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    it = iter(items)
+    while batch := list(itertools.islice(it, batch_size)):
         yield batch
