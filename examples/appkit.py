@@ -191,7 +191,7 @@ def load_examples(spark: Any, uri: str, split: str, partitions: int) -> Any:
     check_data_uri(uri)
     scheme, _, path = uri.partition(":")
     if scheme == "digits":
-        return digits_rdd(spark, split, partitions)
+        return digits_rdd(spark, split, num_partitions=partitions)
     if scheme == "mnist":
         return mnist_rdd(spark, path, split, num_partitions=partitions)
     return cifar10_rdd(spark, path, split, num_partitions=partitions)

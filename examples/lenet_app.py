@@ -55,8 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             test_rdd = mnist_rdd(spark, args.mnist, "test", num_partitions=args.workers)
             source = f"MNIST ({args.mnist})"
         else:
-            train_rdd = digits_rdd(spark, "train", args.workers)
-            test_rdd = digits_rdd(spark, "test", args.workers)
+            train_rdd = digits_rdd(spark, "train", num_partitions=args.workers)
+            test_rdd = digits_rdd(spark, "test", num_partitions=args.workers)
             source = "the bundled digits"
         solver = appkit.apply_solver_options(lenet.solver(batch_size=args.batch_size), args)
         log.info("LeNet on %s: %d workers, tau %d, %d rounds, batch %d", source, args.workers,

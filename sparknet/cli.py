@@ -196,7 +196,7 @@ def load_data(spark: Any, uri: str, split: str, partitions: int | None, *,
 
     if uri == "digits:" or uri == "digits":
         from sparknet.data.digits import digits_rdd
-        return digits_rdd(spark, split, partitions)
+        return digits_rdd(spark, split, num_partitions=partitions)
     if uri.startswith("mnist:"):
         return data.mnist.mnist_rdd(spark, uri[len("mnist:"):], split, num_partitions=partitions)
     if uri.startswith("cifar10:"):

@@ -17,6 +17,7 @@ members had no label, and which labelled files no shard held.
 """
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -25,7 +26,7 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -175,20 +176,27 @@ class LoadReport:
 
 # -- the loader ---------------------------------------------------------------------------
 
-class ImageNetData:
-    """An RDD of ``(float32 (C, H, W), label)`` read from S3 tar shards, and its report.
+class _ImageNetReport:
+    """What :class:`ImageNetData` adds to pyspark's RDD: the shards, labels and report."""
 
-    Built by :func:`load_imagenet`. ``rdd`` has one partition per shard, in
-    key order; ``shards`` are the keys; ``labels`` the label list.
-    """
+    shards: list[str]
+    labels: dict[str, int] | None
+    bucket: str
 
     def __init__(self, rdd: Any, shards: list[str], labels: dict[str, int] | None,
                  bucket: str, accumulator: Any):
-        self.rdd = rdd
+        from pyspark import RDD
+
+        RDD.__init__(self, rdd._jrdd, rdd.ctx, rdd._jrdd_deserializer)
         self.shards = shards
         self.labels = labels
         self.bucket = bucket
         self._acc = accumulator
+
+    @property
+    def rdd(self) -> Any:
+        """This RDD itself (``load_imagenet(...).rdd`` still works)."""
+        return self
 
     def __repr__(self) -> str:
         return f"ImageNetData(s3://{self.bucket}, {len(self.shards)} shards)"
@@ -220,6 +228,35 @@ class ImageNetData:
         return rep
 
 
+@functools.cache
+def _imagenet_data_class() -> type:
+    """``ImageNetData``: pyspark's RDD with the report mixed in (built once, on first use,
+    so that importing :mod:`sparknet.data` does not import pyspark)."""
+    from pyspark import RDD
+
+    doc = """An RDD of ``(CHW array, label)`` read from S3 tar shards, that reports the load.
+
+    What :func:`load_imagenet` returns: a ``pyspark.RDD`` like the other
+    loaders' ``*_rdd`` (give it to ``train``, transform it as any RDD), one
+    partition per shard, in key order, plus ``shards`` (the keys), ``labels``
+    (the label list, or None), ``bucket`` and :meth:`report`. ``rdd`` is the
+    RDD itself, for code written when this was a wrapper around one.
+    """
+    return type("ImageNetData", (_ImageNetReport, RDD), {"__doc__": doc, "__module__": __name__})
+
+
+if TYPE_CHECKING:
+    from pyspark import RDD
+
+    class ImageNetData(_ImageNetReport, RDD):
+        """See :func:`_imagenet_data_class`."""
+else:
+    def __getattr__(name: str) -> Any:
+        if name == "ImageNetData":
+            return _imagenet_data_class()
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def load_imagenet(spark: Any, bucket: str, *, shard_prefix: str = "ILSVRC2012_train/train.",
                   labels_key: str | None = "train.txt", size: tuple[int, int] = (256, 256),
                   color: str = "RGB", dtype: Any = np.float32,
@@ -228,6 +265,10 @@ def load_imagenet(spark: Any, bucket: str, *, shard_prefix: str = "ILSVRC2012_tr
                   endpoint_url: str | None = None, region_name: str | None = None,
                   options: S3Options | None = None) -> ImageNetData:
     """ImageNet-style tar shards on S3 as an RDD of ``(array, label)``, one partition per shard.
+
+    Returns an :class:`ImageNetData`: a ``pyspark.RDD``, as the other
+    loaders' ``*_rdd`` return, that also has :meth:`~ImageNetData.report`
+    (what was skipped, once an action has run), ``shards`` and ``labels``.
 
     ``shard_prefix`` selects the shards (keys under it ending in ``.tar``,
     ``.tar.gz`` or ``.tgz``; ``max_shards`` keeps the first few).
@@ -272,7 +313,7 @@ def load_imagenet(spark: Any, bucket: str, *, shard_prefix: str = "ILSVRC2012_tr
                 np_dtype, transform, transform_batch)
 
     rdd = sc.parallelize(shards, len(shards)).mapPartitions(partition)
-    return ImageNetData(rdd, shards, labels, bucket, acc)
+    return _imagenet_data_class()(rdd, shards, labels, bucket, acc)
 
 
 def chw_examples(examples: Iterable[tuple[np.ndarray, float]], dtype: Any = np.uint8,
