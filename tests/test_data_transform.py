@@ -253,9 +253,9 @@ class _CountingKernels:
     def __getattr__(self, name):
         fn = getattr(self.real, name)
 
-        def counted(*args):
-            self.calls.append(name)
-            return fn(*args)
+        def counted(*args, **kwargs):
+            self.calls.append((name, kwargs))
+            return fn(*args, **kwargs)
         return counted
 
 
@@ -284,7 +284,7 @@ def test_cached_nchw_batches_take_the_kernel_and_match_the_per_image_loop(
     counting = _CountingKernels(transform._kernels)
     monkeypatch.setattr(transform, "_kernels", counting)
     fast = Transformer(seed=4, **kw)(batch)
-    assert counting.calls == ["crop_mirror_mean_planar"]
+    assert counting.calls == [("crop_mirror_mean", {"planar": True})]
     monkeypatch.setattr(transform, "_kernels", None)
     loop = Transformer(seed=4, **kw)(batch)
     assert fast.dtype == loop.dtype == np.float32 and fast.shape == (9, 3, 7, 7)

@@ -10,6 +10,7 @@ float32 NCHW. It is built from keyword arguments, from a
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -431,7 +432,7 @@ def _kernel_for(x: np.ndarray, layout: str) -> Callable[..., None] | None:
     if _kernels is None or not x.flags.c_contiguous:
         return None
     if layout == "NCHW" and x.dtype in (np.uint8, np.float32):
-        return _kernels.crop_mirror_mean_planar
+        return functools.partial(_kernels.crop_mirror_mean, planar=True)
     if layout == "NHWC" and x.dtype == np.uint8:
         return _kernels.crop_mirror_mean
     return None
