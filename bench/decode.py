@@ -74,6 +74,7 @@ def one_core() -> str:
 
 
 def make_shards(n: int, per_shard: int) -> list[bytes]:
+    """``n`` photo-like 256x256 JPEGs in tar shards of ``per_shard``."""
     rng = np.random.default_rng(0)
     jpegs = [synthetic.photo_jpeg(256, 256, rng) for _ in range(n)]
     return [synthetic.tar_bytes((f"img{i:05d}.JPEG", jpegs[i])
@@ -83,6 +84,7 @@ def make_shards(n: int, per_shard: int) -> list[bytes]:
 
 def baseline_epoch(shards: list[bytes], mean_hwc: np.ndarray, rng: np.random.Generator
                    ) -> int:
+    """The per-image PIL baseline over ``shards``; the number of images."""
     count = 0
     for shard in shards:
         batch = []
@@ -129,6 +131,7 @@ def train_batches(store: Store, transformer: Transformer, partition: int, first_
 
 
 def first_pass(shard: bytes, transformer: Transformer) -> int:
+    """One shard's first epoch: cached as the caching job does, then its minibatches."""
     store = cache_shard(shard, 0)
     try:
         return train_batches(store, transformer, 0, 0)
@@ -167,6 +170,7 @@ def best_rate(runs: list[tuple[str, object]], n_expected: int, rounds: int) -> d
 
 
 def training_path() -> tuple[float, float, float, float]:
+    """img/s: baseline, first pass, later passes, later passes with the kernels off."""
     shards = make_shards(N_TRAIN, SHARD)
     rng = np.random.default_rng(1)
     mean_chw = (rng.random((3, 256, 256), dtype=np.float32) * 40 + 100).astype(np.float32)
@@ -203,6 +207,7 @@ def training_path() -> tuple[float, float, float, float]:
 
 
 def resize_path(w: int, h: int, n: int) -> tuple[float, float]:
+    """img/s resizing ``w`` x ``h`` photos to 256x256: plain PIL, the upload tool."""
     jpegs = [synthetic.photo_jpeg(w, h, i) for i in range(n)]
 
     def plain() -> int:
@@ -221,6 +226,7 @@ def resize_path(w: int, h: int, n: int) -> tuple[float, float]:
 
 
 def main() -> None:
+    """Run both measurements; the first-pass ratio last."""
     where = one_core()
     decoder = "simplejpeg (libjpeg-turbo)" if has_fast_jpeg() else "Pillow"
     print(f"bench/decode.py: one core ({where}); JPEG decoder: {decoder}")

@@ -157,13 +157,16 @@ class LoadReport:
 
     @property
     def complete(self) -> bool:
+        """Whether every shard was read to its end."""
         return self.shards_done == self.shards_total
 
     @property
     def skipped(self) -> int:
+        """How many members were skipped (bad or unlabelled)."""
         return len(self.bad) + len(self.unlabeled)
 
     def summary(self) -> str:
+        """One line: images, shards read, and what was skipped or missing."""
         parts = [f"{self.images} images from {self.shards_done}/{self.shards_total} shards"]
         if self.bad:
             parts.append(f"{len(self.bad)} bad members skipped")
@@ -230,8 +233,11 @@ class _ImageNetReport:
 
 @functools.cache
 def _imagenet_data_class() -> type:
-    """``ImageNetData``: pyspark's RDD with the report mixed in (built once, on first use,
-    so that importing :mod:`sparknet.data` does not import pyspark)."""
+    """``ImageNetData``: pyspark's RDD with the report mixed in.
+
+    Built once, on first use, so that importing :mod:`sparknet.data` does not
+    import pyspark.
+    """
     from pyspark import RDD
 
     doc = """An RDD of ``(CHW array, label)`` read from S3 tar shards, that reports the load.

@@ -187,8 +187,11 @@ def to_array(value: Any, shape: Sequence[int] | None = None, blob: str = "value"
 
 def _column_converter(field: Any, shape: Sequence[int] | None, size: tuple[int, int] | None,
                       channel_order: str) -> Callable[[Any], Any]:
-    """How a column's values become float32 arrays: the type checked here, once, from the
-    schema; each value converted by :func:`to_array`, reshaped to ``shape`` when given."""
+    """How a column's values become float32 arrays (numbers: floats).
+
+    The type is checked here, once, from the schema; each value is converted
+    by :func:`to_array` and reshaped to ``shape`` when given.
+    """
     from pyspark.sql import types as T
 
     name = field.name
