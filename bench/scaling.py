@@ -57,8 +57,8 @@ def run(spark, workers: int, rounds: int, tau: int, batch: int, test_interval: i
     from sparknet.models import lenet
     from sparknet.spark import train
 
-    res = train(spark, lenet.solver(batch), digits_rdd(spark, "train", 2),
-                test_data=digits_rdd(spark, "test", 2), workers=workers, sync_interval=tau,
+    res = train(spark, lenet.solver(batch), digits_rdd(spark, "train", num_partitions=2),
+                test_data=digits_rdd(spark, "test", num_partitions=2), workers=workers, sync_interval=tau,
                 rounds=rounds, test_interval=test_interval, blas_threads=1, progress=False)
     h = res.history
     steady = h[1:]

@@ -304,3 +304,38 @@ def test_a_failed_write_names_the_file_leaves_no_temporary_and_keeps_the_old_one
     assert now == old                                # the old file whole, nothing left over
     if writer == "lmdb":
         assert load_lmdb(path)[0].shape == (2, 3, 32, 32)
+
+
+def test_to_array_converts_each_kind_of_value_as_trainer_and_dataframes_do():
+    """One conversion by value: arrays, ML vectors, raw or encoded bytes, image structs."""
+    import io
+
+    from pyspark.ml.linalg import Vectors
+    from pyspark.sql import Row
+
+    from sparknet.data.images import ImageDecodeError
+    from sparknet.data.rdd import to_array
+
+    rng = np.random.default_rng(2)
+    a = rng.random((2, 3), dtype=np.float32)
+    assert to_array(a) is a
+    np.testing.assert_array_equal(to_array(Vectors.dense([1.0, 2.0])), [1.0, 2.0])
+    raw = rng.integers(0, 256, (2, 3, 4), dtype=np.uint8)
+    got = to_array(bytes(raw.tobytes()), (2, 3, 4), "data")
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, raw.reshape(-1))
+    img = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    png = buf.getvalue()
+    np.testing.assert_array_equal(to_array(png, (3, 5, 6)), img[:, :, ::-1].transpose(2, 0, 1))
+    np.testing.assert_array_equal(to_array(png, channel_order="RGB"), img.transpose(2, 0, 1))
+    assert to_array(png, (1, 4, 3)).shape == (1, 4, 3)  # one channel, resized, as the blob
+    with pytest.raises(ImageDecodeError, match="'data'"):
+        to_array(b"\x00" * 7, (2, 3, 4), "data")
+    struct = Row(origin="x.png", height=5, width=6, nChannels=3, mode=16,
+                 data=bytearray(img[:, :, ::-1].tobytes()))  # Spark stores BGR
+    np.testing.assert_array_equal(to_array(struct), img[:, :, ::-1].transpose(2, 0, 1))
+    np.testing.assert_array_equal(to_array(struct, channel_order="RGB"), img.transpose(2, 0, 1))
+    assert to_array(struct, size=(3, 2)).shape == (3, 2, 3)
+    np.testing.assert_array_equal(to_array([[1, 2], [3, 4]]), [[1, 2], [3, 4]])

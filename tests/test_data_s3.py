@@ -83,6 +83,21 @@ def test_shards_load_one_partition_each_with_bad_members_counted(s3, shards, spa
     assert data.report().images == 6 and len(data.report().bad) == 3
 
 
+def test_load_imagenet_returns_an_rdd_like_the_other_loaders(s3, shards, spark):
+    from pyspark import RDD
+
+    from sparknet.data import ImageNetData, digits_rdd
+
+    bucket, _ = shards
+    data = load_imagenet(spark, bucket, size=SIZE, max_shards=1, options=s3.options())
+    assert isinstance(data, RDD) and isinstance(data, ImageNetData) and data.rdd is data
+    assert data.map(lambda ex: ex[1]).collect() == [0.0, 1.0, 2.0]  # an RDD's own methods
+    assert data.report().images == 3 and data.shards == ["ILSVRC2012_train/train.00000.tar"]
+    assert digits_rdd(spark, "test", num_partitions=2).getNumPartitions() == 2
+    with pytest.raises(TypeError):
+        digits_rdd(spark, "test", 2)  # num_partitions is keyword-only, as in mnist_rdd
+
+
 def test_transform_on_workers_and_bgr(s3, shards, spark):
     from sparknet.data import Transformer
 

@@ -241,3 +241,57 @@ def test_compiled_path_equals_the_numpy_path(with_mean):
     slow = Transformer(crop_size=31, mirror=True, mean=mean, seed=3)(
         batch.astype(np.float32), layout="NHWC")
     np.testing.assert_array_equal(fast, slow)
+
+
+class _CountingKernels:
+    """The compiled kernels module, counting the calls into it."""
+
+    def __init__(self, real):
+        self.real = real
+        self.calls: list[str] = []
+
+    def __getattr__(self, name):
+        fn = getattr(self.real, name)
+
+        def counted(*args, **kwargs):
+            self.calls.append((name, kwargs))
+            return fn(*args, **kwargs)
+        return counted
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
+@pytest.mark.parametrize("mean_kind", ["file", "values", None])
+def test_cached_nchw_batches_take_the_kernel_and_match_the_per_image_loop(
+        tmp_path, monkeypatch, dtype, phase, mean_kind):
+    """What the trainer's worker transforms (NCHW examples drawn from its cache) runs compiled,
+    bit for bit as the per-image loop: crop, mirror, mean file or values, scale, both phases."""
+    from sparknet.data import transform
+
+    if transform._kernels is None:
+        pytest.skip("the compiled kernels are not built")
+    rng = np.random.default_rng(11)
+    cache = rng.integers(0, 256, (40, 3, 13, 11)).astype(dtype)  # the worker's store
+    batch = np.take(cache, rng.permutation(40)[:9], axis=0)  # as Store.batch draws it
+    mean = None
+    if mean_kind == "file":
+        write_mean(tmp_path / "mean.binaryproto",
+                   (rng.random((3, 13, 11), dtype=np.float32) * 60 + 90).astype(np.float32))
+        mean = read_mean(tmp_path / "mean.binaryproto")
+    elif mean_kind == "values":
+        mean = [104.0, 117.0, 123.0]
+    kw = {"crop_size": 7, "mirror": True, "mean": mean, "scale": 0.017, "phase": phase}
+    counting = _CountingKernels(transform._kernels)
+    monkeypatch.setattr(transform, "_kernels", counting)
+    fast = Transformer(seed=4, **kw)(batch)
+    assert counting.calls == [("crop_mirror_mean", {"planar": True})]
+    monkeypatch.setattr(transform, "_kernels", None)
+    loop = Transformer(seed=4, **kw)(batch)
+    assert fast.dtype == loop.dtype == np.float32 and fast.shape == (9, 3, 7, 7)
+    np.testing.assert_array_equal(fast, loop)
+    ys, xs, flips = Transformer(seed=4, **kw).offsets(9, 13, 11)
+    assert flips.any() and not flips.all()
+    m = mean if mean_kind == "file" else None
+    values = mean if mean_kind == "values" else None
+    np.testing.assert_allclose(fast, caffe_reference(batch, ys, xs, flips, 7, 0.017, m, values),
+                               rtol=1e-6, atol=1e-5)

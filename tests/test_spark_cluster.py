@@ -93,9 +93,9 @@ def _lenet_run(spark: Any, rounds: int, **kw: Any) -> Any:
     from sparknet.models import lenet
     from sparknet.spark import train
 
-    kw.setdefault("test_data", digits_rdd(spark, "test", 2))
+    kw.setdefault("test_data", digits_rdd(spark, "test", num_partitions=2))
     kw.setdefault("workers", 2)
-    return train(spark, lenet.solver(kw.pop("batch", 64)), digits_rdd(spark, "train", 2),
+    return train(spark, lenet.solver(kw.pop("batch", 64)), digits_rdd(spark, "train", num_partitions=2),
                  rounds=rounds, progress=False, executor_wait=90, **kw)
 
 
@@ -155,7 +155,7 @@ def scenario_local_cluster(out: dict) -> None:
         out["executors_after"] = sorted({_executor_of(p["pid"]) or -1
                                          for p in res.history[-1]["partitions"]})
 
-        frame = predict(spark, lenet.solver(64), res, digits_rdd(spark, "test", 3),
+        frame = predict(spark, lenet.solver(64), res, digits_rdd(spark, "test", num_partitions=3),
                         blobs=["ip2"])
         rows = frame.collect()
         import numpy as np

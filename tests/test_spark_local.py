@@ -16,7 +16,7 @@ SMALL = {"workers": 2, "sync_interval": 5, "test_interval": 0, "progress": False
 
 @pytest.fixture(scope="module")
 def digits(spark):
-    return digits_rdd(spark, "train", 2), digits_rdd(spark, "test", 2)
+    return digits_rdd(spark, "train", num_partitions=2), digits_rdd(spark, "test", num_partitions=2)
 
 
 @pytest.fixture(scope="module")
@@ -155,9 +155,9 @@ def test_uneven_small_partitions_wrap_and_repartition(spark, solver16):
 
 
 def test_tuples_dicts_and_dataframes_train_identically(spark, solver16):
-    tuples = digits_rdd(spark, "train", 2)
+    tuples = digits_rdd(spark, "train", num_partitions=2)
     dicts = tuples.map(lambda p: {"label": p[1], "data": p[0], "extra": "ignored"})
-    frame = digits_dataframe(spark, "train", 2)
+    frame = digits_dataframe(spark, "train", num_partitions=2)
     results = [train(spark, solver16, d, rounds=2, **SMALL).weights
                for d in (tuples, dicts, frame)]
     assert results[0] == results[1] == results[2]
@@ -244,7 +244,7 @@ def test_executors_that_cannot_reach_the_driver_fall_back_to_spark(spark, solver
     # the exchange listens on 127.0.0.1 but tells the tasks to connect to 127.0.0.2
     monkeypatch.setattr(_comm.SocketExchange, "for_context", classmethod(
         lambda cls, sc: cls("127.0.0.2", bind="127.0.0.1")))
-    rdd = digits_rdd(spark, "train", 2)
+    rdd = digits_rdd(spark, "train", num_partitions=2)
     with pytest.raises(ConnectionError, match=r"cannot reach the driver's weight exchange at "
                                               r"127\.0\.0\.2:\d+"):
         train(spark, solver16, rdd, rounds=1, exchange="socket", **SMALL)
@@ -288,7 +288,7 @@ def test_test_metrics_are_weighted_by_example(spark, solver16):
     parts = np.split(np.arange(len(y)), np.cumsum(sizes)[:-1])
     test_rdd = spark.sparkContext.parallelize(
         [[(x[i], y[i]) for i in p] for p in parts], 3).flatMap(lambda part: part)
-    result = train(spark, solver16, digits_rdd(spark, "train", 2), test_data=test_rdd,
+    result = train(spark, solver16, digits_rdd(spark, "train", num_partitions=2), test_data=test_rdd,
                    rounds=2, **SMALL)
     net = CaffeNet(solver16)
     net.set_weights(result.weights)
@@ -428,7 +428,7 @@ def test_predict_and_featurize(spark, digits, tmp_path):
     del deploy.layer[-2:]  # accuracy and loss
     del deploy.layer[1]  # the label input
     frame = featurize(spark, deploy, result.weights,
-                      digits_dataframe(spark, "test", 3), blobs=["ip1"])
+                      digits_dataframe(spark, "test", num_partitions=3), blobs=["ip1"])
     assert frame.columns == ["label", "ip1"]
     feats = np.array([r["ip1"].toArray() for r in frame.collect()], np.float32)
     assert np.allclose(feats, expected["ip1"], atol=1e-4)

@@ -3,7 +3,10 @@
 Every loader has a plain-numpy form (``load_*`` -> ``(x, y)``, float32 NCHW
 images and float32 labels) and a Spark form (``*_rdd`` -> an RDD of
 ``(float32 CHW array, label)`` pairs; ``*_dataframe`` -> a DataFrame with
-``data`` and ``label`` columns), which is what the trainer consumes.
+``data`` and ``label`` columns), which is what the trainer consumes. ImageNet,
+too large for arrays, has only the Spark form: :func:`load_imagenet` returns
+an RDD too (an ``ImageNetData``, which adds the load's ``report()``). Every
+option after the data's location is keyword-only (``num_partitions=``...).
 
 * :mod:`~sparknet.data.digits` — the bundled default data set (no download);
 * :mod:`~sparknet.data.mnist` — the four IDX files, local, S3 or HDFS;
@@ -26,12 +29,22 @@ from sparknet.data.caffe_lmdb import (
 )
 from sparknet.data.cifar import cifar10_dataframe, cifar10_rdd, load_cifar10
 from sparknet.data.digits import digits_dataframe, digits_rdd, load_digits
-from sparknet.data.imagenet import ImageNetData, LoadReport, load_imagenet
+from sparknet.data.imagenet import LoadReport, load_imagenet
 from sparknet.data.images import ImageDecodeError, decode_batch, decode_image
 from sparknet.data.mnist import load_mnist, mnist_dataframe, mnist_rdd
 from sparknet.data.rdd import dataframe_to_rdd, to_dataframe, to_dict_rdd, to_rdd
 from sparknet.data.s3 import S3Options
 from sparknet.data.transform import Transformer, compute_mean, read_mean, write_mean
+
+
+def __getattr__(name: str) -> object:
+    """``ImageNetData`` (a pyspark RDD subclass) is made on first use: no pyspark import here."""
+    if name == "ImageNetData":
+        from sparknet.data import imagenet
+
+        return imagenet.ImageNetData
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ImageDecodeError",

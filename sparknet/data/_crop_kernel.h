@@ -4,7 +4,8 @@
  * ch x cw pixels, mirror it left-right if asked, convert to float, subtract
  * the mean image's window (C, H, W; NULL for none) and write planar CHW.
  * This is what sparknet.data.Transformer does with numpy in several passes;
- * here each output float is written once. Three channels, the common case,
+ * here each output float is written once. Planar (NCHW) input, as the Spark
+ * trainer caches it, has its own kernels below. Three channels, the common case,
  * get a loop the compiler vectorises (one build per instruction set, picked
  * at load time by GCC's target_clones).
  */
@@ -80,5 +81,40 @@ static void crop_mirror_mean_u8(const uint8_t* src, int64_t n, int64_t h, int64_
     }
   }
 }
+
+/* The same transform for planar (N, C, H, W) input, the layout the Spark
+ * trainer caches examples in: each output row is one run of the source row,
+ * read forwards or backwards, converted to float with the mean's window
+ * subtracted (one rounding, as numpy's copy-then-subtract gives). TYPE is
+ * the pixel type (uint8_t or float). */
+#define SPARKNET_PLANAR_KERNEL(NAME, TYPE)                                                 \
+  SPARKNET_CLONES                                                                          \
+  static void NAME(const TYPE* src, int64_t n, int64_t h, int64_t w, int64_t c,           \
+                   const int64_t* ys, const int64_t* xs, const uint8_t* flips,            \
+                   const float* mean, const float* mean_flipped, int64_t ch, int64_t cw,  \
+                   float* out) {                                                          \
+    for (int64_t i = 0; i < n; ++i) {                                                     \
+      const int64_t y0 = ys[i], x0 = xs[i];                                               \
+      const int flip = flips[i];                                                          \
+      const float* m = flip ? mean_flipped : mean;                                        \
+      const int64_t mx0 = flip ? w - x0 - cw : x0;                                        \
+      for (int64_t k = 0; k < c; ++k) {                                                   \
+        for (int64_t y = 0; y < ch; ++y) {                                                \
+          const TYPE* __restrict row = src + ((i * c + k) * h + y0 + y) * w + x0;         \
+          const float* __restrict my = m + (k * h + y0 + y) * w + mx0;                    \
+          float* __restrict o = out + ((i * c + k) * ch + y) * cw;                        \
+          if (flip) {                                                                     \
+            const TYPE* __restrict end = row + cw - 1;                                    \
+            for (int64_t x = 0; x < cw; ++x) o[x] = (float)end[-x] - my[x];               \
+          } else {                                                                        \
+            for (int64_t x = 0; x < cw; ++x) o[x] = (float)row[x] - my[x];                \
+          }                                                                               \
+        }                                                                                 \
+      }                                                                                   \
+    }                                                                                     \
+  }
+
+SPARKNET_PLANAR_KERNEL(crop_mirror_mean_planar_u8, uint8_t)
+SPARKNET_PLANAR_KERNEL(crop_mirror_mean_planar_f32, float)
 
 #endif  /* SPARKNET_CROP_KERNEL_H_ */

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from sparknet.data._io import PathLike, atomic_dir, spark_context
+from sparknet.data.rdd import batched
 from sparknet.proto import caffe_pb2
 
 log = logging.getLogger(__name__)
@@ -174,11 +175,13 @@ def write_lmdb(path: PathLike, examples: Any, *, encoded: bool = False,
         map_size = _INITIAL_MAP_SIZE
         env = lmdb.open(os.fspath(tmp), map_size=map_size, subdir=True, meminit=False)
         try:
-            pending: list[tuple[bytes, bytes]] = []
-
-            def flush() -> None:
-                nonlocal map_size
-                while True:
+            for chunk in batched(_examples(examples), max(commit_every, 1)):
+                pending = [(b"%08d" % (count + i),
+                            array_to_datum(array, label, encoded=encoded,
+                                           image_format=image_format,
+                                           color=color).SerializeToString())
+                           for i, (array, label) in enumerate(chunk)]
+                while True:  # one transaction per chunk; a full map grows and retries
                     try:
                         with env.begin(write=True) as txn:
                             for k, v in pending:
@@ -189,17 +192,7 @@ def write_lmdb(path: PathLike, examples: Any, *, encoded: bool = False,
                             raise
                         map_size *= 2
                         env.set_mapsize(map_size)
-                pending.clear()
-
-            for array, label in _examples(examples):
-                datum = array_to_datum(array, label, encoded=encoded,
-                                       image_format=image_format, color=color)
-                pending.append((b"%08d" % count, datum.SerializeToString()))
-                count += 1
-                if len(pending) >= commit_every:
-                    flush()
-            if pending:
-                flush()
+                count += len(pending)
             env.sync(True)
         except lmdb.Error as e:  # a full disk, a quota: name the database, keep the old one
             raise OSError(f"cannot write the LMDB {os.fspath(path)}: {e}") from None

@@ -53,7 +53,8 @@ def load_digits(split: Split = "train") -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
 
 
-def digits_rdd(spark: Any, split: Split = "train", num_partitions: int | None = None) -> Any:
+def digits_rdd(spark: Any, split: Split = "train", *, num_partitions: int | None = None
+               ) -> Any:
     """The digits as an RDD of ``(float32 (1, 28, 28), label)`` pairs, in split order.
 
     ``spark`` is a SparkSession or SparkContext; ``num_partitions`` defaults
@@ -80,7 +81,7 @@ def digits_rdd(spark: Any, split: Split = "train", num_partitions: int | None = 
     return sc.parallelize(range(parts), parts).mapPartitionsWithIndex(part)
 
 
-def digits_dataframe(spark: Any, split: Split = "train", num_partitions: int | None = None
+def digits_dataframe(spark: Any, split: Split = "train", *, num_partitions: int | None = None
                      ) -> Any:
     """The digits as a DataFrame: ``data`` (array<float>, 784 values, CHW) and ``label``."""
     from sparknet.data.rdd import to_dataframe

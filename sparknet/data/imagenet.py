@@ -17,6 +17,7 @@ members had no label, and which labelled files no shard held.
 """
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -25,12 +26,13 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sparknet.data._io import spark_context
-from sparknet.data.images import ImageDecodeError, decode_image
+from sparknet.data.images import ImageDecodeError, decode_batch, decode_image
+from sparknet.data.rdd import batched
 from sparknet.data.s3 import S3Options, list_keys, open_s3
 
 log = logging.getLogger(__name__)
@@ -156,13 +158,16 @@ class LoadReport:
 
     @property
     def complete(self) -> bool:
+        """Whether every shard was read to its end."""
         return self.shards_done == self.shards_total
 
     @property
     def skipped(self) -> int:
+        """How many members were skipped (bad or unlabelled)."""
         return len(self.bad) + len(self.unlabeled)
 
     def summary(self) -> str:
+        """One line: images, shards read, and what was skipped or missing."""
         parts = [f"{self.images} images from {self.shards_done}/{self.shards_total} shards"]
         if self.bad:
             parts.append(f"{len(self.bad)} bad members skipped")
@@ -175,20 +180,27 @@ class LoadReport:
 
 # -- the loader ---------------------------------------------------------------------------
 
-class ImageNetData:
-    """An RDD of ``(float32 (C, H, W), label)`` read from S3 tar shards, and its report.
+class _ImageNetReport:
+    """What :class:`ImageNetData` adds to pyspark's RDD: the shards, labels and report."""
 
-    Built by :func:`load_imagenet`. ``rdd`` has one partition per shard, in
-    key order; ``shards`` are the keys; ``labels`` the label list.
-    """
+    shards: list[str]
+    labels: dict[str, int] | None
+    bucket: str
 
     def __init__(self, rdd: Any, shards: list[str], labels: dict[str, int] | None,
                  bucket: str, accumulator: Any):
-        self.rdd = rdd
+        from pyspark import RDD
+
+        RDD.__init__(self, rdd._jrdd, rdd.ctx, rdd._jrdd_deserializer)
         self.shards = shards
         self.labels = labels
         self.bucket = bucket
         self._acc = accumulator
+
+    @property
+    def rdd(self) -> Any:
+        """This RDD itself (``load_imagenet(...).rdd`` still works)."""
+        return self
 
     def __repr__(self) -> str:
         return f"ImageNetData(s3://{self.bucket}, {len(self.shards)} shards)"
@@ -220,6 +232,38 @@ class ImageNetData:
         return rep
 
 
+@functools.cache
+def _imagenet_data_class() -> type:
+    """``ImageNetData``: pyspark's RDD with the report mixed in.
+
+    Built once, on first use, so that importing :mod:`sparknet.data` does not
+    import pyspark.
+    """
+    from pyspark import RDD
+
+    doc = """An RDD of ``(CHW array, label)`` read from S3 tar shards, that reports the load.
+
+    What :func:`load_imagenet` returns: a ``pyspark.RDD`` like the other
+    loaders' ``*_rdd`` (give it to ``train``, transform it as any RDD), one
+    partition per shard, in key order, plus ``shards`` (the keys), ``labels``
+    (the label list, or None), ``bucket`` and :meth:`report`. ``rdd`` is the
+    RDD itself, for code written when this was a wrapper around one.
+    """
+    return type("ImageNetData", (_ImageNetReport, RDD), {"__doc__": doc, "__module__": __name__})
+
+
+if TYPE_CHECKING:
+    from pyspark import RDD
+
+    class ImageNetData(_ImageNetReport, RDD):
+        """See :func:`_imagenet_data_class`."""
+else:
+    def __getattr__(name: str) -> Any:
+        if name == "ImageNetData":
+            return _imagenet_data_class()
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def load_imagenet(spark: Any, bucket: str, *, shard_prefix: str = "ILSVRC2012_train/train.",
                   labels_key: str | None = "train.txt", size: tuple[int, int] = (256, 256),
                   color: str = "RGB", dtype: Any = np.float32,
@@ -228,6 +272,10 @@ def load_imagenet(spark: Any, bucket: str, *, shard_prefix: str = "ILSVRC2012_tr
                   endpoint_url: str | None = None, region_name: str | None = None,
                   options: S3Options | None = None) -> ImageNetData:
     """ImageNet-style tar shards on S3 as an RDD of ``(array, label)``, one partition per shard.
+
+    Returns an :class:`ImageNetData`: a ``pyspark.RDD``, as the other
+    loaders' ``*_rdd`` return, that also has :meth:`~ImageNetData.report`
+    (what was skipped, once an action has run), ``shards`` and ``labels``.
 
     ``shard_prefix`` selects the shards (keys under it ending in ``.tar``,
     ``.tar.gz`` or ``.tgz``; ``max_shards`` keeps the first few).
@@ -266,39 +314,33 @@ def load_imagenet(spark: Any, bucket: str, *, shard_prefix: str = "ILSVRC2012_tr
         table = labels_bc.value if labels_bc is not None else None
         worker_client = opts.client()
         for key in keys:
-            examples = shard_examples(worker_client, bucket, key, table, size=wh, color=color,
-                                      options=opts, report_to=acc.add)
-            if transform is None:
-                for img, label in examples:
-                    yield np.ascontiguousarray(img.transpose(2, 0, 1), np_dtype), label
-            else:
-                yield from _transformed(examples, transform, transform_batch, np_dtype)
+            yield from chw_examples(
+                shard_examples(worker_client, bucket, key, table, size=wh, color=color,
+                               options=opts, report_to=acc.add),
+                np_dtype, transform, transform_batch)
 
     rdd = sc.parallelize(shards, len(shards)).mapPartitions(partition)
-    return ImageNetData(rdd, shards, labels, bucket, acc)
+    return _imagenet_data_class()(rdd, shards, labels, bucket, acc)
 
 
-def _transformed(examples: Iterator[tuple[np.ndarray, float]],
-                 transform: Callable[[np.ndarray], np.ndarray], batch: int, dtype: np.dtype
-                 ) -> Iterator[tuple[np.ndarray, float]]:
-    imgs: list[np.ndarray] = []
-    labels: list[float] = []
+def chw_examples(examples: Iterable[tuple[np.ndarray, float]], dtype: Any = np.uint8,
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                 transform_batch: int = 64) -> Iterator[tuple[np.ndarray, float]]:
+    """Decoded ``(HWC image, label)`` pairs -> ``(dtype CHW array, label)``, as the loader yields.
 
-    def flush() -> Iterator[tuple[np.ndarray, float]]:
-        x = np.stack(imgs).transpose(0, 3, 1, 2)
-        out = transform(x)
-        for a, y in zip(out, labels):
-            yield np.asarray(a, dtype), y
-        imgs.clear()
-        labels.clear()
-
-    for img, label in examples:
-        imgs.append(img)
-        labels.append(label)
-        if len(imgs) == batch:
-            yield from flush()
-    if imgs:
-        yield from flush()
+    This is what :func:`load_imagenet` runs on each shard after decoding it,
+    and so what the Spark trainer caches on its workers. ``transform``, when
+    given, runs on NCHW batches of ``transform_batch`` images.
+    """
+    np_dtype = np.dtype(dtype)
+    if transform is None:
+        for img, label in examples:
+            yield np.ascontiguousarray(img.transpose(2, 0, 1), np_dtype), label
+        return
+    for chunk in batched(examples, transform_batch):
+        out = transform(np.stack([img for img, _ in chunk]).transpose(0, 3, 1, 2))
+        for a, (_, label) in zip(out, chunk):
+            yield np.asarray(a, np_dtype), label
 
 
 def shard_examples(client: Any, bucket: str, key: str, labels: Mapping[str, int] | None, *,
@@ -436,8 +478,6 @@ def tar_minibatches(path_or_file: Any, transformer: Callable[[np.ndarray], np.nd
     one warning at the end. Labels come from ``labels`` by member name
     (default -1).
     """
-    from sparknet.data.images import decode_batch
-
     close = False
     f = path_or_file
     if isinstance(path_or_file, (str, bytes)) or hasattr(path_or_file, "__fspath__"):
@@ -447,54 +487,41 @@ def tar_minibatches(path_or_file: Any, transformer: Callable[[np.ndarray], np.nd
     else:
         where = str(getattr(path_or_file, "name", "<tar>"))
     report = report if report is not None else ShardReport(shard=where)
-    try:
-        datas: list[bytes] = []
-        names: list[str] = []
-        ys: list[float] = []
-        buffer: np.ndarray | None = None  # decoded pixels, reused batch after batch
+    buffer: np.ndarray | None = None  # decoded pixels, reused batch after batch
 
-        def flush() -> tuple[np.ndarray, np.ndarray]:
-            nonlocal size, buffer
-            try:
-                batch = buffer = decode_batch(datas, size, color=color, layout="NHWC",
-                                              out=buffer)
-                y = np.asarray(ys, np.float32)
-            except ImageDecodeError:
-                good, keep = [], []
-                for name, d, label in zip(names, datas, ys):
-                    try:
-                        good.append(decode_image(d, size, color=color))
-                        keep.append(label)
-                    except ImageDecodeError as e:
-                        report.bad.append((name, str(e)))
-                        log.warning("%s: member %s skipped: %s", where, name, e)
-                batch = np.stack(good) if good else None
-                y = np.asarray(keep, np.float32)
-            report.images += len(y)
-            datas.clear()
-            names.clear()
-            ys.clear()
-            if batch is None:
-                return np.empty((0,), np.float32), y
-            if size is None:
-                size = (batch.shape[2], batch.shape[1])
-            return transformer(batch, layout="NHWC"), y
+    def decode(chunk: list[tuple[str, bytes, float]]) -> tuple[np.ndarray | None, np.ndarray]:
+        nonlocal size, buffer
+        try:
+            batch = buffer = decode_batch([d for _, d, _ in chunk], size, color=color,
+                                          layout="NHWC", out=buffer)
+            y = np.asarray([label for _, _, label in chunk], np.float32)
+        except ImageDecodeError:
+            good, keep = [], []
+            for name, d, label in chunk:
+                try:
+                    good.append(decode_image(d, size, color=color))
+                    keep.append(label)
+                except ImageDecodeError as e:
+                    report.bad.append((name, str(e)))
+                    log.warning("%s: member %s skipped: %s", where, name, e)
+            batch = np.stack(good) if good else None
+            y = np.asarray(keep, np.float32)
+        report.images += len(y)
+        if batch is not None and size is None:
+            size = (batch.shape[2], batch.shape[1])
+        return batch, y
 
+    def labelled() -> Iterator[tuple[str, bytes, float]]:
         for name, data in _members(f, where, report, MAX_MEMBER_BYTES):
             found = _labelled(labels, name, where, report)
-            if found is None:
-                continue
-            datas.append(data)
-            names.append(name)
-            ys.append(float(found[1]))
-            if len(datas) == batch_size:
-                x, y = flush()
-                if len(y):
-                    yield x, y
-        if datas:
-            x, y = flush()
-            if len(y):
-                yield x, y
+            if found is not None:
+                yield name, data, float(found[1])
+
+    try:
+        for chunk in batched(labelled(), batch_size):
+            batch, y = decode(chunk)
+            if batch is not None:
+                yield transformer(batch, layout="NHWC"), y
         report.complete = True
     finally:
         if close:

@@ -68,6 +68,7 @@ class Item:
     size: int = -1
 
     def read(self) -> bytes:
+        """The image's bytes (the member's, for an image inside a tar file)."""
         with open(self.path, "rb") as f:
             if self.offset < 0:
                 return f.read()
@@ -82,6 +83,7 @@ def _is_image(name: str) -> bool:
 
 
 def read_label_file(path: str | os.PathLike) -> dict[str, int]:
+    """A local ``<file> <label>`` list as a dict (errors name the file and line)."""
     p = Path(path)
     try:
         return parse_labels(p.read_text().splitlines(), str(p))
@@ -236,6 +238,8 @@ def _with_retries(what: str, fn: Any, attempts: int = 5) -> Any:
 
 @dataclass
 class SplitResult:
+    """What uploading one split wrote: shards, images and what was skipped."""
+
     split: str
     images: int
     shards: int
@@ -368,6 +372,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m sparknet.data.imagenet_to_s3``."""
     p = argparse.ArgumentParser(prog="python -m sparknet.data.imagenet_to_s3",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -404,6 +409,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the upload tool; the process exit status."""
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")

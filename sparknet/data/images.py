@@ -49,6 +49,7 @@ def has_fast_jpeg() -> bool:
 
 
 def is_jpeg(data: bytes) -> bool:
+    """Whether the bytes start as a JPEG file does."""
     return data[:3] == b"\xff\xd8\xff"
 
 

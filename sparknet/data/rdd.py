@@ -17,13 +17,14 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from sparknet.data._io import spark_context
 
 Example = tuple[np.ndarray, float]
+T = TypeVar("T")
 
 
 def _default_partitions(sc: Any, n: int) -> int:
@@ -99,14 +100,6 @@ def to_dataframe(spark: Any, x: np.ndarray, y: np.ndarray, *,
     return session.createDataFrame(rows, schema)
 
 
-def collect_arrays(rdd: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Collect an RDD of ``(array, label)`` pairs as stacked ``(x, y)`` (for small data)."""
-    pairs = rdd.collect()
-    if not pairs:
-        return np.empty((0,), np.float32), np.empty((0,), np.float32)
-    return np.stack([p[0] for p in pairs]), np.asarray([p[1] for p in pairs], np.float32)
-
-
 # -- DataFrames in ------------------------------------------------------------------------
 
 _IMAGE_FIELDS = {"origin", "height", "width", "nChannels", "mode", "data"}
@@ -149,38 +142,77 @@ def _fields(value: Any) -> set[str]:
     return set(getattr(value, "__fields__", ()))
 
 
+def to_array(value: Any, shape: Sequence[int] | None = None, blob: str = "value", *,
+             size: tuple[int, int] | None = None, channel_order: str = "BGR") -> np.ndarray:
+    """One value of an example or a DataFrame cell as a numpy array, by what the value is.
+
+    The one conversion that the trainer, ``dataframe_to_rdd`` and the ML
+    scoring UDF share: a numpy array is returned as it is; an ML vector as its
+    values; ``bytes`` as raw uint8 pixels when ``shape`` is given and holds
+    exactly that many, else decoded as an encoded image (JPEG, PNG...) to uint8
+    CHW; a ``Row`` of Spark's image schema to uint8 CHW; anything else through
+    ``np.asarray``. Images come out in ``channel_order`` (``"BGR"``, as Caffe
+    and Spark store them, or ``"RGB"``; one channel when ``shape`` says so),
+    resized to ``size`` ``(width, height)``, or for encoded bytes to the
+    ``(C, H, W)`` of ``shape``. The array is not reshaped; ``blob`` (the input
+    blob or column) is named when bytes are neither raw pixels nor an image.
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "toArray"):  # pyspark.ml / mllib vectors
+        return np.asarray(value.toArray())
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = np.frombuffer(bytes(value), np.uint8)
+        if shape is not None and raw.size == math.prod(shape):
+            return raw
+        from sparknet.data.images import ImageDecodeError, decode_image
+
+        three = shape is not None and len(shape) == 3
+        color = "L" if three and shape[0] == 1 else channel_order.upper()
+        if size is None and three:
+            size = (shape[2], shape[1])
+        try:
+            img = decode_image(bytes(value), size=size, color=color)
+        except ImageDecodeError as e:
+            raise ImageDecodeError(f"'{blob}': {e}") from None
+        return np.ascontiguousarray(img.transpose(2, 0, 1))
+    if (hasattr(value, "asDict") and hasattr(value, "__fields__")
+            and {"height", "width", "nChannels", "data"} <= set(value.__fields__)):
+        return image_struct_to_array(value, size=size, channel_order=channel_order,
+                                     dtype=np.uint8)
+    return np.asarray(value)
+
+
 def _column_converter(field: Any, shape: Sequence[int] | None, size: tuple[int, int] | None,
                       channel_order: str) -> Callable[[Any], Any]:
+    """How a column's values become float32 arrays (numbers: floats).
+
+    The type is checked here, once, from the schema; each value is converted
+    by :func:`to_array` and reshaped to ``shape`` when given.
+    """
     from pyspark.sql import types as T
 
     name = field.name
     dt = field.dataType
-    if isinstance(dt, T.StructType) and set(dt.names) >= _IMAGE_FIELDS:
-        return lambda v: image_struct_to_array(v, size=size, channel_order=channel_order)
-    if isinstance(dt, T.BinaryType):
-        if shape is not None:
-            def raw(v: Any) -> np.ndarray:
-                a = np.frombuffer(bytes(v), np.uint8)
-                if a.size != math.prod(shape):
-                    raise ValueError(f"column '{name}': {a.size} bytes do not fit shape "
-                                     f"{tuple(shape)}")
-                return a.reshape(shape).astype(np.float32)
-            return raw
-        from sparknet.data.images import decode_image
-
-        order = channel_order.upper()
-        return lambda v: np.ascontiguousarray(
-            decode_image(bytes(v), size=size, color=order).transpose(2, 0, 1), np.float32)
-    if isinstance(dt, T.ArrayType) or type(dt).__name__ == "VectorUDT":
-        def arr(v: Any) -> np.ndarray:
-            a = np.asarray(v.toArray() if hasattr(v, "toArray") else v, np.float32)
-            return a.reshape(shape) if shape is not None else a
-        return arr
     if isinstance(dt, (T.NumericType, T.BooleanType)):
         return float
-    raise TypeError(f"column '{name}' has type {dt.simpleString()}: sparknet reads image "
-                    "structs, binary (encoded images, or raw bytes with a shape), numeric "
-                    "arrays/vectors and numbers")
+    image = isinstance(dt, T.StructType) and set(dt.names) >= _IMAGE_FIELDS
+    if not (image or isinstance(dt, (T.BinaryType, T.ArrayType))
+            or type(dt).__name__ == "VectorUDT"):
+        raise TypeError(f"column '{name}' has type {dt.simpleString()}: sparknet reads image "
+                        "structs, binary (encoded images, or raw bytes with a shape), numeric "
+                        "arrays/vectors and numbers")
+
+    def convert(v: Any) -> np.ndarray:
+        a = np.asarray(to_array(v, None if image else shape, name, size=size,
+                                channel_order=channel_order), np.float32)
+        if shape is None or image or a.shape == tuple(shape):
+            return a
+        if a.size != math.prod(shape):
+            raise ValueError(f"column '{name}': {a.size} values do not fit shape "
+                             f"{tuple(shape)}")
+        return a.reshape(shape)
+    return convert
 
 
 def dataframe_to_rdd(df: Any, columns: Mapping[str, str] | Sequence[str] | None = None, *,
@@ -222,13 +254,14 @@ def dataframe_to_rdd(df: Any, columns: Mapping[str, str] | Sequence[str] | None 
     return df.select(*cols).rdd.map(convert)
 
 
-def batched(examples: Iterable[Any], batch_size: int) -> Iterator[list[Any]]:
-    """Lists of ``batch_size`` items (the last may be shorter)."""
-    batch: list[Any] = []
-    for e in examples:
-        batch.append(e)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
+def batched(items: Iterable[T], batch_size: int) -> Iterator[list[T]]:
+    """Lists of ``batch_size`` consecutive items, the last one shorter if need be.
+
+    The one "collect a batch, then flush" loop of the data side: minibatches,
+    LMDB transactions, store writes. Each list is new (a caller may keep it).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    it = iter(items)
+    while batch := list(itertools.islice(it, batch_size)):
         yield batch

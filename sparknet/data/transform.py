@@ -10,10 +10,11 @@ float32 NCHW. It is built from keyword arguments, from a
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -389,15 +390,14 @@ class Transformer:
             np.copyto(out, chw[:, :, y0:y0 + ch, x0:x0 + cw])
             if mean_image is not None:
                 out -= mean_image[:, y0:y0 + ch, x0:x0 + cw]
-        elif (_kernels is not None and lay == "NHWC" and x.dtype == np.uint8
-              and not self.swap_channels and x.flags.c_contiguous):
-            # decoded JPEGs, the training-time path: one compiled pass per image
+        elif (kernel := None if self.swap_channels else _kernel_for(x, lay)) is not None:
+            # the training-time paths (the trainer's cached NCHW examples, decoded JPEGs in
+            # NHWC): one compiled pass per image, the same floats as the loop below
             mean = (None if mean_image is None
                     else np.ascontiguousarray(mean_image, dtype=np.float32))
-            _kernels.crop_mirror_mean(x, np.ascontiguousarray(ys, np.int64),
-                                      np.ascontiguousarray(xs, np.int64),
-                                      flips.astype(np.uint8),
-                                      mean, None if mean is None else self._mirrored(mean), out)
+            kernel(x, np.ascontiguousarray(ys, np.int64), np.ascontiguousarray(xs, np.int64),
+                   flips.astype(np.uint8), mean,
+                   None if mean is None else self._mirrored(mean), out)
         else:
             # one image at a time (its own window and flip), in two passes over its output:
             # crop + mirror + CHW + float in one copy, then the mean subtracted in place.
@@ -424,21 +424,30 @@ class Transformer:
         return out
 
 
+def _kernel_for(x: np.ndarray, layout: str) -> Callable[..., None] | None:
+    """The compiled crop/mirror/mean kernel for a batch of this layout and dtype, if any.
+
+    Planar (NCHW) uint8 or float32 batches, as the Spark trainer caches
+    examples, and uint8 NHWC batches, as images are decoded, when C-contiguous.
+    """
+    if _kernels is None or not x.flags.c_contiguous:
+        return None
+    if layout == "NCHW" and x.dtype in (np.uint8, np.float32):
+        return functools.partial(_kernels.crop_mirror_mean, planar=True)
+    if layout == "NHWC" and x.dtype == np.uint8:
+        return _kernels.crop_mirror_mean
+    return None
+
 
 
 def transform_batches(examples: Iterable[Any], transformer: Transformer, batch_size: int
                       ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Group ``(array, label)`` examples into transformed ``(x, y)`` minibatches."""
-    xs: list[np.ndarray] = []
-    ys: list[float] = []
-    for a, label in examples:
-        xs.append(np.asarray(a))
-        ys.append(float(label))
-        if len(xs) == batch_size:
-            yield transformer(np.stack(xs)), np.asarray(ys, np.float32)
-            xs, ys = [], []
-    if xs:
-        yield transformer(np.stack(xs)), np.asarray(ys, np.float32)
+    from sparknet.data.rdd import batched
+
+    for chunk in batched(examples, batch_size):
+        yield (transformer(np.stack([np.asarray(a) for a, _ in chunk])),
+               np.asarray([float(label) for _, label in chunk], np.float32))
 
 
 __all__ = ["Transformer", "blobproto_to_array", "compute_mean", "mean_to_blobproto",

@@ -9,11 +9,11 @@ saving checkpoints), dropped between uses when the model is large; and
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from sparknet.data._io import read_bytes, scheme
+from sparknet.data._io import read_bytes
 from sparknet.engine import CaffeError, CaffeNet, WeightCollection, solver_proto
 from sparknet.proto import caffe_pb2
 from sparknet.spark._records import LabelRule, label_rules, shape_str
@@ -86,7 +86,7 @@ class Model:
                 raise ValueError(f"input blob '{n}' has shape {shape_str(shapes[n])}; every "
                                  f"input must have the batch size {batch} first")
         test_shapes = {n: tuple(s) for n, s in net.test_input_shapes.items()}
-        test_names = tuple(n for n in net.blob_names("TEST") if n in test_shapes)
+        test_names = tuple(net.test_input_names)
         layout = net.weight_layout
         model = cls(
             param=param, net_spec=spec, names=names,
@@ -152,36 +152,20 @@ class DriverNet:
 
 
 def load_weights(net: CaffeNet, weights: Any, s3_options: Any = None) -> None:
-    """Set ``net``'s weights from what a user gave.
+    """Set ``net``'s weights from what a user gave (``train(init_weights=)``,
+    ``predict(weights=)``, ``TrainResult.load``).
 
-    ``weights``: a :class:`WeightCollection`, a mapping of layer name ->
-    arrays, anything with a ``weights`` attribute holding one (a
-    ``TrainResult``, a fitted ``CaffeModel``), or a ``.caffemodel`` path,
-    local, ``s3://`` or any Hadoop URI (layers matched by name, as Caffe
-    does). A missing file raises ``FileNotFoundError`` naming it.
+    Any form :meth:`CaffeNet.use_weights` takes: a :class:`WeightCollection`,
+    a mapping of layer name -> arrays, anything with a ``weights`` attribute
+    holding one (a ``TrainResult``, a fitted ``CaffeModel``), or a
+    ``.caffemodel`` path, local, ``s3://`` or any Hadoop URI (read with
+    ``s3_options``; layers matched by name, as Caffe does). A missing file
+    raises ``FileNotFoundError`` naming it.
     """
-    inner = getattr(weights, "weights", None)
-    if isinstance(inner, WeightCollection):
-        weights = inner
-    if isinstance(weights, WeightCollection):
-        net.set_weights(weights)
-    elif isinstance(weights, Mapping):
-        net.set_weights(WeightCollection(weights))
-    elif isinstance(weights, (str, os.PathLike)):
-        if scheme(weights) == "":
-            if not Path(weights).is_file():
-                raise FileNotFoundError(f"{os.fspath(weights)}: no such .caffemodel")
-            net.load_weights(weights)
-            return
-        data = read_bytes(weights, s3=s3_options)
-        with tempfile.TemporaryDirectory() as d:
-            local = Path(d) / os.fspath(weights).rsplit("/", 1)[-1]
-            local.write_bytes(data)
-            net.load_weights(local)
-    else:
-        raise TypeError(f"weights must be a WeightCollection, a dict of layer name -> arrays, "
-                        f"a TrainResult or a .caffemodel path or URI; got "
-                        f"{type(weights).__name__}")
+    if weights is None:
+        raise TypeError("weights must be a WeightCollection, a dict of layer name -> arrays, "
+                        "a TrainResult or a .caffemodel path or URI; got None")
+    net.use_weights(weights, fetch=functools.partial(read_bytes, s3=s3_options))
 
 
 def save_caffemodel(net: CaffeNet, path: str | os.PathLike) -> None:

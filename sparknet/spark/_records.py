@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from sparknet._util import shape_str  # also imported from here by spark's modules
+from sparknet.data.rdd import to_array  # also imported from here by ml.scoring
 from sparknet.proto import caffe_pb2
 from sparknet.proto.rules import layer_active, net_state
 
@@ -72,36 +73,6 @@ def label_rules(net_param: caffe_pb2.NetParameter, phase: str, inputs: Sequence[
 
 
 # -- the data's side -----------------------------------------------------------------------
-
-def to_array(value: Any, shape: Sequence[int] | None, blob: str) -> np.ndarray:
-    """One example's value for ``blob`` as a numpy array (not reshaped yet)."""
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "toArray"):  # pyspark.ml / mllib vectors
-        return np.asarray(value.toArray())
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        raw = np.frombuffer(bytes(value), np.uint8)
-        if shape is not None and raw.size == math.prod(shape):
-            return raw
-        from sparknet.data.images import decode_image
-
-        color = "L" if shape is not None and len(shape) == 3 and shape[0] == 1 else "BGR"
-        size = (shape[2], shape[1]) if shape is not None and len(shape) == 3 else None
-        img = decode_image(bytes(value), size=size, color=color)
-        return np.ascontiguousarray(img.transpose(2, 0, 1))
-    fields = _row_fields(value)
-    if fields is not None and {"height", "width", "nChannels", "data"} <= fields:
-        from sparknet.data.rdd import image_struct_to_array
-
-        return image_struct_to_array(value, dtype=np.uint8)
-    return np.asarray(value)
-
-
-def _row_fields(value: Any) -> set[str] | None:
-    if hasattr(value, "asDict") and hasattr(value, "__fields__"):
-        return set(value.__fields__)
-    return None
-
 
 def record_values(record: Any, names: Sequence[str], *, require_all: bool = True
                   ) -> dict[str, Any]:

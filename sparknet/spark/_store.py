@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from sparknet.data._io import atomic_write_bytes
+from sparknet.data.rdd import batched
 from sparknet.spark._messages import BlobStats, StoreHandle
 from sparknet.spark._records import DataError, ExampleSpec, shape_str, storage_dtype
 
@@ -76,7 +77,6 @@ def materialise(spec: MaterialiseSpec, partition: int,
     files: dict[str, Any] = {}
     dtypes: dict[str, np.dtype] = {}
     shapes: dict[str, tuple[int, ...]] = {}
-    buffers: dict[str, list[np.ndarray]] = {n: [] for n in names}
     indices: list[int] = []
     stats = {n: {"min": np.inf, "max": -np.inf, "integral": True} for n in spec.stats_blobs}
     nonfinite: dict[str, int] = {}
@@ -84,49 +84,48 @@ def materialise(spec: MaterialiseSpec, partition: int,
     error: str | None = None
     first_index: int | None = None
     try:
-        for item in items:
-            if spec.indexed:
-                gidx, record = item
-                indices.append(int(gidx))
-                where = f"{spec.examples.what} example {gidx}"
-            else:
-                record = item
-                where = f"{spec.examples.what} partition {partition}, example {n}"
-            arrays = spec.examples.convert(record, where)
+        for chunk in batched(items, _FLUSH):  # convert and check a chunk, then write it
+            buffers: dict[str, list[np.ndarray]] = {name: [] for name in names}
+            for item in chunk:
+                if spec.indexed:
+                    gidx, record = item
+                    indices.append(int(gidx))
+                    where = f"{spec.examples.what} example {gidx}"
+                else:
+                    record = item
+                    where = f"{spec.examples.what} partition {partition}, example {n}"
+                arrays = spec.examples.convert(record, where)
+                for name in names:
+                    a = arrays.get(name)
+                    if a is None:
+                        raise DataError(f"{where}: no value for input blob '{name}'")
+                    if name not in dtypes:
+                        dtypes[name] = storage_dtype(a)
+                        shapes[name] = a.shape
+                        files[name] = open(folder / f"{name}.bin", "wb")  # noqa: SIM115
+                    elif a.shape != shapes[name]:  # only where a transform follows (free blobs)
+                        raise DataError(f"{where}: input blob '{name}' gets an example of shape "
+                                        f"{shape_str(a.shape)} after examples of "
+                                        f"{shape_str(shapes[name])}; the examples a transform "
+                                        f"takes must all have one shape (resize them in "
+                                        f"preprocess)")
+                    elif a.dtype != dtypes[name] and dtypes[name] == np.uint8:
+                        raise DataError(f"{where}: input blob '{name}' changes dtype from uint8 "
+                                        f"to {a.dtype} between examples")
+                    if a.dtype.kind == "f" and name not in nonfinite and not np.isfinite(a).all():
+                        nonfinite[name] = n if not spec.indexed else indices[-1]
+                    if name in stats:
+                        s = stats[name]
+                        lo, hi = float(a.min()), float(a.max())
+                        s["min"] = min(s["min"], lo)
+                        s["max"] = max(s["max"], hi)
+                        if s["integral"] and not np.array_equal(a, np.round(a)):
+                            s["integral"] = False
+                    buffers[name].append(a)
+                n += 1
             for name in names:
-                a = arrays.get(name)
-                if a is None:
-                    raise DataError(f"{where}: no value for input blob '{name}'")
-                if name not in dtypes:
-                    dtypes[name] = storage_dtype(a)
-                    shapes[name] = a.shape
-                    files[name] = open(folder / f"{name}.bin", "wb")  # noqa: SIM115
-                elif a.shape != shapes[name]:  # only where a transform follows (free blobs)
-                    raise DataError(f"{where}: input blob '{name}' gets an example of shape "
-                                    f"{shape_str(a.shape)} after examples of "
-                                    f"{shape_str(shapes[name])}; the examples a transform "
-                                    f"takes must all have one shape (resize them in "
-                                    f"preprocess)")
-                elif a.dtype != dtypes[name] and dtypes[name] == np.uint8:
-                    raise DataError(f"{where}: input blob '{name}' changes dtype from uint8 "
-                                    f"to {a.dtype} between examples")
-                if a.dtype.kind == "f" and name not in nonfinite and not np.isfinite(a).all():
-                    nonfinite[name] = n if not spec.indexed else indices[-1]
-                if name in stats:
-                    s = stats[name]
-                    lo, hi = float(a.min()), float(a.max())
-                    s["min"] = min(s["min"], lo)
-                    s["max"] = max(s["max"], hi)
-                    if s["integral"] and not np.array_equal(a, np.round(a)):
-                        s["integral"] = False
-                buffers[name].append(a)
-                if len(buffers[name]) >= _FLUSH:
+                if buffers[name]:
                     _write_blob(files[name], buffers[name], dtypes[name])
-                    buffers[name] = []
-            n += 1
-        for name in names:
-            if buffers[name]:
-                _write_blob(files[name], buffers[name], dtypes[name])
     except DataError as e:
         error = str(e)
     except Exception as e:  # noqa: BLE001  # report a bad example on the driver

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from sparknet.data._io import spark_context
+from sparknet.data.rdd import batched
 from sparknet.engine import CaffeNet, solver_proto
 from sparknet.proto import caffe_pb2
 from sparknet.spark import _comm
@@ -54,7 +55,14 @@ def _solver(net: Any) -> caffe_pb2.SolverParameter:
         path = Path(net)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such prototxt")
-        param = loader.load_net_prototxt(path)
+        try:
+            param = loader.load_net_prototxt(path)
+        except loader.PrototxtError as net_error:  # a solver prototxt, or a broken file
+            try:
+                return loader.load_solver_prototxt_with_net(path)
+            except loader.PrototxtError as solver_error:
+                looks_like_net = "layer" in path.read_text(errors="replace")
+                raise (net_error if looks_like_net else solver_error) from None
         if not len(param.layer):
             return loader.load_solver_prototxt_with_net(path)
         net = param
@@ -109,10 +117,8 @@ def _predict_task(plan: _Plan, weights_bc: Any, partition: int,
         entry.tag = None  # the weights changed: a training round restores its own state
     if plan.vectors:
         from pyspark.ml.linalg import DenseVector
-    pending: list[tuple[dict[str, np.ndarray], tuple]] = []
-    count = 0
 
-    def run() -> Iterator[tuple]:
+    def run(pending: list[tuple[dict[str, np.ndarray], tuple]], count: int) -> Iterator[tuple]:
         n = len(pending)
         inputs = {}
         for name in plan.names:
@@ -136,22 +142,23 @@ def _predict_task(plan: _Plan, weights_bc: Any, partition: int,
                 values = tuple(flat[b][i].tolist() for b in plan.blobs)
             yield keep + values
 
-    for record in records:
-        where = f"example {count} of partition {partition}"
-        if plan.mode == "tuple":
-            arrays = plan.examples.convert(tuple(record[:len(plan.names)]), where)
-            keep = tuple(_plain(record[k]) if k < len(record) else None for k in plan.passthrough)
-        else:
-            arrays = plan.examples.convert(record, where)
-            row = record.asDict() if hasattr(record, "asDict") else record
-            keep = tuple(_plain(row.get(k)) for k in plan.passthrough)
-        pending.append((arrays, keep))
-        count += 1
-        if len(pending) == plan.batch:
-            yield from run()
-            pending = []
-    if pending:
-        yield from run()
+    def examples() -> Iterator[tuple[dict[str, np.ndarray], tuple]]:
+        for i, record in enumerate(records):
+            where = f"example {i} of partition {partition}"
+            if plan.mode == "tuple":
+                arrays = plan.examples.convert(tuple(record[:len(plan.names)]), where)
+                keep = tuple(_plain(record[k]) if k < len(record) else None
+                             for k in plan.passthrough)
+            else:
+                arrays = plan.examples.convert(record, where)
+                row = record.asDict() if hasattr(record, "asDict") else record
+                keep = tuple(_plain(row.get(k)) for k in plan.passthrough)
+            yield arrays, keep
+
+    count = 0  # examples so far: with (seed, partition) it seeds each batch's transforms
+    for pending in batched(examples(), plan.batch):
+        count += len(pending)
+        yield from run(pending, count)
 
 
 def _plain(v: Any) -> Any:
@@ -222,7 +229,7 @@ def predict(spark: Any, net: Any, weights: Any, data: Any, blobs: Sequence[str] 
     param = _solver(net)
     driver = CaffeNet(param)
     test_shapes = {n: tuple(s) for n, s in driver.test_input_shapes.items()}
-    names = tuple(n for n in driver.blob_names("TEST") if n in test_shapes)
+    names = tuple(driver.test_input_names)
     if not names:
         raise ValueError("the net's TEST phase has no input blobs: sparknet feeds Input layers")
     available = driver.blob_names("TEST")
