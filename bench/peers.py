@@ -8,7 +8,9 @@ momentum: images per second of a training step, for
   (the default build: Debian's OpenBLAS, its core picked from the CPU's flags
   as sparknet does), ``system-detected`` (the same library left to its own CPU
   detection), ``openblas`` (PyPI scipy-openblas32 0.3.34), ``mkl`` (PyPI's
-  MKL runtime, ``MKL_CBWR=AUTO,STRICT`` as sparknet sets it).
+  MKL runtime, ``MKL_CBWR=AUTO,STRICT`` as sparknet sets it), ``system-vanilla``
+  (the default build compiled from Caffe's sources as released, without
+  ``caffe/patches/``: ``SPARKNET_CAFFE_PATCHES=none``).
   Each is its own Caffe cache entry, built on first use (only linking: the
   compiled objects are shared); the same engine extension loads it through
   ``LD_LIBRARY_PATH`` and reads that build's ``build_info.json``;
@@ -50,7 +52,7 @@ NETS = {  # name: (prototxt, batch, timed steps, warm-up steps)
     "cifar10_quick": ("caffe/models/cifar10_quick/train_val.prototxt", 100, 40, 3),
     "caffenet": ("caffe/models/caffenet/train_val.prototxt", 16, 6, 2),
 }
-BLAS = ("system", "system-detected", "openblas", "mkl")
+BLAS = ("system", "system-vanilla", "system-detected", "openblas", "mkl")
 DEFAULT_BLAS = "system"
 
 
@@ -147,7 +149,8 @@ def caffe_lib_dir(variant: str) -> Path:
     sys.path.insert(0, str(HERE))
     from _build import caffe_build_info
 
-    return Path(caffe_build_info(variant.split("-")[0])["library_dirs"][0])
+    patch_set = "none" if variant.endswith("-vanilla") else None
+    return Path(caffe_build_info(variant.split("-")[0], patch_set)["library_dirs"][0])
 
 
 def child_env(variant: str, lib_dir: Path | None, threads: int) -> dict:
