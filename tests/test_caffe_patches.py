@@ -1,6 +1,6 @@
 """Caffe's sources as this project patches them (caffe/patches/) compute what
-Caffe as released computes: forward and backward, on the layers the patches
-touch, for the shapes that exercise their edge cases.
+Caffe as released computes, bit for bit: forward and backward, on the layers
+the patches touch, for the shapes that exercise their edge cases.
 
 Both builds are loaded in fresh interpreters through ``LD_LIBRARY_PATH`` (as
 ``tests/test_blas.py`` does for the BLAS builds); the unpatched one
@@ -136,8 +136,8 @@ def test_patched_convolution_and_pooling_forward_as_released_caffe(both):
     for name in BLOBS:
         assert patched[name].shape == vanilla[name].shape, name
         assert np.abs(vanilla[name]).max() > 0, name  # the comparison is not of zeros
-        np.testing.assert_allclose(patched[name], vanilla[name], rtol=1e-6, atol=1e-7,
-                                   err_msg=name)
+        # The patches reorder no arithmetic: the very same bits, not just close.
+        np.testing.assert_array_equal(patched[name], vanilla[name], err_msg=name)
 
 
 def test_patched_convolution_and_pooling_backward_as_released_caffe(both):
@@ -145,6 +145,6 @@ def test_patched_convolution_and_pooling_backward_as_released_caffe(both):
     # The gradient of every parameter, conv1's through conv2's and conv3's
     # col2im and both max poolings' masks.
     assert np.count_nonzero(vanilla["grad"]) > 0.5 * vanilla["grad"].size
-    np.testing.assert_allclose(patched["grad"], vanilla["grad"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(patched["grad"], vanilla["grad"])
     # Five training steps of CIFAR-10 quick from the same start: the same weights.
-    np.testing.assert_allclose(patched["cifar"], vanilla["cifar"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(patched["cifar"], vanilla["cifar"])
