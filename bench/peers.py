@@ -10,7 +10,8 @@ momentum: images per second of a training step, for
   detection), ``openblas`` (PyPI scipy-openblas32 0.3.34), ``mkl`` (PyPI's
   MKL runtime, ``MKL_CBWR=AUTO,STRICT`` as sparknet sets it), ``system-vanilla``
   (the default build compiled from Caffe's sources as released, without
-  ``caffe/patches/``: ``SPARKNET_CAFFE_PATCHES=none``).
+  ``caffe/patches/``: ``SPARKNET_CAFFE_PATCHES=none``), ``system-detected-vanilla``
+  (both: what a user got before sparknet chose the core or patched Caffe).
   Each is its own Caffe cache entry, built on first use (only linking: the
   compiled objects are shared); the same engine extension loads it through
   ``LD_LIBRARY_PATH`` and reads that build's ``build_info.json``;
@@ -54,7 +55,8 @@ NETS = {  # name: (prototxt, batch, timed steps, warm-up steps)
     "cifar10_quick": ("caffe/models/cifar10_quick/train_val.prototxt", 100, 40, 3),
     "caffenet": ("caffe/models/caffenet/train_val.prototxt", 16, 6, 2),
 }
-BLAS = ("system", "system-vanilla", "system-detected", "openblas", "mkl")
+BLAS = ("system", "system-vanilla", "system-detected", "system-detected-vanilla", "openblas",
+        "mkl")
 DEFAULT_BLAS = "system"
 
 
@@ -163,7 +165,7 @@ def child_env(variant: str, lib_dir: Path | None, threads: int) -> dict:
     env.pop("OPENBLAS_CORETYPE", None)
     if lib_dir is not None:
         env["LD_LIBRARY_PATH"] = f"{lib_dir}{os.pathsep}{env.get('LD_LIBRARY_PATH', '')}"
-    if variant == "system-detected":  # OpenBLAS's own CPU detection, not sparknet's choice
+    if variant.startswith("system-detected"):  # OpenBLAS's own detection, not sparknet's
         env["SPARKNET_OPENBLAS_CORETYPE"] = "detect"
     return env
 
