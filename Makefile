@@ -17,16 +17,19 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := build-essential pkg-config protobuf-compiler libprotobuf-dev \
 	libgoogle-glog-dev libgflags-dev libboost-system-dev libboost-thread-dev \
 	libboost-filesystem-dev libhdf5-dev libopenblas-dev liblmdb-dev libleveldb-dev \
-	libsnappy-dev libgtest-dev
+	libsnappy-dev libgtest-dev patch
 
 # The BLAS libcaffe.so is linked to (caffe/build.py: openblas, system or mkl);
 # each has its own Caffe cache entry, and changing it re-links the extension.
 SPARKNET_BLAS ?= system
 export SPARKNET_BLAS
+# Caffe's sources patched (all, the default) or as released (none): caffe/patches/.
+SPARKNET_CAFFE_PATCHES ?= all
+export SPARKNET_CAFFE_PATCHES
 
 BUILD_INPUTS := setup.py setup.cfg pyproject.toml caffe/build.py caffe/caffe.mk \
 	caffe/sparknet_fatal.hpp caffe/blas_shim.c ccaffe/ccaffe.cpp ccaffe/ccaffe.hpp sparknet/engine/_caffe.pyx \
-	sparknet/data/_kernels.pyx sparknet/data/_crop_kernel.h
+	sparknet/data/_kernels.pyx sparknet/data/_crop_kernel.h $(wildcard caffe/patches/*.patch)
 
 .PHONY: run test lint build deps env bench bench-env wheel pack clean
 
@@ -77,7 +80,12 @@ $(VENV)/.blas-$(SPARKNET_BLAS): | $(VENV)/.installed
 	rm -f $(VENV)/.blas-*
 	touch $@
 
-$(VENV)/.built: $(VENV)/.installed $(VENV)/.blas-$(SPARKNET_BLAS) $(BUILD_INPUTS) | deps
+$(VENV)/.patches-$(SPARKNET_CAFFE_PATCHES): | $(VENV)/.installed
+	rm -f $(VENV)/.patches-*
+	touch $@
+
+$(VENV)/.built: $(VENV)/.installed $(VENV)/.blas-$(SPARKNET_BLAS) \
+		$(VENV)/.patches-$(SPARKNET_CAFFE_PATCHES) $(BUILD_INPUTS) | deps
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
@@ -90,7 +98,8 @@ wheel: dist/.wheel
 dist/.wheel: $(VENV)/.built $(PY_SOURCES)
 	rm -rf dist/raw dist/sparknet-*.whl
 	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w dist/raw .
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/auditwheel repair -w dist dist/raw/sparknet-*.whl
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/auditwheel repair -w dist \
+	  $(if $(filter mkl,$(SPARKNET_BLAS)),--exclude libmkl_rt.so.3) dist/raw/sparknet-*.whl
 	rm -rf dist/raw
 	touch $@
 
@@ -103,6 +112,7 @@ dist/sparknet-env.tar.gz: dist/.wheel requirements.txt
 	rm -rf dist/env && $(PYTHON) -m venv dist/env
 	dist/env/bin/pip install -q --no-deps dist/sparknet-*manylinux*.whl
 	grep -v -e '^pyspark' -e '^#' requirements.txt | dist/env/bin/pip install -q -r /dev/stdin
+	$(if $(filter mkl,$(SPARKNET_BLAS)),grep '^mkl==' requirements-bench.txt | dist/env/bin/pip install -q -r /dev/stdin)
 	$(VENV)/bin/venv-pack -q -f -p dist/env -o dist/.partial-env.tar.gz && mv dist/.partial-env.tar.gz $@
 	@echo "packed: $@"
 

@@ -8,14 +8,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def caffe_build_info(blas: str | None = None) -> dict:
-    """build.json of the Caffe build for ``blas`` (default: this checkout's), built if missing."""
+def caffe_build_info(blas: str | None = None, patch_set: str | None = None) -> dict:
+    """build.json of the Caffe build for ``blas`` (default: this checkout's), built if missing.
+
+    ``patch_set`` is ``all`` or ``none`` (caffe/patches/; default: this checkout's).
+    """
     sys.path.insert(0, str(ROOT / "caffe"))
     try:
         import build
     finally:
         sys.path.pop(0)
-    return build.ensure_built(choice=blas)
+    return build.ensure_built(choice=blas, patch_set=patch_set)
 
 
 def compile_against_caffe(source: Path, output: Path) -> Path:

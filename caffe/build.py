@@ -6,15 +6,25 @@ Caffe's C++ sources come from the pinned PyPI source package
 project's own recipe (``caffe.mk``) against Debian's libraries, and land in a
 cache directory outside the clone::
 
-    $SPARKNET_CACHE (default ~/.cache/sparknet)/caffe-<sdist sha>-<flavor>-<blas>-<recipe sha>/
+    $SPARKNET_CACHE (default ~/.cache/sparknet)/
+        caffe-<sdist sha>-<flavor>-<blas>-<recipe sha>-<patches>/
         lib/libcaffe.so     the library (every source force-includes sparknet_fatal.hpp)
                             and, for BLAS=openblas, the libscipy_openblas.so it runs on
         include/            generated caffe/proto/caffe.pb.h and caffe.proto
-        src/                the unpacked source package (headers under src/include)
+        src/                the unpacked source package (headers under src/include),
+                            with this project's patches (caffe/patches/) applied
         build.json          written last: its presence means the build is complete
 
-A second build with the same source package and recipe costs nothing. The
-flavor is ``cpu`` unless ``SPARKNET_CUDA=1`` (or ``auto``, the default, with
+A second build with the same source package and recipe costs nothing.
+
+Caffe's sources are patched before compiling (``caffe/patches/*.patch``, in
+name order; ``caffe/patches/README.md`` says what each changes and why). The
+patch set is its own component of the cache entry's name (``p<sha>`` of the
+patches, or ``vanilla``), so patched and unpatched builds never mix;
+``SPARKNET_CAFFE_PATCHES=none`` builds Caffe as released (``all``, the
+default, applies every patch).
+
+The flavor is ``cpu`` unless ``SPARKNET_CUDA=1`` (or ``auto``, the default, with
 ``nvcc`` on PATH and ``nvidia-smi`` listing a GPU), which gives ``cuda``.
 
 The BLAS libcaffe.so is linked to is ``SPARKNET_BLAS`` (see :data:`BLAS_CHOICES`;
@@ -45,6 +55,9 @@ SHA256 = "c6410cc60bdd6db685d441b66be7df05410f8850ac88d6b75d48ef9b2315c08a"
 
 HERE = Path(__file__).resolve().parent
 RECIPE_FILES = ("caffe.mk", "sparknet_fatal.hpp", "blas_shim.c")  # decide the result
+PATCH_DIR = HERE / "patches"
+#: ``SPARKNET_CAFFE_PATCHES`` values.
+PATCH_CHOICES = ("all", "none")
 
 #: ``SPARKNET_BLAS`` values: the BLAS libcaffe.so is linked to.
 BLAS_CHOICES = {
@@ -52,7 +65,8 @@ BLAS_CHOICES = {
               "know, sparknet picks OPENBLAS_CORETYPE from the CPU's flags",
     "openblas": "OpenBLAS from PyPI's scipy-openblas32 (recent: knows current CPUs, but "
                 "slow with more than one thread on a busy machine), copied next to libcaffe.so",
-    "mkl": "Intel MKL from PyPI's mkl (its libmkl_rt.so.3 in the environment)",
+    "mkl": "Intel MKL from PyPI's mkl (its libmkl_rt.so.3 in the environment that "
+           "imports sparknet, loaded by sparknet.engine before libcaffe.so)",
 }
 DEFAULT_BLAS = "system"
 
@@ -128,6 +142,49 @@ def _pip_version(dist: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
+def patches(choice: str | None = None) -> list[Path]:
+    """The patches applied to Caffe's sources, from ``SPARKNET_CAFFE_PATCHES``."""
+    want = (choice or os.environ.get("SPARKNET_CAFFE_PATCHES") or "all").strip().lower()
+    if want not in PATCH_CHOICES:
+        raise BuildError(f"SPARKNET_CAFFE_PATCHES={want!r} is not one of: "
+                         f"{', '.join(PATCH_CHOICES)}")
+    return sorted(PATCH_DIR.glob("*.patch")) if want == "all" else []
+
+
+def patch_key(applied: list[Path]) -> str:
+    """The cache-key component of a patch set: ``vanilla`` or ``p`` + its sha256."""
+    if not applied:
+        return "vanilla"
+    h = hashlib.sha256()
+    for patch in applied:
+        h.update(patch.name.encode() + b"\0" + patch.read_bytes())
+    return "p" + h.hexdigest()[:8]
+
+
+def patched_sources(applied: list[Path]) -> set[str]:
+    """The files (relative to the source tree) that ``applied`` patches change."""
+    touched = set()
+    for patch in applied:
+        for line in patch.read_text().splitlines():
+            if line.startswith("+++ "):
+                touched.add(line[4:].split("\t")[0].split("/", 1)[1])
+    return touched
+
+
+def _apply_patches(src: Path, applied: list[Path]) -> None:
+    if applied and shutil.which("patch") is None:
+        raise BuildError("applying caffe/patches/ needs GNU patch (apt-get install patch; "
+                         "or SPARKNET_CAFFE_PATCHES=none for Caffe as released)")
+    for patch in applied:
+        done = subprocess.run(["patch", "-p1", "--batch", "--forward", "--silent",
+                               "-d", str(src), "-i", str(patch)],
+                              check=False, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BuildError(f"{patch} does not apply to {PACKAGE}=={VERSION}: "
+                             f"{(done.stdout + done.stderr).strip()}")
+        _log(f"applied {patch.name}")
+
+
 def recipe_hash() -> str:
     h = hashlib.sha256()
     for name in RECIPE_FILES:
@@ -135,29 +192,51 @@ def recipe_hash() -> str:
     return h.hexdigest()
 
 
-def prefix(kind: str | None = None, choice: str | None = None) -> Path:
+def prefix(kind: str | None = None, choice: str | None = None,
+           applied: list[Path] | None = None) -> Path:
     kind = kind or flavor()
     choice = choice or blas()
-    return cache_root() / f"caffe-{SHA256[:12]}-{kind}-{choice}-{recipe_hash()[:10]}"
+    applied = patches() if applied is None else applied
+    return cache_root() / (f"caffe-{SHA256[:12]}-{kind}-{choice}-{recipe_hash()[:10]}"
+                           f"-{patch_key(applied)}")
 
 
-def _reuse_objects(out: Path, kind: str, choice: str) -> None:
-    """Copy the compiled objects of a finished build for another BLAS, if any.
+def _reuse_objects(out: Path, kind: str, choice: str, applied: list[Path]) -> None:
+    """Copy the compiled objects of a finished build with the same recipe, if any.
 
     The objects depend on the sources and the recipe, not on the BLAS (it is
-    only linked), so make then finds them up to date and only links.
+    only linked), so make then finds them up to date and only links. From an
+    entry with another patch set, only the sources no patch touches are
+    reused: the objects of patched files are dropped (and the sources are
+    unpacked and patched afresh), so make compiles just those.
     """
-    for other in BLAS_CHOICES:
-        src = prefix(kind, other)
-        if other == choice or not (src / "build.json").exists():
+    key = patch_key(applied)
+    candidates = [prefix(kind, other, applied) for other in BLAS_CHOICES if other != choice]
+    siblings = f"caffe-{SHA256[:12]}-{kind}-*-{recipe_hash()[:10]}-*"
+    candidates += sorted(p for p in cache_root().glob(siblings)
+                         if p not in candidates and p.name != out.name)
+    for src in candidates:
+        if not (src / "build.json").exists():
             continue
-        _log(f"reusing the compiled objects of {src.name} (only linking for {choice})")
-        parts = [p for p in ("src", "include", "obj") if not (out / p).exists()]
+        same_patches = src.name.endswith(f"-{key}")
+        # Sources patched here or there: their objects are compiled afresh.
+        stale = patched_sources(applied) | set(
+            json.loads((src / "build.json").read_text()).get("patched_files", ()))
+        if not same_patches and any(not f.endswith(".cpp") or not f.startswith("src/caffe/")
+                                    for f in stale):
+            continue  # a patched header would make every object stale
+        _log(f"reusing the compiled objects of {src.name}")
+        parts = [p for p in (("src", "include", "obj") if same_patches else ("include", "obj"))
+                 if not (out / p).exists()]
         tmp = Path(tempfile.mkdtemp(dir=out, prefix=".copy-"))
         try:
             for part in parts:
                 shutil.copytree(src / part, tmp / part, symlinks=True,
                                 ignore=shutil.ignore_patterns("blas_shim.o"))
+            if not same_patches and (tmp / "obj").exists():
+                for source in stale:
+                    obj = tmp / "obj" / Path(source).relative_to("src/caffe").with_suffix(".o")
+                    obj.unlink(missing_ok=True)
             for part in parts:
                 os.replace(tmp / part, out / part)
         finally:
@@ -203,7 +282,7 @@ def fetch_sdist() -> Path:
     return path
 
 
-def _unpack(sdist: Path, dest: Path) -> None:
+def _unpack(sdist: Path, dest: Path, applied: list[Path]) -> None:
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".unpack-"))
     try:
         with tarfile.open(sdist) as tar:
@@ -214,6 +293,7 @@ def _unpack(sdist: Path, dest: Path) -> None:
         for stale in ("include/caffe/proto/caffe.pb.h", "src/caffe/proto/caffe.pb.cc"):
             (root / stale).unlink(missing_ok=True)
         shutil.rmtree(root / ".git", ignore_errors=True)
+        _apply_patches(root, applied)
         os.replace(root, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -230,7 +310,7 @@ def _make(out: Path, kind: str, choice: str, *targets: str) -> None:
         raise BuildError(f"compiling Caffe failed (command: {' '.join(cmd)})")
 
 
-def describe(out: Path, kind: str, choice: str) -> dict:
+def describe(out: Path, kind: str, choice: str, applied: list[Path]) -> dict:
     defs = ["USE_LMDB", "USE_LEVELDB", "NDEBUG"] + ([] if kind == "cuda" else ["CPU_ONLY"])
     lib, version = blas_library(choice)
     # The libraries libcaffe.so needs at run time that are not system ones:
@@ -244,6 +324,8 @@ def describe(out: Path, kind: str, choice: str) -> dict:
         "flavor": kind,
         "blas": {"name": choice, "library": lib.name, "package_version": version,
                  "description": BLAS_CHOICES[choice]},
+        "patches": [p.name for p in applied],
+        "patched_files": sorted(patched_sources(applied)),
         "prefix": str(out),
         "runtime_libraries": runtime,
         "include_dirs": [str(out / "include"), str(out / "src" / "include"),
@@ -264,38 +346,43 @@ def engine_record(info: dict) -> str:
     beside the engine extension; ``sparknet.engine._blas`` reads the one next to
     the libcaffe.so the dynamic loader picks.
     """
-    return json.dumps({k: info[k] for k in ("package", "flavor", "blas")}, indent=2)
+    return json.dumps({k: info[k] for k in ("package", "flavor", "blas", "patches")
+                       if k in info}, indent=2)
 
 
-def ensure_built(tools: bool = False, choice: str | None = None) -> dict:
+def ensure_built(tools: bool = False, choice: str | None = None,
+                 patch_set: str | None = None) -> dict:
     """Build Caffe into the cache unless it is there already; return build.json.
 
-    ``choice`` is the BLAS (default: ``SPARKNET_BLAS``, else :data:`DEFAULT_BLAS`).
+    ``choice`` is the BLAS (default: ``SPARKNET_BLAS``, else :data:`DEFAULT_BLAS`);
+    ``patch_set`` is ``all`` or ``none`` (default: ``SPARKNET_CAFFE_PATCHES``, else all).
     """
     kind = flavor()
     if choice is not None and choice not in BLAS_CHOICES:
         raise BuildError(f"BLAS {choice!r} is not one of: {', '.join(BLAS_CHOICES)}")
     choice = choice or blas()
     blas_library(choice)  # the library is there (or a clear error) before any work
-    out = prefix(kind, choice)
+    applied = patches(patch_set)
+    out = prefix(kind, choice, applied)
     manifest = out / "build.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time per cache entry
         if not manifest.exists():
-            _log(f"building Caffe ({kind}, BLAS {choice}) into {out}; "
+            _log(f"building Caffe ({kind}, BLAS {choice}, patches: {patch_key(applied)}) "
+                 f"into {out}; "
                  "this takes a few minutes once")
             out.mkdir(exist_ok=True)
             if not (out / "obj").exists():
-                _reuse_objects(out, kind, choice)
+                _reuse_objects(out, kind, choice, applied)
             if not (out / "src").exists():
-                _unpack(fetch_sdist(), out / "src")
+                _unpack(fetch_sdist(), out / "src", applied)
             if choice == "openblas":
                 lib, _ = blas_library(choice)
                 (out / "lib").mkdir(exist_ok=True)
                 shutil.copy2(lib, out / "lib" / lib.name)
             _make(out, kind, choice)
-            info = describe(out, kind, choice)
+            info = describe(out, kind, choice, applied)
             (out / "lib" / "build_info.json").write_text(engine_record(info))
             tmp = manifest.with_suffix(".tmp")
             tmp.write_text(json.dumps(info, indent=2))

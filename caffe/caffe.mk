@@ -8,7 +8,10 @@
 #           system    Debian's libopenblas
 #           openblas  PyPI scipy-openblas32's libscipy_openblas.so, copied into
 #                     $(OUT)/lib by build.py (found next to libcaffe.so at run time)
-#           mkl       PyPI mkl's libmkl_rt.so.3 in BLAS_DIR (found there at run time)
+#           mkl       PyPI mkl's libmkl_rt.so.3 in BLAS_DIR; libcaffe.so records no
+#                     path to it (the build's environment is not the user's):
+#                     sparknet.engine loads the one of the running interpreter's
+#                     environment first. Only the caffe tool gets an rpath to BLAS_DIR.
 #   BLAS_DIR  the directory of that library (openblas, mkl)
 CUDA ?= 0
 BLAS ?= system
@@ -36,6 +39,7 @@ LIBS := -lglog -lgflags -lprotobuf -lboost_system -lboost_thread -lboost_filesys
 # Caffe calls cblas_* and the facade openblas_*_num_threads; blas_shim.c maps
 # them for the BLAS libraries that name them otherwise.
 SHIM :=
+TOOL_RPATH :=
 ifeq ($(BLAS),system)
   BLAS_LIBS := -lopenblas
 else ifeq ($(BLAS),openblas)
@@ -45,7 +49,8 @@ else ifeq ($(BLAS),openblas)
 else ifeq ($(BLAS),mkl)
   SHIM := $(OBJ)/blas_shim.o
   SHIM_DEF := -DSPARKNET_BLAS_MKL
-  BLAS_LIBS := -L$(BLAS_DIR) -l:libmkl_rt.so.3 -Wl,-rpath,$(BLAS_DIR)
+  BLAS_LIBS := -L$(BLAS_DIR) -l:libmkl_rt.so.3
+  TOOL_RPATH := -Wl,-rpath,$(BLAS_DIR)
 else
   $(error unknown BLAS=$(BLAS); use system, openblas or mkl)
 endif
@@ -97,7 +102,7 @@ $(OUT)/lib/libcaffe.so: $(OBJS) $(SHIM)
 # files Caffe itself writes. Not installed for users.
 $(OUT)/bin/caffe: $(SRC)/tools/caffe.cpp $(OUT)/lib/libcaffe.so
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS) $< -o $@ -L$(OUT)/lib -Wl,-rpath,$(OUT)/lib -lcaffe $(LIBS)
+	$(CXX) $(CXXFLAGS) $< -o $@ -L$(OUT)/lib -Wl,-rpath,$(OUT)/lib $(TOOL_RPATH) -lcaffe $(LIBS)
 
 tools: $(OUT)/bin/caffe
 

@@ -179,3 +179,27 @@ def test_same_seed_and_threads_give_the_same_weights_run_after_run(choice, tmp_p
         np.testing.assert_array_equal(runs[0], runs[1])  # bit-identical, process to process
         if len(runs) > 2:
             assert not np.array_equal(runs[0], runs[2])  # another seed: other weights
+
+
+def _search_paths(library: Path) -> list[str]:
+    """The RUNPATH/RPATH directories recorded in a shared library."""
+    done = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True,
+                          check=True)
+    return [path for line in done.stdout.splitlines() if "PATH)" in line
+            for path in line.split("[", 1)[1].rstrip("]").split(":")]
+
+
+@pytest.mark.parametrize("choice", ["system", "openblas", "mkl"])
+def test_a_build_records_no_path_of_the_environment_that_built_it(choice):
+    # The cache entry is shared by every checkout and environment on the machine
+    # (its key holds no environment): its libcaffe.so must find its BLAS wherever
+    # it runs, never in the builder's virtual environment.
+    info = _build(choice)
+    assert _search_paths(Path(info["library_dirs"][0]) / "libcaffe.so") == ["$ORIGIN"]
+
+
+def test_the_mkl_build_runs_on_the_mkl_of_the_environment_that_imports_it():
+    info, stderr = _info("mkl")
+    assert info["blas"]["name"] == "mkl" and info["blas"]["implementation"] == "mkl", stderr
+    library = Path(info["blas"]["library"]).resolve()
+    assert library.parent == (Path(sys.prefix) / "lib").resolve()

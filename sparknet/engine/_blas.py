@@ -10,10 +10,13 @@ the kernels in use are a generic fallback on a CPU with AVX2 or AVX-512.
 """
 from __future__ import annotations
 
+import ctypes
+import importlib.metadata
 import json
 import logging
 import os
 import re
+import sys
 import warnings
 from functools import cache
 from pathlib import Path
@@ -127,6 +130,46 @@ def prepare() -> None:
             logger.debug("OPENBLAS_CORETYPE=%s (from the CPU's flags)", core)
     elif name == "mkl":
         os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+        _load_mkl()
+
+
+def _mkl_candidates() -> list[Path]:
+    """Where PyPI's ``mkl`` put ``libmkl_rt.so.3`` for the running interpreter."""
+    found = [Path(sys.prefix) / "lib" / "libmkl_rt.so.3"]
+    try:
+        files = importlib.metadata.distribution("mkl").files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    found += [Path(f.locate()) for f in files if f.name == "libmkl_rt.so.3"]
+    return found
+
+
+def _load_mkl() -> None:
+    """Load the environment's MKL runtime before ``libcaffe.so``, which needs it.
+
+    An MKL build's ``libcaffe.so`` names ``libmkl_rt.so.3`` but records no path
+    to it: the environment it was built in is not the one running it (another
+    checkout, a wheel, a packed environment on an executor). Once a library of
+    that name is loaded, the dynamic loader gives it to ``libcaffe.so``; MKL then
+    opens its computational libraries from its own directory. ``ctypes`` only
+    loads the library here: Caffe is still called through the Cython binding.
+    """
+    if _loaded(_LIBRARY_NAMES["mkl"]):
+        return
+    for path in _mkl_candidates():
+        if path.is_file():
+            ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+            logger.debug("loaded %s for the MKL build of Caffe", path)
+            return
+    if any(d and (Path(d) / "libmkl_rt.so.3").exists()
+           for d in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep)):
+        return  # the dynamic loader finds it there itself
+    version = compiled_with()["blas"].get("package_version") or ""
+    raise ImportError(
+        f"this sparknet's Caffe was built with SPARKNET_BLAS=mkl and needs Intel MKL's "
+        f"libmkl_rt.so.3, which is not in {sys.prefix}/lib: install it into this "
+        f"environment (pip install mkl{'==' + version if version else ''}) or rebuild "
+        f"sparknet with another SPARKNET_BLAS")
 
 
 def _library() -> dict[str, Any] | None:
@@ -140,7 +183,10 @@ def _library() -> dict[str, Any] | None:
 
 
 def build_info() -> dict[str, Any]:
-    """What Caffe runs on: its package, build flavor, BLAS, version, kernels, threads.
+    """What Caffe runs on: its package, patches, build flavor, BLAS, version, kernels, threads.
+
+    ``patches`` names the patches of ``caffe/patches/`` compiled in (empty for
+    a build of Caffe as released, ``SPARKNET_CAFFE_PATCHES=none``).
 
     ``blas["core"]`` is the kernel set OpenBLAS picked (``None`` for MKL, which
     dispatches per call); ``warning`` says when it is a generic fallback on a CPU
@@ -153,6 +199,7 @@ def build_info() -> dict[str, Any]:
     here = cpu()
     info = {
         "caffe": built.get("package"),
+        "patches": built.get("patches", []),
         "flavor": "cuda" if _caffe.cuda_build() else "cpu",
         "blas": {
             "name": built["blas"]["name"],
