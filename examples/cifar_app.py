@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     frontend.check_training_options(args)
     frontend.check_uri(f"cifar10:{args.data}", args.data)
-    frontend.check_files(args.net, args.solver)
+    frontend.check_files(net=args.net, solver=args.solver)
 
     from sparknet.data import cifar10_rdd, compute_mean, write_mean
     from sparknet.proto import ProtoLoader

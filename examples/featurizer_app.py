@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Write the blobs' features of every image to Parquet; print where."""
     args = build_parser().parse_args(argv)
     frontend.check_uri(args.data, f"--data {args.data}")
-    frontend.check_files(args.weights, args.mean)
+    frontend.check_files(weights=args.weights, mean=args.mean)
 
     from sparknet.data import read_mean
     from sparknet.spark import featurize

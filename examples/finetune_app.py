@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     frontend.check_uri(args.data, f"--data {args.data}")
     test_uri = frontend.test_uri(args.data, args.test_data)
     frontend.check_uri(test_uri, f"--test-data {test_uri}")
-    frontend.check_files(args.weights, args.mean)
+    frontend.check_files(weights=args.weights, mean=args.mean)
 
     from sparknet.data import Transformer, read_mean
     from sparknet.engine import CaffeNet

@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Train CaffeNet on the S3 shards; print the last test and the files written."""
     args = build_parser().parse_args(argv)
     frontend.check_training_options(args)
-    frontend.check_files(args.net, args.solver, args.mean)
+    frontend.check_files(net=args.net, solver=args.solver, mean=args.mean)
 
     import numpy as np
 

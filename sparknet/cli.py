@@ -31,7 +31,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
     for path in (args.net, args.solver):
         if path is not None and path.endswith(".prototxt"):
             frontend.check_prototxt(path)
-    frontend.check_files(getattr(args, "weights", None))
+    frontend.check_files(weights=getattr(args, "weights", None))
 
 
 def _session(args: argparse.Namespace) -> Any:

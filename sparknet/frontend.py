@@ -290,16 +290,17 @@ def apply_solver_options(solver: Any, args: argparse.Namespace) -> Any:
     return proto
 
 
-def check_files(*paths: str | None) -> None:
-    """A usage error naming the first given local path that is not a file.
+def check_files(**options: str | None) -> None:
+    """A usage error naming the first option whose local path is not a file.
 
-    URIs (``s3://``, ``hdfs://`` ...) are left to whatever reads them.
+    ``check_files(weights=args.weights)`` -> ``--weights x.caffemodel: no such
+    file``. URIs (``s3://``, ``hdfs://`` ...) are left to whatever reads them.
     """
     from sparknet.data._io import local_path, scheme
 
-    for path in paths:
+    for option, path in options.items():
         if path is not None and scheme(path) == "" and not local_path(path).is_file():
-            raise UsageError(f"{path}: no such file")
+            raise UsageError(f"--{option.replace('_', '-')} {path}: no such file")
 
 
 # -- data -----------------------------------------------------------------------------------

@@ -12,9 +12,12 @@ import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlparse
 
+from sparknet._util import atomic_file as atomic_file  # the one home of atomic writes
+from sparknet._util import atomic_write_bytes as atomic_write_bytes
+from sparknet._util import named_os_error as named_os_error
 from sparknet.data.s3 import NoSuchBucketError, S3Options
 
 PathLike = str | os.PathLike
@@ -117,44 +120,6 @@ def maybe_gunzip(data: bytes, name: str) -> bytes:
         return gzip.decompress(data)
     except (EOFError, OSError, zlib.error) as e:
         raise ValueError(f"{name}: corrupt or truncated gzip data ({e})") from None
-
-
-@contextlib.contextmanager
-def atomic_file(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Write ``path`` through a temporary file in the same folder, renamed on success."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise named_os_error(e, path) from None
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):  # disk full, quota, file size limit: say which file
-            raise named_os_error(e, path) from None
-        raise
-
-
-def named_os_error(error: OSError, path: PathLike) -> OSError:
-    """``error`` naming ``path`` (a failed ``write`` names no file), of the same kind."""
-    if error.filename is not None and os.fspath(error.filename) == os.fspath(path):
-        return error
-    if error.errno is None:
-        return type(error)(f"{path}: {error}")
-    return OSError(error.errno, error.strerror, os.fspath(path))
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``)."""
-    with atomic_file(path) as f:
-        f.write(data)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, TypeVar
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
+from sparknet._util import atomic_file
 from sparknet.proto import caffe_pb2
 from sparknet.proto.rules import active_phases, net_state
 
@@ -249,25 +249,15 @@ def to_prototxt(message: Any) -> str:
 def save_prototxt(message: Any, path: PathLike, *, header: str | None = None) -> None:
     """Write a message (or DSL object) as prototxt, atomically.
 
-    The text goes to a temporary file in the same folder, which then replaces
-    ``path`` (``os.replace``): readers see the old file or the new one, never
-    half of one. ``header`` lines are written first, as ``#`` comments.
+    Through :func:`sparknet._util.atomic_file`: readers see the old file or
+    the new one, never half of one; a failed write names ``path``. ``header``
+    lines are written first, as ``#`` comments.
     """
     text = to_prototxt(message)
     if header:
         text = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines()) + text
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "w") as out:
+        out.write(text)
 
 
 # -- upgrades, as Caffe applies them when it reads a file -------------------------------
