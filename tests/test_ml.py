@@ -21,7 +21,7 @@ from sparknet.spark import DataError
 pytestmark = pytest.mark.timeout(600)
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = {"workers": 2, "syncInterval": 25, "rounds": 6, "testInterval": 0}
+FAST = {"workers": 2, "syncInterval": 25, "rounds": 7, "testInterval": 0}
 
 
 def vector_frame(spark, split, scale=255.0):
@@ -87,7 +87,7 @@ def test_pipeline_reaches_95_percent_and_predicts_the_same_after_loading_in_a_ne
         assert row.prediction == float(np.argmax(row.probability.toArray()))
     caffe_model = fitted.stages[-1]
     assert isinstance(caffe_model, CaffeModel)
-    assert caffe_model.getWorkers() == 2 and caffe_model.getRounds() == 6
+    assert caffe_model.getWorkers() == 2 and caffe_model.getRounds() == 7
 
     test_df.write.parquet(str(tmp_path / "test.parquet"))
     saved = tmp_path / "lenet-pipeline"
