@@ -21,7 +21,7 @@ from sparknet.spark import DataError
 pytestmark = pytest.mark.timeout(600)
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = {"workers": 2, "syncInterval": 25, "rounds": 8, "testInterval": 0}
+FAST = {"workers": 2, "syncInterval": 25, "rounds": 7, "testInterval": 0}
 
 
 def vector_frame(spark, split, scale=255.0):
@@ -48,36 +48,46 @@ def fitted(spark, frames):
     from sparknet.ml import CaffeEstimator
 
     train_df, _ = frames
-    est = CaffeEstimator(solver=lenet.solver(batch_size=64), featuresCol="features",
+    est = CaffeEstimator(solver=lenet.solver(batch_size=32), featuresCol="features",
                          labelCol="label", **FAST)
     scaler = MaxAbsScaler(inputCol="pixels", outputCol="features")
     return Pipeline(stages=[scaler, est]).fit(train_df)
 
 
-def accuracy(df) -> float:
-    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+@pytest.fixture(scope="module")
+def scored(frames, fitted):
+    """The fitted Pipeline's output on the test digits, collected once: id -> Row.
 
-    return MulticlassClassificationEvaluator(metricName="accuracy").evaluate(df)
+    The tests that only read it share one scoring job instead of running their own.
+    """
+    _, test_df = frames
+    out = fitted.transform(test_df).select("id", "label", "prediction", "probability")
+    return {r.id: r for r in out.collect()}
+
+
+def accuracy(rows) -> float:
+    """The fraction of rows whose prediction is their label."""
+    return sum(r.prediction == r.label for r in rows) / len(rows)
 
 
 # -- (1) Pipeline fit/transform, (2) persistence ------------------------------------------------
 
 def test_pipeline_reaches_95_percent_and_predicts_the_same_after_loading_in_a_new_process(
-        spark, frames, fitted, tmp_path):
+        spark, frames, fitted, scored, tmp_path):
     from pyspark.ml.linalg import DenseVector
 
     from sparknet.ml import CaffeModel
 
     _, test_df = frames
-    out = fitted.transform(test_df)
-    assert accuracy(out) >= 0.95
-    row = out.select("probability", "prediction").first()
-    assert isinstance(row.probability, DenseVector) and len(row.probability) == 10
-    assert abs(row.probability.toArray().sum() - 1) < 1e-6
-    assert row.prediction == float(np.argmax(row.probability.toArray()))
+    assert len(scored) == 360
+    assert accuracy(scored.values()) >= 0.95
+    for row in scored.values():
+        assert isinstance(row.probability, DenseVector) and len(row.probability) == 10
+        assert abs(row.probability.toArray().sum() - 1) < 1e-6
+        assert row.prediction == float(np.argmax(row.probability.toArray()))
     caffe_model = fitted.stages[-1]
     assert isinstance(caffe_model, CaffeModel)
-    assert caffe_model.getWorkers() == 2 and caffe_model.getRounds() == 8
+    assert caffe_model.getWorkers() == 2 and caffe_model.getRounds() == 7
 
     test_df.write.parquet(str(tmp_path / "test.parquet"))
     saved = tmp_path / "lenet-pipeline"
@@ -86,7 +96,7 @@ def test_pipeline_reaches_95_percent_and_predicts_the_same_after_loading_in_a_ne
         assert any(p.name == name for p in saved.rglob(name)), name
     # the .caffemodel is Caffe's own: a plain CaffeNet reads it
     [weights] = saved.rglob("weights.caffemodel")
-    net = CaffeNet(lenet.solver(64))
+    net = CaffeNet(lenet.solver(32))
     net.load_weights(weights)
     assert net.get_weights() == caffe_model.weights
 
@@ -105,8 +115,7 @@ def test_pipeline_reaches_95_percent_and_predicts_the_same_after_loading_in_a_ne
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    here = {r.id: (r.prediction, r.probability.toArray().tolist())
-            for r in out.select("id", "prediction", "probability").collect()}
+    here = {i: (r.prediction, r.probability.toArray().tolist()) for i, r in scored.items()}
     there = {r.id: (r.prediction, r.probability.toArray().tolist())
              for r in spark.read.parquet(str(tmp_path / "out.parquet")).collect()}
     assert there == here  # exactly the same numbers
@@ -174,7 +183,7 @@ def test_s3a_without_sparks_connector_is_a_clear_error_before_anything_is_writte
 
 # -- (3) the UDF, and bad Params ------------------------------------------------------------
 
-def test_caffe_udf_agrees_with_transform_in_select_and_sql(spark, frames, fitted):
+def test_caffe_udf_agrees_with_transform_in_select_and_sql(spark, frames, fitted, scored):
     from pyspark.ml.functions import vector_to_array
 
     from sparknet.ml import caffe_udf
@@ -186,8 +195,7 @@ def test_caffe_udf_agrees_with_transform_in_select_and_sql(spark, frames, fitted
     got = scaled.select("id", scores(vector_to_array("features", "float32")).alias("ip2"))
     mine = {r.id: np.asarray(r.ip2) for r in got.collect()}
     assert all(v.shape == (10,) for v in mine.values())
-    theirs = {r.id: (r.prediction, r.probability.toArray())
-              for r in model.transform(scaled).collect()}
+    theirs = {i: (r.prediction, r.probability.toArray()) for i, r in scored.items()}
     assert set(mine) == set(theirs)
     for i, (pred, prob) in theirs.items():
         assert pred == float(np.argmax(mine[i]))
@@ -205,8 +213,10 @@ def test_caffe_udf_agrees_with_transform_in_select_and_sql(spark, frames, fitted
     assert feats.columns == ["ip1", "ip2"]
     first = feats.first()
     assert len(first.ip1) == 500 and len(first.ip2) == 10
+    # every UDF of a model (and its transform) reads the model's one broadcast of its weights
+    assert both._sparknet_broadcast is scores._sparknet_broadcast is model._broadcast()
     # a (solver, weights) pair works as well as a model
-    pair = caffe_udf((lenet.solver(64), model.weights), batch_size=50)
+    pair = caffe_udf((lenet.solver(32), model.weights), batch_size=50)
     again = scaled.select("id", pair(vector_to_array("features")).alias("s")).collect()
     assert all(np.array_equal(np.asarray(r.s), mine[r.id]) for r in again)
 
@@ -262,7 +272,7 @@ def test_train_validation_split_over_two_learning_rates_picks_the_better(spark, 
     train_df, _ = frames
     scaled = train_df.withColumn("features", train_df.pixels)
     est = CaffeEstimator(solver=lenet.solver(32), inputScale=1 / 255, workers=2,
-                         syncInterval=20, rounds=4, testInterval=0)
+                         syncInterval=25, rounds=3, testInterval=0)
     grid = ParamGridBuilder().addGrid(est.baseLr, [1e-6, 0.01]).build()
     tvs = TrainValidationSplit(estimator=est, estimatorParamMaps=grid, trainRatio=0.75,
                                evaluator=MulticlassClassificationEvaluator(
@@ -336,11 +346,11 @@ def test_input_cols_feed_a_second_input_blob_in_training_and_scoring(spark):
     df = spark.createDataFrame(rows, "pixels array<float>, aux array<float>, label double")
     df = df.repartition(2).cache()
     est = CaffeEstimator(solver=two_input_solver(), featuresCol="pixels",
-                         inputCols={"hint": "aux"}, workers=2, syncInterval=5, rounds=2,
+                         inputCols={"hint": "aux"}, workers=2, syncInterval=5, rounds=1,
                          testInterval=0, seed=5)
     model = est.fit(df)
     by_blob = df.select(F.col("pixels").alias("data"), F.col("aux").alias("hint"), "label")
-    direct = train(spark, two_input_solver(), by_blob, workers=2, sync_interval=5, rounds=2,
+    direct = train(spark, two_input_solver(), by_blob, workers=2, sync_interval=5, rounds=1,
                    test_interval=0, seed=5, progress=False)
     assert model.weights == direct.weights  # the column fed the blob it was mapped to
     scored = model.transform(df).select("prediction").collect()

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(600)
 
 N = 400
 SCALE = 1 / 255
-PARAMS = {"workers": 2, "syncInterval": 5, "rounds": 2, "testInterval": 0, "seed": 7}
+PARAMS = {"workers": 2, "syncInterval": 5, "rounds": 1, "testInterval": 0, "seed": 7}
 
 
 @pytest.fixture(scope="module")

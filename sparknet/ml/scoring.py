@@ -252,7 +252,7 @@ def caffe_udf(model: Any, blob: str | Sequence[str] | None = None, batch_size: i
 
     if isinstance(model, CaffeModel):
         param = model._effective_solver()
-        flat = model._flat()
+        flat = None  # the model broadcasts its weights once, for transform and every UDF
         if blob is None:
             blob = model._output_blob()
         if input_scale is None:
@@ -281,7 +281,7 @@ def caffe_udf(model: Any, blob: str | Sequence[str] | None = None, batch_size: i
                              f"({', '.join(info.inputs)})")
     plan = score_plan(param, info, columns, blobs, batch_size, input_scale, gpu, blas_threads,
                       "blobs")
-    return make_udf(plan, broadcast(flat))
+    return make_udf(plan, model._broadcast() if flat is None else broadcast(flat))
 
 
 def score_plan(param: caffe_pb2.SolverParameter, info: NetInfo, columns: Sequence[str],
