@@ -112,8 +112,8 @@ def cache_shard(shard: bytes, partition: int) -> Store:
     decoded = chw_examples(tar_examples(io.BytesIO(shard), size=(256, 256), color="BGR"),
                            np.uint8)
     handle = next(materialise(spec, partition, decoded))
-    assert handle["error"] is None, handle["error"]
-    return Store(handle["dir"])
+    assert handle.error is None, handle.error
+    return Store(handle.dir)
 
 
 def train_batches(store: Store, transformer: Transformer, partition: int, first_step: int
