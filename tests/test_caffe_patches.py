@@ -25,7 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # rectangular kernels, groups and dilation; max pooling whose windows run past
 # the image (ceil mode), average pooling with padding; then a loss, so the
 # backward pass runs col2im (the bottom gradients of conv2/conv3) and the max
-# pooling's mask.
+# pooling's mask. A second branch has only "same" convolutions (stride 1, the
+# output as large as the input: im2col's shifted-image path), with a
+# rectangular kernel, dilation, and a 9x9 kernel on a 4x3 image (whole rows
+# and columns of every block in the padding), and its own loss.
 NET = """
 layer { name: "data" type: "Input" top: "data"
         input_param { shape { dim: 4 dim: 3 dim: 13 dim: 11 } } }
@@ -51,8 +54,23 @@ layer { name: "pool3" type: "Pooling" bottom: "conv3" top: "pool3"
 layer { name: "ip" type: "InnerProduct" bottom: "pool3" top: "ip"
         inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.3 } } }
 layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "target" top: "loss" }
+layer { name: "same1" type: "Convolution" bottom: "data" top: "same1"
+        convolution_param { num_output: 4 kernel_h: 5 kernel_w: 3 pad_h: 2 pad_w: 1
+          weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "same2" type: "Convolution" bottom: "same1" top: "same2"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 2 dilation: 2
+          weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "pool4" type: "Pooling" bottom: "same2" top: "pool4"
+        pooling_param { pool: MAX kernel_size: 4 stride: 4 } }
+layer { name: "same3" type: "Convolution" bottom: "pool4" top: "same3"
+        convolution_param { num_output: 3 kernel_size: 9 pad: 4
+          weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "ip2" type: "InnerProduct" bottom: "same3" top: "ip2"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss2" type: "EuclideanLoss" bottom: "ip2" bottom: "target" top: "loss2" }
 """
-BLOBS = ["conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "ip"]
+BLOBS = ["conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "ip", "same1", "same2", "pool4",
+         "same3", "ip2"]
 
 # In the child: forward blobs, then the gradient of every parameter (one SGD
 # step with lr 1 and nothing else moves w by exactly -gradient), then 5 steps
