@@ -230,8 +230,12 @@ def _fallback_warning(blas: dict[str, Any], here: dict[str, Any]) -> str | None:
     else:
         fix = f"set OPENBLAS_CORETYPE={best} before sparknet.engine is imported"
     if here["isa"] == "avx512" and core not in _AVX512_CORES:
+        # Measured (README, "Other CPUs"): generic kernels 2-3x slower on an
+        # AVX-512 Xeon; AVX2 ones 1.2-1.5x slower on an AVX-512 AMD EPYC (Zen 5).
+        cost = "1.2-1.5x" if core in _AVX2_CORES else "2-3x"
         return (f"OpenBLAS {blas.get('version')} runs its {blas['core']} kernels on this "
-                f"AVX-512 CPU ({here['model']}): Caffe trains 2-3x slower than it could; {fix}")
+                f"AVX-512 CPU ({here['model']}): Caffe trains {cost} slower than it could; "
+                f"{fix}")
     if here["isa"] == "avx2" and core not in _AVX2_CORES:
         return (f"OpenBLAS {blas.get('version')} runs its generic {blas['core']} kernels on "
                 f"this AVX2 CPU ({here['model']}): Caffe trains slower than it could; {fix}")
