@@ -91,30 +91,50 @@ $(VENV)/.built: $(VENV)/.installed $(VENV)/.blas-$(SPARKNET_BLAS) \
 
 # A self-contained wheel: libcaffe and the Debian libraries it links are copied
 # in (auditwheel), so cluster nodes need neither a compiler nor those packages.
+# It is built from the sources for SPARKNET_BLAS, not from the editable install
+# in .venv, so packing for another BLAS leaves this checkout's build as it is.
+# DIST is where wheel and pack write (default dist/): give a second BLAS its
+# own, e.g. SPARKNET_BLAS=mkl make pack DIST=dist/mkl, so neither replaces the
+# other's archive.
+DIST ?= dist
+ifeq ($(strip $(DIST)),)
+$(error DIST is empty: name the folder make wheel/pack write to (default dist))
+endif
 PY_SOURCES := $(shell find sparknet -name '*.py' -o -name '*.pyx')
+# The BLAS and patch set the wheel in DIST was built for: changing either rebuilds it.
+DIST_CONFIG := $(DIST)/.config-$(SPARKNET_BLAS)-$(SPARKNET_CAFFE_PATCHES)
 
-wheel: dist/.wheel
+wheel: $(DIST)/.wheel
 
-dist/.wheel: $(VENV)/.built $(PY_SOURCES)
-	rm -rf dist/raw dist/sparknet-*.whl
-	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w dist/raw .
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/auditwheel repair -w dist \
-	  $(if $(filter mkl,$(SPARKNET_BLAS)),--exclude libmkl_rt.so.3) dist/raw/sparknet-*.whl
-	rm -rf dist/raw
+$(DIST_CONFIG): | $(VENV)/.installed
+	mkdir -p $(DIST) && rm -f $(DIST)/.config-*
+	touch $@
+
+$(DIST)/.wheel: $(VENV)/.installed $(DIST_CONFIG) $(BUILD_INPUTS) $(PY_SOURCES) | deps
+	rm -rf $(DIST)/raw $(DIST)/sparknet-*.whl
+	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w $(DIST)/raw .
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/auditwheel repair -w $(DIST) \
+	  $(if $(filter mkl,$(SPARKNET_BLAS)),--exclude libmkl_rt.so.3) $(DIST)/raw/sparknet-*.whl
+	rm -rf $(DIST)/raw
 	touch $@
 
 # A packed virtual environment for executors (spark-submit --archives
 # dist/sparknet-env.tar.gz#env, spark.pyspark.python=./env/bin/python). Spark
-# ships pyspark itself to executors, so the pack leaves it out.
-pack: dist/sparknet-env.tar.gz
+# ships pyspark itself to executors, so the pack leaves it out. With
+# SPARKNET_BLAS=mkl it holds the pinned mkl (and the intel-openmp and tbb it
+# brings), whose libmkl_rt.so.3 opens its computational libraries from its own
+# directory at run time: the whole of mkl goes in, not what auditwheel sees.
+pack: $(DIST)/sparknet-env.tar.gz
 
-dist/sparknet-env.tar.gz: dist/.wheel requirements.txt
-	rm -rf dist/env && $(PYTHON) -m venv dist/env
-	dist/env/bin/pip install -q --no-deps dist/sparknet-*manylinux*.whl
-	grep -v -e '^pyspark' -e '^#' requirements.txt | dist/env/bin/pip install -q -r /dev/stdin
-	$(if $(filter mkl,$(SPARKNET_BLAS)),grep '^mkl==' requirements-bench.txt | dist/env/bin/pip install -q -r /dev/stdin)
-	$(VENV)/bin/venv-pack -q -f -p dist/env -o dist/.partial-env.tar.gz && mv dist/.partial-env.tar.gz $@
-	@echo "packed: $@"
+$(DIST)/sparknet-env.tar.gz: $(DIST)/.wheel requirements.txt \
+		$(if $(filter mkl,$(SPARKNET_BLAS)),requirements-bench.txt)
+	rm -rf $(DIST)/env && $(PYTHON) -m venv $(DIST)/env
+	$(DIST)/env/bin/pip install -q --no-deps $(DIST)/sparknet-*manylinux*.whl
+	grep -v -e '^pyspark' -e '^#' requirements.txt | $(DIST)/env/bin/pip install -q -r /dev/stdin
+	$(if $(filter mkl,$(SPARKNET_BLAS)),grep '^mkl==' requirements-bench.txt | $(DIST)/env/bin/pip install -q -r /dev/stdin)
+	$(VENV)/bin/venv-pack -q -f -p $(DIST)/env -o $(DIST)/.partial-env.tar.gz \
+	  && mv $(DIST)/.partial-env.tar.gz $@
+	@echo "packed: $@ ($$(($$(stat -c %s $@) / 1000000)) MB)"
 
 clean:
 	rm -rf build dist sparknet/engine/_caffe.cpp sparknet/engine/*.so sparknet/proto/caffe_pb2.py* \

@@ -1,10 +1,14 @@
 """The README's cluster deployment, for real: a standalone Spark cluster started
 on loopback from the pyspark package, and the packed environment shipped to
-its executors with ``spark-submit --archives`` (``make pack``)."""
+its executors with ``spark-submit --archives`` (``make pack``), once for the
+default BLAS and once for MKL (``SPARKNET_BLAS=mkl make pack``), whose
+computational libraries MKL opens at run time from the archive."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -35,13 +39,32 @@ def _wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float 
     raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port}")
 
 
-@pytest.fixture(scope="module")
-def pack() -> Path:
-    """dist/sparknet-env.tar.gz, built by `make pack` unless up to date."""
-    done = subprocess.run(["make", "-s", "pack", f"PYTHON={sys.executable}"], cwd=ROOT,
+def _has_mkl() -> bool:
+    try:
+        importlib.metadata.version("mkl")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+# Each BLAS's pack in its own folder (make's DIST), so neither replaces the other.
+DIST = {"system": "dist", "mkl": "dist/mkl"}
+
+
+@pytest.fixture(scope="module", params=[
+    "system",
+    pytest.param("mkl", marks=pytest.mark.skipif(
+        not _has_mkl(), reason="PyPI's mkl is not installed in this environment (a "
+        "benchmark-only requirement: make bench-env); the MKL pack is built from it")),
+])
+def pack(request) -> tuple[str, Path]:
+    """(BLAS, DIST/sparknet-env.tar.gz), built by `make pack` unless up to date."""
+    blas, dist = request.param, DIST[request.param]
+    done = subprocess.run(["make", "-s", "pack", f"PYTHON={sys.executable}",
+                           f"SPARKNET_BLAS={blas}", f"DIST={dist}"], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return ROOT / "dist" / "sparknet-env.tar.gz"
+    return blas, ROOT / dist / "sparknet-env.tar.gz"
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +104,24 @@ def standalone(tmp_path_factory):
                 p.kill()
 
 
+# What the dynamic loader prints (LD_DEBUG=files) as it initializes a library.
+_LOADED = re.compile(r"calling init: (\S+)")
+
+
 def test_spark_submit_with_the_packed_environment(pack, standalone, tmp_path):
+    blas, archive = pack
     url, work = standalone
     out = tmp_path / "run"
+    before = set((work / "work").glob("app-*"))
+    # For MKL, the executors' dynamic loader names every library it loads (to
+    # their stderr): the proof that MKL ran, and from the archive.
+    trace = ["--conf", "spark.executorEnv.LD_DEBUG=files"] if blas == "mkl" else []
     cmd = [str(BIN / "spark-submit"), "--master", url,
-           "--archives", f"{pack}#env",
+           "--archives", f"{archive}#env",
            "--conf", "spark.pyspark.python=./env/bin/python",
            "--conf", f"spark.pyspark.driver.python={sys.executable}",
            "--conf", "spark.executor.memory=1g", "--conf", "spark.task.cpus=1",
-           "--conf", "spark.ui.enabled=false",
+           "--conf", "spark.ui.enabled=false", *trace,
            str(ROOT / "examples" / "lenet_app.py"), "--workers", "2", "--rounds", "4",
            "--test-interval", "2", "--output", str(out)]
     # As the README says: with the virtual environment active (its bin/ first on PATH).
@@ -101,7 +133,33 @@ def test_spark_submit_with_the_packed_environment(pack, standalone, tmp_path):
     tested = [h["test"]["accuracy"] for h in history if h.get("test")]
     assert tested and tested[-1] > 0.8, history
     # The executors really ran the packed environment's Python.
-    stderr = "".join(p.read_text(errors="replace") for p in (work / "work").rglob("stderr"))
+    (app,) = set((work / "work").glob("app-*")) - before
+    stderr = "".join(p.read_text(errors="replace") for p in app.rglob("stderr"))
     assert "Traceback" not in stderr
-    apps = list((work / "work").glob("app-*/*/env/bin/python"))
-    assert apps, "the executors did not unpack the archive"
+    envs = [p.parent.parent for p in app.glob("*/env/bin/python")]
+    assert envs, "the executors did not unpack the archive"
+    if blas == "mkl":
+        _assert_mkl_ran_from(envs, stderr)
+
+
+def _assert_mkl_ran_from(envs: list[Path], stderr: str) -> None:
+    """The executors' Caffe ran on MKL, every library of it from an unpacked archive.
+
+    libmkl_rt.so.3 is what libcaffe.so links; MKL opens its core, threading
+    layer and the kernels for this CPU (libmkl_def/avx2/avx512/...) itself on
+    the first BLAS call, so their presence shows that MKL computed.
+    """
+    libs = {Path(os.path.realpath(p)) for p in _LOADED.findall(stderr)}
+    lib_dirs = {(e / "lib").resolve() for e in envs}
+    mkl = {p for p in libs if p.name.startswith(("libmkl_", "libiomp5"))}
+    assert mkl, f"the executors loaded no MKL library: {sorted(map(str, libs))[:50]}"
+    assert all(p.parent in lib_dirs for p in mkl), (
+        f"MKL libraries from outside the unpacked archives {sorted(map(str, lib_dirs))}: "
+        f"{sorted(str(p) for p in mkl if p.parent not in lib_dirs)}")
+    names = {p.name for p in mkl}
+    kernels = {n for n in names if re.fullmatch(r"libmkl_(def|mc3|avx2|avx512|avx10)\.so\.3", n)}
+    assert {"libmkl_rt.so.3", "libmkl_core.so.3"} <= names and kernels, sorted(names)
+    caffe = [p for p in libs if p.name == "libcaffe.so"]
+    assert caffe and all(any(p.is_relative_to(d) for d in lib_dirs) for p in caffe), caffe
+    assert not [p for p in libs if p.name.startswith("libopenblas")], \
+        "the MKL pack's executors loaded Debian's OpenBLAS"
