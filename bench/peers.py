@@ -229,6 +229,10 @@ def spark_figures(repeats: int) -> dict:
     from scaling import run as sparknet_run
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # sparknet's own core choice, as the engine children get (child_env): a
+    # machine may set OPENBLAS_CORETYPE for every process (Haswell on an AVX-512
+    # AMD EPYC here), which the Python workers would inherit.
+    os.environ.pop("OPENBLAS_CORETYPE", None)
     spark = (SparkSession.builder.master("local[2]").appName("sparknet-bench-peers")
              .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
              .config("spark.executorEnv.OMP_NUM_THREADS", "1").getOrCreate())
