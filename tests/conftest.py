@@ -9,6 +9,13 @@ from pathlib import Path
 import pytest
 from s3server import flaky_s3, s3  # noqa: F401 - fixtures, registered by importing them here
 
+# The suite tests sparknet's own choice of OpenBLAS kernels, and commands'
+# exact stderr. A machine may set OPENBLAS_CORETYPE for every process (one
+# AVX-512 AMD EPYC here sets Haswell); set by hand it wins and sparknet warns,
+# which test_blas.py proves explicitly. Removed before sparknet.engine is first
+# imported, so pytest, its subprocesses and Spark's workers all go without it.
+os.environ.pop("OPENBLAS_CORETYPE", None)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
