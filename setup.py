@@ -56,10 +56,16 @@ class BuildExt(build_ext):
             ext.library_dirs += info["library_dirs"]
             ext.libraries += info["libraries"]
             ext.define_macros += [(d, None) for d in info["define_macros"]]
-        super().run()
         # libcaffe.so and the BLAS library it links (when not a system one) go next
         # to the extension; build_info.json says which BLAS that is (sparknet.engine._blas).
         engine = Path(self.get_ext_fullpath("sparknet.engine._caffe")).parent
+        record = caffe_build.engine_record(info)
+        target = engine / "build_info.json"
+        if target.exists() and target.read_text() != record:
+            # Built for another Caffe build (another SPARKNET_BLAS, say): setuptools
+            # would keep the extension linked against that one's libraries.
+            self.force = True
+        super().run()
         for lib in map(Path, info.get("runtime_libraries")
                        or [Path(info["library_dirs"][0]) / "libcaffe.so"]):
             dest = engine / lib.name
@@ -69,8 +75,6 @@ class BuildExt(build_ext):
         for stale in engine.glob("libscipy_openblas*.so"):  # a previous build's BLAS
             if stale.name not in wanted:
                 stale.unlink()
-        record = caffe_build.engine_record(info)
-        target = engine / "build_info.json"
         if not target.exists() or target.read_text() != record:
             target.write_text(record)
 
