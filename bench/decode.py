@@ -35,9 +35,14 @@ downloaded. Each measurement alternates its runs (one shard of 128 images per
 round for the training path) and keeps the fastest round of each, the one
 least disturbed by other work on the machine. The first-pass training-path
 ratio is printed last (target >= 2x).
+
+``--smoke``: the same paths and lines at the smallest sizes that run them (two
+shards of 64 images, one round each, two photos per resize), for the test
+suite; its figures mean nothing.
 """
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import shutil
@@ -225,12 +230,21 @@ def resize_path(w: int, h: int, n: int) -> tuple[float, float]:
     return rates["plain"], rates["ours"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run both measurements; the first-pass ratio last."""
+    global N_TRAIN, SHARD, ROUNDS_TRAIN, ROUNDS_RESIZE
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true",
+                    help="smallest sizes that run every path (a test, not a measurement)")
+    args = ap.parse_args(argv)
+    photos = (60, 12)
+    if args.smoke:
+        N_TRAIN, SHARD, ROUNDS_TRAIN, ROUNDS_RESIZE = 2 * BATCH, BATCH, 1, 1
+        photos = (2, 2)
     where = one_core()
     decoder = "simplejpeg (libjpeg-turbo)" if has_fast_jpeg() else "Pillow"
     print(f"bench/decode.py: one core ({where}); JPEG decoder: {decoder}")
-    for w, h, n in ((500, 375, 60), (1600, 1200, 12)):
+    for w, h, n in ((500, 375, photos[0]), (1600, 1200, photos[1])):
         base, fast = resize_path(w, h, n)
         print(f"resize {w}x{h} -> 256x256 (bilinear), {n} photos: plain PIL {base:7.1f} img/s, "
               f"upload tool {fast:7.1f} img/s, ratio {fast / base:.2f}x")
