@@ -14,7 +14,10 @@ cached in Spark memory, 2 partitions on local[2]. In one Spark session:
 Runs alternate and the best of --repeats is kept. Figures: images/s of each,
 caffe_udf / predict (target >= 1), and caffe_udf per worker / plain loop.
 
-Usage: ``python bench/inference.py [--images 40000] [--repeats 3]``
+Usage: ``python bench/inference.py [--images 40000] [--repeats 3] [--smoke]``
+
+``--smoke``: the same paths and lines on 256 images, one repeat (a test, not a
+measurement).
 """
 from __future__ import annotations
 
@@ -53,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=40000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true",
+                    help="256 images, 1 repeat: a test of the paths, not a measurement")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.images, args.repeats = 4 * BATCH, 1
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     from pyspark.sql import SparkSession

@@ -17,7 +17,10 @@ after every round; the time is the training wall time (sum of the round
 times, tests excluded) up to the first round whose averaged weights score
 >= 95% on the test digits. The ratios come last.
 
-Usage: ``python bench/scaling.py [--rounds 12] [--repeats 2]``
+Usage: ``python bench/scaling.py [--rounds 12] [--repeats 2] [--smoke]``
+
+``--smoke``: the same paths and lines with 2 rounds of 5 steps, batch 16, one
+repeat (a test, not a measurement: 95% is not reached, its times print as inf).
 """
 from __future__ import annotations
 
@@ -83,7 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--accuracy-sync-interval", type=int, default=25)
     ap.add_argument("--accuracy-rounds", type=int, default=8)
+    ap.add_argument("--smoke", action="store_true",
+                    help="2 rounds of 5 steps, batch 16, 1 repeat: a test of the paths")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.rounds = args.accuracy_rounds = 2
+        args.sync_interval = args.accuracy_sync_interval = 5
+        args.batch, args.repeats = 16, 1
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
