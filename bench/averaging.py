@@ -29,7 +29,11 @@ task results to the driver; the exchange moves each byte once, between numpy
 buffers, over one TCP connection per task. Every figure printed is measured in
 this invocation; the last line is the ratio to the naive round.
 
-Usage: ``python bench/averaging.py [--reps 5] [--spark] [--tree] [--conf key=value ...]``
+Usage: ``python bench/averaging.py [--reps 5] [--spark] [--tree] [--conf key=value ...] [--smoke]``
+
+``--smoke``: the same paths and lines with CaffeNet's convolution layers only
+(3.7M parameters, 15 MB) and one rep after the warm-up (a test, not a
+measurement).
 """
 from __future__ import annotations
 
@@ -105,7 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tree", action="store_true",
                     help="also time exchange='spark' with the executor-side tree reduction "
                          "(what it uses when K models would not fit a quarter of the heap)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="the convolution layers only, 1 rep: a test of the paths")
     args = ap.parse_args(argv)
+    layers = CAFFENET
+    if args.smoke:
+        layers = [(n, shapes) for n, shapes in CAFFENET if n.startswith("conv")]
+        args.reps = 1
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         base_rss = _rss()
         rng = np.random.default_rng(0)
         weights = WeightCollection({n: [rng.standard_normal(s, dtype=np.float32) for s in shapes]
-                                    for n, shapes in CAFFENET})
+                                    for n, shapes in layers})
         model = weights.nbytes
         K = 2
         print(f"model: {weights.num_params:,} float32 parameters ({model / 1e6:.0f} MB), "
