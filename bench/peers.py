@@ -34,7 +34,13 @@ PyTorch is a benchmark-only requirement (``requirements-bench.txt``).
 
     .venv/bin/python bench/peers.py [--blas system,openblas,...] [--nets lenet,...]
                                     [--repeats 2] [--threads 1] [--no-torch]
-                                    [--no-spark] [--no-engine]
+                                    [--no-spark] [--no-engine] [--smoke]
+
+``--smoke`` runs the same paths and lines at the smallest sizes (LeNet only
+unless ``--nets``, 2 timed steps, 1 repeat; Spark: 2 rounds of 5 steps of 16
+per worker, and as many TorchDistributor steps): a test, not a measurement.
+``--no-torch`` also leaves out TorchDistributor, so that the Spark half runs
+without PyTorch installed.
 """
 from __future__ import annotations
 
@@ -58,12 +64,15 @@ NETS = {  # name: (prototxt, batch, timed steps, warm-up steps)
 BLAS = ("system", "system-vanilla", "system-detected", "system-detected-vanilla", "openblas",
         "mkl")
 DEFAULT_BLAS = "system"
+SMOKE_STEPS = (2, 1)  # --smoke: timed and warm-up steps of every engine/PyTorch measurement
+SPARK = {"rounds": 12, "tau": 50, "batch": 64}  # the Spark half: train's rounds, tau, batch
+SMOKE_SPARK = {"rounds": 2, "tau": 5, "batch": 16}
 
 
 # -- children: one measurement per process ----------------------------------------------
 
 
-def engine_child(net: str, variant: str, threads: int) -> dict:
+def engine_child(net: str, variant: str, threads: int, smoke: bool = False) -> dict:
     sys.path.insert(0, str(HERE))
     import itertools
 
@@ -72,6 +81,8 @@ def engine_child(net: str, variant: str, threads: int) -> dict:
     from sparknet.engine import CaffeNet, _blas, set_blas_threads
 
     path, batch, steps, warmup = NETS[net]
+    if smoke:
+        steps, warmup = SMOKE_STEPS
     set_blas_threads(threads)
     caffe_net = CaffeNet(solver_for(ROOT / path, batch))
     pool = python_pool(caffe_net)
@@ -118,13 +129,15 @@ def torch_model(net: str):
     raise ValueError(net)
 
 
-def torch_child(net: str, threads: int) -> dict:
+def torch_child(net: str, threads: int, smoke: bool = False) -> dict:
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     _, batch, steps, warmup = NETS[net]
+    if smoke:
+        steps, warmup = SMOKE_STEPS
     shape = {"lenet": (1, 28, 28), "cifar10_quick": (3, 32, 32), "caffenet": (3, 227, 227)}[net]
     classes = 1000 if net == "caffenet" else 10
     model = torch_model(net)
@@ -170,9 +183,10 @@ def child_env(variant: str, lib_dir: Path | None, threads: int) -> dict:
     return env
 
 
-def measure(kind: str, net: str, variant: str, env: dict, threads: int) -> dict:
+def measure(kind: str, net: str, variant: str, env: dict, threads: int, smoke: bool = False
+            ) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--net", net, "--variant", variant,
-           "--threads", str(threads)]
+           "--threads", str(threads), *(["--smoke"] if smoke else [])]
     done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} {net} {variant} failed:\n{done.stderr[-3000:]}")
@@ -221,8 +235,8 @@ def distributor_train(steps: int, batch: int) -> dict:
     return {"ips": world * steps * batch / seconds, "accuracy": float((pred == yt).mean())}
 
 
-def spark_figures(repeats: int) -> dict:
-    from pyspark.ml.torch.distributor import TorchDistributor
+def spark_figures(repeats: int, torch: bool = True, size: dict = SPARK) -> dict:
+    """train / TorchDistributor pairs; train alone without ``torch``."""
     from pyspark.sql import SparkSession
 
     sys.path.insert(0, str(HERE))
@@ -237,18 +251,22 @@ def spark_figures(repeats: int) -> dict:
              .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
              .config("spark.executorEnv.OMP_NUM_THREADS", "1").getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
-    out: dict[str, list] = {"sparknet": [], "torch": []}
+    out: dict[str, list] = {"sparknet": [], "torch": []} if torch else {"sparknet": []}
+    rounds, tau, batch = size["rounds"], size["tau"], size["batch"]
     try:
         for rep in range(repeats):
             t0 = time.perf_counter()
-            res = sparknet_run(spark, 2, 12, 50, 64, 0)
+            res = sparknet_run(spark, 2, rounds, tau, batch, 0)
             out["sparknet"].append({"ips": res["ips"], "wall": time.perf_counter() - t0,
                                     "accuracy": res["final"]})
-            t0 = time.perf_counter()
-            got = TorchDistributor(num_processes=2, local_mode=False, use_gpu=False).run(
-                distributor_train, 600, 64)
-            out["torch"].append({"ips": got["ips"], "wall": time.perf_counter() - t0,
-                                 "accuracy": got["accuracy"]})
+            if torch:
+                from pyspark.ml.torch.distributor import TorchDistributor
+
+                t0 = time.perf_counter()
+                got = TorchDistributor(num_processes=2, local_mode=False, use_gpu=False).run(
+                    distributor_train, rounds * tau, batch)
+                out["torch"].append({"ips": got["ips"], "wall": time.perf_counter() - t0,
+                                     "accuracy": got["accuracy"]})
             print(f"spark repeat {rep + 1}: " + "; ".join(
                 f"{k} {v[-1]['ips']:.0f} img/s, {v[-1]['wall']:.1f} s, "
                 f"accuracy {v[-1]['accuracy']:.4f}" for k, v in out.items()), flush=True)
@@ -263,21 +281,24 @@ def spark_figures(repeats: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--blas", default=",".join(BLAS), help="Caffe builds to compare")
-    ap.add_argument("--nets", default=",".join(NETS))
+    ap.add_argument("--nets", default=None, help=f"default: {','.join(NETS)} (smoke: lenet)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--spark-repeats", type=int, default=1,
                     help="train / TorchDistributor pairs (about 4 minutes each)")
     ap.add_argument("--threads", type=int, default=1, help="BLAS/intra-op threads per process")
-    ap.add_argument("--no-torch", action="store_true", help="engine builds only")
+    ap.add_argument("--no-torch", action="store_true",
+                    help="engine builds only, and train without TorchDistributor")
     ap.add_argument("--no-spark", action="store_true")
     ap.add_argument("--no-engine", action="store_true")
+    ap.add_argument("--smoke", action="store_true",
+                    help="smallest sizes that run every path: a test, not a measurement")
     ap.add_argument("--child", choices=["engine", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--net", help=argparse.SUPPRESS)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        got = engine_child(args.net, args.variant, args.threads) if args.child == "engine" \
-            else torch_child(args.net, args.threads)
+        got = engine_child(args.net, args.variant, args.threads, args.smoke) \
+            if args.child == "engine" else torch_child(args.net, args.threads, args.smoke)
         print(json.dumps(got))
         return 0
 
@@ -285,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(variants) - set(BLAS)
     if unknown:
         ap.error(f"unknown --blas {sorted(unknown)}; choose from {', '.join(BLAS)}")
-    nets = [n for n in args.nets.split(",") if n]
+    if args.smoke:
+        args.repeats = args.spark_repeats = 1
+    nets = [n for n in (args.nets or ("lenet" if args.smoke else ",".join(NETS))).split(",")
+            if n]
     contenders = {v: child_env(v, caffe_lib_dir(v), args.threads) for v in variants}
     if not args.no_torch:
         contenders["pytorch"] = child_env("pytorch", None, args.threads)
@@ -296,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             for net in nets:
                 for name, env in contenders.items():
                     got = measure("torch" if name == "pytorch" else "engine", net, name, env,
-                                  args.threads)
+                                  args.threads, args.smoke)
                     key = (net, name)
                     if key not in best or got["ips"] > best[key]["ips"]:
                         best[key] = got
@@ -305,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"repeat {rep + 1} {net:<14} {name:<14} {got['ips']:8.1f} img/s "
                           f"{got['cpu_ips']:8.1f} img/CPU-s ({got['version']}, {got['core']}, "
                           f"{got['threads']} threads)", flush=True)
-    spark = None if args.no_spark else spark_figures(args.spark_repeats)
+    spark = None if args.no_spark else spark_figures(
+        args.spark_repeats, not args.no_torch, SMOKE_SPARK if args.smoke else SPARK)
 
     if not args.no_engine:
         print(f"\nimages/s (images per CPU-second), {args.threads} thread(s) per process, "
@@ -330,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                                  / best_cpu[(net, name)]["cpu_ips"])
                     print(f"ratio {net}: engine ({DEFAULT_BLAS}) / {name} = {ratio:.2f}x "
                           f"(per CPU-second: {cpu_ratio:.2f}x)")
-    if spark:
+    if spark and "torch" in spark:
         ratio = (statistics.median(r["ips"] for r in spark["sparknet"])
                  / statistics.median(r["ips"] for r in spark["torch"]))
         print(f"ratio: train / TorchDistributor images/s = {ratio:.2f}x (target >= 1.2)")
