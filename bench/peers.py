@@ -175,7 +175,6 @@ def caffe_lib_dir(variant: str) -> Path:
 def child_env(variant: str, lib_dir: Path | None, threads: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                OPENBLAS_NUM_THREADS=str(threads))
-    env.pop("OPENBLAS_CORETYPE", None)
     if lib_dir is not None:
         env["LD_LIBRARY_PATH"] = f"{lib_dir}{os.pathsep}{env.get('LD_LIBRARY_PATH', '')}"
     if variant.startswith("system-detected"):  # OpenBLAS's own detection, not sparknet's
@@ -243,10 +242,6 @@ def spark_figures(repeats: int, torch: bool = True, size: dict = SPARK) -> dict:
     from scaling import run as sparknet_run
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    # sparknet's own core choice, as the engine children get (child_env): a
-    # machine may set OPENBLAS_CORETYPE for every process (Haswell on an AVX-512
-    # AMD EPYC here), which the Python workers would inherit.
-    os.environ.pop("OPENBLAS_CORETYPE", None)
     spark = (SparkSession.builder.master("local[2]").appName("sparknet-bench-peers")
              .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
              .config("spark.executorEnv.OMP_NUM_THREADS", "1").getOrCreate())
@@ -296,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--net", help=argparse.SUPPRESS)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    # Every contender runs with sparknet's own core choice: a machine may set
+    # OPENBLAS_CORETYPE for every process (Haswell on an AVX-512 AMD EPYC here),
+    # which the engine children and Spark's Python workers would inherit.
+    os.environ.pop("OPENBLAS_CORETYPE", None)
     if args.child:
         got = engine_child(args.net, args.variant, args.threads, args.smoke) \
             if args.child == "engine" else torch_child(args.net, args.threads, args.smoke)
