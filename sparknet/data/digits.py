@@ -66,7 +66,8 @@ def digits_rdd(spark: Any, split: Split = "train", *, num_partitions: int | None
 
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    sc = spark_context(spark)
+    sc = spark_context(spark, what="digits_rdd",
+                       instead="digits_dataframe gives the same examples as a DataFrame")
     n = len(load_digits(split)[1])
     parts = num_partitions or _default_partitions(sc, n)
     if parts < 1:

@@ -118,8 +118,14 @@ def open_exchange(sc: Any, mode: str, reduction: str, handles: Any,
 
     ``mode`` is ``train(exchange=)``; ``handles`` the cached training handles
     (every executor holding training data must reach the socket); ``event``
-    logs into the run's log (``event(message, *args, level=...)``).
+    logs into the run's log (``event(message, *args, level=...)``). A Spark
+    Connect client has neither: its weights travel inside its queries
+    (:class:`sparknet.spark.connect.PlanExchange`).
     """
+    from sparknet.spark import connect
+
+    if connect.is_client(sc):
+        return connect.open_exchange(mode, reduction, event)
     chosen = mode
     if chosen == "auto":
         if reduction == "tree":
@@ -144,7 +150,7 @@ def open_exchange(sc: Any, mode: str, reduction: str, handles: Any,
 
         sc.setJobDescription("sparknet: reach the weight exchange")
         probe = exchange.publish(np.zeros(1, np.float32))
-        failed = [(host, err) for host, err in handles.mapPartitions(
+        failed = [(host, err) for host, err in handles.rdd.mapPartitions(
             functools.partial(ping_task, probe)).collect() if err]
     except BaseException:
         exchange.close()

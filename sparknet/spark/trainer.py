@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from sparknet.engine import WeightCollection
-from sparknet.io import spark_context
+from sparknet.spark import connect
 from sparknet.spark._config import EASGD, Averaging, TrainConfig
 from sparknet.spark._data import TEST, TRAIN, RunData, wait_for_slots
 from sparknet.spark._messages import RunExtras
@@ -65,7 +65,9 @@ def train(spark: Any, solver: Any, train_data: Any, *, test_data: Any = None,
     ----------
     spark
         A ``SparkSession`` or ``SparkContext`` (``local[N]``, ``local-cluster``,
-        standalone, YARN, Kubernetes).
+        standalone, YARN, Kubernetes), or a Spark Connect session
+        (``SparkSession.builder.remote(...)``; data as a DataFrame or arrays,
+        weights inside each round's query: see :mod:`sparknet.spark.connect`).
     solver
         A ``caffe_pb2.SolverParameter`` with the net inline (``net_param``) or a
         DSL ``SolverParam``. The net is fed through ``Input`` layers; their
@@ -156,7 +158,7 @@ def train(spark: Any, solver: Any, train_data: Any, *, test_data: Any = None,
     options = dict(locals())  # every option, once: TrainConfig converts and checks them
     for name in _INPUTS:
         del options[name]
-    sc = spark_context(spark)
+    sc = connect.context(spark, "train")  # a SparkContext, or a Spark Connect client's stand-in
     config = TrainConfig.create(sc, **options)
     return _Trainer(sc, solver, train_data, test_data, config).run()
 
