@@ -570,9 +570,20 @@ def predict_frame(frame: Any, task: Callable[[int, Iterator[Any]], Iterator[tupl
     from pyspark.sql.pandas.types import to_arrow_schema
 
     vectors = set(vectors)
-    arrays = T.StructType([T.StructField(f.name, T.ArrayType(T.FloatType(), False), f.nullable)
-                           if f.name in vectors else f for f in schema.fields])
-    out = _arrow_ready(frame).mapInArrow(_Predict(task, to_arrow_schema(arrays)), arrays)
+    passed = {f.name for f in schema.fields if type(f.dataType).__name__ == "VectorUDT"}
+    arrays = T.StructType([
+        T.StructField(f.name, T.ArrayType(T.FloatType(), False), f.nullable) if f.name in vectors
+        else T.StructField(f.name, T.ArrayType(T.DoubleType(), False), f.nullable)
+        if f.name in passed else f for f in schema.fields])
+    body = _Predict(task, to_arrow_schema(arrays))
+    size = _plan_size(body)
+    if size > PLAN_LIMIT:
+        raise ValueError(f"predict would carry {size / 1e6:.0f} MB inside its Spark Connect "
+                         f"query (the weights), more than the {PLAN_LIMIT / 1e6:.0f} MB a "
+                         "Connect server takes; run a model this large from a classic "
+                         "SparkSession")
+    out = _arrow_ready(frame).mapInArrow(body, arrays)
+    vectors |= passed
     if vectors:
         from pyspark.ml.functions import array_to_vector
 

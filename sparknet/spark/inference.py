@@ -13,6 +13,7 @@ example, flattened in C order.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -28,9 +29,8 @@ import numpy as np
 
 from sparknet.data.rdd import batched
 from sparknet.engine import CaffeNet, solver_proto
-from sparknet.io import spark_context
 from sparknet.proto import caffe_pb2
-from sparknet.spark import _comm
+from sparknet.spark import _comm, connect
 from sparknet.spark._messages import NetSpec
 from sparknet.spark._model import load_weights
 from sparknet.spark._python import prepare_workers
@@ -191,7 +191,8 @@ def predict(spark: Any, net: Any, weights: Any, data: Any, blobs: Sequence[str] 
     Parameters
     ----------
     spark
-        A ``SparkSession`` (or ``SparkContext``).
+        A ``SparkSession`` (or ``SparkContext``), or a Spark Connect session (then
+        ``data`` is a DataFrame).
     net
         A solver or net: ``caffe_pb2`` message, DSL object, or a prototxt path.
     weights
@@ -217,9 +218,11 @@ def predict(spark: Any, net: Any, weights: Any, data: Any, blobs: Sequence[str] 
     from pyspark.sql import SparkSession
     from pyspark.sql import types as T
 
-    sc = spark_context(spark)
+    sc = connect.context(spark, "predict")  # a SparkContext, or a Spark Connect client's
+    client = connect.is_client(sc)
     prepare_workers(sc)  # WorkerPythonError before any work when they lack this sparknet
-    session = spark if isinstance(spark, SparkSession) else SparkSession.builder.getOrCreate()
+    session = (spark if client or isinstance(spark, SparkSession)
+               else SparkSession.builder.getOrCreate())
     if isinstance(blobs, str):
         blobs = [blobs]
     blobs = tuple(blobs)
@@ -258,7 +261,7 @@ def predict(spark: Any, net: Any, weights: Any, data: Any, blobs: Sequence[str] 
                             or not (isinstance(fields[c].dataType, array_types)
                                     or type(fields[c].dataType).__name__ == "VectorUDT"))
         pass_fields = [fields[c] for c in passthrough]
-        rdd = df.rdd
+        rdd = None if client else df.rdd
         mode = "mapping"
     elif isinstance(data, RDD):
         rdd = data
@@ -310,9 +313,14 @@ def predict(spark: Any, net: Any, weights: Any, data: Any, blobs: Sequence[str] 
     plan = _Plan(NetSpec(solver_bytes, key, gpu, blas_threads), uuid.uuid4().hex, names,
                  example_shapes, blobs, batch, output == "vector", mode, passthrough, examples,
                  transforms, int(seed))
-    bc = _comm.broadcast_flat(sc, flat)
-    rows = rdd.mapPartitionsWithIndex(functools.partial(_predict_task, plan, bc))
-    frame = session.createDataFrame(rows, schema, verifySchema=False)
+    if client:  # mapInArrow over the DataFrame; the weights travel inside the query
+        task = functools.partial(_predict_task, dataclasses.replace(plan, vectors=False),
+                                 sc.broadcast(flat))
+        frame = connect.predict_frame(data, task, schema, blobs if output == "vector" else ())
+    else:
+        bc = _comm.broadcast_flat(sc, flat)
+        rows = rdd.mapPartitionsWithIndex(functools.partial(_predict_task, plan, bc))
+        frame = session.createDataFrame(rows, schema, verifySchema=False)
     log.info("predict: %s -> columns %s (%d values per example)", ", ".join(names),
              ", ".join(blobs), sum(math.prod(out_shapes[b][1:]) for b in blobs))
     return frame

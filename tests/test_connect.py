@@ -1,0 +1,193 @@
+"""sparknet from a Spark Connect client: train, predict, fit, save, load, transform, SQL.
+
+One Spark Connect server for the module (``SparkConnectServer`` from the jar pyspark
+ships, ``local[2]``, on a free loopback port, started and stopped here), and one
+client process that runs the flows of ``tests/connect_client.py`` against it, with
+no JVM and no SparkContext of its own. Each flow's figures are compared with the
+same run on the suite's classic session: digits LeNet ``train`` reaches the same
+weights exactly (so the same accuracy, >= 97 %), checkpoints resume to those
+weights, ``predict``/``featurize`` give the classic scores, and the Pipeline's
+fit, save, load, transform and ``caffe_udf`` in SQL agree with the classic fit.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.timeout(900)
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import connect_client  # noqa: E402  (tests/connect_client.py: the flows and their settings)
+
+FLOWS = ("train", "pipeline", "refusals")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def connect_server(tmp: Path):
+    """A Spark Connect server (local[2]) on a free loopback port: yields its sc:// URL."""
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    port = _free_port()
+    env = dict(os.environ, SPARK_HOME=str(home), PYSPARK_PYTHON=sys.executable,
+               SPARK_LOCAL_IP="127.0.0.1")
+    log = open(tmp / "connect-server.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(home / "bin" / "spark-submit"), "--class",
+         "org.apache.spark.sql.connect.service.SparkConnectServer", "--master", "local[2]",
+         "--conf", f"spark.connect.grpc.binding.port={port}",
+         "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
+         "--conf", "spark.ui.enabled=false", "--conf", "spark.sql.shuffle.partitions=2",
+         "--conf", "spark.python.worker.faulthandler.enabled=true"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300  # a hang guard: a busy machine takes its time
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("the Spark Connect server exited:\n"
+                                   + (tmp / "connect-server.log").read_text()[-4000:])
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Spark Connect server did not listen within 300 s")
+            time.sleep(0.5)
+        yield f"sc://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def connect_runs(tmp_path_factory):
+    """Every flow run once from a Connect client: flow -> (results, folder)."""
+    tmp = tmp_path_factory.mktemp("connect")
+    with connect_server(tmp) as url:
+        proc = subprocess.run([sys.executable, str(HERE / "connect_client.py"), url, str(tmp),
+                               *FLOWS], capture_output=True, text=True, timeout=1500,
+                              check=False)
+    runs = {}
+    for flow in FLOWS:
+        path = tmp / flow / f"{flow}.json"
+        assert path.is_file(), f"client exited {proc.returncode}:\n{proc.stderr[-6000:]}"
+        runs[flow] = (json.loads(path.read_text()), tmp / flow)
+    return runs
+
+
+def _run(connect_runs, flow: str) -> tuple[dict, Path]:
+    result, folder = connect_runs[flow]
+    assert "error" not in result, result.get("error")
+    return result, folder
+
+
+@pytest.fixture(scope="module")
+def classic_train(spark):
+    """The train flow's run on the suite's classic session."""
+    from sparknet.data import digits_dataframe
+    from sparknet.models import lenet
+    from sparknet.spark import train
+
+    return train(spark, lenet.solver(batch_size=64), digits_dataframe(spark, "train"),
+                 test_data=digits_dataframe(spark, "test"), progress=False,
+                 **connect_client.TRAIN)
+
+
+def test_train_from_connect_gives_the_classic_sessions_weights_and_accuracy(
+        connect_runs, classic_train):
+    result, folder = _run(connect_runs, "train")
+    weights = np.load(folder / "train_weights.npy")
+    assert np.array_equal(weights, classic_train.weights.flat)
+    assert result["test"] == classic_train.history[-1]["test"]
+    assert result["test"]["accuracy"] >= 0.97
+    assert result["exchange"] == "connect"
+    assert "weights travel through each round's Spark Connect query" in result["log"]
+    # every round ran each partition where its data is cached: no reruns, no state resets
+    assert all("rerun" not in r and "state_reset" not in r for r in result["history"])
+
+
+def test_a_connect_run_resumed_from_its_checkpoint_reaches_the_uninterrupted_weights(
+        connect_runs):
+    _, folder = _run(connect_runs, "train")
+    assert np.array_equal(np.load(folder / "resumed_weights.npy"),
+                          np.load(folder / "train_weights.npy"))
+
+
+def test_predict_and_featurize_from_connect_score_as_on_the_classic_session(
+        spark, connect_runs, classic_train):
+    from sparknet.data import digits_dataframe
+    from sparknet.models import lenet
+    from sparknet.spark import featurize, predict
+
+    result, folder = _run(connect_runs, "train")
+    test_df = digits_dataframe(spark, "test")
+    rows = predict(spark, lenet.solver(batch_size=64), classic_train, test_df,
+                   blobs=["ip2"]).collect()
+    np.testing.assert_array_equal(np.load(folder / "predict_ip2.npy"),
+                                  np.asarray([r.ip2 for r in rows], np.float32))
+    assert result["predict_labels"] == [r.label for r in rows]
+    feats = featurize(spark, lenet.solver(batch_size=64), classic_train, test_df, blobs=["ip1"])
+    assert result["featurize_schema"] == feats.schema.simpleString() == \
+        "struct<label:float,ip1:vector>"
+    np.testing.assert_array_equal(np.asarray(result["featurize_first"], np.float32),
+                                  feats.first().ip1.toArray().astype(np.float32))
+
+
+def test_pipeline_fit_save_load_transform_and_sql_udf_from_connect(spark, connect_runs):
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import SQLTransformer
+
+    from sparknet.data import digits_dataframe
+    from sparknet.ml import CaffeEstimator
+    from sparknet.models import lenet
+
+    result, folder = _run(connect_runs, "pipeline")
+    features = SQLTransformer(statement="SELECT data AS features, label FROM __THIS__")
+    est = CaffeEstimator(solver=lenet.solver(batch_size=64), featuresCol="features",
+                         labelCol="label", **connect_client.PIPELINE)
+    classic = Pipeline(stages=[features, est]).fit(digits_dataframe(spark, "train"))
+    assert np.array_equal(np.load(folder / "pipeline_weights.npy"),
+                          classic.stages[-1].weights.flat)
+    rows = classic.transform(digits_dataframe(spark, "test")).select("prediction").collect()
+    classic_predictions = [r.prediction for r in rows]
+    # the loaded model predicts what the fitted one did, which is the classic fit's
+    assert result["predictions"] == result["predictions_before_save"] == classic_predictions
+    accuracy = np.mean(np.asarray(result["predictions"]) == np.asarray(result["labels"]))
+    assert accuracy >= 0.95
+    assert result["sql_argmax"] == [int(p) for p in result["predictions"]]
+    assert all(abs(s - 1.0) < 1e-6 for s in result["probability_sums"])
+    assert {"metadata", "stages"} <= set(result["saved"])
+
+
+def test_what_needs_rdds_says_so_in_one_line_naming_the_alternative(connect_runs):
+    result, _ = _run(connect_runs, "refusals")
+    assert result["digits_rdd"] == (
+        "ConnectUnsupportedError: digits_rdd needs a SparkContext (RDDs), which a Spark "
+        "Connect session does not have; digits_dataframe gives the same examples as a "
+        "DataFrame")
+    assert result["socket"] == (
+        "ValueError: exchange='socket' needs a classic SparkSession (the driver's socket or "
+        "Spark's broadcasts); a Spark Connect session moves the weights inside its queries: "
+        "leave exchange='auto'")
