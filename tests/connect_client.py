@@ -114,6 +114,22 @@ def flow_refusals(spark, out: Path) -> dict:
               rounds=1, exchange="socket", progress=False)
     except Exception as e:  # noqa: BLE001 - recorded for the test
         seen["socket"] = f"{type(e).__name__}: {e}"
+    from sparknet.dsl import (
+        InnerProductLayer,
+        NetParam,
+        RDDLayer,
+        SoftmaxWithLoss,
+        SolverParam,
+    )
+    big = SolverParam(NetParam(
+        "big", RDDLayer("data", shape=(64, 1, 28, 28)), RDDLayer("label", shape=(64, 1)),
+        InnerProductLayer("ip1", ["data"], num_output=6000),
+        InnerProductLayer("ip2", ["ip1"], num_output=10),
+        SoftmaxWithLoss("loss", ["ip2", "label"])), base_lr=0.01)
+    try:
+        train(spark, big, digits_dataframe(spark, "train"), workers=2, rounds=1, progress=False)
+    except Exception as e:  # noqa: BLE001 - recorded for the test
+        seen["big"] = f"{type(e).__name__}: {e}"
     return seen
 
 

@@ -191,3 +191,34 @@ def test_what_needs_rdds_says_so_in_one_line_naming_the_alternative(connect_runs
         "ValueError: exchange='socket' needs a classic SparkSession (the driver's socket or "
         "Spark's broadcasts); a Spark Connect session moves the weights inside its queries: "
         "leave exchange='auto'")
+    assert result["big"] == (
+        "ValueError: train: the weights (19 MB, 4,770,010 parameters) are more than the 16 MiB "
+        "(4,194,304 parameters) sparknet sends inside a Spark Connect query (every task holds "
+        "a copy on the server); use a classic SparkSession for a model this large")
+
+
+def _readme_connect_block() -> str:
+    text = (HERE.parent / "README.md").read_text()
+    section = text.split("\n## Spark Connect\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_connect_section_runs_as_written(tmp_path):
+    """As a user runs it: the venv's python, nothing activated, a local server in-process."""
+    with socket.socket() as s:  # remote("local[...]") serves on Connect's default port
+        assert s.connect_ex(("127.0.0.1", 15002)) != 0, "port 15002 is taken: another server"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYSPARK_", "VIRTUAL_ENV", "PYTHONPATH", "SPARK_"))}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if p and Path(p).resolve() != Path(sys.executable).parent)
+    env["SPARK_LOCAL_IP"] = "127.0.0.1"
+    script = tmp_path / "connect_readme.py"
+    script.write_text(_readme_connect_block() +
+                      '\nprint("CONNECT-ACCURACY", result.history[-1]["test"]["accuracy"])\n')
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=800, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert float(done.stdout.split("CONNECT-ACCURACY")[1].split()[0]) >= 0.97
+    assert "|label|prediction|" in done.stdout.replace(" ", "")
+    assert (tmp_path / "runs" / "connect" / "history.jsonl").is_file()
+    assert (tmp_path / "runs" / "connect-model" / "metadata").is_dir()

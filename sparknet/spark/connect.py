@@ -21,7 +21,7 @@ difference, used wherever :func:`is_client` says so:
   again elsewhere from lineage.
 * :class:`PlanExchange` carries the weights inside each round's query and
   brings every worker's result back as Arrow batches, summed on the client as
-  they arrive: fine for models of up to :data:`PLAN_LIMIT` bytes.
+  they arrive: for models of up to :data:`PLAN_LIMIT` bytes (4 million parameters).
 * :func:`probe_workers`, :func:`predict_frame` and :func:`share_weights`:
   the workers' interpreter check, ``predict``'s last step and ``caffe_udf``'s
   weights.
@@ -49,9 +49,12 @@ log = logging.getLogger("sparknet.spark")
 
 __all__ = ["PLAN_LIMIT", "ConnectContext", "context", "is_client", "share_weights"]
 
-#: The most bytes of weights (or anything else a round ships) a query may carry: Spark
-#: Connect's server takes messages of up to 128 MiB (spark.connect.grpc.maxInboundMessageSize).
-PLAN_LIMIT = 96 << 20
+#: The most bytes of weights (or anything else a job ships) a Connect query carries. The
+#: server takes messages of up to 128 MiB, but each task gets its own copy of the function
+#: on the server's heap: at 48 MB, two local tasks exhausted a default 1 GB server (measured;
+#: the JVM died), at 32 MB they passed. 16 MB (4 million parameters) leaves room for more
+#: tasks; LeNet is 1.7 MB, CIFAR-10 quick 0.6 MB.
+PLAN_LIMIT = 16 << 20
 
 #: The one column of the Arrow batches that carry pickled items back to the client.
 ITEMS = "item binary"
@@ -259,8 +262,8 @@ class FrameHandles:
             raise ValueError(
                 f"this job would carry {size / 1e6:.0f} MB inside its Spark Connect query "
                 f"(the weights, or the workers' checkpointed solver states), more than the "
-                f"{PLAN_LIMIT / 1e6:.0f} MB a Connect server takes; train a model this large "
-                "from a classic SparkSession")
+                f"{PLAN_LIMIT >> 20} MiB sparknet sends that way (every task holds a copy on "
+                "the server); train a model this large from a classic SparkSession")
         query = self.frame.mapInArrow(body, ITEMS)
         for row in query.toLocalIterator():
             yield pickle.loads(row[0])
@@ -403,6 +406,16 @@ def _arrow_ready(frame: Any) -> Any:
 
 # -- the weights --------------------------------------------------------------------------------
 
+def check_weights(nbytes: int, what: str) -> None:
+    """Refuse weights larger than a Connect query may carry (:data:`PLAN_LIMIT`), naming why."""
+    if nbytes > PLAN_LIMIT:
+        raise ValueError(
+            f"{what}: the weights ({nbytes / 1e6:.0f} MB, {nbytes // 4:,} parameters) are more "
+            f"than the {PLAN_LIMIT >> 20} MiB ({PLAN_LIMIT // 4:,} parameters) sparknet sends "
+            "inside a Spark Connect query (every task holds a copy on the server); use a "
+            "classic SparkSession for a model this large")
+
+
 class PlanChannel:
     """The round's weights inside its query; the result back as :class:`WeightChunk` items."""
 
@@ -440,11 +453,7 @@ class PlanExchange:
         return "each round's Spark Connect query and its Arrow results"
 
     def publish(self, flat: np.ndarray) -> PlanChannel:
-        if flat.nbytes > PLAN_LIMIT:
-            raise ValueError(
-                f"the weights ({flat.nbytes / 1e6:.0f} MB) are more than a Spark Connect "
-                f"query carries ({PLAN_LIMIT / 1e6:.0f} MB); train a model this large from a "
-                "classic SparkSession")
+        check_weights(flat.nbytes, "train")
         return PlanChannel(flat)
 
     def release(self, channel: Any) -> None:
@@ -494,10 +503,7 @@ def share_weights(flat: np.ndarray, session: Any = None) -> Shipped | None:
     elif not is_connect(session):
         return None
     flat = np.ascontiguousarray(flat, np.float32).reshape(-1)
-    if flat.nbytes > PLAN_LIMIT:
-        raise ValueError(f"the weights ({flat.nbytes / 1e6:.0f} MB) are more than a Spark "
-                         f"Connect query carries ({PLAN_LIMIT / 1e6:.0f} MB); score a model "
-                         "this large from a classic SparkSession")
+    check_weights(flat.nbytes, "caffe_udf")
     return Shipped(flat)
 
 
@@ -579,9 +585,9 @@ def predict_frame(frame: Any, task: Callable[[int, Iterator[Any]], Iterator[tupl
     size = _plan_size(body)
     if size > PLAN_LIMIT:
         raise ValueError(f"predict would carry {size / 1e6:.0f} MB inside its Spark Connect "
-                         f"query (the weights), more than the {PLAN_LIMIT / 1e6:.0f} MB a "
-                         "Connect server takes; run a model this large from a classic "
-                         "SparkSession")
+                         f"query (the weights), more than the {PLAN_LIMIT >> 20} MiB sparknet "
+                         "sends that way (every task holds a copy on the server); run a model "
+                         "this large from a classic SparkSession")
     out = _arrow_ready(frame).mapInArrow(body, arrays)
     vectors |= passed
     if vectors:
