@@ -25,6 +25,9 @@ BENCHES = [
     ("averaging.py", ["--spark", "--tree"],  # every exchange path
      [r"^communication time, sparknet / naive: \d+\.\d+x", r"^exchange='spark': ",
       r"^exchange='spark', tree: "]),
+    ("connect.py", [],
+     [r"^images/s, Connect / classic: \d+\.\d+x",
+      r"^target connect_vs_classic: \d+\.\d+ \(>= 0\.8\) (met|NOT met)$"]),
     ("decode.py", [],
      [r"^training path ratio, first pass \(sparknet / baseline, target >= 2x\): \d+\.\d+x",
       r"^resize 500x375 .* ratio \d+\.\d+x", r"^resize 1600x1200 .* ratio \d+\.\d+x",
