@@ -138,40 +138,30 @@ _PARALLELISM: dict[str, int] = {}
 
 
 def _read_hadoop(uri: str, spark: Any) -> bytes:
-    if spark is None or is_connect(spark):
+    session = spark
+    if spark is None:
         from pyspark.sql import SparkSession
 
-        session = spark if spark is not None else SparkSession.getActiveSession()
-        if is_connect(session):  # no SparkContext: Spark's binaryFile source reads it
-            return _read_binary_file(uri, session)
-    sc = spark_context(spark)
+        session = SparkSession.getActiveSession()
+    connect = is_connect(session)
+    sc = None if connect else spark_context(spark)
     try:
-        found = sc.binaryFiles(uri).take(2)
-    except Exception as e:  # noqa: BLE001 - py4j wraps Hadoop's FileNotFoundException / InvalidInputException
+        if connect:  # no SparkContext: Spark's binaryFile source reads it
+            found = [r[0] for r in session.read.format("binaryFile").load(uri)
+                     .select("content").take(2)]
+        else:
+            found = [content for _, content in sc.binaryFiles(uri).take(2)]
+    except Exception as e:  # noqa: BLE001 - py4j wraps Hadoop's FileNotFoundException / InvalidInputException; Connect's AnalysisException says PATH_NOT_FOUND
         text = str(e)
-        if "does not exist" in text or "FileNotFound" in text or "No such file" in text:
+        if any(m in text for m in ("does not exist", "FileNotFound", "No such file",
+                                   "PATH_NOT_FOUND")):
             raise FileNotFoundError(f"{uri}: no such file") from None
         raise OSError(f"{uri}: {text.splitlines()[0] if text else type(e).__name__}") from None
     if not found:
         raise FileNotFoundError(f"{uri}: no such file")
     if len(found) > 1:
         raise ValueError(f"{uri} names more than one file")
-    return bytes(found[0][1])
-
-
-def _read_binary_file(uri: str, spark: Any) -> bytes:
-    try:
-        found = spark.read.format("binaryFile").load(uri).select("content").take(2)
-    except Exception as e:  # noqa: BLE001 - the server's AnalysisException names a missing path
-        text = str(e)
-        if "PATH_NOT_FOUND" in text or "does not exist" in text:
-            raise FileNotFoundError(f"{uri}: no such file") from None
-        raise OSError(f"{uri}: {text.splitlines()[0] if text else type(e).__name__}") from None
-    if not found:
-        raise FileNotFoundError(f"{uri}: no such file")
-    if len(found) > 1:
-        raise ValueError(f"{uri} names more than one file")
-    return bytes(found[0][0])
+    return bytes(found[0])
 
 
 def read_first(candidates: Sequence[PathLike], **kwargs: Any) -> tuple[str, bytes]:

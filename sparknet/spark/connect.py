@@ -42,7 +42,7 @@ import numpy as np
 from sparknet.data.rdd import hash_partition_keys
 from sparknet.io import default_parallelism, is_connect, spark_context
 from sparknet.spark._messages import StoreHandle
-from sparknet.spark._spark_exchange import chunks
+from sparknet.spark._spark_exchange import TaskOutputResults, chunks
 from sparknet.spark._store import MaterialiseSpec, materialise
 
 log = logging.getLogger("sparknet.spark")
@@ -439,7 +439,7 @@ class PlanChannel:
         return chunks(flat)
 
 
-class PlanExchange:
+class PlanExchange(TaskOutputResults):
     """The driver's side of :class:`PlanChannel` for a Spark Connect client.
 
     The vector published is pickled into each query that uses the channel when
@@ -457,22 +457,6 @@ class PlanExchange:
         return PlanChannel(flat)
 
     def release(self, channel: Any) -> None:
-        pass
-
-    def accept(self, channel: PlanChannel, acc: np.ndarray) -> PlanChannel:
-        acc[:] = 0  # the caller folds the round's results into it
-        return channel
-
-    def missing(self, partitions: Iterable[int]) -> list[int]:
-        return []
-
-    def spliced(self) -> list[int]:
-        return []
-
-    def end(self) -> None:
-        pass
-
-    def close(self) -> None:
         pass
 
 
