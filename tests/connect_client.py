@@ -35,7 +35,7 @@ def _no_spark_context() -> None:
 
 def flow_train(spark, out: Path) -> dict:
     """train (with checkpoints), resume, predict and featurize."""
-    from sparknet.data import digits_dataframe
+    from sparknet.data import digits_dataframe, load_digits
     from sparknet.models import lenet
     from sparknet.spark import featurize, predict, train
 
@@ -45,13 +45,14 @@ def flow_train(spark, out: Path) -> dict:
                  checkpoint_dir=out / "ckpt-full", checkpoint_interval=3,
                  output_dir=out / "run", **TRAIN)
     np.save(out / "train_weights.npy", full.weights.flat)
-    # interrupted after round 3, resumed to round 6: the uninterrupted run's weights
-    half = dict(TRAIN, rounds=3)
-    train(spark, solver, train_df, progress=False, checkpoint_dir=out / "ckpt",
-          checkpoint_interval=3, **{k: v for k, v in half.items() if k != "test_interval"})
-    resumed = train(spark, solver, train_df, progress=False, checkpoint_dir=out / "ckpt",
-                    resume=True, checkpoint_interval=3,
-                    **{k: v for k, v in TRAIN.items() if k != "test_interval"})
+    # interrupted after round 3, resumed to round 6: the uninterrupted run's weights; fed
+    # as (x, y) arrays, cut into the same two partitions as the DataFrame's
+    arrays = load_digits("train")
+    options = {k: v for k, v in TRAIN.items() if k != "test_interval"}
+    train(spark, solver, arrays, progress=False, checkpoint_dir=out / "ckpt",
+          checkpoint_interval=3, **dict(options, rounds=3))
+    resumed = train(spark, solver, arrays, progress=False, checkpoint_dir=out / "ckpt",
+                    resume=True, checkpoint_interval=3, **options)
     np.save(out / "resumed_weights.npy", resumed.weights.flat)
     scores = predict(spark, solver, full, test_df, blobs=["ip2"]).collect()
     np.save(out / "predict_ip2.npy", np.asarray([r.ip2 for r in scores], np.float32))

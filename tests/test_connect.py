@@ -130,6 +130,7 @@ def test_train_from_connect_gives_the_classic_sessions_weights_and_accuracy(
 
 def test_a_connect_run_resumed_from_its_checkpoint_reaches_the_uninterrupted_weights(
         connect_runs):
+    """Interrupted after round 3 and resumed, fed as (x, y) arrays: the same weights."""
     _, folder = _run(connect_runs, "train")
     assert np.array_equal(np.load(folder / "resumed_weights.npy"),
                           np.load(folder / "train_weights.npy"))

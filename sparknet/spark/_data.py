@@ -170,7 +170,7 @@ class RunData:
         from pyspark import RDD
 
         if connect.is_client(self.sc):
-            return connect.source(self.sc, data, names, what)
+            return connect.source(self.sc, data, names, what, self.workers)
         if is_dataframe(data):
             return _RddSource(dataframe_records(data, names, shapes, what=what))
         if isinstance(data, RDD):

@@ -375,17 +375,26 @@ class FrameSource:
         return FrameHandles(handles.persist(StorageLevel.MEMORY_ONLY))
 
 
-def source(ctx: ConnectContext, data: Any, names: Iterable[str], what: str) -> FrameSource:
-    """The training or test data of a Connect run as a :class:`FrameSource`."""
+def source(ctx: ConnectContext, data: Any, names: Iterable[str], what: str,
+           partitions: int | None = None) -> FrameSource:
+    """The training or test data of a Connect run as a :class:`FrameSource`.
+
+    ``(x, y)`` arrays are cut into ``partitions`` parts as a classic run cuts them.
+    """
     from sparknet.spark._records import DataError, is_dataframe, select_columns
 
+    names = tuple(names)
     if is_dataframe(data):
-        return FrameSource(ctx, _arrow_ready(select_columns(data, list(names), what=what)))
+        return FrameSource(ctx, _arrow_ready(select_columns(data, names, what=what)))
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], np.ndarray):
         from sparknet.data.rdd import to_dataframe
 
-        return FrameSource(ctx, to_dataframe(ctx.spark, data[0], data[1],
-                                             names=tuple(names)[:2]))
+        if len(names) != 2:
+            raise DataError(f"{what}: (x, y) arrays feed a net with two input blobs; this "
+                            f"one has {len(names)} ({', '.join(names)}): give a DataFrame "
+                            "with a column per input blob")
+        return FrameSource(ctx, to_dataframe(ctx.spark, data[0], data[1], names=names,
+                                             num_partitions=partitions))
     raise DataError(f"{what}: a Spark Connect session takes a DataFrame with columns named "
                     f"after the input blobs, or an (x, y) pair of arrays; got "
                     f"{type(data).__name__} (RDDs need a classic SparkSession)")
