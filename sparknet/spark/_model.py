@@ -14,6 +14,7 @@ import hashlib
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from typing import Any
 import attrs
 import numpy as np
 
-from sparknet.engine import CaffeError, CaffeNet, WeightCollection, solver_proto
-from sparknet.io import read_bytes
+from sparknet.engine import CaffeNet, WeightCollection, solver_proto
+from sparknet.io import is_s3, open_storage, read_bytes
 from sparknet.proto import caffe_pb2
 from sparknet.spark._messages import NetSpec
 from sparknet.spark._records import LabelRule, label_rules, shape_str
@@ -168,16 +169,23 @@ def load_weights(net: CaffeNet, weights: Any, s3_options: Any = None) -> None:
     net.use_weights(weights, fetch=functools.partial(read_bytes, s3=s3_options))
 
 
-def save_caffemodel(net: CaffeNet, path: str | os.PathLike) -> None:
-    """``net.save_weights(path)``; a failed write (disk full) is an ``OSError`` naming ``path``.
+def save_caffemodel(net: CaffeNet, path: str | os.PathLike, s3_options: Any = None) -> str:
+    """Write ``net``'s weights as a ``.caffemodel`` at ``path``, local or ``s3://``; returns it.
 
-    Caffe's own message for it names neither the file nor the cause. The
-    engine writes atomically, so an older file at ``path`` stays whole.
+    Locally this is the engine's one writer, :meth:`CaffeNet.save_weights`
+    (atomic; a failed write is an ``OSError`` naming ``path`` and leaves no
+    temporary). For S3 that writer fills a local temporary file, which goes up
+    as one object; a failure on either side names ``path``.
     """
-    try:
+    if not is_s3(path):
         net.save_weights(path)
-    except CaffeError as e:
-        # the engine writes "<path>.tmp<pid>" and renames it; a failed write leaves it
-        Path(f"{os.fspath(path)}.tmp{os.getpid()}").unlink(missing_ok=True)
-        raise OSError(f"cannot write {os.fspath(path)}: Caffe failed to write the weights "
-                      f"(disk full or over a quota?): {e}") from None
+        return os.fspath(path)
+    base, name = str(path).rsplit("/", 1)
+    with tempfile.TemporaryDirectory(prefix="sparknet-weights-") as d:
+        try:
+            net.save_weights(Path(d) / name)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot stage {path} for upload in {d}: {e.strerror}",
+                          str(path)) from None
+        open_storage(base, s3_options).write_file(name, Path(d) / name)
+    return str(path)

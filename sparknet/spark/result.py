@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sparknet.engine import CaffeNet, WeightCollection, solver_proto
-from sparknet.io import is_s3, open_storage
 from sparknet.proto import caffe_pb2
 from sparknet.spark._model import load_weights, save_caffemodel
 from sparknet.spark._runlog import plot_history
@@ -81,17 +79,7 @@ class TrainResult:
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the weights as a ``.caffemodel`` (a local path or ``s3://``); returns it."""
-        net = self.net()
-        if is_s3(path):
-            base, name = str(path).rsplit("/", 1)
-            with tempfile.TemporaryDirectory() as d:
-                local = Path(d) / "weights.caffemodel"
-                net.save_weights(local)
-                open_storage(base, self.s3_options).write_file(name, local)
-            return str(path)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_caffemodel(net, path)
-        return os.fspath(path)
+        return save_caffemodel(self.net(), path, self.s3_options)
 
     @classmethod
     def load(cls, path: str | os.PathLike, solver: Any, *,
