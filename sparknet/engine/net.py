@@ -22,6 +22,7 @@ from sparknet.engine._checks import (
     index_rules,
     nonfinite_inputs,
 )
+from sparknet.engine.signature import NetSignature
 from sparknet.engine.weights import WeightCollection, check_layouts
 from sparknet.io import atomic_file
 from sparknet.proto import as_message, caffe_pb2
@@ -296,16 +297,37 @@ class CaffeNet:
 
     def _check_indices(self, net: int, arrays: Sequence[np.ndarray | None]) -> None:
         """Refuse labels (indices) out of range before Caffe reads past its arrays."""
+        for rule in self.label_rules(net):
+            values = arrays[rule.index]
+            if values is not None:
+                rule.check(values)
+
+    def label_rules(self, phase: str | int = "TRAIN") -> list[IndexRule]:
+        """The input blobs a layer of the phase's net reads as class (or row) indices.
+
+        One :class:`IndexRule` per such layer (``SoftmaxWithLoss``, ``Accuracy``,
+        ``MultinomialLogisticLoss``, ``InfogainLoss``, ``HingeLoss``, ``Embed``),
+        the input traced back through ``Split``/``Reshape``/``Flatten``, with the
+        number of classes as Caffe counts them. :meth:`train`, :meth:`test` and
+        :meth:`forward` check every batch with these rules.
+        """
+        net = self._phase(phase)
         rules = self._index_rules.get(net)
         if rules is None:
             inputs = self._inputs[TRAIN] if net == TRAIN else self._test_inputs()
             rules = self._index_rules[net] = index_rules(
                 self._engine.layers(net), dict(self._engine.blob_shapes(net)),
                 [n for n, _ in inputs])
-        for rule in rules:
-            values = arrays[rule.index]
-            if values is not None:
-                rule.check(values)
+        return list(rules)
+
+    def layer_tops(self, layer_type: str, phase: str | int = "TEST") -> list[str]:
+        """The blobs the phase's layers of type ``layer_type`` write, in net order."""
+        return [top for _, kind, _, tops, _ in self._engine.layers(self._phase(phase))
+                if kind == layer_type for top in tops]
+
+    def signature(self) -> NetSignature:
+        """What the nets take and give: inputs, shapes, outputs, label rules, layout."""
+        return NetSignature.of(self)
 
     def _resize(self, net: int, n: int) -> None:
         inputs = self._inputs[TRAIN] if net == TRAIN else self._test_inputs()
