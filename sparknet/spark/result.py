@@ -9,8 +9,9 @@ from typing import Any
 
 from sparknet.engine import CaffeNet, WeightCollection, solver_proto
 from sparknet.proto import caffe_pb2
-from sparknet.spark._model import load_weights, save_caffemodel
+from sparknet.spark._model import save_caffemodel
 from sparknet.spark._runlog import plot_history
+from sparknet.spark.nets import load_weights
 
 __all__ = ["TrainResult", "TrainingDiverged"]
 

@@ -184,7 +184,7 @@ class _Trainer:
         runlog = RunLog(cfg.output_dir, rounds=cfg.rounds, start_round=resumed.round,
                         elapsed_before=resumed.elapsed, progress=cfg.progress,
                         history=resumed.history)
-        data = RunData(self.sc, self.run_id, batch=self.model.batch, workers=cfg.workers,
+        data = RunData(self.sc, self.run_id, batch=self.model.signature.batch, workers=cfg.workers,
                        runlog=runlog)
         ctx = RunContext(self.sc, self.run_id, self.extras, self.test_data is not None)
         rounds = Rounds(ctx, self.config, self.model, self.ckpts, runlog, data, resumed)
@@ -198,8 +198,8 @@ class _Trainer:
         try:
             runlog.event("training %s: %d workers, sync_interval %d, batch %d, rounds %d..%d, "
                          "%d parameters, strategy %s", self.model.param.net_param.name or "net",
-                         cfg.workers, cfg.sync_interval, self.model.batch, resumed.round + 1,
-                         cfg.rounds, self.model.num_params,
+                         cfg.workers, cfg.sync_interval, self.model.signature.batch, resumed.round + 1,
+                         cfg.rounds, self.model.signature.num_params,
                          cfg.strategy.describe(cfg.workers))
             if resumed.round:
                 runlog.event("resumed from %s (round %d)", resumed.checkpoint, resumed.round)
@@ -212,13 +212,13 @@ class _Trainer:
                 wait_for_slots(sc, cfg.workers, cfg.executor_wait, runlog)
                 prepare_workers(sc, cfg.workers)  # before round 1: they import this sparknet
                 model = self.model
-                data.cache(self.train_data, TRAIN, model.names, model.example_shapes,
-                           model.train_rules, partitions=cfg.workers,
+                data.cache(self.train_data, TRAIN, model.signature.inputs, model.signature.shapes,
+                           model.signature.train_rules, partitions=cfg.workers,
                            preprocess=cfg.preprocess, transforms=self.extras.transform)
                 if self.test_data is not None:
-                    data.cache(self.test_data, TEST, model.test_inputs,
-                               model.test_example_shapes or model.example_shapes,
-                               model.test_rules, partitions=None, preprocess=cfg.preprocess,
+                    data.cache(self.test_data, TEST, model.signature.fed("TEST"),
+                               model.signature.example_shapes("TEST"),
+                               model.signature.test_rules, partitions=None, preprocess=cfg.preprocess,
                                transforms=self.extras.test_transform)
                 flat = rounds.loop(flat)
             finished = True
@@ -239,7 +239,7 @@ class _Trainer:
                 except Exception as e:  # noqa: BLE001  # a plot must not lose a run
                     log.warning("could not plot the history: %s", e)
             runlog.close()
-        return TrainResult(WeightCollection.from_flat(self.model.layout, flat), rounds.history,
+        return TrainResult(WeightCollection.from_flat(self.model.signature.layout, flat), rounds.history,
                            self.model.param, runlog.log_path, runlog.history_path,
                            runlog.plot_path, rounds.last_checkpoint, cfg.s3_options,
                            rounds.exchange_name)
