@@ -307,8 +307,9 @@ class Rounds:
         self.exchange_name = self.exchange.name
         jobs = Jobs(sc, model, self.data, self.exchange, workers=K, reduction=cfg.reduction,
                     event=runlog.event)
-        test_spec = TestSpec(self.ctx.run_id, model.net_spec, model.signature.test_batch, cfg.seed,
-                             model.signature.fed("TEST"), local_weights=rate is not None)
+        sig = model.signature
+        test_spec = TestSpec(self.ctx.run_id, model.net_spec, sig.test_batch, cfg.seed,
+                             sig.fed("TEST"), local_weights=rate is not None)
         t_bc = time.perf_counter()
         chan = self.exchange.publish(weights)
         t_bc = time.perf_counter() - t_bc
@@ -319,9 +320,8 @@ class Rounds:
             test_due = self.ctx.has_test_data and cfg.test_due(r)
             staged = self.ckpts.begin() if ckpt_due else None
             sink = StateFiles(staged)
-            spec = RoundSpec(self.ctx.run_id, model.net_spec, r, cfg.sync_interval,
-                             model.signature.batch, cfg.seed, cfg.shuffle, model.signature.inputs, model.signature.num_params,
-                             rate, ckpt_due)
+            spec = RoundSpec(self.ctx.run_id, model.net_spec, r, cfg.sync_interval, sig.batch,
+                             cfg.seed, cfg.shuffle, sig.inputs, sig.num_params, rate, ckpt_due)
             t_job = time.perf_counter()
             try:
                 outcome = jobs.round(spec, chan, extras_bc,
