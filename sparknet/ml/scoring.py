@@ -25,10 +25,10 @@ import numpy as np
 
 from sparknet._util import shape_str
 from sparknet.data import to_blobs
-from sparknet.engine import CaffeNet, NetSignature, WeightCollection
+from sparknet.engine import NetSignature, WeightCollection
 from sparknet.proto import caffe_pb2
 from sparknet.spark import DataError
-from sparknet.spark.nets import signature_of, weights_or_fillers
+from sparknet.spark.nets import built, signature_of, weights_or_fillers
 from sparknet.spark.scoring import NetSpec, Scorer, ScoreSpec, broadcast_weights
 
 log = logging.getLogger("sparknet.ml")
@@ -39,7 +39,7 @@ __all__ = ["caffe_udf"]
 def load_weights(param: caffe_pb2.SolverParameter, weights: Any) -> WeightCollection:
     """The net's weights from any form ``CaffeNet.use_weights`` takes (a ``.caffemodel``
     path may be ``s3://``); ``None``: the fillers, with a warning."""
-    return weights_or_fillers(CaffeNet(param), weights, who="caffe_udf")
+    return weights_or_fillers(built(param)[1], weights, who="caffe_udf")
 
 
 def digest(param: caffe_pb2.SolverParameter) -> str:

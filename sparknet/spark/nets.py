@@ -50,7 +50,8 @@ def solver_of(net: Any) -> caffe_pb2.SolverParameter:
     if isinstance(net, caffe_pb2.NetParameter):
         NetParam.check(net)
         return _scoring_solver(net)
-    param = solver_proto(net)
+    param = caffe_pb2.SolverParameter()
+    param.CopyFrom(solver_proto(net))  # the caller's own message stays the caller's
     NetParam.check(param)
     return param
 

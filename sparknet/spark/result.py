@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparknet.engine import CaffeNet, WeightCollection, solver_proto
+from sparknet.engine import CaffeNet, WeightCollection
 from sparknet.proto import caffe_pb2
 from sparknet.spark._model import save_caffemodel
 from sparknet.spark._runlog import plot_history
-from sparknet.spark.nets import load_weights
+from sparknet.spark.nets import built, load_weights
 
 __all__ = ["TrainResult", "TrainingDiverged"]
 
@@ -90,9 +90,7 @@ class TrainResult:
         A ``.caffemodel`` holds only the weights: the history is empty and
         ``checkpoint`` is ``path``.
         """
-        param = caffe_pb2.SolverParameter()
-        param.CopyFrom(solver_proto(solver))
-        net = CaffeNet(param)
+        param, net = built(solver)  # a prototxt-born net is checked by the DSL first
         load_weights(net, path, s3_options)
         return cls(net.get_weights(), [], param, checkpoint=os.fspath(path),
                    s3_options=s3_options)
