@@ -117,6 +117,7 @@ def flow_refusals(spark, out: Path) -> dict:
         seen["socket"] = f"{type(e).__name__}: {e}"
     from sparknet.dsl import (
         InnerProductLayer,
+        LrPolicy,
         NetParam,
         RDDLayer,
         SoftmaxWithLoss,
@@ -126,7 +127,7 @@ def flow_refusals(spark, out: Path) -> dict:
         "big", RDDLayer("data", shape=(64, 1, 28, 28)), RDDLayer("label", shape=(64, 1)),
         InnerProductLayer("ip1", ["data"], num_output=6000),
         InnerProductLayer("ip2", ["ip1"], num_output=10),
-        SoftmaxWithLoss("loss", ["ip2", "label"])), base_lr=0.01)
+        SoftmaxWithLoss("loss", ["ip2", "label"])), base_lr=0.01, lr_policy=LrPolicy.fixed())
     try:
         train(spark, big, digits_dataframe(spark, "train"), workers=2, rounds=1, progress=False)
     except Exception as e:  # noqa: BLE001 - recorded for the test

@@ -469,15 +469,21 @@ class PlanExchange(TaskOutputResults):
         pass
 
 
-def open_exchange(mode: str, reduction: str, event: Callable[..., None]) -> PlanExchange:
-    """A Connect run's exchange; refuses what only a classic session has, naming the choice."""
-    if mode != "auto":
-        raise ValueError(f"exchange='{mode}' needs a classic SparkSession (the driver's socket "
-                         "or Spark's broadcasts); a Spark Connect session moves the weights "
-                         "inside its queries: leave exchange='auto'")
+def check_run(exchange: str, reduction: str, num_params: int) -> None:
+    """Refuse, before any job, what a Connect run cannot do, naming what to do instead."""
+    if exchange != "auto":
+        raise ValueError(f"exchange='{exchange}' needs a classic SparkSession (the driver's "
+                         "socket or Spark's broadcasts); a Spark Connect session moves the "
+                         "weights inside its queries: leave exchange='auto'")
     if reduction == "tree":
         raise ValueError("reduction='tree' sums on the executors through RDDs, which a Spark "
                          "Connect session does not have: leave reduction='auto'")
+    check_weights(4 * num_params, "train")
+
+
+def open_exchange(mode: str, reduction: str, event: Callable[..., None]) -> PlanExchange:
+    """A Connect run's exchange (its options were checked by :func:`check_run`)."""
+    check_run(mode, reduction, 0)
     exchange = PlanExchange()
     event("weights travel through %s", exchange.where())
     return exchange

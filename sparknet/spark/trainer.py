@@ -172,8 +172,8 @@ class _Trainer:
         self.config = config
         self.model, net = Model.read(solver, seed=config.seed, gpu=config.gpu,
                                      blas_threads=config.blas_threads)
-        if connect.is_client(sc):  # refused before any job: the weights go inside the queries
-            connect.check_weights(4 * self.model.num_params, "train")
+        if connect.is_client(sc):  # what a Connect run cannot do is refused before any job
+            connect.check_run(config.exchange, config.reduction, self.model.signature.num_params)
         self.driver = DriverNet(self.model, net)
         self.train_data, self.test_data = train_data, test_data
         self.extras = RunExtras(self.model.transforms(config.transform, "TRAIN"),
