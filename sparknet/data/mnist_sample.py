@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from sparknet.data._io import maybe_gunzip
+from sparknet.io import maybe_gunzip
 from sparknet.data.mnist import CAFFE_SCALE
 
 Split = Literal["train", "test", "all"]

@@ -10,7 +10,7 @@
 Only ``engine``, ``data``, ``proto`` and ``dsl`` are imported from here;
 nothing below this package imports it.
 """
-from sparknet.spark._python import WorkerPythonError
+from sparknet.spark._python import WorkerPythonError, prepare_workers
 from sparknet.spark._records import DataError
 from sparknet.spark.outer import Outer
 from sparknet.spark.schedule import TauSchedule
@@ -33,6 +33,7 @@ __all__ = [
     "WorkerPythonError",
     "featurize",
     "predict",
+    "prepare_workers",
     "train",
 ]
 
