@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from sparknet.io import maybe_gunzip
 from sparknet.data.mnist import CAFFE_SCALE
+from sparknet.io import maybe_gunzip
 
 Split = Literal["train", "test", "all"]
 
