@@ -121,3 +121,33 @@ def test_outer_options_are_checked_before_any_job(spark, data, solver16):
     assert [h["tau"] for h in res.history] == [3, 5]
     net = CaffeNet(solver16)
     net.set_weights(res.weights.flat)
+
+
+def test_the_estimator_trains_with_its_outer_and_tau_schedule_params(spark, solver16, tmp_path):
+    from pyspark.ml.tuning import ParamGridBuilder
+
+    from sparknet.data import digits_dataframe
+    from sparknet.ml import CaffeEstimator
+
+    df = digits_dataframe(spark, "train", num_partitions=2)
+    est = CaffeEstimator(solver=solver16, featuresCol="data", workers=2, syncInterval=5,
+                         rounds=2, testInterval=0, outer=Outer.nesterov(lr=0.6),
+                         tauSchedule=TauSchedule.post_local(rounds=1, tau=3))
+    assert est.getOuter() == Outer.nesterov(lr=0.6, momentum=0.9)
+    model = est.fit(df)
+    assert [h["tau"] for h in model.history] == [3, 5]
+    # what train() gives with the same options: the Params reached it
+    want = train(spark, solver16, df, rounds=2, seed=int(est.getSeed()) % 2 ** 31,
+                 outer=Outer.nesterov(lr=0.6),
+                 tau_schedule=TauSchedule.post_local(rounds=1, tau=3), **SMALL)
+    assert model.weights == want.weights
+    # the Params persist as JSON and vary in a grid like any other
+    est.write().overwrite().save(str(tmp_path / "est"))
+    again = CaffeEstimator.load(str(tmp_path / "est"))
+    assert again.getOuter() == est.getOuter() and again.getTauSchedule() == est.getTauSchedule()
+    grid = ParamGridBuilder().addGrid(est.outer, [Outer.average(), "slowmo"]).build()
+    assert [est.copy(g).getOuter() for g in grid] == [Outer.average(), Outer.slowmo()]
+    assert CaffeEstimator().getOuter() == Outer.average()
+    assert CaffeEstimator().getTauSchedule() == TauSchedule.fixed()
+    with pytest.raises(ValueError, match=r"Outer\.nesterov: lr must be finite and > 0"):
+        CaffeEstimator(outer={"name": "nesterov", "lr": -1})
