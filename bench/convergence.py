@@ -179,7 +179,12 @@ def torch_curve(epochs: int, batch: int) -> dict[str, Any]:
     from pyspark.ml.torch.distributor import TorchDistributor
 
     sys.path.insert(0, str(HERE))
-    from peers import distributor_train
+    import peers
+    from pyspark import cloudpickle
+
+    # the workers cannot import bench/peers.py: ship the peer's code by value
+    cloudpickle.register_pickle_by_value(peers)
+    distributor_train = peers.distributor_train
 
     per_step = 2 * batch
     epoch_steps = max(1, round(TRAIN_IMAGES / per_step))

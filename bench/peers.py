@@ -226,7 +226,8 @@ def distributor_train(steps: int, batch: int, data: str = "digits", eval_every: 
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=0.0005)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _inv_lr(s) / 0.01)
     x, y = load("train")
-    x, y = torch.from_numpy(np.array(x[rank::world])), torch.from_numpy(y[rank::world]).long()
+    x, y = (torch.from_numpy(np.array(x[rank::world])),
+            torch.from_numpy(np.array(y[rank::world])).long())
     xt, yt = load("test")
     xt = torch.from_numpy(np.array(xt))
     rng = np.random.default_rng(rank)
