@@ -25,11 +25,12 @@ a checkpoint keeps it, so a resumed run continues bit for bit.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import attrs
 import numpy as np
+
+from sparknet.spark._values import parse_value
 
 __all__ = ["Outer"]
 
@@ -108,28 +109,11 @@ class Outer:
     @classmethod
     def parse(cls, value: Any) -> Outer:
         """An :class:`Outer` from itself, a name, or a :meth:`describe` dict; ``None``: average."""
-        if value is None:
-            return cls.average()
-        if isinstance(value, Outer):
-            return value
-        if isinstance(value, str):
-            name = _ALIASES.get(value.strip().lower())
-            if name is None:
-                raise ValueError(f"outer must be 'average', 'nesterov' (or 'diloco'), 'slowmo' "
-                                 f"or an Outer value, got {value!r}")
-            return getattr(cls, name)()
-        if isinstance(value, Mapping):
-            unknown = set(value) - {"name", "lr", "momentum"}
-            if unknown or "name" not in value:
-                raise ValueError(f"outer: a dict needs 'name' and may have 'lr', 'momentum'; "
-                                 f"got {dict(value)!r}")
-            name = _ALIASES.get(str(value["name"]).lower())
-            if name is None:
-                raise ValueError(f"outer: unknown name {value['name']!r} (choose from "
-                                 f"{', '.join(cls.NAMES)})")
-            return getattr(cls, name)(**{k: value[k] for k in ("lr", "momentum") if k in value})
-        raise TypeError(f"outer must be an Outer value (Outer.nesterov(...)), a name or a dict, "
-                        f"got {type(value).__name__}")
+        return parse_value(cls, value, param="outer", default="average",
+                           names="'average', 'nesterov' (or 'diloco'), 'slowmo'",
+                           aliases=_ALIASES, fields={"average": set(),
+                                                     "nesterov": {"lr", "momentum"},
+                                                     "slowmo": {"lr", "momentum"}})
 
     # -- what it is ----------------------------------------------------------------------------
     @property

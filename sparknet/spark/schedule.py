@@ -24,10 +24,12 @@ sequence and the learning-rate schedule follow it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import attrs
+
+from sparknet.spark._values import parse_value
 
 __all__ = ["TauSchedule"]
 
@@ -93,26 +95,10 @@ class TauSchedule:
     @classmethod
     def parse(cls, value: Any) -> TauSchedule:
         """A schedule from itself, a name, or a :meth:`describe` dict; ``None``: fixed."""
-        if value is None:
-            return cls.fixed()
-        if isinstance(value, TauSchedule):
-            return value
-        if isinstance(value, str):
-            kind = _ALIASES.get(value.strip().lower())
-            if kind is None:
-                raise ValueError(f"tau_schedule must be 'fixed', 'post-local', 'adaptive' or a "
-                                 f"TauSchedule value, got {value!r}")
-            return getattr(cls, kind)()
-        if isinstance(value, Mapping):
-            kind = _ALIASES.get(str(value.get("name", "")).lower())
-            allowed = {"fixed": set(), "post_local": {"rounds", "tau"},
-                       "adaptive": {"interval", "min_tau"}}.get(kind or "")
-            if allowed is None or set(value) - {"name"} - allowed:
-                raise ValueError(f"tau_schedule: a dict needs 'name' (fixed, post_local, "
-                                 f"adaptive) and that schedule's fields; got {dict(value)!r}")
-            return getattr(cls, kind)(**{k: value[k] for k in allowed if k in value})
-        raise TypeError(f"tau_schedule must be a TauSchedule (TauSchedule.post_local(...)), a "
-                        f"name or a dict, got {type(value).__name__}")
+        return parse_value(cls, value, param="tau_schedule", default="fixed",
+                           names="'fixed', 'post-local', 'adaptive'", aliases=_ALIASES,
+                           fields={"fixed": set(), "post_local": {"rounds", "tau"},
+                                   "adaptive": {"interval", "min_tau"}})
 
     # -- what it is ----------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
