@@ -22,6 +22,7 @@ ALLOWED = {
     "data": {"proto", "_util"},
     "spark": {"engine", "data", "proto", "dsl", "_util"},
     "ml": {"spark", "engine", "data", "proto", "dsl", "_util"},
+    "testing": {"_util"},
 }
 
 
