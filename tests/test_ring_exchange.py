@@ -88,13 +88,16 @@ def test_the_driver_forms_a_ring_once_per_round_and_turns_a_second_join_away(rin
     assert _join(ring, chan.key - 1, 0, 100) == {"status": ST_STALE}
 
 
-def test_a_partition_that_never_joins_is_named_after_the_timeout():
-    with RingExchange("127.0.0.1", workers=3, ring_timeout=1.0) as exchange:
-        chan = exchange.accept(exchange.publish(np.zeros(10, np.float32)),
-                               np.empty(10, np.float32))
-        answer = _join(exchange, chan.key, 0, 10)
-    assert answer == {"error": "partition(s) [1, 2] did not join the round's ring within 1 s "
-                               "(their tasks did not start, or cannot reach the driver)"}
+def test_a_join_waits_for_the_others_until_the_round_ends(ring):
+    chan = ring.accept(ring.publish(np.zeros(10, np.float32)), np.empty(10, np.float32))
+    got: dict = {}
+    waiting = threading.Thread(target=lambda: got.update(_join(ring, chan.key, 0, 10)))
+    waiting.start()
+    waiting.join(2.0)
+    assert waiting.is_alive()  # partition 1 is still training: no timeout
+    ring.end()
+    waiting.join(30)
+    assert got == {"error": "the round ended before every partition joined"}
 
 
 def _put(exchange: RingExchange, key: int, size: int, offset: int, data: np.ndarray) -> int:
