@@ -350,6 +350,7 @@ class NetCluster:
         self.state_dir: Path | None = None
         self._procs: list[subprocess.Popen] = []
         self._reaper: subprocess.Popen | None = None
+        self._attached = False
         self._spark_home = Path(importlib.util.find_spec("pyspark").submodule_search_locations[0]) \
             if importlib.util.find_spec("pyspark") else Path()
 
@@ -417,7 +418,7 @@ class NetCluster:
 
     def close(self) -> None:
         """Stop every process and remove every namespace of the cluster (idempotent)."""
-        if not self.id:
+        if not self.id or self._attached:
             return
         teardown(self.id)
         for p in self._procs:
@@ -473,8 +474,13 @@ class NetCluster:
         (TCP sends them again).
         """
         n = self.node(which)
-        link = attrs.evolve(link or self.links.get(n.name, self.link), **change)
+        before = self.links.get(n.name)
+        link = attrs.evolve(link or before or self.link, **change)
         sw = self._ns("sw")
+        if before is not None and attrs.evolve(before, up=link.up) == link:  # a cut, no more
+            _run(["ip", "-n", sw, "link", "set", n.port, "up" if link.up else "down"])
+            self.links[n.name] = link
+            return link
         delay = link.delay_ms
         if delay is None:
             delay = DEFAULT_DELAY_MS if has_netem() else 0.0
@@ -572,7 +578,28 @@ class NetCluster:
         return {"id": self.id, "master": self.master_url, "driver": self.driver.address,
                 "workers": [w.address for w in self.workers], "cores": self.cores,
                 "executor_memory": self.executor_memory, "python": self.python,
-                "hosts": {n.address: n.name for n in self.nodes}}
+                "hosts": {n.address: n.name for n in self.nodes},
+                "nodes": [attrs.asdict(n) for n in self.nodes],
+                "link": attrs.asdict(self.link)}
+
+    @classmethod
+    def attach(cls, info: Mapping[str, Any] | None = None) -> NetCluster:
+        """The running cluster ``info`` describes (default: the one this program runs in).
+
+        For a driver program that changes links itself (cuts one mid-round);
+        closing it stops nothing, the owner does that.
+        """
+        info = info if info is not None else cluster_info()
+        if info is None:
+            raise NetClusterError(f"${ENV} is not set: not running in a simulated cluster")
+        cluster = cls(len(info["workers"]), cores=info["cores"],
+                      executor_memory=info["executor_memory"], python=info["python"])
+        cluster.id = info["id"]
+        cluster.nodes = [Node(**n) for n in info["nodes"]]
+        cluster.link = Link(**info["link"])
+        cluster.links = {n.name: cluster.link for n in cluster.nodes}  # as the owner made them
+        cluster._attached = True
+        return cluster
 
     def driver_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment of a driver program (:func:`session` reads it)."""
