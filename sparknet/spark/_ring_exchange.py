@@ -84,11 +84,6 @@ _HELLO = struct.Struct("!4s16sqii")  # magic, token, accumulation key, rank, K
 #: Shard boundaries fall on multiples of this many floats (64 bytes).
 _ALIGN = 16
 
-# The gathered vector's spare buffer: the next round gathers into it while the current
-# weights (in _FETCHED) are still the round's start; then the two swap.
-_SPARE: dict[str, np.ndarray] = {}
-
-
 def shard_bounds(size: int, k: int) -> list[int]:
     """The K + 1 offsets that cut ``size`` floats into K near-equal, aligned shards."""
     inner = [min(size, -(-(size * i // k) // _ALIGN) * _ALIGN) for i in range(1, k)]
@@ -385,15 +380,19 @@ class _Ring:
                 self._step(flat[span(rank - t)], flat[span(rank - t - 1)], piece,
                            f"reduce-scatter step {t + 1}/{k - 1}")
         owned = span(rank + 1)
-        nxt = _SPARE.pop("flat", None)
-        if nxt is None or nxt.size != flat.size or nxt is start:
-            nxt = np.empty(flat.size, np.float32)
-        nxt.flags.writeable = True
         total = flat[owned]
+        mine = np.empty(total.size, np.float32)
         scratch = np.empty(total.size, np.float32) if chan.easgd_rate is not None else None
-        next_weights(start[owned], total, nxt[owned], workers=k, easgd_rate=chan.easgd_rate,
+        next_weights(start[owned], total, mine, workers=k, easgd_rate=chan.easgd_rate,
                      scratch=scratch)
         pusher = _Pusher(chan, rank, bounds[(rank + 1) % k], total)
+        # The next weights are gathered into the start's own buffer (no third model-sized
+        # buffer per process): from here it is neither version, so no task may take it
+        # until the gather is done; a task after a failed gather fetches from the driver.
+        _FETCHED.clear()
+        nxt = start
+        nxt.flags.writeable = True
+        nxt[owned] = mine
         try:
             for t in range(k - 1):
                 self._step(nxt[span(rank + 1 - t)], nxt[span(rank - t)], None,
@@ -401,12 +400,8 @@ class _Ring:
         finally:
             pusher.finish()
         nxt.flags.writeable = False
-        old = _FETCHED.get("flat")
-        _FETCHED.clear()
         _FETCHED.update(tag=("ring", chan.star.token, chan.key), flat=nxt,
                         print=_fingerprint(nxt, 0))
-        if old is not None and old.size == flat.size and old is not nxt:
-            _SPARE["flat"] = old  # the next round gathers into the old start
 
 
 class _Pusher(threading.Thread):
