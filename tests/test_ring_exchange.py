@@ -138,7 +138,7 @@ def test_shard_bounds_cover_the_vector_in_aligned_near_equal_shards():
 # -- ring connections between executors ------------------------------------------------------
 
 class _Chan:
-    """What _Ring needs of its channel, for a ring without Spark."""
+    """What _Ring needs of its channel to connect, for a ring without Spark."""
 
     def __init__(self, token: bytes, key: int, timeout: float):
         self.star = type("Star", (), {"token": token})()
@@ -170,23 +170,25 @@ def test_a_ring_connection_without_the_runs_token_is_refused(caplog):
     stranger.close()
 
 
-def test_a_silent_peer_is_given_up_on_naming_its_partition_and_host():
+def test_a_silent_peer_is_given_up_on_naming_its_partition_and_host(ring):
     a, b = _two(timeout=1.0)
     # partition 0 never connects: partition 1 waits for it for the timeout
     with pytest.raises(ConnectionError, match=r"waiting for a connection from partition 0 on "
                                               r"w0 \(127\.0\.0\.1\):\d+ failed \(this is "
                                               r"partition 1 on w1; timeout 1 s\)"):
         b._connect()
-    # connected, then silent mid-transfer
+    # connected, then silent: partition 1 has its result to reduce, partition 0 sends nothing
     a, b = _two(timeout=1.0)
+    chan = ring.accept(ring.publish(np.zeros(1000, np.float32)), np.empty(1000, np.float32))
+    b.chan = chan.with_star(chan.star)
+    b.chan.timeout = 1.0
+    a.chan = _Chan(chan.star.token, chan.key, 1.0)
     t = threading.Thread(target=a._connect)
     t.start()
-    b._connect()
-    t.join(30)
     with pytest.raises(ConnectionError, match=r"reduce-scatter step 1/1: receiving from "
                                               r"partition 0 on w0 \(127\.0\.0\.1\):\d+ failed"):
-        b._step(np.zeros(4, np.float32), np.zeros(1000, np.float32),
-                np.zeros(1000, np.float32), "reduce-scatter step 1/1")
+        b.allreduce(np.ones(1000, np.float32))
+    t.join(30)
     a.close()
 
 

@@ -68,7 +68,11 @@ class Nonfinite:
 
 @attrs.frozen
 class Timings:
-    """Seconds a round task spent: loading state, fetching weights, computing, saving, sending."""
+    """Seconds a round task spent: loading state, fetching weights, computing, saving, sending.
+
+    ``wait``: of ``send``, the time a ring task waited for the round's other
+    tasks to finish training and join (the rest is the collective itself).
+    """
 
     load: float = 0.0
     fetch: float = 0.0
@@ -76,6 +80,7 @@ class Timings:
     save: float = 0.0
     send: float = 0.0
     total: float = 0.0
+    wait: float = 0.0
 
 
 @attrs.frozen

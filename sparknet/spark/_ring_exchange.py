@@ -40,6 +40,7 @@ import hmac
 import itertools
 import json
 import logging
+import queue
 import select
 import socket
 import struct
@@ -83,6 +84,8 @@ _MAGIC_R = b"SNR1"
 _HELLO = struct.Struct("!4s16sqii")  # magic, token, accumulation key, rank, K
 #: Shard boundaries fall on multiples of this many floats (64 bytes).
 _ALIGN = 16
+#: Floats a ring task receives, adds and passes on at a time (1 MiB).
+PIECE = 1 << 18
 
 def shard_bounds(size: int, k: int) -> list[int]:
     """The K + 1 offsets that cut ``size`` floats into K near-equal, aligned shards."""
@@ -98,12 +101,13 @@ class RingChannel:
     vector equals (``None``: fetch it), ``fingerprint`` its sampled checksum.
     """
 
-    __slots__ = ("easgd_rate", "fingerprint", "origin", "star", "timeout", "workers")
+    __slots__ = ("easgd_rate", "fingerprint", "origin", "star", "timeout", "waited", "workers")
 
     def __init__(self, star: SocketChannel, origin: int | None, fingerprint: int, workers: int,
                  easgd_rate: float | None, timeout: float):
         self.star, self.origin, self.fingerprint = star, origin, int(fingerprint)
         self.workers, self.easgd_rate, self.timeout = int(workers), easgd_rate, float(timeout)
+        self.waited = 0.0  # in a task, after send(): seconds until every peer had joined
 
     def __getstate__(self) -> tuple:
         return (self.star, self.origin, self.fingerprint, self.workers, self.easgd_rate,
@@ -112,6 +116,7 @@ class RingChannel:
     def __setstate__(self, state: tuple) -> None:
         (self.star, self.origin, self.fingerprint, self.workers, self.easgd_rate,
          self.timeout) = state
+        self.waited = 0.0
 
     @property
     def key(self) -> int:
@@ -169,24 +174,57 @@ class RingChannel:
         if flat.size != self.star.size or flat.dtype != np.float32:
             raise ValueError(f"result of {flat.size} {flat.dtype} for a {self.star.size}-float "
                              "exchange")
+        t0 = time.perf_counter()
         ring = _Ring.join(self, partition)
+        self.waited = time.perf_counter() - t0
         if ring.called_off is not None:
             return iter([CalledOff(partition, ring.called_off)])
         with ring:
             ring.allreduce(flat)
         return iter(())
 
-    def put(self, rank: int, offset: int, data: np.ndarray) -> None:
-        """Push ``data`` (a shard's sum) to the driver at ``offset`` of its accumulator."""
-        star = self.star
+
+class _Stream(threading.Thread):
+    """Sends what is queued to it, in order, while the caller receives and adds.
+
+    The ring's outgoing side: a piece reduced (or gathered) is forwarded as soon
+    as it is complete, so the K − 1 steps of each phase run as one pipeline.
+    ``sock=None``: the shard sum's push to the driver, which connects first.
+    """
+
+    def __init__(self, sock: socket.socket | None, push: tuple | None = None):
+        super().__init__(name="sparknet-ring-send", daemon=True)
+        self.sock, self.push = sock, push
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.start()
+
+    def send(self, data: np.ndarray) -> None:
+        self.queue.put(data)
+
+    def run(self) -> None:
+        try:
+            if self.push is None:
+                self._drain(self.sock)
+            else:
+                self._push(*self.push)
+        except BaseException as e:  # noqa: BLE001 - re-raised by finish()
+            self.error = e
+
+    def _drain(self, sock: socket.socket) -> None:
+        while (item := self.queue.get()) is not None:
+            _send_all(sock, memoryview(item).cast("B"))
+
+    def _push(self, chan: RingChannel, rank: int, offset: int, count: int) -> None:
+        star = chan.star
         try:
             with star._connect() as sock:
                 status, _ = star._request(sock, OP_PUT, rank, star.key)
                 if status == ST_STALE:
                     raise RuntimeError("sparknet: the driver no longer takes this round's "
                                        "shards (a task of a round run again?)")
-                sock.sendall(_PUT.pack(offset, data.size))
-                _send_all(sock, memoryview(np.ascontiguousarray(data)).cast("B"))
+                sock.sendall(_PUT.pack(offset, count))
+                self._drain(sock)
                 status, _ = _REP.unpack(_recv_exact(sock, _REP.size))
                 if status != ST_DONE:
                     raise ConnectionError(f"the exchange answered status {status}")
@@ -194,23 +232,8 @@ class RingChannel:
             raise ConnectionError(f"sparknet: pushing partition {rank}'s shard to the driver's "
                                   f"exchange at {star._where()} failed: {e}") from e
 
-
-class _Sender(threading.Thread):
-    """Sends one buffer while the caller receives (a ring step needs both at once)."""
-
-    def __init__(self, sock: socket.socket, data: np.ndarray):
-        super().__init__(name="sparknet-ring-send", daemon=True)
-        self.sock, self.data = sock, data
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            _send_all(self.sock, memoryview(self.data).cast("B"))
-        except BaseException as e:  # noqa: BLE001 - re-raised by the caller
-            self.error = e
-
     def finish(self) -> None:
+        self.queue.put(None)
         self.join()
         if self.error is not None:
             raise self.error
@@ -335,35 +358,14 @@ class _Ring:
                 conn.close()
 
     # -- the collective ----------------------------------------------------------------------
-    def _step(self, send: np.ndarray, recv: np.ndarray, add: np.ndarray | None,
-              what: str) -> None:
-        """Send ``send`` to the next task while receiving into ``recv`` (added if ``add``)."""
-        nxt = self.peers[(self.rank + 1) % self.k]
-        prv = self.peers[(self.rank - 1) % self.k]
-        sender = _Sender(self.out, send)
-        try:
-            if add is None:
-                _recv_into(self.inn, memoryview(recv).cast("B"))
-            else:
-                pos = 0
-                while pos < recv.size:
-                    n = min(add.size, recv.size - pos)
-                    _recv_into(self.inn, memoryview(add[:n]).cast("B"))
-                    part = recv[pos:pos + n]
-                    np.add(part, add[:n], out=part)
-                    pos += n
-        except (OSError, ConnectionError) as e:
-            self.close()  # the sender stops too
-            sender.join()
-            raise self._fail(f"{what}: receiving from", prv, e) from e
-        try:
-            sender.finish()
-        except (OSError, ConnectionError) as e:
-            self.close()
-            raise self._fail(f"{what}: sending to", nxt, e) from e
-
     def allreduce(self, flat: np.ndarray) -> None:
-        """Reduce-scatter ``flat``, make the next weights, gather them; push a shard's sum."""
+        """Reduce-scatter ``flat``, make the next weights, gather them; push a shard's sum.
+
+        One pipeline per phase: each piece received is added (reduce-scatter) or
+        stored (all-gather) and queued for the next task at once; the pieces of
+        the shard this task sums up are turned into the next weights and pushed
+        to the driver as they complete.
+        """
         chan, k, rank = self.chan, self.k, self.rank
         start = chan.weights()  # the round's start, cached in this process since its fetch
         bounds = shard_bounds(flat.size, k)
@@ -372,58 +374,91 @@ class _Ring:
             c %= k
             return slice(bounds[c], bounds[c + 1])
 
-        if k > 1:
-            self._connect()
-            widest = max(b - a for a, b in itertools.pairwise(bounds))
-            piece = np.empty(max(1, min(PUSH_CHUNK, widest)), np.float32)
-            for t in range(k - 1):
-                self._step(flat[span(rank - t)], flat[span(rank - t - 1)], piece,
-                           f"reduce-scatter step {t + 1}/{k - 1}")
         owned = span(rank + 1)
-        total = flat[owned]
-        mine = np.empty(total.size, np.float32)
-        scratch = np.empty(total.size, np.float32) if chan.easgd_rate is not None else None
-        next_weights(start[owned], total, mine, workers=k, easgd_rate=chan.easgd_rate,
-                     scratch=scratch)
-        pusher = _Pusher(chan, rank, bounds[(rank + 1) % k], total)
-        # The next weights are gathered into the start's own buffer (no third model-sized
-        # buffer per process): from here it is neither version, so no task may take it
-        # until the gather is done; a task after a failed gather fetches from the driver.
-        _FETCHED.clear()
-        nxt = start
-        nxt.flags.writeable = True
-        nxt[owned] = mine
+        mine = np.empty(owned.stop - owned.start, np.float32)
+        scratch = np.empty(mine.size, np.float32) if chan.easgd_rate is not None else None
+        pusher = _Stream(None, (chan, rank, owned.start, mine.size))
+        out = None
+        prv = self.peers[(rank - 1) % k]
+        phase = "connecting"
         try:
+            if k > 1:
+                self._connect()
+                out = _Stream(self.out)
+            buf = np.empty(max(1, min(PIECE, max(b - a for a, b in
+                                                   itertools.pairwise(bounds)))), np.float32)
+            if out is not None:
+                out.send(flat[span(rank)])  # reduce-scatter step 1: this task's own shard
             for t in range(k - 1):
-                self._step(nxt[span(rank + 1 - t)], nxt[span(rank - t)], None,
-                           f"all-gather step {t + 1}/{k - 1}")
-        finally:
+                phase = f"reduce-scatter step {t + 1}/{k - 1}"
+                c = span(rank - t - 1)
+                for lo in range(c.start, c.stop, buf.size):
+                    hi = min(lo + buf.size, c.stop)
+                    _recv_into(self.inn, memoryview(buf[:hi - lo]).cast("B"))
+                    np.add(flat[lo:hi], buf[:hi - lo], out=flat[lo:hi])
+                    if t < k - 2:
+                        out.send(flat[lo:hi])  # step t + 2 passes it on
+                    else:  # a piece of the sum this task owns: the next weights, at once
+                        self._finish_piece(start, flat, mine, scratch, lo, hi, owned, out,
+                                           pusher)
+                    self._check(out, pusher)
+            if k == 1:
+                self._finish_piece(start, flat, mine, scratch, owned.start, owned.stop, owned,
+                                   None, pusher)
+            # The next weights are gathered into the start's own buffer (no third
+            # model-sized buffer per process): from here it is neither version, so no task
+            # may take it until the gather is done; one after a failed gather fetches anew.
+            _FETCHED.clear()
+            nxt = start
+            nxt.flags.writeable = True
+            for t in range(k - 1):
+                phase = f"all-gather step {t + 1}/{k - 1}"
+                c = span(rank - t)
+                for lo in range(c.start, c.stop, buf.size):
+                    hi = min(lo + buf.size, c.stop)
+                    _recv_into(self.inn, memoryview(nxt[lo:hi]).cast("B"))
+                    if t < k - 2:
+                        out.send(nxt[lo:hi])
+                    self._check(out, pusher)
+            nxt[owned] = mine
+            phase = "all-gather: sending"
+            if out is not None:
+                out.finish()
+            phase = "pushing its shard"
             pusher.finish()
+        except (OSError, ConnectionError) as e:
+            self.close()  # the senders stop too
+            for stream in (out, pusher):
+                if stream is not None:
+                    stream.queue.put(None)
+                    stream.join(5)
+            if isinstance(e, ConnectionError) and str(e).startswith("sparknet:"):
+                raise
+            sending = out is not None and out.error is e
+            raise self._fail(f"{phase}: {'sending to' if sending else 'receiving from'}",
+                             self.peers[(rank + 1) % k] if sending else prv, e) from e
         nxt.flags.writeable = False
         _FETCHED.update(tag=("ring", chan.star.token, chan.key), flat=nxt,
                         print=_fingerprint(nxt, 0))
 
+    def _finish_piece(self, start: np.ndarray, flat: np.ndarray, mine: np.ndarray,
+                      scratch: np.ndarray | None, lo: int, hi: int, owned: slice,
+                      out: _Stream | None, pusher: _Stream) -> None:
+        """Floats ``lo:hi`` of the owned shard are summed: next weights, gather, push."""
+        rel = slice(lo - owned.start, hi - owned.start)
+        next_weights(start[lo:hi], flat[lo:hi], mine[rel], workers=self.k,
+                     easgd_rate=self.chan.easgd_rate,
+                     scratch=None if scratch is None else scratch[rel])
+        if out is not None:
+            out.send(mine[rel])  # all-gather step 1: this task's shard of the next weights
+        pusher.send(flat[lo:hi])  # the sum, from which the driver computes the same
 
-class _Pusher(threading.Thread):
-    """Pushes this task's shard sum to the driver while the all-gather runs."""
-
-    def __init__(self, chan: RingChannel, rank: int, offset: int, data: np.ndarray):
-        super().__init__(name="sparknet-ring-put", daemon=True)
-        self.args = (rank, offset, data)
-        self.chan = chan
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.chan.put(*self.args)
-        except BaseException as e:  # noqa: BLE001 - re-raised by finish()
-            self.error = e
-
-    def finish(self) -> None:
-        self.join()
-        if self.error is not None:
-            raise self.error
+    @staticmethod
+    def _check(out: _Stream | None, pusher: _Stream) -> None:
+        """Raise a sender's error as soon as it happens (not at the end of the phase)."""
+        for stream in (out, pusher):
+            if stream is not None and stream.error is not None:
+                raise stream.error
 
 
 def _hung_up(conn: socket.socket) -> bool:

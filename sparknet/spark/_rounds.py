@@ -532,6 +532,8 @@ def _round_record(r: int, reports: list[RoundReport], rerun: tuple[int, ...], *,
                     "compute": max(x.seconds.compute for x in reports),
                     "save": max(x.seconds.save for x in reports),
                     "collect": max(0.0, job - worker_total), "average": average}}
+    if any(x.seconds.wait for x in reports):  # a ring round: its collective, all joined
+        rec["seconds"]["exchange"] = max(x.seconds.send - x.seconds.wait for x in reports)
     rec["partitions"] = [
         {"partition": x.partition, "host": x.task.host, "pid": x.task.pid, "state": x.state,
          "attempt": x.task.attempt, "compute": x.seconds.compute}

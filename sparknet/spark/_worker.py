@@ -393,11 +393,13 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
     t_saved = time.perf_counter()
     sent = channel.send(p, result)  # a socket channel has pushed it all when this returns
     t_end = time.perf_counter()
+    waited = getattr(channel, "waited", 0.0)  # a ring channel: until its peers had joined
     yield RoundReport(task, state=how, images=spec.steps * spec.batch,
                       losses=tuple(losses.tolist()),
                       seconds=Timings(load=t_ready - t0, fetch=t_fetched - t_fetch,
                                       compute=t_trained - t_ready, save=t_saved - t_trained,
-                                      send=t_end - t_saved, total=t_end - t0))
+                                      send=t_end - t_saved, total=t_end - t0,
+                                      wait=waited))
     yield from sent
     if spec.send_state:
         kinds = [("solverstate", state)]
