@@ -250,8 +250,9 @@ def test_the_ring_needs_a_task_slot_per_worker_and_auto_keeps_the_star_here(spar
         train(spark, lenet.solver(16), digits, rounds=1, exchange="ring",
               **{**SMALL, "workers": 3})
     assert train(spark, lenet.solver(16), digits, rounds=1, **SMALL).exchange == "socket"
-    assert _comm.ring_pays(8, 61_000_000) and _comm.ring_pays(3, 7_000_000)
-    assert not _comm.ring_pays(2, 61_000_000) and not _comm.ring_pays(8, 431_080)
+    assert _comm.ring_pays(8, 61_000_000) and _comm.ring_pays(3, 431_080)
+    assert _comm.ring_pays(2, 7_000_000) and not _comm.ring_pays(2, 1_000_000)
+    assert not _comm.ring_pays(1, 61_000_000)
 
 
 # -- four workers, in a local[4] session of their own ------------------------------------------

@@ -77,9 +77,10 @@ log = logging.getLogger(__name__)
 
 MODES = ("auto", "socket", "ring", "spark")
 
-#: exchange="auto" takes the ring from this many workers on ...
+#: exchange="auto" takes the ring on a cluster from this many workers on ...
 RING_MIN_WORKERS = 3
-#: ... for models of at least this many bytes (smaller ones: the star's fixed cost is lower)
+#: ... and with two workers for models of at least this many bytes (below, the star's
+#: smaller fixed cost wins: bench/cluster_scaling.py, 4 MB at K = 2: star 0.42 s, ring 0.53 s)
 RING_MIN_BYTES = 16 << 20
 
 
@@ -137,11 +138,13 @@ def _encrypted(sc: Any) -> bool:
 def ring_pays(workers: int, num_params: int) -> bool:
     """The rule of ``exchange="auto"`` between the star and the ring, by K and model size.
 
-    From ``bench/cluster_scaling.py``: the star's round time grows with K
-    (2·K model copies through the driver's link), the ring's barely; from K = 3
-    and a few megabytes the ring is the faster one (the README has the figures).
+    From ``bench/cluster_scaling.py`` on 1 Gbit/s links: the star's round time
+    grows with K (2·K model copies through the driver's link), the ring's
+    barely. From K = 3 the ring is faster for every model size measured (4 MB
+    to 244 MB); with K = 2 only from some megabytes on (28 MB: ring 0.62 s,
+    star 0.96 s; 4 MB: ring 0.53 s, star 0.42 s). The README has the figures.
     """
-    return workers >= RING_MIN_WORKERS and 4 * num_params >= RING_MIN_BYTES
+    return workers >= RING_MIN_WORKERS or (workers == 2 and 4 * num_params >= RING_MIN_BYTES)
 
 
 def ring_blocker(sc: Any, workers: int) -> str | None:

@@ -136,11 +136,12 @@ def train(spark: Any, solver: Any, train_data: Any, *, test_data: Any = None,
         themselves (each node moves about 2 models a round whatever K; the
         driver receives one); needs a task slot per worker. ``"spark"``: a
         torrent broadcast and task results. ``"auto"`` (default) takes the
-        ring on a cluster (not ``local[...]``) from 3 workers and 16 MB of
-        weights, the socket otherwise; Spark's paths where Spark's network
-        or I/O encryption is on, ``reduction`` is ``"tree"`` or an executor
-        cannot connect to the driver (set ``spark.sparknet.exchange.port`` to
-        fix the port for a firewall).
+        ring on a cluster (not ``local[...]``) from 3 workers, or 2 workers
+        and 16 MB of weights, when there is a task slot per worker; the
+        socket otherwise; Spark's paths where Spark's network or I/O
+        encryption is on, ``reduction`` is ``"tree"`` or an executor cannot
+        connect to the driver (set ``spark.sparknet.exchange.port`` to fix
+        the port for a firewall).
     reduction
         With ``exchange="spark"``: ``"auto"``, ``"driver"`` (stream all
         workers' weights to the driver) or ``"tree"`` (partial sums on the
