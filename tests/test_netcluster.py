@@ -246,3 +246,14 @@ def test_the_reason_to_skip_is_one_line_naming_root_when_not_root():
         check=False, cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 1
     assert done.stdout.strip() == "the simulated cluster needs root (network namespaces, tc)"
+
+
+def test_the_command_line_runs_a_driver_program_in_the_drivers_namespace():
+    done = subprocess.run(
+        [sys.executable, "-m", "sparknet.testing.netcluster", "run", "--workers", "1",
+         "--no-spark", "--", sys.executable, "-c",
+         "import json, os, socket; info = json.loads(os.environ['SPARKNET_NETCLUSTER']); "
+         "print(socket.gethostname(), info['driver'], info['master'], len(info['workers']))"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["driver", "10.199.0.2", "spark://10.199.0.1:7077", "1"]
