@@ -30,6 +30,14 @@ BENCHES = [
     ("cluster_scaling.py", ["--no-digits", "--exchanges", "socket,ring"],
      [r"^ +1M +2 ring +\d+\.\d+", r"^target ring K=2 / K=2 communication, 1M: \d+\.\d+",
       r"^target ring speed-up over the star at K=2, 1M: \d+\.\d+"]),
+    # CI has no PyTorch: the curves (every method, the sync SGD reference, the plot) without
+    # TorchDistributor's time to accuracy
+    ("convergence.py", ["--no-torch"],
+     [r"^target K=2 rounds to averaging's final accuracy, best outer \(\w+\) / averaging: "
+      r"(\d+\.\d+|inf)x \(<= 0\.7\) (met|NOT met)$",
+      r"^target K=2 accuracy below per-step sync SGD, \w+ after 3 rounds: -?\d+\.\d+ points",
+      r"^target K=2 exchanges, per-step sync SGD / \w+: \d+\.\d+x \(>= 25\)",
+      r"^K=2 sync SGD +accuracy( \d\.\d+){3}"]),
     ("decode.py", [],
      [r"^training path ratio, first pass \(sparknet / baseline, target >= 2x\): \d+\.\d+x",
       r"^resize 500x375 .* ratio \d+\.\d+x", r"^resize 1600x1200 .* ratio \d+\.\d+x",

@@ -215,6 +215,17 @@ def test_two_workers_give_the_stars_weights_bit_for_bit(spark, digits, tmp_path)
     assert easgd_ring.weights != ring.weights
 
 
+def test_with_an_outer_optimizer_the_ring_pushes_sums_and_the_driver_steps(spark, digits):
+    # Nesterov's momentum lives on the driver: ring tasks reduce and push the sums, and
+    # start the next round from the driver's weights
+    kw = {**SMALL, "rounds": 3, "outer": "nesterov"}
+    star = train(spark, lenet.solver(16), digits, exchange="socket", **kw)
+    ring = train(spark, lenet.solver(16), digits, exchange="ring", **kw)
+    plain = train(spark, lenet.solver(16), digits, exchange="ring", rounds=3, **SMALL)
+    assert ring.weights == star.weights
+    assert ring.weights != plain.weights
+
+
 def test_a_task_failing_mid_round_reruns_the_round_to_the_same_weights(spark, digits, tmp_path):
     from sparknet.spark._faults import Fault, inject
 

@@ -166,14 +166,16 @@ def _one_machine(sc: Any) -> bool:
 
 def open_exchange(sc: Any, mode: str, reduction: str, handles: Any,
                   event: Callable[..., None], *, workers: int = 1, num_params: int = 0,
-                  easgd_rate: float | None = None) -> Exchange:
+                  easgd_rate: float | None = None, gather: bool = True) -> Exchange:
     """How weights and results travel: the ring or the driver's star, else Spark's paths.
 
     ``mode`` is ``train(exchange=)``; ``handles`` the cached training handles
     (every executor holding training data must reach the driver's socket);
     ``event`` logs into the run's log (``event(message, *args, level=...)``);
     ``workers``, ``num_params`` and ``easgd_rate`` describe the run (the rule
-    of ``"auto"``, and what ring tasks compute).
+    of ``"auto"``, and what ring tasks compute); ``gather=False``: ring tasks
+    push their sums but do not gather the next weights (an outer optimizer with
+    state, which only the driver holds, makes them).
     """
     chosen = mode
     if chosen == "auto":
@@ -195,7 +197,8 @@ def open_exchange(sc: Any, mode: str, reduction: str, handles: Any,
         event("exchange=%r: the weights travel unencrypted although Spark encrypts its own "
               "traffic", mode, level=logging.WARNING)
     try:
-        exchange = (RingExchange.for_context(sc, workers=workers, easgd_rate=easgd_rate)
+        exchange = (RingExchange.for_context(sc, workers=workers, easgd_rate=easgd_rate,
+                                             gather=gather)
                     if chosen == "ring" else SocketExchange.for_context(sc))
     except OSError as e:
         if mode in ("socket", "ring"):

@@ -12,6 +12,7 @@ they stay plain data.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,6 +180,12 @@ class NetSpec:
     gpu: bool = False
     blas_threads: int | None = None
 
+    @classmethod
+    def of(cls, param: Any, gpu: bool = False, blas_threads: int | None = None) -> NetSpec:
+        """The spec of a ``caffe_pb2.SolverParameter``: its bytes, keyed by their SHA-1."""
+        solver = param.SerializeToString(deterministic=True)
+        return cls(solver, hashlib.sha1(solver).hexdigest(), gpu, blas_threads)
+
 
 @dataclass(frozen=True)
 class RoundSpec:
@@ -195,6 +202,12 @@ class RoundSpec:
     num_params: int
     easgd_rate: float | None = None  # None: SparkNet's averaging
     send_state: bool = False
+    first_step: int | None = None  # the solver iteration the round starts at (a tau schedule)
+
+    @property
+    def start(self) -> int:
+        """The solver iteration of the round's first step: the sum of the taus before it."""
+        return self.round * self.steps if self.first_step is None else self.first_step
 
 
 @dataclass(frozen=True)

@@ -101,21 +101,23 @@ class RingChannel:
     vector equals (``None``: fetch it), ``fingerprint`` its sampled checksum.
     """
 
-    __slots__ = ("easgd_rate", "fingerprint", "origin", "star", "timeout", "waited", "workers")
+    __slots__ = ("easgd_rate", "fingerprint", "gather", "origin", "star", "timeout", "waited",
+                 "workers")
 
     def __init__(self, star: SocketChannel, origin: int | None, fingerprint: int, workers: int,
-                 easgd_rate: float | None, timeout: float):
+                 easgd_rate: float | None, timeout: float, gather: bool = True):
         self.star, self.origin, self.fingerprint = star, origin, int(fingerprint)
         self.workers, self.easgd_rate, self.timeout = int(workers), easgd_rate, float(timeout)
+        self.gather = bool(gather)  # False: push the sums only; the driver makes the weights
         self.waited = 0.0  # in a task, after send(): seconds until every peer had joined
 
     def __getstate__(self) -> tuple:
         return (self.star, self.origin, self.fingerprint, self.workers, self.easgd_rate,
-                self.timeout)
+                self.timeout, self.gather)
 
     def __setstate__(self, state: tuple) -> None:
         (self.star, self.origin, self.fingerprint, self.workers, self.easgd_rate,
-         self.timeout) = state
+         self.timeout, self.gather) = state
         self.waited = 0.0
 
     @property
@@ -124,7 +126,7 @@ class RingChannel:
 
     def with_star(self, star: SocketChannel) -> RingChannel:
         return RingChannel(star, self.origin, self.fingerprint, self.workers, self.easgd_rate,
-                           self.timeout)
+                           self.timeout, self.gather)
 
     def ping(self) -> None:
         self.star.ping()
@@ -405,6 +407,12 @@ class _Ring:
             if k == 1:
                 self._finish_piece(start, flat, mine, scratch, owned.start, owned.stop, owned,
                                    None, pusher)
+            if not chan.gather:  # only the driver can make the next weights: it has the sums
+                phase = "pushing its shard"
+                if out is not None:
+                    out.finish()
+                pusher.finish()
+                return
             # The next weights are gathered into the start's own buffer (no third
             # model-sized buffer per process): from here it is neither version, so no task
             # may take it until the gather is done; one after a failed gather fetches anew.
@@ -446,11 +454,12 @@ class _Ring:
                       out: _Stream | None, pusher: _Stream) -> None:
         """Floats ``lo:hi`` of the owned shard are summed: next weights, gather, push."""
         rel = slice(lo - owned.start, hi - owned.start)
-        next_weights(start[lo:hi], flat[lo:hi], mine[rel], workers=self.k,
-                     easgd_rate=self.chan.easgd_rate,
-                     scratch=None if scratch is None else scratch[rel])
-        if out is not None:
-            out.send(mine[rel])  # all-gather step 1: this task's shard of the next weights
+        if self.chan.gather:
+            next_weights(start[lo:hi], flat[lo:hi], mine[rel], workers=self.k,
+                         easgd_rate=self.chan.easgd_rate,
+                         scratch=None if scratch is None else scratch[rel])
+            if out is not None:
+                out.send(mine[rel])  # all-gather step 1: this task's shard of the next weights
         pusher.send(flat[lo:hi])  # the sum, from which the driver computes the same
 
     @staticmethod
@@ -484,10 +493,11 @@ class RingExchange(SocketExchange):
 
     def __init__(self, host: str, port: int = 0, bind: str | None = None,
                  timeout: float = 120.0, *, workers: int, easgd_rate: float | None = None,
-                 ring_timeout: float | None = None):
+                 ring_timeout: float | None = None, gather: bool = True):
         super().__init__(host, port, bind, timeout)
         self.workers = int(workers)
         self.easgd_rate = easgd_rate
+        self.gather = bool(gather)
         self.ring_timeout = float(ring_timeout if ring_timeout is not None else timeout)
         self._ring = False  # the open accumulation is a ring round's (not a fallback's)
         self._members: dict[int, dict] = {}  # rank -> where it listens, this accumulation
@@ -496,15 +506,15 @@ class RingExchange(SocketExchange):
         self._complete: int | None = None  # the last accumulation all of whose shards came
 
     @classmethod
-    def for_context(cls, sc: Any, *, workers: int, easgd_rate: float | None = None
-                    ) -> RingExchange:
+    def for_context(cls, sc: Any, *, workers: int, easgd_rate: float | None = None,
+                    gather: bool = True) -> RingExchange:
         conf = sc.getConf()
         host = conf.get("spark.driver.host") or socket.gethostname()
         timeout = _seconds(conf.get("spark.network.timeout", "120s"), 120.0)
         ring_timeout = _seconds(conf.get("spark.sparknet.ring.timeout"), timeout)
         return cls(host, int(conf.get("spark.sparknet.exchange.port", "0")),
                    conf.get("spark.driver.bindAddress") or None, timeout, workers=workers,
-                   easgd_rate=easgd_rate, ring_timeout=ring_timeout)
+                   easgd_rate=easgd_rate, ring_timeout=ring_timeout, gather=gather)
 
     def where(self) -> str:
         return f"a ring of the executors (met at the driver's exchange at {super().where()})"
@@ -512,9 +522,9 @@ class RingExchange(SocketExchange):
     def publish(self, flat: np.ndarray) -> RingChannel:
         star = super().publish(flat)
         with self._lock:
-            origin, self._complete = self._complete, None
+            origin, self._complete = self._complete if self.gather else None, None
         return RingChannel(star, origin, _fingerprint(np.asarray(flat).reshape(-1), 0),
-                           self.workers, self.easgd_rate, self.ring_timeout)
+                           self.workers, self.easgd_rate, self.ring_timeout, self.gather)
 
     def release(self, channel: Any) -> None:
         super().release(channel.star if isinstance(channel, RingChannel) else channel)

@@ -40,8 +40,9 @@ from sparknet.spark._messages import (
     TestSpec,
 )
 from sparknet.spark._model import Model
-from sparknet.spark._worker import round_task, test_task
+from sparknet.spark._worker import round_task
 from sparknet.spark.result import TrainingDiverged
+from sparknet.spark.scoring import test_task
 
 if TYPE_CHECKING:
     from sparknet.spark._config import TrainConfig
@@ -126,7 +127,7 @@ class Jobs:
 
     def _direct_limit(self) -> int:
         mem = _memory_bytes(self.sc.getConf().get("spark.driver.memory"), 1 << 30)
-        return max(mem // 4, 4 * self.model.num_params)
+        return max(mem // 4, 4 * self.model.signature.num_params)
 
     def _use_tree(self) -> bool:
         if not isinstance(self.exchange, _comm.SparkExchange):
@@ -135,7 +136,7 @@ class Jobs:
             return True
         if self.reduction == "driver":
             return False
-        return self.workers * self.model.num_params * 4 > self._direct_limit()
+        return self.workers * self.model.signature.num_params * 4 > self._direct_limit()
 
     # -- a training round --------------------------------------------------------------------------
     def round(self, spec: RoundSpec, chan: Any, extras_bc: Any, install_bc: Any,
@@ -258,8 +259,8 @@ class Jobs:
 
         self.sc.setJobDescription(f"sparknet: round {spec.round + 1}")
         if self._use_tree():
-            target = max(1, self._direct_limit() // (4 * self.model.num_params))
-            _comm.fold(_comm.tree_sum(rdd, self.model.num_params, 8, target), acc, other)
+            target = max(1, self._direct_limit() // (4 * self.model.signature.num_params))
+            _comm.fold(_comm.tree_sum(rdd, self.model.signature.num_params, 8, target), acc, other)
         else:
             _comm.fold(_comm.stream(rdd), acc, other)
         for _ in range(3):
@@ -307,7 +308,7 @@ class Jobs:
                 return self.test(spec, chan, extras_bc, rebuilt=True)
             reports = [r for r in reports if not r.missing_store]
             reports += self.sc.runJob(rdd, _passthrough, missing)
-        return _mean_metrics(reports, self.model.test_outputs)
+        return _mean_metrics(reports, self.model.signature.test_outputs)
 
 
 def _cause(error: BaseException) -> str:
@@ -359,6 +360,9 @@ class Rounds:
         self.install = resumed.install
         self.history: list[dict] = list(resumed.history)
         self.last_checkpoint = resumed.checkpoint
+        # the outer optimizer's state (momentum), carried from round to round and checkpointed
+        self.outer_state = (resumed.outer_state if resumed.outer_state is not None
+                            else config.outer.init_state(model.signature.num_params))
         self.exchange: _comm.Exchange | None = None
         self.exchange_name: str | None = None
         self._broadcasts: list[Any] = []
@@ -388,13 +392,16 @@ class Rounds:
         extras = self.ctx.extras
         K = cfg.workers
         rate = cfg.easgd_rate
+        outer, schedule, base = cfg.outer, cfg.tau_schedule, cfg.sync_interval
+        losses = [h["loss"] for h in self.history]  # what an adaptive tau follows
+        step = schedule.first_step(self.start, base, losses)  # the solver iteration
         extras_bc = (self._broadcast(extras) if extras.transform or extras.test_transform
                      else None)
         install_bc = self._broadcast(self.install) if self.install else None
         self.exchange = _comm.open_exchange(sc, cfg.exchange, cfg.reduction,
                                             self.data.handles[TRAIN], runlog.event,
                                             workers=K, num_params=model.num_params,
-                                            easgd_rate=rate)
+                                            easgd_rate=rate, gather=cfg.outer.is_average)
         self.exchange_name = self.exchange.name
         # The sum must not depend on the order the workers' results arrive in (partitions
         # rerun away from their data arrive last): with two, float addition commutes;
@@ -405,8 +412,9 @@ class Rounds:
         acc = np.empty(weights.size, np.float32 if K <= 2 or ring else np.float64)
         jobs = Jobs(sc, model, self.data, self.exchange, workers=K, reduction=cfg.reduction,
                     event=runlog.event)
-        test_spec = TestSpec(self.ctx.run_id, model.net_spec, model.test_batch, cfg.seed,
-                             model.test_inputs, local_weights=rate is not None)
+        sig = model.signature
+        test_spec = TestSpec(self.ctx.run_id, model.net_spec, sig.test_batch, cfg.seed,
+                             sig.fed("TEST"), local_weights=rate is not None)
         t_bc = time.perf_counter()
         chan = self.exchange.publish(weights)
         t_bc = time.perf_counter() - t_bc
@@ -417,9 +425,10 @@ class Rounds:
             test_due = self.ctx.has_test_data and cfg.test_due(r)
             staged = self.ckpts.begin() if ckpt_due else None
             sink = StateFiles(staged)
-            spec = RoundSpec(self.ctx.run_id, model.net_spec, r, cfg.sync_interval,
-                             model.batch, cfg.seed, cfg.shuffle, model.names, model.num_params,
-                             rate, ckpt_due)
+            tau = schedule.tau_at(r, base, losses)
+            spec = RoundSpec(self.ctx.run_id, model.net_spec, r, tau, sig.batch, cfg.seed,
+                             cfg.shuffle, sig.inputs, sig.num_params, rate, ckpt_due,
+                             first_step=step)
             t_job = time.perf_counter()
             try:
                 outcome = jobs.round(spec, chan, extras_bc,
@@ -441,24 +450,29 @@ class Rounds:
                 self._diverged(r, bad.nonfinite, bad.partition, staged)
             self.exchange.release(chan)  # the weights' buffer takes the new ones now
             t_avg = time.perf_counter()
-            # the mean (EASGD: centre += rate * sum(x_i - centre)), into the weights' buffer;
-            # ring tasks ran the same function on their shards
-            next_weights(weights, acc, weights, workers=K, easgd_rate=rate)
+            # the mean (EASGD: centre += rate * sum(x_i - centre); an outer optimizer: its
+            # step from the mean), into the weights' buffer; ring tasks run the same function
+            # on their shards
+            next_weights(weights, acc, weights, workers=K, easgd_rate=rate, outer=outer,
+                         state=self.outer_state)
             if not np.isfinite(weights).all():
-                self._diverged(r, Nonfinite((r + 1) * cfg.sync_interval - 1, float("nan"),
-                                            weights=True), None, staged)
+                self._diverged(r, Nonfinite(step + tau - 1, float("nan"), weights=True), None,
+                               staged)
             t_avg = time.perf_counter() - t_avg
             t_next = time.perf_counter()
             chan = self.exchange.publish(weights)
             t_next = time.perf_counter() - t_next
-            rec = _round_record(r, reports, outcome.rerun, images=K * cfg.sync_interval
-                                * model.batch, seconds=time.perf_counter() - t_round,
-                                broadcast=t_bc, job=t_job, average=t_avg)
+            rec = _round_record(r, reports, outcome.rerun, images=K * tau * sig.batch,
+                                seconds=time.perf_counter() - t_round, broadcast=t_bc,
+                                job=t_job, average=t_avg)
+            rec["tau"] = tau
             t_bc = t_next
             if "state_reset" in rec:
                 runlog.event("round %d: partition(s) %s lost their solver state with their "
                              "executor; momentum restarted at iteration %d", r + 1,
-                             rec["state_reset"], r * cfg.sync_interval, level=logging.WARNING)
+                             rec["state_reset"], step, level=logging.WARNING)
+            step += tau
+            losses.append(rec["loss"])
             if test_due:
                 t_test = time.perf_counter()
                 rec["test"] = jobs.test(test_spec, chan, extras_bc)
@@ -496,7 +510,7 @@ class Rounds:
                 partitions: Mapping[int, Mapping[str, str]]) -> None:
         self.last_checkpoint = self.ckpts.commit_round(
             rnd, weights, staged, partitions, elapsed=self.runlog.elapsed(),
-            history=self.history)
+            history=self.history, outer_state=self.outer_state)
         self.runlog.event("round %d: checkpoint %s", rnd, self.last_checkpoint)
 
     def _diverged(self, r: int, nf: Nonfinite, partition: int | None,
