@@ -400,7 +400,7 @@ class Rounds:
         install_bc = self._broadcast(self.install) if self.install else None
         self.exchange = _comm.open_exchange(sc, cfg.exchange, cfg.reduction,
                                             self.data.handles[TRAIN], runlog.event,
-                                            workers=K, num_params=model.num_params,
+                                            workers=K, num_params=model.signature.num_params,
                                             easgd_rate=rate, gather=cfg.outer.is_average)
         self.exchange_name = self.exchange.name
         # The sum must not depend on the order the workers' results arrive in (partitions
