@@ -8,8 +8,9 @@ second half trains on the suite's ``local[2]`` session: two workers give the
 star's weights bit for bit (average and EASGD), a task failing mid-round or
 running away from its data reruns the round to the same weights, and
 ``exchange="auto"`` keeps the star on one machine. Four workers (a
-``local[4]`` session of its own) are run to run identical and close to the
-star; on separate hosts, see ``tests/test_cluster_faults.py``.
+``local[4]`` session of its own) are run to run identical, resume from a
+checkpoint to the same weights, and stay close to the star; on separate
+hosts, see ``tests/test_cluster_faults.py``.
 """
 from __future__ import annotations
 
@@ -285,7 +286,16 @@ def scenario_four(out: dict) -> None:
                                      ("ring2", "ring", "average"),
                                      ("easgd_star", "socket", "easgd"),
                                      ("easgd_ring", "ring", "easgd"))}
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as ck:  # stopped after 2 rounds, resumed to 3
+            train(spark, lenet.solver(16), data, exchange="ring",
+                  **{**kw, "rounds": 2, "checkpoint_dir": ck, "checkpoint_interval": 1})
+            runs["resumed"] = train(spark, lenet.solver(16), data, exchange="ring",
+                                    checkpoint_dir=ck, checkpoint_interval=1, resume=True, **kw)
+            out["resumed_rounds"] = [h["round"] for h in runs["resumed"].history]
         flat = {k: r.weights.flat for k, r in runs.items()}
+        out["resume_exact"] = bool(np.array_equal(flat["resumed"], flat["ring"]))
         out["ring_repeats"] = bool(np.array_equal(flat["ring"], flat["ring2"]))
         out["ring_vs_star"] = float(np.abs(flat["ring"] - flat["star"]).max())
         out["easgd_vs_star"] = float(np.abs(flat["easgd_ring"] - flat["easgd_star"]).max())
@@ -295,7 +305,7 @@ def scenario_four(out: dict) -> None:
         spark.stop()
 
 
-def test_four_workers_repeat_bit_for_bit_and_stay_close_to_the_star():
+def test_four_workers_repeat_and_resume_bit_for_bit_and_stay_close_to_the_star():
     with __import__("tempfile").TemporaryDirectory() as d:
         path = Path(d) / "out.json"
         done = subprocess.run([sys.executable, str(HERE), "four", str(path)],
@@ -303,8 +313,9 @@ def test_four_workers_repeat_bit_for_bit_and_stay_close_to_the_star():
                               timeout=900, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
         out = json.loads(path.read_text())
-    assert out["exchanges"] == ["socket", "ring", "ring", "socket", "ring"]
+    assert out["exchanges"] == ["socket", "ring", "ring", "socket", "ring", "ring"]
     assert out["ring_repeats"]
+    assert out["resume_exact"] and out["resumed_rounds"] == [1, 2, 3]
     # the ring adds in float32 in ring order, the star exactly in float64: rounding apart,
     # then 15 solver steps
     assert 0 < out["ring_vs_star"] < 1e-4 * out["scale"]
