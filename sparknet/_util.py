@@ -8,9 +8,23 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_file", "atomic_write_bytes", "named_os_error", "shape_str"]
+__all__ = ["UserError", "atomic_file", "atomic_write_bytes", "named_os_error", "shape_str"]
 
 PathLike = str | os.PathLike
+
+
+class UserError(Exception):
+    """What marks an error as a mistake in what the user gave sparknet, not a bug in it.
+
+    A file, an option, a net, a data set or a setting that cannot work: every
+    documented error class of sparknet derives from this as well as from the
+    built-in class it always was (``NetDefinitionError`` is still a
+    ``ValueError``, ``CaffeError`` a ``RuntimeError``), so ``except ValueError``
+    keeps working. The command line and the apps report these on one line with
+    exit status 2; any other exception is a failure (exit status 1) and gets a
+    pointer to where it was raised. Catch ``UserError`` to catch every such
+    mistake, whichever room raised it.
+    """
 
 
 def shape_str(shape: Sequence[int]) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 from google.protobuf import text_format
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, MLWriter
 
+from sparknet._util import UserError
 from sparknet.ml.scoring import digest
 
 log = logging.getLogger("sparknet.ml")
@@ -35,8 +36,9 @@ FORMAT = 1
 NET, SOLVER, WEIGHTS = "net.prototxt", "solver.prototxt", "weights.caffemodel"
 
 
-class ModelDirectoryError(ValueError):
-    """A directory that is not a saved sparknet model (or not of this net); names the path."""
+class ModelDirectoryError(UserError, ValueError):
+    """A directory that is not a saved sparknet model (or not of this net), or a path Spark
+    cannot write one to; names the path."""
 
 
 def filesystem(spark: Any, path: str) -> tuple[Any, Any]:
@@ -56,12 +58,12 @@ def filesystem(spark: Any, path: str) -> tuple[Any, Any]:
         text = str(java.toString()) if java is not None else (str(e) or type(e).__name__)
         text = text.splitlines()[0]
         if scheme == "s3a":
-            raise ValueError(
+            raise ModelDirectoryError(
                 f"{path}: Spark has no S3A filesystem here (the hadoop-aws and AWS SDK jars "
                 f"matching Spark's Hadoop are not on its classpath; add them with "
                 f"spark.jars.packages or spark.jars), or save to a local or HDFS path "
                 f"({text})") from None
-        raise ValueError(f"{path}: Spark cannot open a filesystem for '{scheme}://' ({text})"
+        raise ModelDirectoryError(f"{path}: Spark cannot open a filesystem for '{scheme}://' ({text})"
                          ) from None
 
 

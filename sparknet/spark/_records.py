@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sparknet._util import shape_str  # also imported from here by spark's modules
+from sparknet._util import UserError, shape_str  # shape_str: also imported from here by spark's modules
 from sparknet.data.rdd import to_array  # also imported from here by ml.scoring
 from sparknet.proto import caffe_pb2
 from sparknet.proto.rules import layer_active, net_state
@@ -25,7 +25,7 @@ _CLASS_LAYERS = {"SoftmaxWithLoss", "MultinomialLogisticLoss", "InfogainLoss", "
                  "Accuracy"}
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The training or test data does not fit the net (raised on the driver)."""
 
 

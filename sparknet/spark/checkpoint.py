@@ -32,6 +32,8 @@ import attrs
 import numpy as np
 from google.protobuf import text_format
 
+from sparknet._util import UserError
+
 # the storage layer is data's; these names stay importable from here
 from sparknet.data._io import (  # noqa: F401
     STATE,
@@ -53,7 +55,7 @@ def round_name(rnd: int) -> str:
     return f"round-{rnd:06d}"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be resumed from (corrupt, truncated, incomplete).
 
     ``checkpoint`` is where it is (a folder or ``s3://`` prefix).
