@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-__all__ = ["UserError", "atomic_file", "atomic_write_bytes", "named_os_error", "shape_str"]
+__all__ = ["UserError", "atomic_file", "atomic_write_bytes", "named_os_error",
+           "positional_deprecated", "shape_str"]
 
 PathLike = str | os.PathLike
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class UserError(Exception):
@@ -73,3 +78,37 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``)."""
     with atomic_file(path) as f:
         f.write(data)
+
+
+def positional_deprecated(*names: str) -> Callable[[F], F]:
+    """Still take the keyword-only parameters ``names`` by position, for a release.
+
+    For a public function whose parameters became keyword-only: a call written
+    before (``digits_rdd(spark, "train", 2)``) keeps working and warns with a
+    ``DeprecationWarning`` that names the keyword to write instead. ``names``
+    are the keyword-only parameters in the order they used to stand.
+    """
+    def decorate(fn: F) -> F:
+        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        n = sum(p.kind in kinds for p in inspect.signature(fn).parameters.values())
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if len(args) > n:
+                extra = args[n:]
+                if len(extra) > len(names):
+                    raise TypeError(f"{fn.__name__}() takes at most {n + len(names)} "
+                                    f"positional arguments ({len(args)} given)")
+                moved = dict(zip(names, extra))
+                for name in moved:
+                    if name in kwargs:
+                        raise TypeError(f"{fn.__name__}() got multiple values for argument "
+                                        f"'{name}'")
+                keywords = ", ".join(f"{k}={v!r}" for k, v in moved.items())
+                warnings.warn(f"{fn.__name__}(): pass {', '.join(moved)} by keyword "
+                              f"({keywords}); giving it by position is deprecated",
+                              DeprecationWarning, stacklevel=2)
+                args, kwargs = args[:n], {**kwargs, **moved}
+            return fn(*args, **kwargs)
+        return wrapper  # type: ignore[return-value]
+    return decorate
