@@ -125,7 +125,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     path = args.file
     if path is None:  # the build itself: Caffe, its BLAS and the kernels in use
-        from sparknet.engine._blas import describe_build
+        from sparknet.engine import describe_build
 
         print(describe_build())
         return 0
@@ -191,7 +191,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     else:
         text = ProtoLoader.to_prototxt(frontend.load_net(src))
     if args.output:
-        from sparknet.data._io import atomic_write_bytes
+        from sparknet.io import atomic_write_bytes
         atomic_write_bytes(args.output, text.encode())
         print(f"wrote {args.output}")
     else:

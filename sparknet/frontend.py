@@ -333,7 +333,7 @@ def check_files(**options: str | None) -> None:
     ``check_files(weights=args.weights)`` -> ``--weights x.caffemodel: no such
     file``. URIs (``s3://``, ``hdfs://`` ...) are left to whatever reads them.
     """
-    from sparknet.data._io import local_path, scheme
+    from sparknet.io import local_path, scheme
 
     for option, path in options.items():
         if path is not None and scheme(path) == "" and not local_path(path).is_file():
@@ -352,7 +352,7 @@ def check_uri(uri: str | None, what: str | None = None) -> None:
     if not uri.startswith(SCHEMES):
         raise UsageError(f"unknown data source '{uri}'; use one of {', '.join(SCHEMES)}")
     if uri.startswith("s3://"):
-        from sparknet.data.s3 import parse_s3_uri
+        from sparknet.io.s3 import parse_s3_uri
 
         try:
             parse_s3_uri(uri)
@@ -363,8 +363,8 @@ def check_uri(uri: str | None, what: str | None = None) -> None:
     if not rest:
         raise UsageError(f"{what or f'data source {uri!r}'} names no folder "
                          f"(write {scheme}:/path/to/data)")
-    from sparknet.data._io import local_path
-    from sparknet.data._io import scheme as uri_scheme
+    from sparknet.io import local_path
+    from sparknet.io import scheme as uri_scheme
 
     folder = local_path(rest)
     if uri_scheme(rest) == "" and not folder.is_dir():
@@ -389,7 +389,7 @@ def imagenet_data(spark: Any, uri: str, split: str, *, size: tuple[int, int] = (
     (``AWS_ENDPOINT_URL`` for an S3-compatible store).
     """
     from sparknet.data.imagenet import load_imagenet
-    from sparknet.data.s3 import parse_s3_uri
+    from sparknet.io.s3 import parse_s3_uri
 
     try:
         bucket, prefix = parse_s3_uri(uri)
@@ -564,7 +564,7 @@ def spark_session(app_name: str, master: str | None, workers: int,
     """
     from pyspark.sql import SparkSession
 
-    from sparknet.spark._python import prepare_workers
+    from sparknet.spark import prepare_workers
 
     if master is None and not under_spark_submit():
         master = f"local[{workers}]"

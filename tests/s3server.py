@@ -58,7 +58,7 @@ class S3Server:
 
     def options(self, **kwargs: Any) -> Any:
         """``sparknet.data.S3Options`` for this server (short timeouts for tests)."""
-        from sparknet.data.s3 import S3Options
+        from sparknet.io.s3 import S3Options
 
         kwargs.setdefault("read_timeout", 20.0)
         kwargs.setdefault("max_attempts", 3)

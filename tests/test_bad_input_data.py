@@ -24,7 +24,7 @@ import pytest
 from sparknet.data import load_cifar10, load_mnist, synthetic
 from sparknet.data.caffe_lmdb import load_lmdb, read_lmdb
 from sparknet.data.imagenet import load_imagenet, parse_labels, tar_examples
-from sparknet.data.s3 import NoSuchBucketError
+from sparknet.io.s3 import NoSuchBucketError
 from sparknet.models import lenet
 from sparknet.proto import caffe_pb2
 from sparknet.spark import DataError, train

@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from sparknet.data import (
-    _io,
     cifar10_rdd,
     dataframe_to_rdd,
     digits_dataframe,
@@ -23,6 +22,7 @@ from sparknet.data import (
 )
 from sparknet.data.cifar import RECORD, write_cifar
 from sparknet.data.mnist import CAFFE_SCALE, parse_idx, write_idx
+from sparknet.io import uris
 
 
 def make_mnist(folder, n_train=40, n_test=12, gz=False, seed=0):
@@ -106,10 +106,10 @@ def test_mnist_from_s3_and_through_hadoop(tmp_path, s3, spark):
     np.testing.assert_array_equal(x[:, 0], truth["test"][0])
     np.testing.assert_array_equal(y, truth["test"][1])
     # any Hadoop file system (hdfs://...) goes through Spark; file:// takes the same path
-    data = _io._read_hadoop(f"file://{tmp_path}/t10k-labels-idx1-ubyte.gz", spark)
+    data = uris._read_hadoop(f"file://{tmp_path}/t10k-labels-idx1-ubyte.gz", spark)
     np.testing.assert_array_equal(parse_idx(data, "labels"), truth["test"][1])
     with pytest.raises(FileNotFoundError, match="nothere"):
-        _io._read_hadoop(f"file://{tmp_path}/nothere", spark)
+        uris._read_hadoop(f"file://{tmp_path}/nothere", spark)
     with pytest.raises(FileNotFoundError, match=f"s3://{bucket}/elsewhere/t10k-images"):
         load_mnist(f"s3://{bucket}/elsewhere", "test", s3=s3.options())
     with pytest.raises(FileNotFoundError, match="S3 bucket 'no-such-bucket' does not exist"):

@@ -16,7 +16,7 @@ from sparknet.data import S3Options, load_imagenet, synthetic
 from sparknet.data.imagenet import tar_members, tar_minibatches
 from sparknet.data.imagenet_to_s3 import main as upload_main
 from sparknet.data.images import decode_image
-from sparknet.data.s3 import S3ObjectReader, read_s3
+from sparknet.io.s3 import S3ObjectReader, read_s3
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = (40, 30)

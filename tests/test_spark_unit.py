@@ -8,11 +8,12 @@ import zlib
 import numpy as np
 import pytest
 
+from sparknet.io import LocalStorage, S3Storage, open_storage
 from sparknet.spark import _comm, _socket_exchange
 from sparknet.spark._records import DataError, ExampleSpec, label_rules, record_values
 from sparknet.spark._runlog import RunLog, plot_history
 from sparknet.spark._store import batch_indices
-from sparknet.spark.checkpoint import Checkpoints, LocalStorage, S3Storage, open_storage
+from sparknet.spark.checkpoint import Checkpoints
 
 # -- minibatch sampling -------------------------------------------------------------------
 

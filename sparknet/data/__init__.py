@@ -33,8 +33,8 @@ from sparknet.data.imagenet import LoadReport, load_imagenet
 from sparknet.data.images import ImageDecodeError, decode_batch, decode_image
 from sparknet.data.mnist import load_mnist, mnist_dataframe, mnist_rdd
 from sparknet.data.rdd import dataframe_to_rdd, to_dataframe, to_dict_rdd, to_rdd
-from sparknet.data.s3 import S3Options
 from sparknet.data.transform import Transformer, compute_mean, read_mean, write_mean
+from sparknet.io.s3 import S3Options
 
 
 def __getattr__(name: str) -> object:

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from sparknet.data._io import PathLike, atomic_dir, spark_context
 from sparknet.data.rdd import batched
+from sparknet.io import PathLike, atomic_dir, spark_context
 from sparknet.proto import caffe_pb2
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from sparknet.data._io import PathLike, atomic_write_bytes, join, read_bytes
 from sparknet.data.rdd import to_dataframe, to_rdd
-from sparknet.data.s3 import S3Options
+from sparknet.io import PathLike, atomic_write_bytes, join, read_bytes
+from sparknet.io.s3 import S3Options
 
 log = logging.getLogger(__name__)
 

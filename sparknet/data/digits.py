@@ -64,8 +64,8 @@ def digits_rdd(spark: Any, split: Split = "train", *, num_partitions: int | None
     to Spark's default parallelism. The images ship with scikit-learn, so each
     worker loads its own slice: Spark tasks carry no data, only an index.
     """
-    from sparknet.data._io import spark_context
     from sparknet.data.rdd import _default_partitions
+    from sparknet.io import spark_context
 
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")

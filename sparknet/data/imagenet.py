@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sparknet.data._io import spark_context
 from sparknet.data.images import ImageDecodeError, decode_batch, decode_image
 from sparknet.data.rdd import batched
-from sparknet.data.s3 import S3Options, list_keys, open_s3
+from sparknet.io import spark_context
+from sparknet.io.s3 import S3Options, list_keys, open_s3
 
 log = logging.getLogger(__name__)
 

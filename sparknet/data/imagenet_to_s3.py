@@ -48,7 +48,7 @@ import numpy as np
 
 from sparknet.data.imagenet import parse_labels
 from sparknet.data.images import ImageDecodeError, decode_image, encode_jpeg
-from sparknet.data.s3 import S3Options, head, list_keys, s3_error
+from sparknet.io.s3 import S3Options, head, list_keys, s3_error
 
 log = logging.getLogger("sparknet.data.imagenet_to_s3")
 

@@ -15,15 +15,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from sparknet.data._io import (
+from sparknet.data.rdd import to_dataframe, to_rdd
+from sparknet.io import (
     PathLike,
     atomic_write_bytes,
     join,
     maybe_gunzip,
     read_first,
 )
-from sparknet.data.rdd import to_dataframe, to_rdd
-from sparknet.data.s3 import S3Options
+from sparknet.io.s3 import S3Options
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from sparknet.data._io import spark_context
+from sparknet.io import spark_context
 
 Example = tuple[np.ndarray, float]
 T = TypeVar("T")

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image
 
-from sparknet.data._io import PathLike, atomic_file
+from sparknet.io import PathLike, atomic_file
 
 
 def photo(width: int, height: int, rng: np.random.Generator | int = 0) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from sparknet.data._io import PathLike, atomic_write_bytes
+from sparknet.io import PathLike, atomic_write_bytes
 from sparknet.proto import caffe_pb2
 from sparknet.proto.rules import layer_active, net_state
 

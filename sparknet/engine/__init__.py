@@ -8,7 +8,7 @@ from sparknet.engine import _blas
 
 _blas.prepare()  # before libcaffe.so, and so its BLAS, is loaded
 
-from sparknet.engine._blas import BlasWarning, build_info  # noqa: E402
+from sparknet.engine._blas import BlasWarning, build_info, describe_build  # noqa: E402
 from sparknet.engine._caffe import CaffeError  # noqa: E402
 from sparknet.engine.net import (  # noqa: E402
     CaffeNet,
@@ -30,6 +30,7 @@ __all__ = [
     "blas_threads",
     "build_info",
     "cuda_build",
+    "describe_build",
     "set_blas_threads",
     "set_log_level",
     "solver_proto",

@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 
 from sparknet._util import shape_str
-from sparknet.data._io import read_bytes
 from sparknet.engine import CaffeNet, WeightCollection
+from sparknet.io import read_bytes
 from sparknet.proto import caffe_pb2
 from sparknet.spark import _comm
+from sparknet.spark._messages import NetSpec
 from sparknet.spark._records import DataError, fit, label_rules, to_array
-from sparknet.spark._worker import NetSpec, net_entry, write_flat
+from sparknet.spark._worker import net_entry, write_flat
 
 log = logging.getLogger("sparknet.ml")
 

@@ -31,7 +31,7 @@ from sparknet.ml.scoring import (
     scale_inputs,
     score_plan,
 )
-from sparknet.spark._records import DataError
+from sparknet.spark import DataError
 
 log = logging.getLogger("sparknet.ml")
 

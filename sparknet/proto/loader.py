@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from sparknet._util import UserError, atomic_file
+from sparknet._util import UserError
+from sparknet.io import atomic_file
 from sparknet.proto import caffe_pb2
 from sparknet.proto.rules import active_phases, net_state
 

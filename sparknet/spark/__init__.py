@@ -10,7 +10,7 @@
 Only ``engine``, ``data``, ``proto`` and ``dsl`` are imported from here;
 nothing below this package imports it.
 """
-from sparknet.spark._python import WorkerPythonError
+from sparknet.spark._python import WorkerPythonError, prepare_workers
 from sparknet.spark._records import DataError
 from sparknet.spark.trainer import (
     EASGD,
@@ -29,6 +29,7 @@ __all__ = [
     "WorkerPythonError",
     "featurize",
     "predict",
+    "prepare_workers",
     "train",
 ]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from sparknet.data._io import spark_context
+from sparknet.io import spark_context
 
 #: The Spark local property that carries a fault to the tasks.
 PROPERTY = "sparknet.test.fault"

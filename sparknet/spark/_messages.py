@@ -1,13 +1,18 @@
-"""What the Spark tasks send back to the driver: small frozen records with named fields.
+"""What the driver and the Spark tasks tell each other: small frozen records with named fields.
 
-A round task yields one :class:`RoundReport`, then the :class:`WeightChunk`
-items of its result (only with Spark's exchange), then in checkpoint rounds
-the :class:`StateChunk` items of its solver state. A test task yields one
-:class:`TestReport` per partition. The task that caches a partition yields
-its :class:`StoreHandle`. All travel pickled, so they stay plain data.
+The driver describes a job to its tasks with a :class:`RoundSpec` or
+:class:`TestSpec` (which net: :class:`NetSpec`) and broadcasts a run's
+:class:`RunExtras` once. A round task yields one :class:`RoundReport`,
+then the :class:`WeightChunk` items of its result (only with Spark's
+exchange), then in checkpoint rounds the :class:`StateChunk` items of its
+solver state. A test task yields one :class:`TestReport` per partition. The
+task that caches a partition yields its :class:`StoreHandle`. All travel
+pickled, so they stay plain data.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import attrs
@@ -143,3 +148,52 @@ class StoreHandle:
     seconds: float = 0.0
     bytes: int = 0
     first_index: int | None = None
+
+
+# -- specs (picklable, small) ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NetSpec:
+    """Which net a task needs (the worker's solver bytes and their digest)."""
+
+    solver: bytes
+    key: str
+    gpu: bool = False
+    blas_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """One training round, as every task of the round job sees it."""
+
+    run: str
+    net: NetSpec
+    round: int  # 0-based
+    steps: int
+    batch: int
+    seed: int
+    shuffle: bool
+    names: tuple[str, ...]
+    num_params: int
+    easgd_rate: float | None = None  # None: SparkNet's averaging
+    send_state: bool = False
+
+
+@dataclass(frozen=True)
+class TestSpec:
+    """One test pass over the cached test partitions."""
+
+    run: str
+    net: NetSpec
+    batch: int
+    seed: int
+    names: tuple[str, ...]
+    local_weights: bool = False  # EASGD: testing clobbers the partition's local weights
+
+
+@dataclass
+class RunExtras:
+    """Per-run values broadcast once: the batch transforms (may hold a mean image)."""
+
+    transform: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    test_transform: Mapping[str, Callable[..., Any]] = field(default_factory=dict)

@@ -21,11 +21,11 @@ from typing import Any
 import attrs
 import numpy as np
 
-from sparknet.data._io import read_bytes
 from sparknet.engine import CaffeError, CaffeNet, WeightCollection, solver_proto
+from sparknet.io import read_bytes
 from sparknet.proto import caffe_pb2
+from sparknet.spark._messages import NetSpec
 from sparknet.spark._records import LabelRule, label_rules, shape_str
-from sparknet.spark._worker import NetSpec
 
 log = logging.getLogger("sparknet.spark")
 

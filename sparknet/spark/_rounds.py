@@ -1,6 +1,9 @@
-"""The Spark jobs of a run: one training round, one test pass, each with its reruns.
+"""The rounds of a run, and the Spark jobs they are made of.
 
-A round job runs :func:`~sparknet.spark._worker.round_task` over the cached
+:class:`Rounds` runs a run's rounds from where it resumes to the last: the
+round job, the average (or EASGD's centre update), the test pass, the
+checkpoint, the history record. :class:`Jobs` runs one round job or test pass
+with its reruns: a round job runs :func:`~sparknet.spark._worker.round_task` over the cached
 training handles and folds the results into the accumulator (through the
 exchange, or Spark's task results, possibly summed on the executors first).
 Tasks that ran away from their cached data are run again on their own; when
@@ -13,19 +16,35 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Callable, Sequence
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
 
-from sparknet.data._io import named_os_error
+from sparknet.io import named_os_error
 from sparknet.spark import _comm
 from sparknet.spark._data import TEST, TRAIN, RunData
-from sparknet.spark._messages import RoundReport, StateChunk, TestReport
+from sparknet.spark._messages import (
+    Nonfinite,
+    RoundReport,
+    RoundSpec,
+    RunExtras,
+    StateChunk,
+    TestReport,
+    TestSpec,
+)
 from sparknet.spark._model import Model
-from sparknet.spark._worker import RoundSpec, TestSpec, round_task, test_task
+from sparknet.spark._worker import round_task, test_task
+from sparknet.spark.result import TrainingDiverged
+
+if TYPE_CHECKING:
+    from sparknet.spark._config import TrainConfig
+    from sparknet.spark._runlog import RunLog
+    from sparknet.spark.checkpoint import Resumed, RunCheckpoints
 
 log = logging.getLogger("sparknet.spark")
 
@@ -219,3 +238,213 @@ def _mean_metrics(reports: Sequence[TestReport], outputs: Sequence[str]) -> dict
         else:
             out[name] = (sum(n * np.asarray(v) for n, v in vals) / total).tolist()
     return out
+
+
+@attrs.frozen
+class RunContext:
+    """What the rounds need of their run besides its options, net and data."""
+
+    sc: Any
+    run_id: str
+    extras: RunExtras  # the batch transforms, broadcast once
+    has_test_data: bool
+
+
+class Rounds:
+    """The rounds of one run, from where it resumes to the last: average, test, checkpoint."""
+
+    def __init__(self, ctx: RunContext, config: TrainConfig, model: Model,
+                 ckpts: RunCheckpoints | None, runlog: RunLog, data: RunData, resumed: Resumed):
+        self.ctx = ctx
+        self.config = config
+        self.model = model
+        self.ckpts = ckpts
+        self.runlog = runlog
+        self.data = data
+        self.start = resumed.round
+        self.install = resumed.install
+        self.history: list[dict] = list(resumed.history)
+        self.last_checkpoint = resumed.checkpoint
+        self.exchange: _comm.Exchange | None = None
+        self.exchange_name: str | None = None
+        self._broadcasts: list[Any] = []
+
+    def _broadcast(self, value: Any) -> Any:
+        bc = self.ctx.sc.broadcast(value)
+        self._broadcasts.append(bc)
+        return bc
+
+    def _drop(self, bc: Any) -> None:
+        if bc in self._broadcasts:
+            self._broadcasts.remove(bc)
+        _comm.destroy(bc)
+
+    def close(self) -> None:
+        if self.exchange is not None:
+            self.exchange.close()
+            self.exchange = None
+        for bc in self._broadcasts:
+            _comm.destroy(bc)
+        self._broadcasts.clear()
+
+    def loop(self, weights: np.ndarray) -> np.ndarray:
+        """Train rounds ``start + 1 .. rounds`` from ``weights``; the final weights."""
+        cfg, model, runlog = self.config, self.model, self.runlog
+        sc = self.ctx.sc
+        extras = self.ctx.extras
+        K = cfg.workers
+        rate = cfg.easgd_rate
+        extras_bc = (self._broadcast(extras) if extras.transform or extras.test_transform
+                     else None)
+        install_bc = self._broadcast(self.install) if self.install else None
+        # The sum must not depend on the order the workers' results arrive in (partitions
+        # rerun away from their data arrive last): with two, float addition commutes;
+        # with more, float64 makes the sum exact whatever the order.
+        acc = np.empty(weights.size, np.float32 if K <= 2 else np.float64)
+        self.exchange = _comm.open_exchange(sc, cfg.exchange, cfg.reduction,
+                                            self.data.handles[TRAIN], runlog.event)
+        self.exchange_name = self.exchange.name
+        jobs = Jobs(sc, model, self.data, self.exchange, workers=K, reduction=cfg.reduction,
+                    event=runlog.event)
+        test_spec = TestSpec(self.ctx.run_id, model.net_spec, model.test_batch, cfg.seed,
+                             model.test_inputs, local_weights=rate is not None)
+        t_bc = time.perf_counter()
+        chan = self.exchange.publish(weights)
+        t_bc = time.perf_counter() - t_bc
+        tested_at = -1
+        for r in range(self.start, cfg.rounds):
+            t_round = time.perf_counter()
+            ckpt_due = cfg.checkpoint_due(r)
+            test_due = self.ctx.has_test_data and cfg.test_due(r)
+            staged = self.ckpts.begin() if ckpt_due else None
+            sink = StateFiles(staged)
+            spec = RoundSpec(self.ctx.run_id, model.net_spec, r, cfg.sync_interval,
+                             model.batch, cfg.seed, cfg.shuffle, model.names, model.num_params,
+                             rate, ckpt_due)
+            t_job = time.perf_counter()
+            try:
+                outcome = jobs.round(spec, chan, extras_bc,
+                                     install_bc if r == self.start else None, acc, sink)
+            except BaseException:
+                sink.close()
+                if staged is not None:  # no half-written checkpoint stays behind
+                    shutil.rmtree(staged, ignore_errors=True)
+                raise
+            finally:
+                sink.close()
+            t_job = time.perf_counter() - t_job
+            if install_bc is not None:
+                self._drop(install_bc)
+                install_bc = None
+            reports = outcome.reports
+            bad = next((x for x in reports if x.nonfinite is not None), None)
+            if bad is not None:
+                self._diverged(r, bad.nonfinite, bad.partition, staged)
+            self.exchange.release(chan)  # the weights' buffer takes the new ones now
+            t_avg = time.perf_counter()
+            if rate is not None:  # centre += rate * sum(x_i - centre)
+                np.multiply(acc, rate, out=acc)
+                np.add(weights, acc, out=weights, casting="same_kind")
+            else:  # the mean, into the weights' buffer
+                np.divide(acc, K, out=weights, casting="same_kind")
+            if not np.isfinite(weights).all():
+                self._diverged(r, Nonfinite((r + 1) * cfg.sync_interval - 1, float("nan"),
+                                            weights=True), None, staged)
+            t_avg = time.perf_counter() - t_avg
+            t_next = time.perf_counter()
+            chan = self.exchange.publish(weights)
+            t_next = time.perf_counter() - t_next
+            rec = _round_record(r, reports, outcome.rerun, images=K * cfg.sync_interval
+                                * model.batch, seconds=time.perf_counter() - t_round,
+                                broadcast=t_bc, job=t_job, average=t_avg)
+            t_bc = t_next
+            if "state_reset" in rec:
+                runlog.event("round %d: partition(s) %s lost their solver state with their "
+                             "executor; momentum restarted at iteration %d", r + 1,
+                             rec["state_reset"], r * cfg.sync_interval, level=logging.WARNING)
+            if test_due:
+                t_test = time.perf_counter()
+                rec["test"] = jobs.test(test_spec, chan, extras_bc)
+                rec["seconds"]["test"] = time.perf_counter() - t_test
+                tested_at = r
+            rec["time"] = runlog.elapsed()
+            self.history.append(rec)
+            runlog.event("round %d/%d: loss %.4f, %.0f images/s (%.2f s: broadcast %.2f, "
+                         "compute %.2f, collect %.2f)", r + 1, cfg.rounds, rec["loss"],
+                         rec["images_per_second"], rec["seconds"]["round"],
+                         rec["seconds"]["broadcast"], rec["seconds"]["compute"],
+                         rec["seconds"]["collect"])
+            if "test" in rec:
+                runlog.event("round %d: test %s", r + 1, ", ".join(
+                    f"{k} = {v:.4f}" if isinstance(v, float) else f"{k} = {v}"
+                    for k, v in rec["test"].items()))
+            if ckpt_due:
+                t_ck = time.perf_counter()
+                self._commit(r + 1, weights, staged, sink.files)
+                rec["seconds"]["checkpoint"] = time.perf_counter() - t_ck
+            runlog.record(rec)
+            callback = cfg.callback
+            stop = callback(rec) if callback is not None else None
+            if stop is False and r + 1 < cfg.rounds:
+                runlog.event("stopped by the callback after round %d", r + 1)
+                if self.ctx.has_test_data and tested_at != r:
+                    rec["test"] = jobs.test(test_spec, chan, extras_bc)
+                if self.ckpts is not None and not ckpt_due:
+                    self._commit(r + 1, weights, None, {})  # the weights, no worker states
+                break
+        self.exchange.release(chan)
+        return weights
+
+    def _commit(self, rnd: int, weights: np.ndarray, staged: Path | None,
+                partitions: Mapping[int, Mapping[str, str]]) -> None:
+        self.last_checkpoint = self.ckpts.commit_round(
+            rnd, weights, staged, partitions, elapsed=self.runlog.elapsed(),
+            history=self.history)
+        self.runlog.event("round %d: checkpoint %s", rnd, self.last_checkpoint)
+
+    def _diverged(self, r: int, nf: Nonfinite, partition: int | None,
+                  staged: Path | None) -> None:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+        what = ("the weights became NaN or infinite" if nf.weights
+                else f"the training loss became {nf.loss}")
+        where = f" on partition {partition}" if partition is not None else ""
+        ck = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+              else "no checkpoint was written before it"
+              + ("" if self.ckpts else "; set checkpoint_dir to keep one"))
+        msg = (f"training diverged in round {r + 1}: {what}{where} at solver iteration "
+               f"{nf.step}. Stopped; {ck}. Lower the learning rate (base_lr) or clip "
+               f"gradients (clip_gradients).")
+        self.runlog.event(msg, level=logging.ERROR)
+        raise TrainingDiverged(msg, round=r + 1, partition=partition,
+                               checkpoint=self.last_checkpoint, history=self.history)
+
+
+def _round_record(r: int, reports: list[RoundReport], rerun: tuple[int, ...], *, images: int,
+                  seconds: float, broadcast: float, job: float, average: float
+                  ) -> dict[str, Any]:
+    """A round's history record (a plain dict: it goes to JSON as it is)."""
+    losses = [v for x in reports for v in x.losses]
+    # the slowest worker's time without its send (which the collect time counts)
+    worker_total = max(x.seconds.total - x.seconds.send for x in reports)
+    rec: dict[str, Any] = {
+        "round": r + 1, "loss": float(np.mean(losses)), "images": images,
+        "images_per_second": images / seconds,
+        "seconds": {"round": seconds,
+                    "broadcast": broadcast + max(x.seconds.fetch for x in reports),
+                    "compute": max(x.seconds.compute for x in reports),
+                    "save": max(x.seconds.save for x in reports),
+                    "collect": max(0.0, job - worker_total), "average": average}}
+    rec["partitions"] = [
+        {"partition": x.partition, "host": x.task.host, "pid": x.task.pid, "state": x.state,
+         "attempt": x.task.attempt, "compute": x.seconds.compute}
+        for x in sorted(reports, key=lambda x: x.partition)]
+    reset = sorted(x.partition for x in reports if x.state == "reset")
+    if reset:
+        rec["state_reset"] = reset
+    if rerun:
+        rec["rerun"] = list(rerun)
+    retried = sorted(x.partition for x in reports if x.task.attempt)
+    if retried:
+        rec["retried"] = retried
+    return rec

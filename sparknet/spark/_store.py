@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from sparknet.data._io import atomic_write_bytes
 from sparknet.data.rdd import batched
+from sparknet.io import atomic_write_bytes
 from sparknet.spark._messages import BlobStats, StoreHandle
 from sparknet.spark._records import DataError, ExampleSpec, shape_str, storage_dtype
 

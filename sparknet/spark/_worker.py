@@ -31,21 +31,23 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sparknet.data._io import atomic_write_bytes
+from sparknet.io import atomic_write_bytes
 from sparknet.spark import _faults
 from sparknet.spark._messages import (
+    NetSpec,
     Nonfinite,
     RoundReport,
+    RoundSpec,
     StateChunk,
     StoreHandle,
     TaskInfo,
     TestReport,
+    TestSpec,
     Timings,
 )
 from sparknet.spark._socket_exchange import forget_fetched
@@ -55,55 +57,6 @@ log = logging.getLogger(__name__)
 
 _MAX_NETS = 2
 _STATE_CHUNK = 1 << 22
-
-
-# -- specs (picklable, small) ---------------------------------------------------------------
-
-@dataclass(frozen=True)
-class NetSpec:
-    """Which net a task needs (the worker's solver bytes and their digest)."""
-
-    solver: bytes
-    key: str
-    gpu: bool = False
-    blas_threads: int | None = None
-
-
-@dataclass(frozen=True)
-class RoundSpec:
-    """One training round, as every task of the round job sees it."""
-
-    run: str
-    net: NetSpec
-    round: int  # 0-based
-    steps: int
-    batch: int
-    seed: int
-    shuffle: bool
-    names: tuple[str, ...]
-    num_params: int
-    easgd_rate: float | None = None  # None: SparkNet's averaging
-    send_state: bool = False
-
-
-@dataclass(frozen=True)
-class TestSpec:
-    """One test pass over the cached test partitions."""
-
-    run: str
-    net: NetSpec
-    batch: int
-    seed: int
-    names: tuple[str, ...]
-    local_weights: bool = False  # EASGD: testing clobbers the partition's local weights
-
-
-@dataclass
-class RunExtras:
-    """Per-run values broadcast once: the batch transforms (may hold a mean image)."""
-
-    transform: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
-    test_transform: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
 
 
 # -- the per-process net cache --------------------------------------------------------------

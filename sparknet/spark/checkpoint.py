@@ -33,26 +33,20 @@ import numpy as np
 from google.protobuf import text_format
 
 from sparknet._util import UserError
-
-# the storage layer is data's; these names stay importable from here
-from sparknet.data._io import (  # noqa: F401
-    STATE,
-    LocalStorage,
-    S3Storage,
-    Storage,
-    is_s3,
-    open_storage,
-)
+from sparknet.io import Storage, open_storage
 from sparknet.proto import caffe_pb2
 
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
 WEIGHTS = "weights.caffemodel"
+#: The marker of a complete ``round-*`` checkpoint: written (uploaded) last.
+STATE = "state.json"
+ROUND_PREFIX = "round-"
 
 
 def round_name(rnd: int) -> str:
-    return f"round-{rnd:06d}"
+    return f"{ROUND_PREFIX}{rnd:06d}"
 
 
 class CheckpointError(UserError, ValueError):
@@ -95,15 +89,19 @@ class Checkpoints:
         state = {**state, "files": files}
         (staged / STATE).write_text(json.dumps(state, indent=1, sort_keys=True))
         try:
-            self.storage.publish(name, staged)
+            self.storage.publish(name, staged, last=STATE)
         finally:
             if staged.exists():
                 shutil.rmtree(staged, ignore_errors=True)
         self.storage.write_bytes(LATEST, (name + "\n").encode())
-        for old in self.storage.rounds()[:-self.keep]:
+        for old in self.rounds()[:-self.keep]:
             if old != name:
                 self.storage.delete_tree(old)
         return self.storage.where(name)
+
+    def rounds(self) -> list[str]:
+        """The complete ``round-*`` checkpoints (those holding a ``state.json``), oldest first."""
+        return self.storage.folders(ROUND_PREFIX, STATE)
 
     def latest(self) -> str | None:
         """The name of the newest complete checkpoint, if any."""
@@ -114,12 +112,12 @@ class Checkpoints:
                 return name
             log.warning("%s names %s, which is incomplete; looking for another",
                         self.storage.where(LATEST), name)
-        found = self.storage.rounds()
+        found = self.rounds()
         return found[-1] if found else None
 
     def candidates(self) -> list[str]:
         """Complete checkpoints, newest first (``latest``'s first when it names one)."""
-        found = sorted(self.storage.rounds(), reverse=True)
+        found = sorted(self.rounds(), reverse=True)
         first = self.latest()
         if first is not None and first in found:
             found.remove(first)

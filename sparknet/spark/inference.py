@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from sparknet.data._io import spark_context
 from sparknet.data.rdd import batched
 from sparknet.engine import CaffeNet, solver_proto
+from sparknet.io import spark_context
 from sparknet.proto import caffe_pb2
 from sparknet.spark import _comm
+from sparknet.spark._messages import NetSpec
 from sparknet.spark._model import load_weights
 from sparknet.spark._python import prepare_workers
 from sparknet.spark._records import (
@@ -38,7 +39,7 @@ from sparknet.spark._records import (
     ExampleSpec,
     is_dataframe,
 )
-from sparknet.spark._worker import NetSpec, net_entry, write_flat
+from sparknet.spark._worker import net_entry, write_flat
 
 log = logging.getLogger("sparknet.spark")
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparknet.data._io import is_s3, open_storage
 from sparknet.engine import CaffeNet, WeightCollection, solver_proto
+from sparknet.io import is_s3, open_storage
 from sparknet.proto import caffe_pb2
 from sparknet.spark._model import load_weights, save_caffemodel
 from sparknet.spark._runlog import plot_history
