@@ -298,10 +298,10 @@ def test_a_documented_mistake_is_still_exit_2_on_one_line(capsys):
 def test_every_documented_error_class_is_a_user_error_and_still_what_it_was():
     from sparknet._util import UserError
     from sparknet.data.images import ImageDecodeError
-    from sparknet.io.s3 import NoSuchBucketError
     from sparknet.dsl import NetDefinitionError
     from sparknet.engine import CaffeError
     from sparknet.frontend import USER_ERRORS, UsageError
+    from sparknet.io.s3 import NoSuchBucketError
     from sparknet.ml import ModelDirectoryError
     from sparknet.proto import PrototxtError
     from sparknet.spark import DataError, WorkerPythonError
