@@ -14,7 +14,7 @@
      (the worker-local store); then, as every round does,
    * per step: ``sparknet.spark._store.batch_indices``, ``Store.batch`` (the
      memory-mapped cache, uint8 NCHW) and the transform, reseeded as
-     ``sparknet.spark._worker._apply`` does, i.e. ``Transformer.__call__`` on a
+     ``sparknet.spark._worker.apply_transforms`` does, i.e. ``Transformer.__call__`` on a
      uint8 NCHW batch (the compiled planar kernel).
 
    Baseline, per image: ``PIL.Image.open(...).convert("RGB")``, ``np.asarray``,

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <climits>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -13,6 +14,8 @@
 #include <sstream>
 #include <stdexcept>
 #include <unistd.h>
+
+#include <google/protobuf/io/zero_copy_stream_impl.h>
 
 #include "caffe/caffe.hpp"
 #include "caffe/layer_factory.hpp"
@@ -353,6 +356,21 @@ float forward_naming_the_layer(Net<float>& n, int l) {
   }
 }
 
+// Serialize `message` into the open file descriptor fd (which stays open): 0,
+// the errno of the write that failed, or -1 with *error set. Caffe's
+// WriteProtoToBinaryFile would fail a CHECK instead, naming neither the file
+// nor the cause (a full disk reads "Check failed: proto.SerializeToOstream").
+int write_message(const google::protobuf::Message& message, int fd, std::string* error) {
+  if (message.ByteSizeLong() > static_cast<size_t>(INT_MAX)) {
+    *error = "the message is " + std::to_string(message.ByteSizeLong()) +
+             " bytes, more than protobuf can write (2 GB)";
+    return -1;
+  }
+  google::protobuf::io::FileOutputStream out(fd);
+  if (message.SerializeToZeroCopyStream(&out) && out.Flush()) return 0;
+  return out.GetErrno() != 0 ? out.GetErrno() : EIO;
+}
+
 void rename_or_throw(const std::string& from, const std::string& to) {
   if (std::rename(from.c_str(), to.c_str()) != 0)
     throw std::runtime_error("cannot rename " + from + " to " + to + ": " + std::strerror(errno));
@@ -608,12 +626,33 @@ float* Engine::param_data(int layer, int blob) {
   return n.layers().at(layer)->blobs().at(blob)->mutable_cpu_data();
 }
 
-void Engine::save_weights(const std::string& path) const {
-  NetParameter param;
-  solver_->net()->ToProto(&param, false);
-  const std::string tmp = path + ".tmp" + std::to_string(getpid());
-  caffe::WriteProtoToBinaryFile(param, tmp);
-  rename_or_throw(tmp, path);
+int Engine::write_weights(int fd, bool diff, std::string* error) const {
+  try {
+    NetParameter param;
+    solver_->net()->ToProto(&param, diff);
+    return write_message(param, fd, error);
+  } catch (...) {
+    *error = current_exception_message();
+    return -1;
+  }
+}
+
+int Engine::write_solverstate(int fd, const std::string& learned_net,
+                              std::string* error) const {
+  try {
+    // SGDSolver::SnapshotSolverStateToBinaryProto, field for field, minus the
+    // file it opens by itself.
+    caffe::Solver<float>& s = *solver_;
+    caffe::SolverState state;
+    state.set_iter(SolverAccess::iter(s));
+    state.set_learned_net(learned_net);
+    state.set_current_step(SolverAccess::current_step(s));
+    for (const auto& blob : HistoryAccess::history(s)) blob->ToProto(state.add_history());
+    return write_message(state, fd, error);
+  } catch (...) {
+    *error = current_exception_message();
+    return -1;
+  }
 }
 
 void Engine::load_weights(const std::string& path) {
@@ -648,33 +687,21 @@ void Engine::load_weights(const std::string& path) {
   n.CopyTrainedLayersFrom(source);
 }
 
-void Engine::snapshot(const std::string& prefix) {
+void Engine::snapshot_hdf5(const std::string& prefix) {
   auto& param = const_cast<SolverParameter&>(solver_->param());
-  const std::string iter = "_iter_" + std::to_string(solver_->iter());
-  const bool binary = param.snapshot_format() == SolverParameter::BINARYPROTO;
-  // Write under a temporary prefix, then rename into place, so a crash never
-  // leaves a half-written snapshot under the final name.
-  const std::string tmp_prefix = dirname(prefix) + "/.tmp" + std::to_string(getpid()) + "-" +
-                                 basename(prefix);
   const std::string saved_prefix = param.snapshot_prefix();
-  param.set_snapshot_prefix(binary ? tmp_prefix : prefix);
+  const SolverParameter::SnapshotFormat saved_format = param.snapshot_format();
+  param.set_snapshot_prefix(prefix);
+  param.set_snapshot_format(SolverParameter::HDF5);
   try {
     solver_->Snapshot();
   } catch (...) {
     param.set_snapshot_prefix(saved_prefix);
+    param.set_snapshot_format(saved_format);
     throw;
   }
   param.set_snapshot_prefix(saved_prefix);
-  if (!binary) return;
-  const std::string model = prefix + iter + ".caffemodel";
-  const std::string state_file = prefix + iter + ".solverstate";
-  rename_or_throw(tmp_prefix + iter + ".caffemodel", model);
-  caffe::SolverState state;
-  const std::string tmp_state = tmp_prefix + iter + ".solverstate";
-  caffe::ReadProtoFromBinaryFileOrDie(tmp_state, &state);
-  state.set_learned_net(model);
-  caffe::WriteProtoToBinaryFile(state, tmp_state);
-  rename_or_throw(tmp_state, state_file);
+  param.set_snapshot_format(saved_format);
 }
 
 void Engine::save_state(const std::string& path) const {

@@ -108,10 +108,23 @@ class Engine {
   std::vector<std::vector<int>> param_shapes(int layer) const;
   float* param_data(int layer, int blob);
 
-  void save_weights(const std::string& path) const;   // .caffemodel, atomically
+  // The weights as a .caffemodel (Caffe's NetParameter; with diff, the
+  // gradients too, as snapshot_diff asks), serialized into the open file
+  // descriptor fd, which stays open. Returns 0, the errno of the write that
+  // failed (a full disk, a quota), or -1 with *error set. The facade names no
+  // file and makes no temporary: the caller owns both, so that every
+  // .caffemodel sparknet writes goes through one atomic writer (Python's).
+  // Never throws; safe without the GIL.
+  int write_weights(int fd, bool diff, std::string* error) const;
+  // Caffe's SolverState now (iteration, learning-rate step, history blobs),
+  // naming learned_net as its model, exactly as SGDSolver's snapshot writes
+  // it; into fd, with write_weights' results.
+  int write_solverstate(int fd, const std::string& learned_net, std::string* error) const;
   void load_weights(const std::string& path);         // all-or-nothing
-  // Caffe's snapshot: <prefix>_iter_<N>.caffemodel and .solverstate.
-  void snapshot(const std::string& prefix);
+  // Caffe's own snapshot in the HDF5 format: <prefix>_iter_<N>.caffemodel.h5
+  // and .solverstate.h5 (the binary format goes through write_weights and
+  // write_solverstate instead).
+  void snapshot_hdf5(const std::string& prefix);
   void restore(const std::string& solverstate);
   // The solver's own state (iteration, learning-rate step, history blobs) as
   // raw floats in sparknet's scratch format, written atomically: a fraction of

@@ -486,8 +486,12 @@ def load_net(spec: str, *, batch_size: int | None = None,
     from sparknet.proto import ProtoLoader, as_message, caffe_pb2
 
     if spec.endswith(".prototxt"):
+        from sparknet.dsl import NetParam
+
         check_prototxt(spec)
-        return ProtoLoader.load_net_prototxt(spec)
+        net = ProtoLoader.load_net_prototxt(spec)
+        NetParam.check(net, spec)  # the DSL's message, with the file and line, not Caffe's
+        return net
     net = getattr(_module(spec), "net", None)
     if net is None:
         raise UsageError(f"module '{spec}' has no net (a NetParam or a net() function)")
@@ -531,6 +535,9 @@ def load_solver(spec: str, solver: str | None = None, *, batch_size: int | None 
             train_batch = batch_size or 64
             net = ProtoLoader.replace_data_layers(net, train_batch,
                                                   test_batch_size or train_batch, c, h, w)
+            from sparknet.dsl import NetParam
+
+            NetParam.check(net, spec)  # now that the data's shape is known
         if solver is None:
             return caffe_pb2.SolverParameter(net_param=net, **DEFAULT_SOLVER)
     elif solver is None:

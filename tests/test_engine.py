@@ -216,6 +216,50 @@ def test_restore_finds_a_moved_snapshot(tmp_path):
     assert other.get_weights() == net.get_weights() and other.iteration == 3
 
 
+def _save_trainresult(net, path):
+    from sparknet.spark import TrainResult
+
+    return TrainResult(net.get_weights(), [], net.solver_param).save(path)
+
+
+def _save_caffemodel_stage(net, path):
+    from sparknet.ml import CaffeModel
+
+    CaffeModel(solver=net.solver_param, weights=net.get_weights()).save_caffemodel(str(path))
+
+
+#: Every way sparknet writes a .caffemodel: name -> (write(net, path), the file it writes)
+CAFFEMODEL_WRITERS = {
+    "CaffeNet.save_weights": (lambda net, path: net.save_weights(path), "w.caffemodel"),
+    "CaffeNet.snapshot": (lambda net, path: net.snapshot(path.parent / "w"),
+                          "w_iter_2.caffemodel"),
+    "TrainResult.save": (_save_trainresult, "w.caffemodel"),
+    "CaffeModel.save_caffemodel": (_save_caffemodel_stage, "w.caffemodel"),
+}
+
+
+@pytest.mark.parametrize("writer", CAFFEMODEL_WRITERS)
+def test_every_caffemodel_writer_is_atomic_and_names_the_file_on_a_full_disk(
+        writer, tmp_path, file_size_limit):
+    write, name = CAFFEMODEL_WRITERS[writer]
+    net = CaffeNet(lenet_solver(batch=4))
+    net.train(2, digit_batches(4))
+    target = tmp_path / "out" / name
+    target.parent.mkdir()
+    target.write_bytes(b"old weights")
+    with file_size_limit(64 << 10), pytest.raises(OSError) as caught:  # LeNet: 1.7 MB
+        write(net, target)
+    assert caught.value.filename == str(target), caught.value
+    assert "File too large" in str(caught.value)
+    assert target.read_bytes() == b"old weights"             # the old file is whole
+    assert [p.name for p in target.parent.iterdir()] == [name]  # and no temporary stays
+
+    write(net, target)                                     # with room: Caffe's format
+    again = CaffeNet(lenet_solver(batch=4, seed=7))
+    again.load_weights(target)
+    assert again.get_weights() == net.get_weights()
+
+
 def test_caffe_tool_model_loads_and_ours_loads_in_caffe(tmp_path, trained):
     tool = caffe_tool()
     solver = caffe_pb2.SolverParameter(

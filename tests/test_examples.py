@@ -318,7 +318,7 @@ def test_finetune_app_labels_that_do_not_fit(parity_mnist, tmp_path):
     proc = run_app("finetune_app", "--weights", str(pre), "--data", f"mnist:{parity_mnist}",
                    "--num-classes", "1", "--rounds", "1", "--output", "out", cwd=tmp_path,
                    status=2)
-    assert "labels must be integers in [0, 1)" in proc.stderr
+    assert "it must hold integers in [0, 1)" in proc.stderr
     assert "Traceback" not in proc.stderr and "round 1" not in proc.stderr
 
 

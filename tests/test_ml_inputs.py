@@ -1,9 +1,11 @@
-"""sparknet.ml input forms: every form of featuresCol trains to exactly the weights of arrays.
+"""Input forms: every form of a feature column gives exactly what arrays give, everywhere.
 
-ML vectors, array<float>, array<double>, PNG bytes, raw pixel bytes and the
-struct of Spark's image data source, all of the same 400 digits in the same
-order, scaled on the workers by ``inputScale``; and the fitted model scores a
-Parquet file of image bytes back into Parquet.
+ML vectors (dense and sparse), array<float>, array<double>, PNG bytes, raw
+pixel bytes and the struct of Spark's image data source, all of the same 400
+digits in the same order, scaled on the workers by ``inputScale``, through
+every entry point that converts a column value (training, ``transform``,
+``caffe_udf``, ``predict``); and the fitted model scores a Parquet file of image
+bytes back into Parquet.
 """
 from __future__ import annotations
 
@@ -35,41 +37,90 @@ def fit(df, **params):
     return est.fit(df)
 
 
-def test_every_input_form_trains_to_the_weights_of_the_equivalent_arrays(
-        spark, pixels, tmp_path):
+def _png(pixels: np.ndarray) -> bytearray:
     from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels[0]).save(buf, "PNG")
+    return bytearray(buf.getvalue())
+
+
+#: Every form of a feature column the README lists, as (Spark SQL type, one image's value)
+#: from its uint8 pixels (1, 28, 28): the same values, as Spark would hold them.
+FORMS = {
+    "array<float>": ("array<float>", lambda x: x.ravel().astype(np.float32).tolist()),
+    "array<double>": ("array<double>", lambda x: x.ravel().astype(float).tolist()),
+    "dense vector": (None, lambda x: _vectors().dense(x.ravel().astype(float))),
+    "sparse vector": (None, lambda x: _vectors().sparse(
+        x.size, np.flatnonzero(x.ravel()).tolist(), x.ravel()[x.ravel() > 0].astype(float))),
+    "PNG bytes": ("binary", _png),
+    "raw bytes": ("binary", lambda x: bytearray(x.tobytes())),
+    "image struct": ("struct<origin:string, height:int, width:int, nChannels:int, mode:int, "
+                     "data:binary>",
+                     lambda x: (f"mem://{x.sum()}.png", 28, 28, 1, 0, bytearray(x.tobytes()))),
+}
+
+
+def _vectors():
     from pyspark.ml.linalg import Vectors
+
+    return Vectors
+
+
+def _frame(spark, pixels, form):
+    """``id``, ``f`` (the images in ``form``), ``label``: the same rows and partitions."""
+    x8, y = pixels
+    sql_type, value = FORMS[form]
+    rows = spark.sparkContext.parallelize([(i, value(x8[i]), float(y[i])) for i in range(N)], 2)
+    if sql_type is None:  # an ML vector: Spark infers its VectorUDT
+        return spark.createDataFrame(rows, ["id", "f", "label"])
+    return spark.createDataFrame(rows, f"id int, f {sql_type}, label double")
+
+
+def _through_every_entry_point(spark, df):
+    """Training, ``transform``, ``caffe_udf`` and ``predict`` of one feature column."""
+    from pyspark.sql import functions as F
+
+    from sparknet.ml import caffe_udf
+    from sparknet.spark import predict
+
+    model = fit(df, inputScale=SCALE)  # uint8 pixels and 0..255 numbers, scaled on the workers
+    transformed = model.transform(df).orderBy("id").collect()
+    udf = df.select("id", caffe_udf(model)("f").alias("ip2")).orderBy("id").collect()
+
+    def scale(example):  # what inputScale does, for predict
+        return {**example, "data": example["data"].astype(np.float32) * np.float32(SCALE)}
+
+    predicted = predict(spark, lenet.solver(16), model, df.select("id", F.col("f").alias("data")),
+                        ["ip2"], preprocess=scale).orderBy("id").collect()
+    return {"weights": model.weights.flat,
+            "transform": np.array([r.probability.toArray() for r in transformed]),
+            "prediction": np.array([r.prediction for r in transformed]),
+            "caffe_udf": np.array([r.ip2 for r in udf], np.float32),
+            "predict": np.array([r.ip2 for r in predicted], np.float32)}
+
+
+@pytest.fixture(scope="module")
+def from_arrays(spark, pixels):
+    return _through_every_entry_point(spark, _frame(spark, pixels, "array<float>"))
+
+
+@pytest.mark.parametrize("form", [f for f in FORMS if f != "array<float>"])
+def test_every_input_form_gives_what_arrays_give_at_every_entry_point(
+        spark, pixels, from_arrays, form):
+    got = _through_every_entry_point(spark, _frame(spark, pixels, form))
+    for entry, expected in from_arrays.items():  # the same floats reach Caffe: exactly equal
+        np.testing.assert_array_equal(got[entry], expected, err_msg=f"{form} via {entry}")
+    # the UDF and predict run the same scorer over the same batches
+    np.testing.assert_array_equal(got["caffe_udf"], got["predict"])
+
+
+def test_spark_image_data_source_trains_like_its_pixels(spark, pixels, tmp_path):
+    from PIL import Image
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     x8, y = pixels
-    scaled = x8.astype(np.float32) * np.float32(SCALE)  # what inputScale computes
-    idx = spark.sparkContext.parallelize(range(N), 2)
-
-    def png(i):
-        buf = io.BytesIO()
-        Image.fromarray(x8[i, 0]).save(buf, "PNG")
-        return bytearray(buf.getvalue())
-
-    arrays = fit(spark.createDataFrame(idx.map(lambda i: (scaled[i].ravel().tolist(),
-                                                          float(y[i]))),
-                                       "f array<float>, label double")).weights
-    doubles = spark.createDataFrame(idx.map(lambda i: (scaled[i].ravel().astype(float).tolist(),
-                                                       float(y[i]))),
-                                    "f array<double>, label double")
-    assert fit(doubles).weights == arrays
-    vectors = spark.createDataFrame(idx.map(lambda i: (Vectors.dense(scaled[i].ravel()
-                                                                     .astype(float)),
-                                                       float(y[i]))), ["f", "label"])
-    assert fit(vectors).weights == arrays
-    encoded = spark.createDataFrame(idx.map(lambda i: (png(i), float(y[i]))),
-                                    "f binary, label double")
-    assert fit(encoded, inputScale=SCALE).weights == arrays
-    raw = spark.createDataFrame(idx.map(lambda i: (bytearray(x8[i].tobytes()), float(y[i]))),
-                                "f binary, label double")
-    assert fit(raw, inputScale=SCALE).weights == arrays
-
-    # Spark's image data source: its own file order, so compare with arrays in that order
     folder = tmp_path / "images"
     folder.mkdir()
     for i in range(N):
@@ -84,7 +135,7 @@ def test_every_input_form_trains_to_the_weights_of_the_equivalent_arrays(
         return (np.frombuffer(bytes(img.data), np.uint8).astype(np.float32)
                 * np.float32(SCALE)).tolist()
 
-    same_order = images.select(plain("f").alias("f"), "label")
+    same_order = images.select(plain("f").alias("f"), "label")  # its own file order
     assert fit(images, inputScale=SCALE).weights == fit(same_order).weights
 
 

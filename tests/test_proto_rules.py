@@ -89,16 +89,21 @@ def test_a_transform_of_a_layer_in_another_stage_is_not_taken():
 def test_a_loss_in_another_level_sets_no_label_rule():
     from google.protobuf import text_format
 
-    from sparknet.spark._records import label_rules
+    from sparknet.engine import CaffeNet
 
     net = text_format.Parse("""
-        layer { name: "x" type: "Input" top: "x" top: "y" }
+        layer { name: "x" type: "Input" top: "x" top: "y"
+                input_param { shape { dim: 4 dim: 10 } shape { dim: 4 } } }
         layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "y"
                 include { phase: TRAIN min_level: 1 } }""", caffe_pb2.NetParameter())
-    shapes = {"x": (4, 10), "y": (4, 1)}
-    assert label_rules(net, "TRAIN", ("x", "y"), shapes) == []
+
+    def rules():
+        solver = caffe_pb2.SolverParameter(net_param=net, base_lr=0.0, lr_policy="fixed")
+        return [r.classes for r in CaffeNet(solver).label_rules("TRAIN")]
+
+    assert rules() == []
     net.state.level = 1
-    assert [r.classes for r in label_rules(net, "TRAIN", ("x", "y"), shapes)] == [10]
+    assert rules() == [10]
 
 
 def test_a_data_layer_of_a_stage_the_solver_never_builds_is_no_shared_reader():

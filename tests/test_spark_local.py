@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -543,3 +544,103 @@ def test_a_disk_that_fills_up_names_the_file_and_keeps_the_last_checkpoint(
     assert str(target) in str(caught.value)
     assert target.read_bytes() == b"old weights"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "lenet.caffemodel"]
+
+
+def _solver_of(text: str):
+    from google.protobuf import text_format
+
+    from sparknet.proto import caffe_pb2
+
+    net = text_format.Parse(text, caffe_pb2.NetParameter())
+    return caffe_pb2.SolverParameter(net_param=net, base_lr=0.01, lr_policy="fixed",
+                                     random_seed=1)
+
+
+_INPUTS = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 16 dim: 1 dim: 28
+        dim: 28 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 16 dim: 1 } } }
+layer { name: "scores" type: "InnerProduct" bottom: "data" top: "scores"
+        inner_product_param { num_output: 10 weight_filler { type: "xavier" } } }
+"""
+
+
+def test_the_trainer_checks_labels_by_the_engines_own_rules(spark):
+    x, y = load_digits("train")
+    sc = spark.sparkContext
+    # HingeLoss on scores of shape (16, 5, 2): Caffe counts count / num = 10 classes (the
+    # trainer used to count shape[1] = 5 and refused the labels 5..9)
+    hinge = _solver_of(_INPUTS + """
+        layer { name: "grid" type: "Reshape" bottom: "scores" top: "grid"
+                reshape_param { shape { dim: 0 dim: 5 dim: 2 } } }
+        layer { name: "loss" type: "HingeLoss" bottom: "grid" bottom: "label" }""")
+    assert [r.classes for r in CaffeNet(hinge).label_rules()] == [10]
+    digits = sc.parallelize([(x[i], y[i]) for i in range(64)], 2)
+    assert set(y[:64]) == set(range(10))
+    trained = train(spark, hinge, digits, rounds=1, **SMALL)
+    assert np.isfinite(trained.weights.flat).all()
+    # a label the loss reads through a Reshape: refused on the driver, before any round,
+    # naming the input blob (the trainer used to miss it and let the workers fail)
+    flat = _solver_of(_INPUTS + """
+        layer { name: "flat_label" type: "Reshape" bottom: "label" top: "flat_label"
+                reshape_param { shape { dim: 0 } } }
+        layer { name: "loss" type: "SoftmaxWithLoss" bottom: "scores" bottom: "flat_label" }""")
+    bad = sc.parallelize([(x[i], 12.0 if i == 33 else y[i]) for i in range(64)], 2)
+    rounds = []
+    with pytest.raises(DataError, match=r"input blob 'label' has values from 0 to 12, but "
+                                        r"layer 'loss' \(SoftmaxWithLoss\) reads it as a class "
+                                        r"index of 'scores', which has 10 classes"):
+        train(spark, flat, bad, rounds=1, callback=rounds.append, **SMALL)
+    assert rounds == []
+
+
+_LENET = Path(__file__).resolve().parent.parent / "caffe" / "models" / "lenet"
+#: (edit of the shipped LeNet prototxt, the line it is on, what the DSL says about it)
+IMPOSSIBLE = {
+    "kernel larger than its input": (
+        ("kernel_size: 5", "kernel_size: 40"), 18,
+        "layer 'conv1' (Convolution), field 'kernel': kernel 40 is larger than the padded "
+        "input on spatial axis 0: 28 + 2 * 0 = 28"),
+    "zero dimension": (
+        ("dim: 64 dim: 1 dim: 28", "dim: 64 dim: 0 dim: 28"), 6,
+        "layer 'data' (Input), field 'shape': dimensions must be positive, got (64, 0, 28, 28)"),
+}
+
+
+def _entry(name: str, spark, path: Path):
+    """Run the sparknet entry point ``name`` on the net of the prototxt at ``path``."""
+    from sparknet import frontend
+    from sparknet.ml import CaffeEstimator, caffe_udf
+    from sparknet.proto import ProtoLoader
+
+    net = ProtoLoader.load_net_prototxt(path)
+    solver = ProtoLoader.load_solver_prototxt_with_net(_LENET / "lenet_solver.prototxt", net)
+    digits = digits_rdd(spark, "test", num_partitions=2)
+    return {
+        "train": lambda: train(spark, solver, digits, rounds=1, **SMALL),
+        "predict": lambda: predict(spark, path, None, digits, ["ip2"]),
+        "featurize": lambda: featurize(spark, net, None, digits, ["ip1"]),
+        "caffe_udf": lambda: caffe_udf((solver, None)),
+        "CaffeEstimator.fit": lambda: CaffeEstimator(solver=solver).fit(
+            digits_dataframe(spark, "test")),
+        "the command line's loader": lambda: frontend.load_solver(str(path)),
+    }[name]()
+
+
+@pytest.mark.parametrize("entry", ["train", "predict", "featurize", "caffe_udf",
+                                   "CaffeEstimator.fit", "the command line's loader"])
+@pytest.mark.parametrize("mistake", IMPOSSIBLE)
+def test_a_prototxt_with_an_impossible_shape_gets_the_dsls_message_before_caffe(
+        spark, tmp_path, entry, mistake):
+    from sparknet.dsl import NetDefinitionError
+
+    (old, new), line, says = IMPOSSIBLE[mistake]
+    text = (_LENET / "lenet_train_test.prototxt").read_text()
+    path = tmp_path / "net.prototxt"
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(NetDefinitionError) as caught:
+        _entry(entry, spark, path)
+    message = str(caught.value)
+    assert says in message and "Check failed" not in message
+    if entry in ("predict", "the command line's loader"):  # given the file: it is named
+        assert message.startswith(f"{path}:{line}: "), message

@@ -10,7 +10,7 @@ import pytest
 
 from sparknet.io import LocalStorage, S3Storage, open_storage
 from sparknet.spark import _comm, _socket_exchange
-from sparknet.spark._records import DataError, ExampleSpec, label_rules, record_values
+from sparknet.spark._records import DataError, ExampleSpec, record_values
 from sparknet.spark._runlog import RunLog, plot_history
 from sparknet.spark._store import batch_indices
 from sparknet.spark.checkpoint import Checkpoints
@@ -77,16 +77,18 @@ def test_preprocess_runs_before_the_shape_check():
     assert out["data"].shape == (1, 28, 28) and np.allclose(out["data"], 0.5)
 
 
-def test_label_rules_find_the_class_count():
+def test_the_signature_finds_inputs_outputs_and_the_class_count():
     from sparknet.engine import CaffeNet
     from sparknet.models import lenet
 
-    solver = lenet.solver(16).to_proto()
-    net = CaffeNet(solver)
-    rules = label_rules(solver.net_param, "TRAIN", net.input_names, net.blob_shapes("TRAIN"))
-    assert [(r.blob, r.layer, r.classes) for r in rules] == [("label", "loss", 10)]
-    test = label_rules(solver.net_param, "TEST", net.input_names, net.blob_shapes("TEST"))
-    assert {r.layer for r in test} == {"accuracy", "loss"}
+    sig = CaffeNet(lenet.solver(16).to_proto()).signature()
+    assert sig.inputs == sig.test_inputs == ("data", "label")
+    assert sig.shapes == {"data": (1, 28, 28), "label": (1,)} and sig.batch == 16
+    assert sig.test_outputs == ("accuracy", "loss")
+    assert [(r.blob, r.layer, r.classes) for r in sig.train_rules] == [("label", "loss", 10)]
+    assert {r.layer for r in sig.test_rules} == {"accuracy", "loss"}
+    assert (sig.label, sig.scores) == ("label", "ip2")
+    assert sig.num_params == 431080 and sig.fed("TRAIN") == ("data", "label")
 
 
 # -- the raw broadcast file ------------------------------------------------------------------

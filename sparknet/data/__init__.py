@@ -32,7 +32,16 @@ from sparknet.data.digits import digits_dataframe, digits_rdd, load_digits
 from sparknet.data.imagenet import LoadReport, load_imagenet
 from sparknet.data.images import ImageDecodeError, decode_batch, decode_image
 from sparknet.data.mnist import load_mnist, mnist_dataframe, mnist_rdd
-from sparknet.data.rdd import dataframe_to_rdd, to_dataframe, to_dict_rdd, to_rdd
+from sparknet.data.rdd import (
+    DataError,
+    dataframe_to_rdd,
+    to_array,
+    to_blob,
+    to_blobs,
+    to_dataframe,
+    to_dict_rdd,
+    to_rdd,
+)
 from sparknet.data.transform import Transformer, compute_mean, read_mean, write_mean
 from sparknet.io.s3 import S3Options
 
@@ -47,6 +56,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "DataError",
     "ImageDecodeError",
     "ImageNetData",
     "LoadReport",
@@ -72,6 +82,9 @@ __all__ = [
     "mnist_rdd",
     "read_lmdb",
     "read_mean",
+    "to_array",
+    "to_blob",
+    "to_blobs",
     "to_dataframe",
     "to_dict_rdd",
     "to_rdd",

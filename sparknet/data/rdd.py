@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from sparknet._util import UserError, shape_str
 from sparknet.io import spark_context
 
 Example = tuple[np.ndarray, float]
@@ -142,20 +143,52 @@ def _fields(value: Any) -> set[str]:
     return set(getattr(value, "__fields__", ()))
 
 
+class DataError(UserError, ValueError):
+    """The data does not fit the net: a value of the wrong size or type for its input blob.
+
+    Also :class:`sparknet.spark.DataError`, the same class, which the trainer
+    raises on the driver for data that does not fit.
+    """
+
+
+#: The fields of an ML vector as Spark hands it to an Arrow UDF: ``VectorUDT``'s
+#: ``struct<type: tinyint, size: int, indices: array<int>, values: array<double>>``
+#: (type 0 sparse, 1 dense), since Arrow has no vector type.
+_VECTOR_FIELDS = {"type", "size", "indices", "values"}
+_IMAGE_STRUCT = {"height", "width", "nChannels", "data"}
+
+
+def _vector_struct(value: Any, blob: str) -> np.ndarray:
+    """An ML vector given as its SQL struct (a Row or a dict, from Arrow) -> its values."""
+    values = np.asarray(value["values"], np.float64)
+    if int(value["type"]) == 1:
+        return values
+    size, indices = value["size"], value["indices"]
+    if size is None or indices is None:
+        raise DataError(f"'{blob}': a sparse vector without its size or indices ({value!r})")
+    dense = np.zeros(int(size), np.float64)
+    dense[np.asarray(indices, np.int64)] = values
+    return dense
+
+
 def to_array(value: Any, shape: Sequence[int] | None = None, blob: str = "value", *,
              size: tuple[int, int] | None = None, channel_order: str = "BGR") -> np.ndarray:
     """One value of an example or a DataFrame cell as a numpy array, by what the value is.
 
-    The one conversion that the trainer, ``dataframe_to_rdd`` and the ML
-    scoring UDF share: a numpy array is returned as it is; an ML vector as its
-    values; ``bytes`` as raw uint8 pixels when ``shape`` is given and holds
-    exactly that many, else decoded as an encoded image (JPEG, PNG...) to uint8
-    CHW; a ``Row`` of Spark's image schema to uint8 CHW; anything else through
-    ``np.asarray``. Images come out in ``channel_order`` (``"BGR"``, as Caffe
-    and Spark store them, or ``"RGB"``; one channel when ``shape`` says so),
-    resized to ``size`` ``(width, height)``, or for encoded bytes to the
-    ``(C, H, W)`` of ``shape``. The array is not reshaped; ``blob`` (the input
-    blob or column) is named when bytes are neither raw pixels nor an image.
+    The first step of the one conversion that training, ``predict``,
+    ``dataframe_to_rdd`` and the ML stages and UDF share (:func:`to_blob` adds
+    the second): a numpy array is returned as it is; an ML vector, dense or
+    sparse, as its values, also when it comes as its SQL struct (as an Arrow
+    UDF gets it: a ``Row`` or dict of ``type``, ``size``, ``indices``,
+    ``values``); ``bytes`` as raw uint8 pixels when ``shape`` is given and
+    holds exactly that many, else decoded as an encoded image (JPEG, PNG...) to
+    uint8 CHW; Spark's image schema (a ``Row`` or dict) to uint8 CHW; anything
+    else through ``np.asarray``. Images come out in ``channel_order``
+    (``"BGR"``, as Caffe and Spark store them, or ``"RGB"``; one channel when
+    ``shape`` says so), resized to ``size`` ``(width, height)``, or for encoded
+    bytes to the ``(C, H, W)`` of ``shape``. The array is not reshaped;
+    ``blob`` (the input blob or column) is named when bytes are neither raw
+    pixels nor an image.
     """
     if isinstance(value, np.ndarray):
         return value
@@ -176,11 +209,53 @@ def to_array(value: Any, shape: Sequence[int] | None = None, blob: str = "value"
         except ImageDecodeError as e:
             raise ImageDecodeError(f"'{blob}': {e}") from None
         return np.ascontiguousarray(img.transpose(2, 0, 1))
-    if (hasattr(value, "asDict") and hasattr(value, "__fields__")
-            and {"height", "width", "nChannels", "data"} <= set(value.__fields__)):
-        return image_struct_to_array(value, size=size, channel_order=channel_order,
-                                     dtype=np.uint8)
+    if (hasattr(value, "asDict") and hasattr(value, "__fields__")) or isinstance(value, Mapping):
+        fields = _fields(value)
+        if fields == _VECTOR_FIELDS:
+            return _vector_struct(value, blob)
+        if fields >= _IMAGE_STRUCT:
+            return image_struct_to_array(value, size=size, channel_order=channel_order,
+                                         dtype=np.uint8)
     return np.asarray(value)
+
+
+def fit_to_blob(array: np.ndarray, shape: Sequence[int], blob: str, where: str) -> np.ndarray:
+    """``array`` as input blob ``blob`` takes one example: ``shape``, numbers (not reshaped
+    when it has that shape; ``DataError`` naming ``where`` and the blob otherwise)."""
+    shape = tuple(shape)
+    if array.dtype.kind not in "biuf":
+        sample = array.reshape(-1)[0].item() if array.size else None
+        raise DataError(f"{where}: input blob '{blob}' (a column or item of that name) gets "
+                        f"values of dtype {array.dtype} (such as {sample!r}); Caffe takes "
+                        f"numbers")
+    if array.shape == shape:
+        return array
+    if array.size == math.prod(shape):
+        return array.reshape(shape)
+    raise DataError(f"{where}: input blob '{blob}' takes {shape_str(shape)} per example "
+                    f"({math.prod(shape)} values), the data gives {shape_str(array.shape)}")
+
+
+def to_blob(value: Any, shape: Sequence[int], blob: str, where: str) -> np.ndarray:
+    """One value (of any kind :func:`to_array` reads) as input blob ``blob``'s example."""
+    return fit_to_blob(to_array(value, shape, blob), shape, blob, where)
+
+
+def to_blobs(values: Sequence[Any], shape: Sequence[int], blob: str,
+             where: str = "row") -> np.ndarray:
+    """A batch of values (a column's cells) as one ``(n, *shape)`` array for ``blob``.
+
+    Each value goes through :func:`to_blob` (the message names ``where`` and
+    the row); numeric arrays of the blob's size, the common case, are
+    stacked in one step.
+    """
+    shape = tuple(shape)
+    items = list(values)
+    if items and all(isinstance(v, np.ndarray) and v.dtype.kind in "biuf" for v in items):
+        first = items[0]
+        if first.size == math.prod(shape) and all(v.shape == first.shape for v in items):
+            return np.stack(items).reshape(len(items), *shape)
+    return np.stack([to_blob(v, shape, blob, f"{where} {i}") for i, v in enumerate(items)])
 
 
 def _column_converter(field: Any, shape: Sequence[int] | None, size: tuple[int, int] | None,
@@ -206,12 +281,9 @@ def _column_converter(field: Any, shape: Sequence[int] | None, size: tuple[int, 
     def convert(v: Any) -> np.ndarray:
         a = np.asarray(to_array(v, None if image else shape, name, size=size,
                                 channel_order=channel_order), np.float32)
-        if shape is None or image or a.shape == tuple(shape):
+        if shape is None or image:
             return a
-        if a.size != math.prod(shape):
-            raise ValueError(f"column '{name}': {a.size} values do not fit shape "
-                             f"{tuple(shape)}")
-        return a.reshape(shape)
+        return fit_to_blob(a, shape, name, f"column '{name}'")
     return convert
 
 

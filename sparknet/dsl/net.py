@@ -316,15 +316,54 @@ class NetParam:
         try:
             return cls.from_proto(loader.load_net_prototxt(path))
         except NetDefinitionError as e:
-            where = os.fspath(path)
-            if e.layer is not None:
-                text = Path(path).read_text(encoding="utf-8")
-                # the layer's name: on a line of its own, or right after "layer {"
-                found = re.search(rf'(?:^|{{)[ \t]*(name:\s*["\']{re.escape(e.layer)}["\'])',
-                                  text, re.MULTILINE)
-                if found:
-                    where += f":{text.count(chr(10), 0, found.start(1)) + 1}"
-            raise NetDefinitionError(f"{where}: {e}", layer=e.layer, field=e.field) from None
+            raise _located(e, path) from None
+
+    @classmethod
+    def check(cls, proto: caffe_pb2.NetParameter | caffe_pb2.SolverParameter,
+              path: str | os.PathLike[str] | None = None) -> None:
+        """Check a net that did not come from the DSL before Caffe builds it.
+
+        The DSL's own rules and shape arithmetic, applied to a ``NetParameter``
+        (or a solver's inline net) loaded from prototxt: a kernel larger than
+        its padded input, a zero or negative dimension, a bottom no layer
+        makes ... raise :class:`NetDefinitionError` with the message a net
+        written in Python gets, naming the layer and field, and ``path``'s line
+        when the net was read from ``path``. Caffe's own messages for the same
+        mistakes (``Check failed: shape[i] >= 0``) name neither the cause nor
+        the field. A solver that builds its nets in states of its own
+        (``train_state``/``test_state``) is left to Caffe.
+        """
+        if isinstance(proto, caffe_pb2.SolverParameter):
+            if proto.HasField("train_state") or len(proto.test_state):
+                return
+            if proto.HasField("net_param"):
+                proto = proto.net_param
+            elif proto.HasField("train_net_param"):
+                proto = proto.train_net_param
+            else:
+                return  # a net named by file: Caffe reads it
+        try:
+            cls.from_proto(proto)
+        except NetDefinitionError as e:
+            if path is None:
+                raise
+            raise _located(e, path) from None
+
+
+def _located(error: NetDefinitionError, path: str | os.PathLike[str]) -> NetDefinitionError:
+    """``error`` prefixed with the prototxt file and the line of its layer's ``name:``."""
+    where = os.fspath(path)
+    if error.layer is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        # the layer's name: on a line of its own, or right after "layer {"
+        found = re.search(rf'(?:^|{{)[ \t]*(name:\s*["\']{re.escape(error.layer)}["\'])',
+                          text, re.MULTILINE)
+        if found:
+            where += f":{text.count(chr(10), 0, found.start(1)) + 1}"
+    return NetDefinitionError(f"{where}: {error}", layer=error.layer, field=error.field)
 
 
 @attrs.frozen

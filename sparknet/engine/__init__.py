@@ -18,6 +18,7 @@ from sparknet.engine.net import (  # noqa: E402
     set_log_level,
     solver_proto,
 )
+from sparknet.engine.signature import IndexRule, NetSignature  # noqa: E402
 from sparknet.engine.weights import WeightCollection  # noqa: E402
 
 _blas.check_kernels()
@@ -26,6 +27,8 @@ __all__ = [
     "BlasWarning",
     "CaffeError",
     "CaffeNet",
+    "IndexRule",
+    "NetSignature",
     "WeightCollection",
     "blas_threads",
     "build_info",

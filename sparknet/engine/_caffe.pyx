@@ -77,9 +77,10 @@ cdef extern from "ccaffe.hpp" namespace "ccaffe":
         vector[BlobInfo] param_layers() except +_raise
         vector[vector[int]] param_shapes(int layer) except +_raise
         float* param_data(int layer, int blob) except +_raise
-        void save_weights(const string& path) except +_raise
+        int write_weights(int fd, cbool diff, string* error) nogil
+        int write_solverstate(int fd, const string& learned_net, string* error) nogil
         void load_weights(const string& path) except +_raise
-        void snapshot(const string& prefix) except +_raise
+        void snapshot_hdf5(const string& prefix) except +_raise
         void restore(const string& solverstate) except +_raise
         void save_state(const string& path) except +_raise
         void load_state(const string& path) except +_raise
@@ -290,14 +291,37 @@ cdef class Engine_:
                     memcpy(blob, flat + offset, sizeof(float) * n)
             offset += n
 
-    def save_weights(self, path):
-        self.c.save_weights(_b(path))
+    def write_weights(self, int fd, bint diff=False):
+        """Serialize the weights (a .caffemodel) into the open file descriptor ``fd``.
+
+        Returns 0, or the errno of the write that failed; the caller names the
+        file (the facade knows none). The GIL is released meanwhile.
+        """
+        cdef string err
+        cdef int code
+        cdef cbool with_diff = diff
+        with nogil:
+            code = self.c.write_weights(fd, with_diff, &err)
+        if code < 0:
+            raise CaffeError(err.decode("utf-8", "replace"))
+        return code
+
+    def write_solverstate(self, int fd, learned_net):
+        """Caffe's SolverState naming ``learned_net`` into ``fd``; as :meth:`write_weights`."""
+        cdef string err
+        cdef string model = _b(learned_net)
+        cdef int code
+        with nogil:
+            code = self.c.write_solverstate(fd, model, &err)
+        if code < 0:
+            raise CaffeError(err.decode("utf-8", "replace"))
+        return code
 
     def load_weights(self, path):
         self.c.load_weights(_b(path))
 
-    def snapshot(self, prefix):
-        self.c.snapshot(_b(prefix))
+    def snapshot_hdf5(self, prefix):
+        self.c.snapshot_hdf5(_b(prefix))
 
     def restore(self, path):
         self.c.restore(_b(path))

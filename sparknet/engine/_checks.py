@@ -47,7 +47,14 @@ _SAME_VALUES = {"Split", "Reshape", "Flatten"}
 
 @dataclass(frozen=True)
 class IndexRule:
-    """Input ``index`` (blob ``blob``) must hold indices in [0, classes) for ``layer``."""
+    """Input ``index`` (blob ``blob``) must hold indices in [0, classes) for ``layer``.
+
+    The one label rule of sparknet: the engine checks every batch with it, the
+    Spark trainer the statistics of the cached data, the ML stages find the
+    label and scores blobs with it (:class:`~sparknet.engine.NetSignature`).
+    ``scores`` is the blob the layer reads as scores, by the name the user gave
+    it (``""`` for ``Embed``, whose ``classes`` is its ``input_dim``).
+    """
 
     index: int
     blob: str
@@ -56,6 +63,18 @@ class IndexRule:
     classes: int
     scores: str
     ignore_label: int | None
+
+    def _reads_as(self) -> str:
+        what = "a class index" if self.layer_type != "Embed" else "an index into its rows"
+        of = (f"of '{self.scores}', which has {self.classes} classes" if self.scores
+              else f"(input_dim {self.classes})")
+        return f"layer '{self.layer}' ({self.layer_type}) reads it as {what} {of}"
+
+    def _allowed(self) -> str:
+        allowed = f"integers in [0, {self.classes})"
+        if self.ignore_label is not None:
+            allowed += f" or {self.ignore_label} (its ignore_label)"
+        return allowed
 
     def check(self, values: np.ndarray) -> None:
         """Raise ValueError naming the first value this layer cannot take."""
@@ -72,17 +91,25 @@ class IndexRule:
             return
         first = int(where[0])
         per_example = values.size // values.shape[0] if values.ndim else values.size
-        allowed = f"integers in [0, {self.classes})"
-        if self.ignore_label is not None:
-            allowed += f" or {self.ignore_label} (its ignore_label)"
-        what = "a class index" if self.layer_type != "Embed" else "an index into its rows"
-        of = (f"of '{self.scores}', which has {self.classes} classes" if self.scores
-              else f"(input_dim {self.classes})")
         raise ValueError(
             f"input blob '{self.blob}' holds {values.flat[first]:g} (example "
             f"{first // max(per_example, 1)}; {where.size} of {values.size} values are bad), "
-            f"but layer '{self.layer}' ({self.layer_type}) reads it as {what} {of}: "
-            f"it must hold {allowed}")
+            f"but {self._reads_as()}: it must hold {self._allowed()}")
+
+    def range_error(self, lo: float, hi: float, integral: bool) -> str | None:
+        """What is wrong with values from ``lo`` to ``hi`` (all integers or not); ``None``: fine.
+
+        For checks made from a data set's statistics rather than its values (the
+        Spark trainer's cached partitions); ``ignore_label`` may be either end.
+        """
+        ignore = self.ignore_label
+        ok_lo = lo >= 0 or (ignore is not None and lo == ignore)
+        ok_hi = hi < self.classes or (ignore is not None and hi == ignore)
+        if integral and ok_lo and ok_hi:
+            return None
+        bad = "non-integer values" if not integral else f"values from {lo:g} to {hi:g}"
+        return (f"input blob '{self.blob}' has {bad}, but {self._reads_as()}: it must hold "
+                f"{self._allowed()}")
 
 
 def index_rules(layers: Sequence[tuple], shapes: Mapping[str, tuple[int, ...]],

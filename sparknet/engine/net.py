@@ -22,7 +22,9 @@ from sparknet.engine._checks import (
     index_rules,
     nonfinite_inputs,
 )
+from sparknet.engine.signature import NetSignature
 from sparknet.engine.weights import WeightCollection, check_layouts
+from sparknet.io import atomic_file
 from sparknet.proto import as_message, caffe_pb2
 from sparknet.proto.rules import phase_value
 
@@ -295,16 +297,37 @@ class CaffeNet:
 
     def _check_indices(self, net: int, arrays: Sequence[np.ndarray | None]) -> None:
         """Refuse labels (indices) out of range before Caffe reads past its arrays."""
+        for rule in self.label_rules(net):
+            values = arrays[rule.index]
+            if values is not None:
+                rule.check(values)
+
+    def label_rules(self, phase: str | int = "TRAIN") -> list[IndexRule]:
+        """The input blobs a layer of the phase's net reads as class (or row) indices.
+
+        One :class:`IndexRule` per such layer (``SoftmaxWithLoss``, ``Accuracy``,
+        ``MultinomialLogisticLoss``, ``InfogainLoss``, ``HingeLoss``, ``Embed``),
+        the input traced back through ``Split``/``Reshape``/``Flatten``, with the
+        number of classes as Caffe counts them. :meth:`train`, :meth:`test` and
+        :meth:`forward` check every batch with these rules.
+        """
+        net = self._phase(phase)
         rules = self._index_rules.get(net)
         if rules is None:
             inputs = self._inputs[TRAIN] if net == TRAIN else self._test_inputs()
             rules = self._index_rules[net] = index_rules(
                 self._engine.layers(net), dict(self._engine.blob_shapes(net)),
                 [n for n, _ in inputs])
-        for rule in rules:
-            values = arrays[rule.index]
-            if values is not None:
-                rule.check(values)
+        return list(rules)
+
+    def layer_tops(self, layer_type: str, phase: str | int = "TEST") -> list[str]:
+        """The blobs the phase's layers of type ``layer_type`` write, in net order."""
+        return [top for _, kind, _, tops, _ in self._engine.layers(self._phase(phase))
+                if kind == layer_type for top in tops]
+
+    def signature(self) -> NetSignature:
+        """What the nets take and give: inputs, shapes, outputs, label rules, layout."""
+        return NetSignature.of(self)
 
     def _resize(self, net: int, n: int) -> None:
         inputs = self._inputs[TRAIN] if net == TRAIN else self._test_inputs()
@@ -485,8 +508,23 @@ class CaffeNet:
         self._engine.write_params(np.ascontiguousarray(weights.flat, np.float32))
 
     def save_weights(self, path: str | os.PathLike) -> None:
-        """Write the weights as a ``.caffemodel`` (atomically)."""
-        self._engine.save_weights(os.fspath(path))
+        """Write the weights as a ``.caffemodel``, Caffe's own format.
+
+        The one ``.caffemodel`` writer of sparknet: atomic (a temporary file in
+        the same folder, renamed into place, so an older file at ``path``
+        stays whole until the new one is complete), missing folders made, and a
+        write that fails (a full disk, a quota) raises an ``OSError`` naming
+        ``path`` and leaves no temporary file behind.
+        """
+        self._write(path, lambda fd: self._engine.write_weights(fd, False))
+
+    @staticmethod
+    def _write(path: str | os.PathLike, write: Callable[[int], int]) -> None:
+        """``write(fd)`` (the engine's: 0 or an errno) into ``path``, atomically."""
+        with atomic_file(path) as f:
+            error = write(f.fileno())
+            if error:  # atomic_file names the file and removes its temporary
+                raise OSError(error, os.strerror(error))
 
     def load_weights(self, source: str | os.PathLike | bytes) -> None:
         """Copy weights from a ``.caffemodel``, a local path or the file's bytes (by
@@ -549,12 +587,24 @@ class CaffeNet:
             self._load_weights_file(path, what)
 
     def snapshot(self, prefix: str | os.PathLike) -> tuple[Path, Path]:
-        """Caffe's snapshot: ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate``."""
+        """Caffe's snapshot: ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate``.
+
+        The files Caffe's ``Solver::Snapshot`` writes (the weights with their
+        gradients when the solver sets ``snapshot_diff``; ``.h5`` files for
+        ``snapshot_format: HDF5``), each written as :meth:`save_weights` writes:
+        atomically, and an ``OSError`` naming the file when it cannot be.
+        """
         prefix = os.fspath(prefix)
         Path(prefix).parent.mkdir(parents=True, exist_ok=True)
-        self._engine.snapshot(prefix)
         stem = f"{prefix}_iter_{self.iteration}"
-        return Path(stem + ".caffemodel"), Path(stem + ".solverstate")
+        if self.solver_param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
+            self._engine.snapshot_hdf5(prefix)
+            return Path(stem + ".caffemodel.h5"), Path(stem + ".solverstate.h5")
+        model, state = Path(stem + ".caffemodel"), Path(stem + ".solverstate")
+        diff = bool(self.solver_param.snapshot_diff)
+        self._write(model, lambda fd: self._engine.write_weights(fd, diff))
+        self._write(state, lambda fd: self._engine.write_solverstate(fd, os.fspath(model)))
+        return model, state
 
     def restore(self, solverstate: str | os.PathLike) -> None:
         """Continue from a ``.solverstate``: weights, solver history, iteration."""

@@ -1,21 +1,21 @@
 """Batch inference as a column expression: a pandas UDF over Arrow batches.
 
 :func:`caffe_udf` turns a trained net into a ``pandas_udf`` usable in
-``select``/``withColumn`` and, once registered, in SQL. Each Python worker
-builds the net once (the net cache of :mod:`sparknet.spark._worker`, shared
-with training and :func:`sparknet.spark.predict`) and reads the weights from
-a broadcast file; every Arrow batch then costs one forward pass per
-``batch_size`` rows. Values are converted as the trainer converts them
-(:func:`sparknet.spark._records.to_array`): arrays, ML vectors, raw or
-encoded image bytes, and the struct of Spark's image data source.
+``select``/``withColumn`` and, once registered, in SQL. The worker side is
+:class:`sparknet.spark.scoring.Scorer`, the one that ``predict`` and the
+training run's tests use too: each Python worker builds the net once (shared
+with training) and reads the weights from a broadcast; every Arrow batch then
+costs one forward pass per ``batch_size`` rows. Values are converted by the
+one conversion the trainer uses (:func:`sparknet.data.to_blobs`): ML vectors
+(dense or sparse; Arrow hands them over as their struct), ``array<float>`` and
+``array<double>``, raw or encoded image bytes, and the struct of Spark's image
+data source.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import math
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,91 +24,37 @@ from typing import Any
 import numpy as np
 
 from sparknet._util import shape_str
-from sparknet.engine import CaffeNet, WeightCollection
-from sparknet.io import read_bytes
+from sparknet.data import to_blobs
+from sparknet.engine import NetSignature, WeightCollection
 from sparknet.proto import caffe_pb2
-from sparknet.spark import _comm
-from sparknet.spark._messages import NetSpec
-from sparknet.spark._records import DataError, fit, label_rules, to_array
-from sparknet.spark._worker import net_entry, write_flat
+from sparknet.spark import DataError
+from sparknet.spark.nets import built, signature_of, weights_or_fillers
+from sparknet.spark.scoring import NetSpec, Scorer, ScoreSpec, broadcast_weights
 
 log = logging.getLogger("sparknet.ml")
 
-__all__ = ["NetInfo", "caffe_udf"]
-
-
-# -- what the driver learns about a net ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class NetInfo:
-    """A net's TEST-phase inputs and outputs, as Caffe computed them (driver side)."""
-
-    inputs: tuple[str, ...]
-    shapes: dict[str, tuple[int, ...]]  # per example
-    batch: int
-    blobs: tuple[str, ...]
-    blob_shapes: dict[str, tuple[int, ...]]
-    label: str | None  # the input blob a classification layer reads as class indices
-    scores: str | None  # the blob that layer reads as scores
-    softmax_tops: frozenset[str]
-    num_params: int
-    layout: tuple
-
-    @classmethod
-    def of(cls, param: caffe_pb2.SolverParameter) -> NetInfo:
-        net = CaffeNet(param)
-        shapes = {n: tuple(s) for n, s in net.test_input_shapes.items()}
-        names = tuple(net.test_input_names)
-        if not names:
-            raise ValueError("the net's TEST phase has no input blobs: sparknet feeds Input "
-                             "layers")
-        blob_shapes = net.blob_shapes("TEST")
-        rules = label_rules(param.net_param, "TEST", names, blob_shapes)
-        if not rules:
-            rules = label_rules(param.net_param, "TRAIN", tuple(net.input_names),
-                                net.blob_shapes("TRAIN"))
-        tops = frozenset(t for layer in param.net_param.layer if layer.type == "Softmax"
-                         for t in layer.top)
-        return cls(names, {n: s[1:] for n, s in shapes.items()}, int(shapes[names[0]][0]),
-                   tuple(net.blob_names("TEST")), blob_shapes,
-                   rules[0].blob if rules else None, rules[0].scores if rules else None,
-                   tops, int(net.num_params), net.weight_layout)
-
-    def check_blob(self, blob: str, what: str = "blob") -> None:
-        if blob not in self.blobs:
-            raise ValueError(f"{what} '{blob}': the net has no such blob in its TEST phase "
-                             f"(blobs: {', '.join(self.blobs)})")
-
-    def values(self, blob: str) -> int:
-        return math.prod(self.blob_shapes[blob][1:])
+__all__ = ["caffe_udf"]
 
 
 def load_weights(param: caffe_pb2.SolverParameter, weights: Any) -> WeightCollection:
     """The net's weights from any form ``CaffeNet.use_weights`` takes (a ``.caffemodel``
     path may be ``s3://``); ``None``: the fillers, with a warning."""
-    net = CaffeNet(param)
-    if not net.use_weights(weights, fetch=read_bytes):
-        log.warning("no weights given; using the net's initial (filler) weights")
-    return net.get_weights()
+    return weights_or_fillers(built(param)[1], weights, who="caffe_udf")
 
 
 def digest(param: caffe_pb2.SolverParameter) -> str:
-    return hashlib.sha1(param.SerializeToString(deterministic=True)).hexdigest()
+    """The SHA-1 of the solver's bytes: which net a saved model's weights belong to."""
+    return NetSpec.of(param).key
 
 
 # -- the worker side ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ScorePlan:
-    """What every Python worker needs to score batches (small, picklable)."""
+    """What every Python worker needs to score Arrow batches (small, picklable)."""
 
-    net: NetSpec
-    weights_id: str
+    score: ScoreSpec
     columns: tuple[str, ...]  # the input blob each UDF argument feeds, in order
-    inputs: tuple[str, ...]  # every TEST input blob (the rest are fed zeros)
-    shapes: dict[str, tuple[int, ...]]
-    batch: int
-    blobs: tuple[str, ...]
     scale: dict[str, float]
     mode: str  # "blobs": the blobs' values; "classify": probability and prediction
     softmax: bool = True  # classify: apply a softmax to the scores blob
@@ -123,23 +69,17 @@ def scale_inputs(scale: dict[str, float], arrays: dict[str, np.ndarray]) -> dict
     return out
 
 
-def _column(values: Any, blob: str, shape: tuple[int, ...], n: int) -> np.ndarray:
-    """A batch of one column (a pandas Series or, for a struct, a DataFrame) as (n, *shape)."""
+def _column(values: Any, blob: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A batch of one column as ``(n, *shape)``, by the one conversion of values.
+
+    A struct column (Spark's image schema, or an ML vector, which Arrow
+    carries as its struct) comes as a pandas DataFrame: one dict per row.
+    """
     import pandas as pd
 
-    if isinstance(values, pd.DataFrame):  # a struct column: Spark's image schema
-        from pyspark.sql import Row
-
-        rows = [Row(**r) for r in values.to_dict("records")]
-        items = [to_array(r, shape, blob) for r in rows]
-    else:
-        items = list(values)
-        if items and all(isinstance(v, np.ndarray) and v.dtype != object for v in items):
-            first = items[0]
-            if first.size == math.prod(shape) and all(v.shape == first.shape for v in items):
-                return np.stack(items).reshape(n, *shape)  # the fast path: numeric arrays
-        items = [to_array(v, shape, blob) for v in items]
-    return np.stack([fit(a, shape, blob, f"row {i} of the batch") for i, a in enumerate(items)])
+    if isinstance(values, pd.DataFrame):
+        values = values.to_dict("records")
+    return to_blobs(list(values), shape, blob, f"column for input blob '{blob}': row")
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -151,40 +91,25 @@ def score_batches(plan: ScorePlan, weights_bc: Any, batches: Iterator[Any]) -> I
     """The UDF's body: each Arrow batch (Series, tuple of Series) -> the output batch."""
     import pandas as pd
 
-    entry = net_entry(plan.net)
-    net = entry.net
-    if entry.weights_id != plan.weights_id:
-        write_flat(net, _comm.flat_from_broadcast(weights_bc))
-        entry.weights_id = plan.weights_id
-        entry.tag = None  # not a training round's state any more
+    spec = plan.score
+    scorer = Scorer.of(spec, weights_bc)
     for batch in batches:
         cols = batch if isinstance(batch, tuple) else (batch,)
         n = len(cols[0])
         if n == 0:
             yield _empty(plan)
             continue
-        given = {blob: _column(c, blob, plan.shapes[blob], n)
-                 for blob, c in zip(plan.columns, cols)}
-        given = scale_inputs(plan.scale, given)
-        outs: dict[str, list[np.ndarray]] = {b: [] for b in plan.blobs}
-        for lo in range(0, n, plan.batch):
-            hi = min(n, lo + plan.batch)
-            inputs = {name: (given[name][lo:hi] if name in given else
-                             np.zeros((hi - lo, *plan.shapes[name]), np.float32))
-                      for name in plan.inputs}
-            out = net.forward(inputs, list(plan.blobs))
-            for b in plan.blobs:
-                outs[b].append(out[b].reshape(hi - lo, -1))
-        flat = {b: np.concatenate(v) if len(v) > 1 else v[0] for b, v in outs.items()}
+        given = {blob: _column(c, blob, spec.shapes[blob]) for blob, c in zip(plan.columns, cols)}
+        flat = scorer.outputs(spec, scale_inputs(plan.scale, given), n)
         if plan.mode == "classify":
-            scores = flat[plan.blobs[0]].astype(np.float64)
+            scores = flat[spec.blobs[0]].astype(np.float64)
             prob = _softmax(scores) if plan.softmax else scores
             yield pd.DataFrame({"probability": list(prob),
                                 "prediction": scores.argmax(axis=1).astype(np.float64)})
-        elif len(plan.blobs) == 1:
-            yield pd.Series(list(flat[plan.blobs[0]]))
+        elif len(spec.blobs) == 1:
+            yield pd.Series(list(flat[spec.blobs[0]]))
         else:
-            yield pd.DataFrame({b: list(flat[b]) for b in plan.blobs})
+            yield pd.DataFrame({b: list(flat[b]) for b in spec.blobs})
 
 
 def _empty(plan: ScorePlan) -> Any:
@@ -192,9 +117,9 @@ def _empty(plan: ScorePlan) -> Any:
 
     if plan.mode == "classify":
         return pd.DataFrame({"probability": [], "prediction": []})
-    if len(plan.blobs) == 1:
+    if len(plan.score.blobs) == 1:
         return pd.Series([], dtype=object)
-    return pd.DataFrame({b: [] for b in plan.blobs})
+    return pd.DataFrame({b: [] for b in plan.score.blobs})
 
 
 def return_type(plan: ScorePlan) -> Any:
@@ -204,9 +129,9 @@ def return_type(plan: ScorePlan) -> Any:
     if plan.mode == "classify":
         return T.StructType([T.StructField("probability", T.ArrayType(T.DoubleType(), False)),
                              T.StructField("prediction", T.DoubleType())])
-    if len(plan.blobs) == 1:
+    if len(plan.score.blobs) == 1:
         return array
-    return T.StructType([T.StructField(b, array) for b in plan.blobs])
+    return T.StructType([T.StructField(b, array) for b in plan.score.blobs])
 
 
 def make_udf(plan: ScorePlan, weights_bc: Any) -> Any:
@@ -263,41 +188,34 @@ def caffe_udf(model: Any, blob: str | Sequence[str] | None = None, batch_size: i
         if not (isinstance(model, tuple) and len(model) == 2):
             raise TypeError("caffe_udf takes a CaffeModel or a (solver, weights) pair, got "
                             f"{type(model).__name__}")
-        from sparknet.spark.inference import _solver
-
-        param = _solver(model[0])
-        info = NetInfo.of(param)
+        param, info = signature_of(model[0])  # NetDefinitionError before Caffe sees a bad net
         flat = load_weights(param, model[1]).flat
         if blob is None:
             blob = info.scores or info.blobs[-1]
     blobs = (blob,) if isinstance(blob, str) else tuple(blob)
     if not blobs:
         raise ValueError("blob is empty: name at least one blob")
-    for b in blobs:
-        info.check_blob(b)
-    columns = tuple(inputs) if inputs is not None else (info.inputs[0],)
+    fed = info.fed("TEST")
+    columns = tuple(inputs) if inputs is not None else (fed[0],)
     for c in columns:
-        if c not in info.inputs:
+        if c not in fed:
             raise ValueError(f"inputs: '{c}' is not an input blob of the net "
-                             f"({', '.join(info.inputs)})")
+                             f"({', '.join(fed)})")
     plan = score_plan(param, info, columns, blobs, batch_size, input_scale, gpu, blas_threads,
                       "blobs")
     return make_udf(plan, model._broadcast() if flat is None else broadcast(flat))
 
 
-def score_plan(param: caffe_pb2.SolverParameter, info: NetInfo, columns: Sequence[str],
+def score_plan(param: caffe_pb2.SolverParameter, info: NetSignature, columns: Sequence[str],
                blobs: Sequence[str], batch_size: int | None, input_scale: float | None,
                gpu: bool, blas_threads: int | None, mode: str,
                softmax: bool = True) -> ScorePlan:
-    if batch_size is not None and int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    solver = param.SerializeToString(deterministic=True)
+    """The plan of a UDF scoring ``blobs`` from ``columns`` (``info``: the net's signature)."""
+    spec = ScoreSpec.of(param, info, blobs, batch_size, gpu=gpu, blas_threads=blas_threads)
     scale = {}
     if input_scale is not None and float(input_scale) != 1.0:
         scale[columns[0]] = float(input_scale)
-    return ScorePlan(NetSpec(solver, hashlib.sha1(solver).hexdigest(), gpu, blas_threads),
-                     uuid.uuid4().hex, tuple(columns), info.inputs, dict(info.shapes),
-                     int(batch_size or info.batch), tuple(blobs), scale, mode, softmax)
+    return ScorePlan(spec, tuple(columns), scale, mode, softmax)
 
 
 def broadcast(flat: np.ndarray) -> Any:
@@ -306,7 +224,7 @@ def broadcast(flat: np.ndarray) -> Any:
     sc = SparkContext._active_spark_context
     if sc is None:
         raise RuntimeError("caffe_udf needs an active SparkSession (the weights are broadcast)")
-    return _comm.broadcast_flat(sc, flat)
+    return broadcast_weights(sc, flat)
 
 
 def check_size(blob: str, column: str, shape: tuple[int, ...], size: int | None) -> None:

@@ -22,10 +22,9 @@ from pyspark.ml import Estimator, Model
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, MLReadable, MLWritable
 
 from sparknet._util import shape_str
-from sparknet.engine import WeightCollection
+from sparknet.engine import NetSignature, WeightCollection
 from sparknet.ml._params import CaffeParams, TrainingSetters, params_setter
 from sparknet.ml.scoring import (
-    NetInfo,
     broadcast,
     check_size,
     load_weights,
@@ -34,6 +33,7 @@ from sparknet.ml.scoring import (
     score_plan,
 )
 from sparknet.spark import DataError
+from sparknet.spark.nets import signature_of
 
 log = logging.getLogger("sparknet.ml")
 
@@ -73,11 +73,11 @@ class _Stopper:
 class _CaffeStage(CaffeParams):
     """What both stages do with the DataFrame: check its columns, map them to input blobs."""
 
-    def _info(self) -> NetInfo:
+    def _info(self) -> NetSignature:
         key = self.getSolver(), self.getBatchSize()
         cached = getattr(self, "_net_info", None)
         if cached is None or cached[0] != key:
-            cached = (key, NetInfo.of(self._effective_solver()))
+            cached = (key, signature_of(self._effective_solver())[1])
             self._net_info = cached
         return cached[1]
 
@@ -90,14 +90,15 @@ class _CaffeStage(CaffeParams):
         info.check_blob(blob, "outputBlob")
         return blob
 
-    def _mapping(self, info: NetInfo, training: bool) -> dict[str, str]:
+    def _mapping(self, info: NetSignature, training: bool) -> dict[str, str]:
         """Input blob -> column: featuresCol, labelCol (training) and inputCols."""
         explicit = self.getInputCols()
+        inputs = info.fed("TEST")
         for blob in explicit:
-            if blob not in info.inputs:
+            if blob not in inputs:
                 raise ValueError(f"inputCols: '{blob}' is not an input blob of the net "
-                                 f"({', '.join(info.inputs)})")
-        data = [n for n in info.inputs if n != info.label and n not in explicit]
+                                 f"({', '.join(inputs)})")
+        data = [n for n in inputs if n != info.label and n not in explicit]
         mapping: dict[str, str] = {}
         if data:
             mapping[data[0]] = self.getFeaturesCol()
@@ -106,13 +107,13 @@ class _CaffeStage(CaffeParams):
         mapping.update(explicit if training else
                        {b: c for b, c in explicit.items() if b != info.label})
         if training:
-            unfed = [n for n in info.inputs if n not in mapping]
+            unfed = [n for n in inputs if n not in mapping]
             if unfed:
                 raise ValueError(f"input blob '{unfed[0]}' has no column: name one in inputCols "
-                                 f"(input blobs: {', '.join(info.inputs)})")
+                                 f"(input blobs: {', '.join(inputs)})")
         return mapping
 
-    def _check_schema(self, dataset: Any, mapping: Mapping[str, str], info: NetInfo,
+    def _check_schema(self, dataset: Any, mapping: Mapping[str, str], info: NetSignature,
                       label_blob: str | None) -> None:
         """Refuse a DataFrame that cannot feed the net, from its schema alone (no Spark job)."""
         from pyspark.sql import types as T
@@ -123,7 +124,7 @@ class _CaffeStage(CaffeParams):
                 raise DataError(f"column '{col}' (for input blob '{blob}') is not in the "
                                 f"DataFrame (columns: {', '.join(dataset.columns)})")
             dt = fields[col].dataType
-            shape = info.shapes[blob]
+            shape = info.example_shapes("TEST")[blob]
             if blob == label_blob:
                 if not isinstance(dt, (T.NumericType, T.BooleanType)):
                     raise DataError(f"label column '{col}' holds {dt.simpleString()} values; "
@@ -222,9 +223,7 @@ class CaffeEstimator(Estimator, _CaffeStage, TrainingSetters, DefaultParamsWrita
                              "validationIndicatorCol or validationFraction")
         metric = self.getStoppingMetric()
         if patience:
-            from sparknet.engine import CaffeNet
-
-            outputs = CaffeNet(param).test_output_names
+            outputs = info.test_outputs
             if metric not in outputs:
                 raise ValueError(f"CaffeEstimator: Param stoppingMetric '{metric}' is not an "
                                  f"output of the TEST net ({', '.join(outputs)})")
@@ -378,7 +377,7 @@ class CaffeModel(Model, _CaffeStage, MLWritable, MLReadable):
         udf = make_udf(plan, self._broadcast())
         _rows_for_udts(dataset)
         tmp = f"__sparknet_{self.uid}"
-        out = dataset.withColumn(tmp, udf(*[_feedable(dataset, mapping[b]) for b in blobs]))
+        out = dataset.withColumn(tmp, udf(*[F.col(mapping[b]) for b in blobs]))
         raw = F.col(f"{tmp}.probability")
         if self.getRawPredictionCol():
             out = out.withColumn(self.getRawPredictionCol(), array_to_vector(raw))
@@ -431,15 +430,3 @@ def _rows_for_udts(dataset: Any) -> None:
     log.warning("setting %s=false for this session: Spark's columnar input to Arrow UDFs "
                 "cannot carry the ML vector columns of this DataFrame", COLUMNAR_INPUT)
     conf.set(COLUMNAR_INPUT, "false")
-
-
-def _feedable(dataset: Any, col: str) -> Any:
-    """The column as the UDF takes it: ML vectors become arrays (Arrow has no UDTs)."""
-    from pyspark.sql import functions as F
-
-    field = dataset.schema[col]
-    if type(field.dataType).__name__ == "VectorUDT":
-        from pyspark.ml.functions import vector_to_array
-
-        return vector_to_array(F.col(col), "float32")
-    return F.col(col)

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from sparknet.engine import IndexRule
 from sparknet.spark._messages import StoreHandle
 from sparknet.spark._records import (
     DataError,
     ExampleSpec,
-    LabelRule,
     dataframe_records,
     is_dataframe,
     shape_str,
@@ -57,7 +57,7 @@ def _keyed(partition: int, items: Any) -> Any:
 class _Source:
     rdd: Any
     spec: MaterialiseSpec
-    rules: Sequence[LabelRule]
+    rules: Sequence[IndexRule]
 
 
 class RunData:
@@ -74,7 +74,7 @@ class RunData:
         self._datasets: list[str] = []
 
     def cache(self, data: Any, what: str, names: Sequence[str],
-              shapes: Mapping[str, tuple[int, ...]], rules: Sequence[LabelRule], *,
+              shapes: Mapping[str, tuple[int, ...]], rules: Sequence[IndexRule], *,
               partitions: int | None, preprocess: Any,
               transforms: Mapping[str, Callable[..., Any]]) -> Any:
         """Check one example on the driver, then cache every partition on its executor."""
@@ -194,7 +194,7 @@ def _check_transforms(transforms: Mapping[str, Callable[..., Any]],
                             f"{shape_str((1, *shapes[name]))}")
 
 
-def _check(handles: Sequence[StoreHandle], what: str, rules: Sequence[LabelRule]) -> None:
+def _check(handles: Sequence[StoreHandle], what: str, rules: Sequence[IndexRule]) -> None:
     """What the executors found while caching: bad examples, empty partitions, NaN, labels."""
     errors = [h.error for h in handles if h.error]
     if errors:
@@ -208,23 +208,14 @@ def _check(handles: Sequence[StoreHandle], what: str, rules: Sequence[LabelRule]
         for blob, where in h.nonfinite.items():
             raise DataError(f"{what}: input blob '{blob}' has NaN or infinite values "
                             f"(partition {h.partition}, example {where})")
-    for rule in rules:
+    for rule in rules:  # the engine's own label rules, applied to the cached data's range
         stats = [h.stats[rule.blob] for h in handles if rule.blob in h.stats]
         if not stats:
             continue
-        lo = min(s.min for s in stats)
-        hi = max(s.max for s in stats)
-        integral = all(s.integral for s in stats)
-        ok_lo = lo >= 0 or (rule.ignore_label is not None and lo == rule.ignore_label)
-        ok_hi = hi < rule.classes or (rule.ignore_label is not None
-                                       and hi == rule.ignore_label)
-        if not (integral and ok_lo and ok_hi):
-            bad = "non-integer values" if not integral else f"values from {lo:g} to {hi:g}"
-            raise DataError(
-                f"{what}: input blob '{rule.blob}' has {bad}, but layer '{rule.layer}' "
-                f"({rule.layer_type}) reads it as class indices of '{rule.scores}', which "
-                f"has {rule.classes} classes: labels must be integers in "
-                f"[0, {rule.classes})")
+        problem = rule.range_error(min(s.min for s in stats), max(s.max for s in stats),
+                                   all(s.integral for s in stats))
+        if problem:
+            raise DataError(f"{what}: {problem}")
 
 
 # -- waiting for the executors -------------------------------------------------------------------

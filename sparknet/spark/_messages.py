@@ -11,6 +11,7 @@ pickled, so they stay plain data.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,6 +161,12 @@ class NetSpec:
     key: str
     gpu: bool = False
     blas_threads: int | None = None
+
+    @classmethod
+    def of(cls, param: Any, gpu: bool = False, blas_threads: int | None = None) -> NetSpec:
+        """The spec of a ``caffe_pb2.SolverParameter``: its bytes, keyed by their SHA-1."""
+        solver = param.SerializeToString(deterministic=True)
+        return cls(solver, hashlib.sha1(solver).hexdigest(), gpu, blas_threads)
 
 
 @dataclass(frozen=True)

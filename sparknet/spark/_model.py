@@ -1,19 +1,17 @@
 """The net a run trains, as the driver sees it: its solver, inputs, layout, and weights.
 
-:class:`Model` is read once from the solver (input blobs and their shapes,
-the batch size, the weight layout, which blobs are class labels);
-:class:`DriverNet` is the driver's own ``CaffeNet`` of it (initial weights,
-saving checkpoints), dropped between uses when the model is large; and
-:func:`load_weights` is the one way weights given by a user (``train``'s
-``init_weights``, ``predict``'s ``weights``) reach a net.
+:class:`Model` is read once from the solver (its engine
+:class:`~sparknet.engine.NetSignature`: input blobs and their shapes, the
+batch size, the weight layout, which blobs are class labels, and what the
+workers build); :class:`DriverNet` is the driver's own ``CaffeNet`` of it
+(initial weights, saving checkpoints), dropped between uses when the model is
+large; :func:`save_caffemodel` writes its weights to a path or ``s3://``.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
-import math
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,11 +19,11 @@ from typing import Any
 import attrs
 import numpy as np
 
-from sparknet.engine import CaffeError, CaffeNet, WeightCollection, solver_proto
-from sparknet.io import read_bytes
+from sparknet.engine import CaffeNet, NetSignature, WeightCollection
+from sparknet.io import is_s3, open_storage
 from sparknet.proto import caffe_pb2
 from sparknet.spark._messages import NetSpec
-from sparknet.spark._records import LabelRule, label_rules, shape_str
+from sparknet.spark.nets import load_weights, solver_of
 
 log = logging.getLogger("sparknet.spark")
 
@@ -39,17 +37,8 @@ class Model:
 
     param: caffe_pb2.SolverParameter
     net_spec: NetSpec
-    names: tuple[str, ...]
-    example_shapes: dict[str, tuple[int, ...]]
-    batch: int
-    test_names: tuple[str, ...]
-    test_example_shapes: dict[str, tuple[int, ...]]
-    test_batch: int
-    test_outputs: tuple[str, ...]
-    layout: Any
-    num_params: int
-    train_rules: tuple[LabelRule, ...]
-    test_rules: tuple[LabelRule, ...]
+    #: inputs, shapes, batch, outputs, label rules, layout: the engine's reading
+    signature: NetSignature
 
     @property
     def solver_key(self) -> str:
@@ -64,7 +53,7 @@ class Model:
         writes no snapshots of its own.
         """
         param = caffe_pb2.SolverParameter()
-        param.CopyFrom(solver_proto(solver))
+        param.CopyFrom(solver_of(solver))
         if param.random_seed < 0:
             param.random_seed = seed
         worker = caffe_pb2.SolverParameter()
@@ -72,40 +61,11 @@ class Model:
         worker.snapshot_format = caffe_pb2.SolverParameter.BINARYPROTO
         worker.ClearField("snapshot_prefix")
         worker.snapshot = 0
-        worker_bytes = worker.SerializeToString(deterministic=True)
-        spec = NetSpec(worker_bytes, hashlib.sha1(worker_bytes).hexdigest(), gpu, blas_threads)
+        spec = NetSpec.of(worker, gpu, blas_threads)
         net = CaffeNet(param)
-        names = tuple(net.input_names)
-        if not names:
-            raise ValueError("the net has no input blobs: sparknet feeds Input layers (replace "
-                             "Data layers, e.g. ProtoLoader.replace_data_layers)")
-        shapes = {n: tuple(s) for n, s in net.input_shapes.items()}
-        batch = int(shapes[names[0]][0])
-        for n in names:
-            if not shapes[n] or shapes[n][0] != batch:
-                raise ValueError(f"input blob '{n}' has shape {shape_str(shapes[n])}; every "
-                                 f"input must have the batch size {batch} first")
-        test_shapes = {n: tuple(s) for n, s in net.test_input_shapes.items()}
-        test_names = tuple(net.test_input_names)
-        layout = net.weight_layout
-        model = cls(
-            param=param, net_spec=spec, names=names,
-            example_shapes={n: s[1:] for n, s in shapes.items()}, batch=batch,
-            test_names=test_names,
-            test_example_shapes={n: s[1:] for n, s in test_shapes.items()},
-            test_batch=int(next(iter(test_shapes.values()))[0]) if test_shapes else batch,
-            test_outputs=tuple(net.test_output_names), layout=layout,
-            num_params=sum(math.prod(s) for _, shapes_ in layout for s in shapes_),
-            train_rules=tuple(label_rules(param.net_param, "TRAIN", names,
-                                          net.blob_shapes("TRAIN"))),
-            test_rules=tuple(label_rules(param.net_param, "TEST", test_names,
-                                         net.blob_shapes("TEST"))))
-        return model, net
-
-    @property
-    def test_inputs(self) -> tuple[str, ...]:
-        """The blobs the test phase feeds (the training inputs when it has none of its own)."""
-        return self.test_names or self.names
+        signature = net.signature()
+        signature.fed("TRAIN")  # ValueError: no inputs, or one without the batch first
+        return cls(param, spec, signature), net
 
     def transforms(self, value: Any, phase: str) -> dict[str, Callable[..., Any]]:
         """A ``transform`` option as blob -> callable (a bare callable: the first input)."""
@@ -113,7 +73,7 @@ class Model:
             return {}
         if isinstance(value, Mapping):
             return dict(value)
-        first = self.names[0] if phase == "TRAIN" else self.test_inputs[0]
+        first = self.signature.fed(phase)[0]
         return {first: value}
 
 
@@ -131,7 +91,7 @@ class DriverNet:
 
     def release(self) -> None:
         """Drop the net when the model is large (it holds weights, diffs, history)."""
-        if self.model.num_params * 4 > _KEEP_DRIVER_NET:
+        if self.model.signature.num_params * 4 > _KEEP_DRIVER_NET:
             self._net = None
 
     def flat(self, weights: Any = None, s3_options: Any = None) -> np.ndarray:
@@ -146,38 +106,28 @@ class DriverNet:
     def save(self, flat: np.ndarray, path: str | os.PathLike) -> None:
         """Write the flat weights as a ``.caffemodel`` at ``path``."""
         net = self.get()
-        net.set_weights(WeightCollection.from_flat(self.model.layout, flat))
+        net.set_weights(WeightCollection.from_flat(self.model.signature.layout, flat))
         save_caffemodel(net, path)
         self.release()
 
 
-def load_weights(net: CaffeNet, weights: Any, s3_options: Any = None) -> None:
-    """Set ``net``'s weights from what a user gave (``train(init_weights=)``,
-    ``predict(weights=)``, ``TrainResult.load``).
+def save_caffemodel(net: CaffeNet, path: str | os.PathLike, s3_options: Any = None) -> str:
+    """Write ``net``'s weights as a ``.caffemodel`` at ``path``, local or ``s3://``; returns it.
 
-    Any form :meth:`CaffeNet.use_weights` takes: a :class:`WeightCollection`,
-    a mapping of layer name -> arrays, anything with a ``weights`` attribute
-    holding one (a ``TrainResult``, a fitted ``CaffeModel``), or a
-    ``.caffemodel`` path, local, ``s3://`` or any Hadoop URI (read with
-    ``s3_options``; layers matched by name, as Caffe does). A missing file
-    raises ``FileNotFoundError`` naming it.
+    Locally this is the engine's one writer, :meth:`CaffeNet.save_weights`
+    (atomic; a failed write is an ``OSError`` naming ``path`` and leaves no
+    temporary). For S3 that writer fills a local temporary file, which goes up
+    as one object; a failure on either side names ``path``.
     """
-    if weights is None:
-        raise TypeError("weights must be a WeightCollection, a dict of layer name -> arrays, "
-                        "a TrainResult or a .caffemodel path or URI; got None")
-    net.use_weights(weights, fetch=functools.partial(read_bytes, s3=s3_options))
-
-
-def save_caffemodel(net: CaffeNet, path: str | os.PathLike) -> None:
-    """``net.save_weights(path)``; a failed write (disk full) is an ``OSError`` naming ``path``.
-
-    Caffe's own message for it names neither the file nor the cause. The
-    engine writes atomically, so an older file at ``path`` stays whole.
-    """
-    try:
+    if not is_s3(path):
         net.save_weights(path)
-    except CaffeError as e:
-        # the engine writes "<path>.tmp<pid>" and renames it; a failed write leaves it
-        Path(f"{os.fspath(path)}.tmp{os.getpid()}").unlink(missing_ok=True)
-        raise OSError(f"cannot write {os.fspath(path)}: Caffe failed to write the weights "
-                      f"(disk full or over a quota?): {e}") from None
+        return os.fspath(path)
+    base, name = str(path).rsplit("/", 1)
+    with tempfile.TemporaryDirectory(prefix="sparknet-weights-") as d:
+        try:
+            net.save_weights(Path(d) / name)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot stage {path} for upload in {d}: {e.strerror}",
+                          str(path)) from None
+        open_storage(base, s3_options).write_file(name, Path(d) / name)
+    return str(path)

@@ -1,10 +1,12 @@
-"""User examples -> per-example arrays for the net's input blobs, and what the net expects.
+"""User examples -> per-example arrays for the net's input blobs.
 
 An example is a tuple/list (``(array, label)``: the first item feeds the first
 input blob, the second the second, ...), a mapping or ``Row`` keyed by input
 blob name, or a row of a DataFrame whose columns are named after the input
 blobs. Values may be numpy arrays, nested lists, numbers, ML vectors, raw
-``bytes`` (uint8 pixels, when the size fits the blob) or encoded images.
+``bytes`` (uint8 pixels, when the size fits the blob) or encoded images, each
+converted by the one conversion of :mod:`sparknet.data.rdd` (``to_array``, then
+``fit_to_blob``) that ``predict`` and the ML stages use too.
 """
 from __future__ import annotations
 
@@ -15,64 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from sparknet._util import UserError, shape_str  # shape_str: also imported from here by spark's modules
-from sparknet.data.rdd import to_array  # also imported from here by ml.scoring
-from sparknet.proto import caffe_pb2
-from sparknet.proto.rules import layer_active, net_state
+from sparknet._util import shape_str  # noqa: F401 - imported from here by spark's modules
+from sparknet.data.rdd import DataError, fit_to_blob, to_array
 
-#: Loss/metric layers whose second bottom is a class index in [0, C).
-_CLASS_LAYERS = {"SoftmaxWithLoss", "MultinomialLogisticLoss", "InfogainLoss", "HingeLoss",
-                 "Accuracy"}
-
-
-class DataError(UserError, ValueError):
-    """The training or test data does not fit the net (raised on the driver)."""
-
-
-# -- the net's side ----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LabelRule:
-    """An input blob that a classification layer reads as class indices."""
-
-    blob: str
-    layer: str
-    layer_type: str
-    classes: int
-    scores: str
-    ignore_label: int | None = None
-
-
-def label_rules(net_param: caffe_pb2.NetParameter, phase: str, inputs: Sequence[str],
-                blob_shapes: Mapping[str, tuple[int, ...]]) -> list[LabelRule]:
-    """Which input blobs must hold class indices, and how many classes, for ``phase``."""
-    state = net_state(net_param)
-    rules: list[LabelRule] = []
-    for layer in net_param.layer:
-        if layer.type not in _CLASS_LAYERS or len(layer.bottom) < 2 or not layer_active(layer, phase, *state):
-            continue
-        label = layer.bottom[1]
-        scores = layer.bottom[0]
-        if label not in inputs or scores not in blob_shapes:
-            continue
-        shape = blob_shapes[scores]
-        axis = 1
-        if layer.type in ("SoftmaxWithLoss", "Accuracy"):
-            axis = (layer.accuracy_param.axis if layer.type == "Accuracy"
-                    else layer.softmax_param.axis)
-        if not shape:
-            continue
-        axis = axis % len(shape)
-        ignore = None
-        if layer.HasField("loss_param") and layer.loss_param.HasField("ignore_label"):
-            ignore = int(layer.loss_param.ignore_label)
-        if layer.type == "Accuracy" and layer.accuracy_param.HasField("ignore_label"):
-            ignore = int(layer.accuracy_param.ignore_label)
-        rules.append(LabelRule(label, layer.name, layer.type, int(shape[axis]), scores, ignore))
-    return rules
-
-
-# -- the data's side -----------------------------------------------------------------------
 
 def record_values(record: Any, names: Sequence[str], *, require_all: bool = True
                   ) -> dict[str, Any]:
@@ -97,22 +44,6 @@ def record_values(record: Any, names: Sequence[str], *, require_all: bool = True
         return {names[0]: record}
     raise DataError(f"an example is a tuple (one item per input blob: {', '.join(names)}), "
                     f"a dict or a Row keyed by blob name; got {type(record).__name__}")
-
-
-def fit(array: np.ndarray, shape: Sequence[int], blob: str, where: str) -> np.ndarray:
-    """``array`` reshaped to the blob's per-example ``shape`` (same number of values)."""
-    shape = tuple(shape)
-    if array.dtype.kind not in "biuf":
-        sample = array.reshape(-1)[0].item() if array.size else None
-        raise DataError(f"{where}: input blob '{blob}' (a column or item of that name) gets "
-                        f"values of dtype {array.dtype} (such as {sample!r}); Caffe takes "
-                        f"numbers")
-    if array.shape == shape:
-        return array
-    if array.size == math.prod(shape):
-        return array.reshape(shape)
-    raise DataError(f"{where}: input blob '{blob}' takes {shape_str(shape)} per example "
-                    f"({math.prod(shape)} values), the data gives {shape_str(array.shape)}")
 
 
 def storage_dtype(array: np.ndarray) -> np.dtype:
@@ -149,7 +80,7 @@ class ExampleSpec:
             arrays = {n: (v if isinstance(v, np.ndarray) else to_array(v, self.shapes.get(n), n))
                       for n, v in out.items()}
         return {n: (a if n in self.free and a.size != math.prod(self.shapes[n])
-                    else fit(a, self.shapes[n], n, where))
+                    else fit_to_blob(a, self.shapes[n], n, where))
                 for n, a in arrays.items() if n in self.shapes}
 
 

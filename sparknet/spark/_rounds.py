@@ -38,8 +38,9 @@ from sparknet.spark._messages import (
     TestSpec,
 )
 from sparknet.spark._model import Model
-from sparknet.spark._worker import round_task, test_task
+from sparknet.spark._worker import round_task
 from sparknet.spark.result import TrainingDiverged
+from sparknet.spark.scoring import test_task
 
 if TYPE_CHECKING:
     from sparknet.spark._config import TrainConfig
@@ -123,7 +124,7 @@ class Jobs:
 
     def _direct_limit(self) -> int:
         mem = _memory_bytes(self.sc.getConf().get("spark.driver.memory"), 1 << 30)
-        return max(mem // 4, 4 * self.model.num_params)
+        return max(mem // 4, 4 * self.model.signature.num_params)
 
     def _use_tree(self) -> bool:
         if not isinstance(self.exchange, _comm.SparkExchange):
@@ -132,7 +133,7 @@ class Jobs:
             return True
         if self.reduction == "driver":
             return False
-        return self.workers * self.model.num_params * 4 > self._direct_limit()
+        return self.workers * self.model.signature.num_params * 4 > self._direct_limit()
 
     # -- a training round --------------------------------------------------------------------------
     def round(self, spec: RoundSpec, chan: Any, extras_bc: Any, install_bc: Any,
@@ -174,8 +175,8 @@ class Jobs:
 
         self.sc.setJobDescription(f"sparknet: round {spec.round + 1}")
         if self._use_tree():
-            target = max(1, self._direct_limit() // (4 * self.model.num_params))
-            _comm.fold(_comm.tree_sum(rdd, self.model.num_params, 8, target), acc, other)
+            target = max(1, self._direct_limit() // (4 * self.model.signature.num_params))
+            _comm.fold(_comm.tree_sum(rdd, self.model.signature.num_params, 8, target), acc, other)
         else:
             _comm.fold(_comm.stream(rdd), acc, other)
         for _ in range(3):
@@ -223,7 +224,7 @@ class Jobs:
                 return self.test(spec, chan, extras_bc, rebuilt=True)
             reports = [r for r in reports if not r.missing_store]
             reports += self.sc.runJob(rdd, _passthrough, missing)
-        return _mean_metrics(reports, self.model.test_outputs)
+        return _mean_metrics(reports, self.model.signature.test_outputs)
 
 
 def _mean_metrics(reports: Sequence[TestReport], outputs: Sequence[str]) -> dict[str, Any]:
@@ -306,8 +307,9 @@ class Rounds:
         self.exchange_name = self.exchange.name
         jobs = Jobs(sc, model, self.data, self.exchange, workers=K, reduction=cfg.reduction,
                     event=runlog.event)
-        test_spec = TestSpec(self.ctx.run_id, model.net_spec, model.test_batch, cfg.seed,
-                             model.test_inputs, local_weights=rate is not None)
+        sig = model.signature
+        test_spec = TestSpec(self.ctx.run_id, model.net_spec, sig.test_batch, cfg.seed,
+                             sig.fed("TEST"), local_weights=rate is not None)
         t_bc = time.perf_counter()
         chan = self.exchange.publish(weights)
         t_bc = time.perf_counter() - t_bc
@@ -318,9 +320,8 @@ class Rounds:
             test_due = self.ctx.has_test_data and cfg.test_due(r)
             staged = self.ckpts.begin() if ckpt_due else None
             sink = StateFiles(staged)
-            spec = RoundSpec(self.ctx.run_id, model.net_spec, r, cfg.sync_interval,
-                             model.batch, cfg.seed, cfg.shuffle, model.names, model.num_params,
-                             rate, ckpt_due)
+            spec = RoundSpec(self.ctx.run_id, model.net_spec, r, cfg.sync_interval, sig.batch,
+                             cfg.seed, cfg.shuffle, sig.inputs, sig.num_params, rate, ckpt_due)
             t_job = time.perf_counter()
             try:
                 outcome = jobs.round(spec, chan, extras_bc,
@@ -355,7 +356,7 @@ class Rounds:
             chan = self.exchange.publish(weights)
             t_next = time.perf_counter() - t_next
             rec = _round_record(r, reports, outcome.rerun, images=K * cfg.sync_interval
-                                * model.batch, seconds=time.perf_counter() - t_round,
+                                * model.signature.batch, seconds=time.perf_counter() - t_round,
                                 broadcast=t_bc, job=t_job, average=t_avg)
             t_bc = t_next
             if "state_reset" in rec:

@@ -1,4 +1,4 @@
-"""What runs in the Spark tasks: training rounds, testing, inference, housekeeping.
+"""What runs in the Spark tasks: training rounds and housekeeping (scoring: :mod:`.scoring`).
 
 Each Python worker process keeps a few :class:`~sparknet.engine.CaffeNet`
 objects, keyed by the digest of the solver they were built from, and reuses
@@ -46,8 +46,6 @@ from sparknet.spark._messages import (
     StateChunk,
     StoreHandle,
     TaskInfo,
-    TestReport,
-    TestSpec,
     Timings,
 )
 from sparknet.spark._socket_exchange import forget_fetched
@@ -263,8 +261,14 @@ def round_seed(seed: int, partition: int, rnd: int) -> int:
     return int(np.random.SeedSequence([seed, partition, rnd, 3]).generate_state(1)[0])
 
 
-def _apply(transforms: Mapping[str, Callable[..., Any]], batch: dict[str, np.ndarray],
-           rng_key: list[int]) -> dict[str, np.ndarray]:
+def apply_transforms(transforms: Mapping[str, Callable[..., Any]], batch: dict[str, np.ndarray],
+                     rng_key: list[int]) -> dict[str, np.ndarray]:
+    """Each blob's per-batch transform (a random crop ...), its generator seeded by ``rng_key``.
+
+    The key (seed, partition, position) makes the draws the same in any
+    process and on any retry; training, testing and ``predict`` all transform
+    their batches here.
+    """
     for name, fn in transforms.items():
         if name in batch:
             if hasattr(fn, "rng"):
@@ -275,7 +279,7 @@ def _apply(transforms: Mapping[str, Callable[..., Any]], batch: dict[str, np.nda
 
 # -- tasks ------------------------------------------------------------------------------------
 
-def _task(partition: int) -> TaskInfo:
+def task_info(partition: int) -> TaskInfo:
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
@@ -311,7 +315,7 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
                      handle: StoreHandle) -> Iterator[Any]:
     t0 = time.perf_counter()
     p = handle.partition
-    task = _task(p)
+    task = task_info(p)
     store = open_store(handle)
     folder = state_dir(spec.run, p, handle.dir)
     hook = _faults.task_hook()  # None unless a test injects a fault
@@ -319,6 +323,7 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
         yield RoundReport(task, missing_store=True)
         return
     entry = net_entry(spec.net)
+    entry.weights_id = None  # training changes the weights: a scorer must write its own again
     install = None
     if install_bc is not None:
         install = install_bc.value.get(p)
@@ -340,7 +345,7 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
                                 shuffle=spec.shuffle)
             batch = store.batch(idx, spec.names)
             if transforms:
-                batch = _apply(transforms, batch, [spec.seed, p, step, 1])
+                batch = apply_transforms(transforms, batch, [spec.seed, p, step, 1])
             yield batch
 
     net.seed(round_seed(spec.seed, p, spec.round))  # dropout: the same masks on any retry
@@ -406,35 +411,6 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
                     yield StateChunk(p, kind, offset, data)
                     offset += len(data)
             yield StateChunk(p, kind, -1, b"")  # end of this file
-
-
-def test_task(spec: TestSpec, channel: Any, extras_bc: Any, partition: int,
-              handles: Iterable[StoreHandle]) -> Iterator[TestReport]:
-    """Score the channel's weights on one cached test partition."""
-    todo = list(handles)
-    for handle in todo:
-        t0 = time.perf_counter()
-        task = _task(handle.partition)
-        store = open_store(handle)
-        if store is None:
-            yield TestReport(task, missing_store=True)
-            continue
-        entry = net_entry(spec.net)
-        if spec.local_weights and entry.tag not in (None, "fresh"):
-            entry.tag = None  # the partition's local weights are overwritten: restore next round
-        write_flat(entry.net, channel.weights())
-        transforms = extras_bc.value.test_transform if extras_bc is not None else {}
-        metrics = (entry.net.test(_test_batches(store, spec, transforms, handle.partition))
-                   if store.n else {})
-        yield TestReport(task, n=store.n, seconds=time.perf_counter() - t0,
-                         metrics={k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist())
-                                  for k, v in metrics.items()})
-
-
-def _test_batches(store: Any, spec: TestSpec, transforms: Mapping[str, Callable[..., Any]],
-                  partition: int) -> Iterator[dict[str, np.ndarray]]:
-    for k, batch in enumerate(store.sequential(spec.batch, spec.names)):
-        yield _apply(transforms, batch, [spec.seed, partition, k, 2]) if transforms else batch
 
 
 def ping_task(channel: Any, handles: Iterable[StoreHandle]) -> Iterator[tuple[str, str | None]]:

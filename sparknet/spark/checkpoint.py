@@ -181,8 +181,8 @@ def run_config(config: Any, model: Any) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed by a run (``TrainConfig``, ``Model``)."""
     return {"solver_sha1": model.solver_key, "workers": config.workers,
             "sync_interval": config.sync_interval, "seed": config.seed,
-            "shuffle": config.shuffle, "batch_size": model.batch,
-            "num_params": model.num_params,
+            "shuffle": config.shuffle, "batch_size": model.signature.batch,
+            "num_params": model.signature.num_params,
             "strategy": config.strategy.describe(config.workers)}
 
 
@@ -271,7 +271,7 @@ class RunCheckpoints(Checkpoints):
                                   f"{e})", checkpoint) from None
         have = {layer.name: [len(b.data) for b in layer.blobs]
                 for layer in (*proto.layer, *proto.layers)}
-        for lname, shapes in self.model.layout:
+        for lname, shapes in self.model.signature.layout:
             want = [math.prod(sh) for sh in shapes]
             if have.get(lname) != want:
                 raise CheckpointError(f"{where} holds no complete weights for layer '{lname}' "

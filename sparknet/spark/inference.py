@@ -14,32 +14,24 @@ example, flattened in C order.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
-import math
-import os
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sparknet.data.rdd import batched
-from sparknet.engine import CaffeNet, solver_proto
 from sparknet.io import spark_context
-from sparknet.proto import caffe_pb2
-from sparknet.spark import _comm
-from sparknet.spark._messages import NetSpec
-from sparknet.spark._model import load_weights
 from sparknet.spark._python import prepare_workers
 from sparknet.spark._records import (
     DataError,
     ExampleSpec,
     is_dataframe,
 )
-from sparknet.spark._worker import net_entry, write_flat
+from sparknet.spark._worker import apply_transforms
+from sparknet.spark.nets import built, weights_or_fillers
+from sparknet.spark.scoring import Scorer, ScoreSpec, broadcast_weights
 
 log = logging.getLogger("sparknet.spark")
 
@@ -48,58 +40,11 @@ __all__ = ["featurize", "predict"]
 _SCALARS = (bool, int, float, str, np.bool_, np.integer, np.floating)
 
 
-def _solver(net: Any) -> caffe_pb2.SolverParameter:
-    """A solver for any way of naming a net: solver, net (proto or DSL) or a prototxt path."""
-    if isinstance(net, (str, os.PathLike)):
-        from sparknet.proto import loader
-
-        path = Path(net)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such prototxt")
-        try:
-            param = loader.load_net_prototxt(path)
-        except loader.PrototxtError as net_error:  # a solver prototxt, or a broken file
-            try:
-                return loader.load_solver_prototxt_with_net(path)
-            except loader.PrototxtError as solver_error:
-                looks_like_net = "layer" in path.read_text(errors="replace")
-                raise (net_error if looks_like_net else solver_error) from None
-        if not len(param.layer):
-            return loader.load_solver_prototxt_with_net(path)
-        net = param
-    if isinstance(net, caffe_pb2.NetParameter):
-        s = caffe_pb2.SolverParameter()
-        s.net_param.CopyFrom(net)
-        s.base_lr = 0.0
-        s.lr_policy = "fixed"
-        return s
-    to_proto = getattr(net, "to_proto", None)
-    if callable(to_proto) and not isinstance(net, caffe_pb2.SolverParameter):
-        p = to_proto()
-        if isinstance(p, caffe_pb2.NetParameter):
-            return _solver(p)
-    return solver_proto(net)
-
-
-def _weights(weights: Any, net: CaffeNet, s3_options: Any) -> np.ndarray:
-    """``weights`` (any form :func:`~sparknet.spark._model.load_weights` takes) as a flat vector."""
-    if weights is None:
-        log.warning("predict: no weights given; using the net's initial (filler) weights")
-    else:
-        load_weights(net, weights, s3_options)
-    return np.array(net.get_weights().flat, np.float32, copy=True)
-
-
 @dataclass(frozen=True)
 class _Plan:
     """How a worker turns one example into inputs, passthrough values and output columns."""
 
-    net: NetSpec
-    weights_id: str
-    names: tuple[str, ...]  # TEST input blobs, in order
-    shapes: dict[str, tuple[int, ...]]
-    blobs: tuple[str, ...]
-    batch: int
+    score: ScoreSpec
     vectors: bool
     mode: str  # "tuple", "mapping"
     passthrough: tuple[Any, ...]  # tuple positions or mapping keys, in output order
@@ -110,44 +55,33 @@ class _Plan:
 
 def _predict_task(plan: _Plan, weights_bc: Any, partition: int,
                   records: Iterable[Any]) -> Iterator[tuple]:
-    entry = net_entry(plan.net)
-    net = entry.net
-    if entry.weights_id != plan.weights_id:
-        write_flat(net, _comm.flat_from_broadcast(weights_bc))
-        entry.weights_id = plan.weights_id
-        entry.tag = None  # the weights changed: a training round restores its own state
+    spec = plan.score
+    scorer = Scorer.of(spec, weights_bc)
     if plan.vectors:
         from pyspark.ml.linalg import DenseVector
 
     def run(pending: list[tuple[dict[str, np.ndarray], tuple]], count: int) -> Iterator[tuple]:
         n = len(pending)
         inputs = {}
-        for name in plan.names:
+        for name in spec.inputs:
             given = [p[0].get(name) for p in pending]
-            if all(g is None for g in given):
-                inputs[name] = np.zeros((n, *plan.shapes[name]), np.float32)
-            else:
+            if any(g is not None for g in given):  # an example without it: zeros
                 inputs[name] = np.stack([g if g is not None else
-                                         np.zeros(plan.shapes[name], np.float32) for g in given])
-        for name, fn in plan.transforms.items():
-            if name in inputs:
-                if hasattr(fn, "rng"):
-                    fn.rng = np.random.default_rng([plan.seed, partition, count])
-                inputs[name] = fn(inputs[name])
-        out = net.forward(inputs, list(plan.blobs))
-        flat = {b: out[b].reshape(n, -1) for b in plan.blobs}
+                                         np.zeros(spec.shapes[name], np.float32) for g in given])
+        apply_transforms(plan.transforms, inputs, [plan.seed, partition, count])
+        flat = scorer.outputs(spec, inputs, n)
         for i, (_, keep) in enumerate(pending):
             if plan.vectors:
-                values = tuple(DenseVector(flat[b][i].astype(np.float64)) for b in plan.blobs)
+                values = tuple(DenseVector(flat[b][i].astype(np.float64)) for b in spec.blobs)
             else:
-                values = tuple(flat[b][i].tolist() for b in plan.blobs)
+                values = tuple(flat[b][i].tolist() for b in spec.blobs)
             yield keep + values
 
     def examples() -> Iterator[tuple[dict[str, np.ndarray], tuple]]:
         for i, record in enumerate(records):
             where = f"example {i} of partition {partition}"
             if plan.mode == "tuple":
-                arrays = plan.examples.convert(tuple(record[:len(plan.names)]), where)
+                arrays = plan.examples.convert(tuple(record[:len(spec.inputs)]), where)
                 keep = tuple(_plain(record[k]) if k < len(record) else None
                              for k in plan.passthrough)
             else:
@@ -157,7 +91,7 @@ def _predict_task(plan: _Plan, weights_bc: Any, partition: int,
             yield arrays, keep
 
     count = 0  # examples so far: with (seed, partition) it seeds each batch's transforms
-    for pending in batched(examples(), plan.batch):
+    for pending in batched(examples(), spec.batch):
         count += len(pending)
         yield from run(pending, count)
 
@@ -227,24 +161,17 @@ def predict(spark: Any, net: Any, weights: Any, data: Any, blobs: Sequence[str] 
         raise ValueError("blobs is empty: name at least one blob to return")
     if output not in ("array", "vector"):
         raise ValueError(f"output must be 'array' or 'vector', got {output!r}")
-    param = _solver(net)
-    driver = CaffeNet(param)
-    test_shapes = {n: tuple(s) for n, s in driver.test_input_shapes.items()}
-    names = tuple(driver.test_input_names)
-    if not names:
-        raise ValueError("the net's TEST phase has no input blobs: sparknet feeds Input layers")
-    available = driver.blob_names("TEST")
-    unknown = [b for b in blobs if b not in available]
-    if unknown:
-        raise ValueError(f"the net has no blob '{unknown[0]}' in its TEST phase "
-                         f"(blobs: {', '.join(available)})")
-    out_shapes = driver.blob_shapes("TEST")
-    flat = _weights(weights, driver, s3_options)
+    param, driver = built(net)  # NetDefinitionError before Caffe sees a bad net
+    signature = driver.signature()
+    names = signature.fed("TEST")
+    for b in blobs:  # named as the data's columns are: "the net has no blob 'x'"
+        if b not in signature.blob_shapes:
+            raise ValueError(f"the net has no blob '{b}' in its TEST phase "
+                             f"(blobs: {', '.join(signature.blobs)})")
+    spec = ScoreSpec.of(param, signature, blobs, batch_size, gpu=gpu, blas_threads=blas_threads)
+    flat = weights_or_fillers(driver, weights, s3_options).flat
     del driver
-    batch = int(batch_size or test_shapes[names[0]][0])
-    example_shapes = {n: s[1:] for n, s in test_shapes.items()}
-    solver_bytes = param.SerializeToString(deterministic=True)
-    key = hashlib.sha1(solver_bytes).hexdigest()
+    example_shapes = spec.shapes
 
     if is_dataframe(data):
         df = data
@@ -306,15 +233,13 @@ def predict(spark: Any, net: Any, weights: Any, data: Any, blobs: Sequence[str] 
     transforms: dict[str, Callable[..., Any]] = {}
     if transform is not None:
         transforms = dict(transform) if isinstance(transform, Mapping) else {names[0]: transform}
-    examples = ExampleSpec(names, example_shapes, (), preprocess, False, "data")
-    plan = _Plan(NetSpec(solver_bytes, key, gpu, blas_threads), uuid.uuid4().hex, names,
-                 example_shapes, blobs, batch, output == "vector", mode, passthrough, examples,
-                 transforms, int(seed))
-    bc = _comm.broadcast_flat(sc, flat)
+    examples = ExampleSpec(names, dict(example_shapes), (), preprocess, False, "data")
+    plan = _Plan(spec, output == "vector", mode, passthrough, examples, transforms, int(seed))
+    bc = broadcast_weights(sc, flat)
     rows = rdd.mapPartitionsWithIndex(functools.partial(_predict_task, plan, bc))
     frame = session.createDataFrame(rows, schema, verifySchema=False)
     log.info("predict: %s -> columns %s (%d values per example)", ", ".join(names),
-             ", ".join(blobs), sum(math.prod(out_shapes[b][1:]) for b in blobs))
+             ", ".join(blobs), sum(signature.values(b) for b in blobs))
     return frame
 
 

@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparknet.engine import CaffeNet, WeightCollection, solver_proto
-from sparknet.io import is_s3, open_storage
+from sparknet.engine import CaffeNet, WeightCollection
 from sparknet.proto import caffe_pb2
-from sparknet.spark._model import load_weights, save_caffemodel
+from sparknet.spark._model import save_caffemodel
 from sparknet.spark._runlog import plot_history
+from sparknet.spark.nets import built, load_weights
 
 __all__ = ["TrainResult", "TrainingDiverged"]
 
@@ -81,17 +80,7 @@ class TrainResult:
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the weights as a ``.caffemodel`` (a local path or ``s3://``); returns it."""
-        net = self.net()
-        if is_s3(path):
-            base, name = str(path).rsplit("/", 1)
-            with tempfile.TemporaryDirectory() as d:
-                local = Path(d) / "weights.caffemodel"
-                net.save_weights(local)
-                open_storage(base, self.s3_options).write_file(name, local)
-            return str(path)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_caffemodel(net, path)
-        return os.fspath(path)
+        return save_caffemodel(self.net(), path, self.s3_options)
 
     @classmethod
     def load(cls, path: str | os.PathLike, solver: Any, *,
@@ -101,9 +90,7 @@ class TrainResult:
         A ``.caffemodel`` holds only the weights: the history is empty and
         ``checkpoint`` is ``path``.
         """
-        param = caffe_pb2.SolverParameter()
-        param.CopyFrom(solver_proto(solver))
-        net = CaffeNet(param)
+        param, net = built(solver)  # a prototxt-born net is checked by the DSL first
         load_weights(net, path, s3_options)
         return cls(net.get_weights(), [], param, checkpoint=os.fspath(path),
                    s3_options=s3_options)

@@ -184,8 +184,8 @@ class _Trainer:
         runlog = RunLog(cfg.output_dir, rounds=cfg.rounds, start_round=resumed.round,
                         elapsed_before=resumed.elapsed, progress=cfg.progress,
                         history=resumed.history)
-        data = RunData(self.sc, self.run_id, batch=self.model.batch, workers=cfg.workers,
-                       runlog=runlog)
+        sig = self.model.signature
+        data = RunData(self.sc, self.run_id, batch=sig.batch, workers=cfg.workers, runlog=runlog)
         ctx = RunContext(self.sc, self.run_id, self.extras, self.test_data is not None)
         rounds = Rounds(ctx, self.config, self.model, self.ckpts, runlog, data, resumed)
         sc = self.sc
@@ -198,8 +198,8 @@ class _Trainer:
         try:
             runlog.event("training %s: %d workers, sync_interval %d, batch %d, rounds %d..%d, "
                          "%d parameters, strategy %s", self.model.param.net_param.name or "net",
-                         cfg.workers, cfg.sync_interval, self.model.batch, resumed.round + 1,
-                         cfg.rounds, self.model.num_params,
+                         cfg.workers, cfg.sync_interval, sig.batch, resumed.round + 1,
+                         cfg.rounds, sig.num_params,
                          cfg.strategy.describe(cfg.workers))
             if resumed.round:
                 runlog.event("resumed from %s (round %d)", resumed.checkpoint, resumed.round)
@@ -211,14 +211,12 @@ class _Trainer:
             if resumed.round < cfg.rounds:
                 wait_for_slots(sc, cfg.workers, cfg.executor_wait, runlog)
                 prepare_workers(sc, cfg.workers)  # before round 1: they import this sparknet
-                model = self.model
-                data.cache(self.train_data, TRAIN, model.names, model.example_shapes,
-                           model.train_rules, partitions=cfg.workers,
-                           preprocess=cfg.preprocess, transforms=self.extras.transform)
+                data.cache(self.train_data, TRAIN, sig.inputs, sig.shapes, sig.train_rules,
+                           partitions=cfg.workers, preprocess=cfg.preprocess,
+                           transforms=self.extras.transform)
                 if self.test_data is not None:
-                    data.cache(self.test_data, TEST, model.test_inputs,
-                               model.test_example_shapes or model.example_shapes,
-                               model.test_rules, partitions=None, preprocess=cfg.preprocess,
+                    data.cache(self.test_data, TEST, sig.fed("TEST"), sig.example_shapes("TEST"),
+                               sig.test_rules, partitions=None, preprocess=cfg.preprocess,
                                transforms=self.extras.test_transform)
                 flat = rounds.loop(flat)
             finished = True
@@ -239,7 +237,7 @@ class _Trainer:
                 except Exception as e:  # noqa: BLE001  # a plot must not lose a run
                     log.warning("could not plot the history: %s", e)
             runlog.close()
-        return TrainResult(WeightCollection.from_flat(self.model.layout, flat), rounds.history,
+        return TrainResult(WeightCollection.from_flat(sig.layout, flat), rounds.history,
                            self.model.param, runlog.log_path, runlog.history_path,
                            runlog.plot_path, rounds.last_checkpoint, cfg.s3_options,
                            rounds.exchange_name)
