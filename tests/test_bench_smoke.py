@@ -25,6 +25,14 @@ BENCHES = [
     ("averaging.py", ["--spark", "--tree"],  # every exchange path
      [r"^communication time, sparknet / naive: \d+\.\d+x", r"^exchange='spark': ",
       r"^exchange='spark', tree: "]),
+    # CI has no PyTorch: the curves (every method, the sync SGD reference, the plot) without
+    # TorchDistributor's time to accuracy
+    ("convergence.py", ["--no-torch"],
+     [r"^target K=2 rounds to averaging's final accuracy, best outer \(\w+\) / averaging: "
+      r"(\d+\.\d+|inf)x \(<= 0\.7\) (met|NOT met)$",
+      r"^target K=2 accuracy below per-step sync SGD, \w+ after 3 rounds: -?\d+\.\d+ points",
+      r"^target K=2 exchanges, per-step sync SGD / \w+: \d+\.\d+x \(>= 25\)",
+      r"^K=2 sync SGD +accuracy( \d\.\d+){3}"]),
     ("decode.py", [],
      [r"^training path ratio, first pass \(sparknet / baseline, target >= 2x\): \d+\.\d+x",
       r"^resize 500x375 .* ratio \d+\.\d+x", r"^resize 1600x1200 .* ratio \d+\.\d+x",

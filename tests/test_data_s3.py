@@ -331,3 +331,15 @@ def test_tar_minibatches_name_and_count_the_members_they_skip(tmp_path, caplog):
     assert sum(len(y) for _, y in got) == report.images >= 1
     assert report.bad[-1][0] == "c.jpg" and "truncated" in report.bad[-1][1]
     assert f"{tmp_path / 'cut.tar'}: member c.jpg is truncated" in caplog.text
+
+
+def test_the_old_module_sparknet_data_s3_still_imports_with_a_deprecation_warning():
+    import importlib
+    import sys
+
+    sys.modules.pop("sparknet.data.s3", None)
+    with pytest.warns(DeprecationWarning, match="sparknet.io.s3"):
+        old = importlib.import_module("sparknet.data.s3")
+    from sparknet.io import s3 as new
+
+    assert old.S3Options is new.S3Options and old.read_s3 is new.read_s3

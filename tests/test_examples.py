@@ -448,7 +448,7 @@ def test_readme_runs_twice_in_a_row_from_a_fresh_clone_and_leaves_it_clean(tmp_p
         ("2. Load a Caffe prototxt and let Spark feed it", "python"),
         ("3. Train on Spark", "python"), ("4. Extract features", "python"),
         ("5. One machine, no Spark: the engine", "python"), ("From the command line", "sh"),
-        ("Spark ML pipelines", "python")]
+        ("Spark ML pipelines", "python"), ("Choosing tau and the outer optimizer", "python")]
     (tmp_path / "blocks.json").write_text(json.dumps(blocks))
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "readme_tour.py"),
                            str(tmp_path / "blocks.json")], cwd=clone, env=clone_env(clean_env()),

@@ -270,9 +270,13 @@ def test_patience_stops_training_when_the_validation_metric_stops_improving(spar
 #: A value for every Param, and how its getter gives it back.
 def _param_values():
     from sparknet.ml._params import solver_text
+    from sparknet.spark import Outer, TauSchedule
 
     solver = lenet.solver(16)
-    return {"solver": (solver, solver_text(solver)), "featuresCol": ("f", "f"),
+    nesterov, post_local = Outer.nesterov(lr=0.7, momentum=0.9), TauSchedule.post_local(
+        rounds=3, tau=1)
+    return {"outer": (nesterov, nesterov), "tauSchedule": (post_local, post_local),
+            "solver": (solver, solver_text(solver)), "featuresCol": ("f", "f"),
             "labelCol": ("y", "y"), "predictionCol": ("p", "p"), "probabilityCol": ("q", "q"),
             "rawPredictionCol": ("r", "r"), "inputCols": ({"hint": "aux"}, {"hint": "aux"}),
             "outputBlob": ("ip1", "ip1"), "workers": (3, 3), "syncInterval": (7, 7),
@@ -298,8 +302,10 @@ def test_every_param_is_a_constructor_keyword_with_its_default_and_has_a_setter(
     assert {p.name for p in est.params} == set(keywords) - {"self"} == set(values)
     defaults = est.extractParamMap()  # nothing set yet: the defaults
     for p in est.params:  # the signature documents the defaults the Params have
-        default = defaults.get(p) if p.name != "seed" else None  # seed's: a hash of the class
-        assert keywords[p.name].default == (default if p.name != "inputCols" else None), p.name
+        # None for a default that is not a plain value: seed's (a hash of the class name),
+        # inputCols' (a dict), outer's and tauSchedule's (their description as a dict)
+        plain = p.name not in ("seed", "inputCols", "outer", "tauSchedule")
+        assert keywords[p.name].default == (defaults.get(p) if plain else None), p.name
     for name, (value, got) in values.items():
         setter = getattr(est, "set" + name[0].upper() + name[1:])
         assert setter(value) is est, name

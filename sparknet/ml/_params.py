@@ -27,6 +27,7 @@ from pyspark.ml.param.shared import (
 
 from sparknet.engine import solver_proto
 from sparknet.proto import caffe_pb2, loader
+from sparknet.spark import Outer, TauSchedule
 
 S = TypeVar("S", bound="CaffeParams")
 
@@ -45,6 +46,15 @@ def solver_text(solver: Any) -> str:
 
 def _to_solver(value: Any) -> str:
     return solver_text(value)
+
+
+def _to_outer(value: Any) -> dict[str, Any]:
+    # stored as Outer.describe()'s dict: JSON for Spark's metadata, parsed back by getOuter
+    return Outer.parse(value).describe()
+
+
+def _to_tau_schedule(value: Any) -> dict[str, Any]:
+    return TauSchedule.parse(value).describe()
 
 
 def _to_input_cols(value: Any) -> dict[str, str]:
@@ -80,6 +90,16 @@ class CaffeParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityC
         typeConverter=TypeConverters.toInt)
     rounds: Param[int] = Param(Params._dummy(), "rounds", "rounds of parameter averaging",
                                typeConverter=TypeConverters.toInt)
+    outer: Param[dict] = Param(
+        Params._dummy(), "outer",
+        "the outer optimizer applied to the workers' mean each round: an Outer value "
+        "(Outer.nesterov(lr=0.7, momentum=0.9)), a name ('average', 'nesterov', 'slowmo') or "
+        "Outer.describe()'s dict", typeConverter=_to_outer)
+    tauSchedule: Param[dict] = Param(
+        Params._dummy(), "tauSchedule",
+        "each round's tau from syncInterval: a TauSchedule value "
+        "(TauSchedule.post_local(rounds=10, tau=1)), a name ('fixed', 'post-local', "
+        "'adaptive') or TauSchedule.describe()'s dict", typeConverter=_to_tau_schedule)
     testInterval: Param[int] = Param(
         Params._dummy(), "testInterval",
         "score the validation data every this many rounds (and after the last)",
@@ -117,7 +137,9 @@ class CaffeParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityC
                          probabilityCol="probability", rawPredictionCol="rawPrediction",
                          syncInterval=50, rounds=10,
                          testInterval=1, inputScale=1.0, validationFraction=0.0, patience=0,
-                         stoppingMetric="accuracy", inputCols={}, outputBlob="")
+                         stoppingMetric="accuracy", inputCols={}, outputBlob="",
+                         outer=Outer.average().describe(),
+                         tauSchedule=TauSchedule.fixed().describe())
 
     # -- getters, as Spark's own stages have them ----------------------------------------------
     def getSolver(self) -> str:
@@ -137,6 +159,12 @@ class CaffeParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityC
 
     def getRounds(self) -> int:
         return self.getOrDefault(self.rounds)
+
+    def getOuter(self) -> Outer:
+        return Outer.parse(self.getOrDefault(self.outer))
+
+    def getTauSchedule(self) -> TauSchedule:
+        return TauSchedule.parse(self.getOrDefault(self.tauSchedule))
 
     def getTestInterval(self) -> int:
         return self.getOrDefault(self.testInterval)
@@ -263,6 +291,14 @@ class TrainingSetters(CaffeParams):
     def setRounds(self: S, value: int) -> S:
         """Rounds of parameter averaging."""
         return self._set(rounds=value)
+
+    def setOuter(self: S, value: Any) -> S:
+        """The outer optimizer applied to the workers' mean (an ``Outer``, or its name)."""
+        return self._set(outer=value)
+
+    def setTauSchedule(self: S, value: Any) -> S:
+        """Each round's tau (a ``TauSchedule``, or its name)."""
+        return self._set(tauSchedule=value)
 
     def setTestInterval(self: S, value: int) -> S:
         """Score the validation data every this many rounds."""

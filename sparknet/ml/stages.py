@@ -162,8 +162,9 @@ class CaffeEstimator(Estimator, _CaffeStage, TrainingSetters, DefaultParamsWrita
     ``array<float>``/``array<double>``, encoded image bytes, raw pixel bytes or
     an image struct, reshaped to the blob), ``labelCol`` the blob its
     classification layer reads as class indices; ``inputCols`` maps further
-    blobs to columns. ``workers``, ``syncInterval`` and ``rounds`` are K, tau
-    and the rounds of :func:`sparknet.spark.train`; ``batchSize``, ``baseLr``,
+    blobs to columns. ``workers``, ``syncInterval``, ``rounds``, ``outer`` and
+    ``tauSchedule`` are K, tau, the rounds, the outer optimizer and the tau
+    schedule of :func:`sparknet.spark.train`; ``batchSize``, ``baseLr``,
     ``momentum`` and ``weightDecay`` override the solver. A validation set
     (``validationIndicatorCol``, or a random ``validationFraction``) is scored
     every ``testInterval`` rounds; with ``patience`` > 0 training stops after
@@ -183,6 +184,7 @@ class CaffeEstimator(Estimator, _CaffeStage, TrainingSetters, DefaultParamsWrita
                  probabilityCol: str = "probability", rawPredictionCol: str = "rawPrediction",
                  inputCols: dict[str, str] | None = None, outputBlob: str = "",
                  workers: int | None = None, syncInterval: int = 50, rounds: int = 10,
+                 outer: Any = None, tauSchedule: Any = None,
                  testInterval: int = 1, batchSize: int | None = None,
                  baseLr: float | None = None, momentum: float | None = None,
                  weightDecay: float | None = None, seed: int | None = None,
@@ -250,7 +252,8 @@ class CaffeEstimator(Estimator, _CaffeStage, TrainingSetters, DefaultParamsWrita
         try:
             result = train(spark, param, train_df, test_data=val_df,
                            workers=self.getWorkers(), sync_interval=self.getSyncInterval(),
-                           rounds=self.getRounds(),
+                           rounds=self.getRounds(), outer=self.getOuter(),
+                           tau_schedule=self.getTauSchedule(),
                            test_interval=self.getTestInterval() if val_df is not None else None,
                            seed=seed, preprocess=preprocess, callback=stopper, progress=False)
         except DataError as e:

@@ -12,6 +12,8 @@ nothing below this package imports it.
 """
 from sparknet.spark._python import WorkerPythonError, prepare_workers
 from sparknet.spark._records import DataError
+from sparknet.spark.outer import Outer
+from sparknet.spark.schedule import TauSchedule
 from sparknet.spark.trainer import (
     EASGD,
     Averaging,
@@ -24,6 +26,8 @@ __all__ = [
     "EASGD",
     "Averaging",
     "DataError",
+    "Outer",
+    "TauSchedule",
     "TrainResult",
     "TrainingDiverged",
     "WorkerPythonError",

@@ -15,6 +15,8 @@ from typing import Any
 import attrs
 
 from sparknet.spark._comm import MODES
+from sparknet.spark.outer import Outer
+from sparknet.spark.schedule import TauSchedule
 
 REDUCTIONS = ("auto", "driver", "tree")
 
@@ -120,6 +122,8 @@ class TrainConfig:
     output_dir: Any = None
     seed: int = attrs.field(default=0, converter=int)
     strategy: Averaging | EASGD = attrs.field(default="average", converter=strategy)
+    outer: Outer = attrs.field(default=None, converter=Outer.parse)
+    tau_schedule: TauSchedule = attrs.field(default=None, converter=TauSchedule.parse)
     preprocess: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None
     transform: Any = attrs.field(default=None, validator=_transform)
     test_transform: Any = attrs.field(default=None, validator=_transform)
@@ -141,6 +145,11 @@ class TrainConfig:
                              "exchange='spark' (or 'auto')")
         if isinstance(self.strategy, EASGD):
             self.strategy.rate(self.workers)  # a moving rate out of range fails here
+            if not self.outer.is_average:
+                # EASGD's centre moves by its own elastic rule; an outer optimizer on top
+                # would be a third method nobody measured
+                raise ValueError(f"outer={self.outer} needs strategy='average': EASGD moves "
+                                 f"its centre by its own rule (moving_rate)")
 
     @classmethod
     def create(cls, sc: Any, *, workers: int | None = None, **options: Any) -> TrainConfig:

@@ -184,6 +184,12 @@ class RoundSpec:
     num_params: int
     easgd_rate: float | None = None  # None: SparkNet's averaging
     send_state: bool = False
+    first_step: int | None = None  # the solver iteration the round starts at (a tau schedule)
+
+    @property
+    def start(self) -> int:
+        """The solver iteration of the round's first step: the sum of the taus before it."""
+        return self.round * self.steps if self.first_step is None else self.first_step
 
 
 @dataclass(frozen=True)

@@ -266,6 +266,9 @@ class Rounds:
         self.install = resumed.install
         self.history: list[dict] = list(resumed.history)
         self.last_checkpoint = resumed.checkpoint
+        # the outer optimizer's state (momentum), carried from round to round and checkpointed
+        self.outer_state = (resumed.outer_state if resumed.outer_state is not None
+                            else config.outer.init_state(model.signature.num_params))
         self.exchange: _comm.Exchange | None = None
         self.exchange_name: str | None = None
         self._broadcasts: list[Any] = []
@@ -295,6 +298,9 @@ class Rounds:
         extras = self.ctx.extras
         K = cfg.workers
         rate = cfg.easgd_rate
+        outer, schedule, base = cfg.outer, cfg.tau_schedule, cfg.sync_interval
+        losses = [h["loss"] for h in self.history]  # what an adaptive tau follows
+        step = schedule.first_step(self.start, base, losses)  # the solver iteration
         extras_bc = (self._broadcast(extras) if extras.transform or extras.test_transform
                      else None)
         install_bc = self._broadcast(self.install) if self.install else None
@@ -320,8 +326,10 @@ class Rounds:
             test_due = self.ctx.has_test_data and cfg.test_due(r)
             staged = self.ckpts.begin() if ckpt_due else None
             sink = StateFiles(staged)
-            spec = RoundSpec(self.ctx.run_id, model.net_spec, r, cfg.sync_interval, sig.batch,
-                             cfg.seed, cfg.shuffle, sig.inputs, sig.num_params, rate, ckpt_due)
+            tau = schedule.tau_at(r, base, losses)
+            spec = RoundSpec(self.ctx.run_id, model.net_spec, r, tau, sig.batch, cfg.seed,
+                             cfg.shuffle, sig.inputs, sig.num_params, rate, ckpt_due,
+                             first_step=step)
             t_job = time.perf_counter()
             try:
                 outcome = jobs.round(spec, chan, extras_bc,
@@ -346,23 +354,26 @@ class Rounds:
             if rate is not None:  # centre += rate * sum(x_i - centre)
                 np.multiply(acc, rate, out=acc)
                 np.add(weights, acc, out=weights, casting="same_kind")
-            else:  # the mean, into the weights' buffer
-                np.divide(acc, K, out=weights, casting="same_kind")
+            else:  # the mean (plain averaging) or the outer optimizer's step from it
+                outer.step_from_sum(weights, acc, K, self.outer_state)
             if not np.isfinite(weights).all():
-                self._diverged(r, Nonfinite((r + 1) * cfg.sync_interval - 1, float("nan"),
-                                            weights=True), None, staged)
+                self._diverged(r, Nonfinite(step + tau - 1, float("nan"), weights=True), None,
+                               staged)
             t_avg = time.perf_counter() - t_avg
             t_next = time.perf_counter()
             chan = self.exchange.publish(weights)
             t_next = time.perf_counter() - t_next
-            rec = _round_record(r, reports, outcome.rerun, images=K * cfg.sync_interval
-                                * model.signature.batch, seconds=time.perf_counter() - t_round,
-                                broadcast=t_bc, job=t_job, average=t_avg)
+            rec = _round_record(r, reports, outcome.rerun, images=K * tau * sig.batch,
+                                seconds=time.perf_counter() - t_round, broadcast=t_bc,
+                                job=t_job, average=t_avg)
+            rec["tau"] = tau
             t_bc = t_next
             if "state_reset" in rec:
                 runlog.event("round %d: partition(s) %s lost their solver state with their "
                              "executor; momentum restarted at iteration %d", r + 1,
-                             rec["state_reset"], r * cfg.sync_interval, level=logging.WARNING)
+                             rec["state_reset"], step, level=logging.WARNING)
+            step += tau
+            losses.append(rec["loss"])
             if test_due:
                 t_test = time.perf_counter()
                 rec["test"] = jobs.test(test_spec, chan, extras_bc)
@@ -400,7 +411,7 @@ class Rounds:
                 partitions: Mapping[int, Mapping[str, str]]) -> None:
         self.last_checkpoint = self.ckpts.commit_round(
             rnd, weights, staged, partitions, elapsed=self.runlog.elapsed(),
-            history=self.history)
+            history=self.history, outer_state=self.outer_state)
         self.runlog.event("round %d: checkpoint %s", rnd, self.last_checkpoint)
 
     def _diverged(self, r: int, nf: Nonfinite, partition: int | None,

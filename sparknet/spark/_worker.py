@@ -252,7 +252,7 @@ def ensure_state(spec: RoundSpec, entry: _Entry, partition: int,
     if entry.tag != "fresh":  # used before (another partition or run): start from scratch
         entry.net = _build(spec.net)
         entry.buffers.clear()
-    _set_iteration(entry.net, spec.round * spec.steps, folder / "scratch")
+    _set_iteration(entry.net, spec.start, folder / "scratch")
     return "fresh" if spec.round == 0 else "reset"
 
 
@@ -339,7 +339,7 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
     transforms = extras_bc.value.transform if extras_bc is not None else {}
 
     def batches() -> Iterator[dict[str, np.ndarray]]:
-        first = spec.round * spec.steps
+        first = spec.start
         for step in range(first, first + spec.steps):
             idx = batch_indices(store.n, spec.batch, step, seed=spec.seed, partition=p,
                                 shuffle=spec.shuffle)
@@ -361,7 +361,7 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
             _poison(spec.net.key, entry)
             yield RoundReport(task, state=how, images=(k + 1) * spec.batch,
                               losses=tuple(losses[:k + 1].tolist()),
-                              nonfinite=Nonfinite(spec.round * spec.steps + k,
+                              nonfinite=Nonfinite(spec.start + k,
                                                   float(losses[k])))
             return
     t_trained = time.perf_counter()
@@ -370,7 +370,7 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
         _poison(spec.net.key, entry)
         yield RoundReport(task, state=how, images=spec.steps * spec.batch,
                           losses=tuple(losses.tolist()),
-                          nonfinite=Nonfinite((spec.round + 1) * spec.steps - 1, float("nan"),
+                          nonfinite=Nonfinite(spec.start + spec.steps - 1, float("nan"),
                                               weights=True))
         return
     if spec.easgd_rate is not None:

@@ -5,6 +5,8 @@ A checkpoint of round *r* is a folder (an S3 prefix) ``round-<r>/`` holding
 * ``weights.caffemodel`` — the averaged (EASGD: centre) weights, Caffe's format;
 * ``workers/part-<p>.solverstate`` (and ``.caffemodel`` for EASGD) — each
   partition's solver state: iteration, momentum history, local weights;
+* ``outer.npy`` — the outer optimizer's momentum buffer (float32, one value
+  per parameter), when the run has an outer optimizer with state;
 * ``state.json`` — the round, the configuration, the seeds, the elapsed time
   and the history so far; written last.
 
@@ -17,6 +19,7 @@ trusts ``latest`` and falls back to the newest ``round-*`` with a
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -33,13 +36,14 @@ import numpy as np
 from google.protobuf import text_format
 
 from sparknet._util import UserError
-from sparknet.io import Storage, open_storage
+from sparknet.io import Storage, named_os_error, open_storage
 from sparknet.proto import caffe_pb2
 
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
 WEIGHTS = "weights.caffemodel"
+OUTER = "outer.npy"
 #: The marker of a complete ``round-*`` checkpoint: written (uploaded) last.
 STATE = "state.json"
 ROUND_PREFIX = "round-"
@@ -166,7 +170,8 @@ class Resumed:
     ``weights``: the flat averaged weights (``None``: from scratch);
     ``install``: partition -> its solver-state files (``kind`` -> bytes);
     ``elapsed``: seconds of training before; ``history``: the rounds so far;
-    ``checkpoint``: where it was read from.
+    ``checkpoint``: where it was read from; ``outer_state``: the outer
+    optimizer's momentum buffer (``None``: none, or from scratch).
     """
 
     round: int = 0
@@ -175,6 +180,11 @@ class Resumed:
     elapsed: float = 0.0
     history: list[dict] = attrs.field(factory=list)
     checkpoint: str | None = None
+    outer_state: np.ndarray | None = attrs.field(default=None, eq=False)
+
+
+#: What a checkpoint written before an option existed ran with: the option's default.
+_BEFORE = {"outer": {"name": "average"}, "tau_schedule": {"name": "fixed"}}
 
 
 def run_config(config: Any, model: Any) -> dict[str, Any]:
@@ -183,7 +193,8 @@ def run_config(config: Any, model: Any) -> dict[str, Any]:
             "sync_interval": config.sync_interval, "seed": config.seed,
             "shuffle": config.shuffle, "batch_size": model.signature.batch,
             "num_params": model.signature.num_params,
-            "strategy": config.strategy.describe(config.workers)}
+            "strategy": config.strategy.describe(config.workers),
+            "outer": config.outer.describe(), "tau_schedule": config.tau_schedule.describe()}
 
 
 class RunCheckpoints(Checkpoints):
@@ -228,6 +239,7 @@ class RunCheckpoints(Checkpoints):
     def _load(self, name: str) -> Resumed:
         state = self.load_state(name)
         mine, theirs = run_config(self.config, self.model), state.get("config", {})
+        theirs = {**_BEFORE, **theirs}
         diffs = [f"{k}: checkpoint {theirs.get(k)!r}, now {v!r}" for k, v in mine.items()
                  if theirs.get(k) != v]
         if diffs:
@@ -259,7 +271,26 @@ class RunCheckpoints(Checkpoints):
                             self.storage.where(name)) from None
             install[int(p)] = entry
         return Resumed(int(state["round"]), flat, install, float(state.get("elapsed", 0.0)),
-                       list(state.get("history", [])), self.storage.where(name))
+                       list(state.get("history", [])), self.storage.where(name),
+                       self._outer_state(name, state))
+
+    def _outer_state(self, name: str, state: Mapping[str, Any]) -> np.ndarray | None:
+        """The outer optimizer's momentum the checkpoint holds (``None`` if it needs none)."""
+        fresh = self.config.outer.init_state(self.model.signature.num_params)
+        if fresh is None:
+            return None
+        where = self.storage.where(f"{name}/{OUTER}")
+        data = self.read_file(name, state, OUTER)  # names the file if it is missing
+        try:
+            buf = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise CheckpointError(f"{where} is not a numpy array (truncated or corrupt: {e})",
+                                  self.storage.where(name)) from None
+        if buf.dtype != fresh.dtype or buf.shape != fresh.shape:
+            raise CheckpointError(f"{where} holds {buf.dtype} {buf.shape}, not the "
+                                  f"{fresh.size} float32 values of the outer momentum",
+                                  self.storage.where(name))
+        return buf
 
     def _check_weights(self, data: bytes, where: str, checkpoint: str) -> None:
         """The weights file parses and holds every layer of the net with the right sizes."""
@@ -279,13 +310,20 @@ class RunCheckpoints(Checkpoints):
 
     def commit_round(self, rnd: int, flat: np.ndarray, staged: Path | None,
                      partitions: Mapping[int, Mapping[str, str]], *, elapsed: float,
-                     history: list[dict]) -> str:
-        """Write round ``rnd``'s checkpoint: the weights into ``staged`` (a fresh folder
-        when ``None``), beside the partitions' states already there; then publish it."""
+                     history: list[dict], outer_state: np.ndarray | None = None) -> str:
+        """Write round ``rnd``'s checkpoint: the weights (and the outer optimizer's
+        state) into ``staged`` (a fresh folder when ``None``), beside the partitions'
+        states already there; then publish it."""
         if staged is None:
             staged = self.begin()
         try:
             self.driver.save(flat, staged / WEIGHTS)
+            if outer_state is not None:
+                try:  # no atomic write of its own: the whole folder is published at once
+                    with open(staged / OUTER, "wb") as f:
+                        np.save(f, outer_state, allow_pickle=False)
+                except OSError as e:  # a full disk: say which file
+                    raise named_os_error(e, staged / OUTER) from None
         except BaseException:  # disk full: the staging folder does not stay behind
             shutil.rmtree(staged, ignore_errors=True)
             raise

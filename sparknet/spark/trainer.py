@@ -36,7 +36,9 @@ from sparknet.spark._python import WorkerPythonError, prepare_workers, worker_hi
 from sparknet.spark._rounds import Rounds, RunContext
 from sparknet.spark._runlog import RunLog
 from sparknet.spark.checkpoint import Resumed, RunCheckpoints
+from sparknet.spark.outer import Outer
 from sparknet.spark.result import TrainingDiverged, TrainResult
+from sparknet.spark.schedule import TauSchedule
 
 log = logging.getLogger("sparknet.spark")
 
@@ -51,7 +53,8 @@ def train(spark: Any, solver: Any, train_data: Any, *, test_data: Any = None,
           test_interval: int | None = 10, checkpoint_dir: str | os.PathLike | None = None,
           checkpoint_interval: int | None = 20, resume: bool = False,
           output_dir: str | os.PathLike | None = None, seed: int = 0,
-          strategy: str | Averaging | EASGD = "average",
+          strategy: str | Averaging | EASGD = "average", outer: Outer | str | None = None,
+          tau_schedule: TauSchedule | str | None = None,
           preprocess: Callable[[dict[str, np.ndarray]], Mapping[str, Any]] | None = None,
           transform: Callable[..., Any] | Mapping[str, Callable[..., Any]] | None = None,
           test_transform: Callable[..., Any] | Mapping[str, Callable[..., Any]] | None = None,
@@ -80,7 +83,7 @@ def train(spark: Any, solver: Any, train_data: Any, *, test_data: Any = None,
     workers
         K, the number of parallel workers (default: Spark's default parallelism).
     sync_interval
-        tau, solver steps per worker per round.
+        tau, solver steps per worker per round (the given tau of a ``tau_schedule``).
     rounds
         Total rounds (a resumed run continues up to this number).
     test_interval
@@ -96,6 +99,20 @@ def train(spark: Any, solver: Any, train_data: Any, *, test_data: Any = None,
         Seeds minibatch sampling (and the solver's ``random_seed`` when unset).
     strategy
         ``"average"`` (SparkNet) or ``"easgd"`` / :class:`EASGD` ``(moving_rate=...)``.
+    outer
+        What the driver does with the workers' mean at the end of a round
+        (:class:`~sparknet.spark.Outer`): ``Outer.average()`` (default: the mean
+        becomes the weights), ``Outer.nesterov(lr=0.7, momentum=0.9)`` (DiLoCo) or
+        ``Outer.slowmo(lr=..., momentum=...)``, which treat ``w - mean`` as a
+        gradient with momentum; the momentum is checkpointed. Only with
+        ``strategy="average"`` (EASGD has its own rule: any other is an error).
+    tau_schedule
+        Each round's tau (:class:`~sparknet.spark.TauSchedule`):
+        ``TauSchedule.fixed()`` (default: ``sync_interval`` every round),
+        ``TauSchedule.post_local(rounds=..., tau=...)`` (small tau first) or
+        ``TauSchedule.adaptive(...)`` (AdaComm: tau follows the training loss).
+        The history records each round's ``tau``; the solver's iteration (and
+        so its learning rate) counts the steps actually run.
     preprocess
         Runs on the workers once per example when caching: ``{blob: array}`` ->
         ``{blob: array}`` (mean subtraction, a fixed crop...).
@@ -196,11 +213,12 @@ class _Trainer:
         finished = False
         flat = resumed.weights
         try:
-            runlog.event("training %s: %d workers, sync_interval %d, batch %d, rounds %d..%d, "
-                         "%d parameters, strategy %s", self.model.param.net_param.name or "net",
-                         cfg.workers, cfg.sync_interval, sig.batch, resumed.round + 1,
-                         cfg.rounds, sig.num_params,
-                         cfg.strategy.describe(cfg.workers))
+            runlog.event("training %s: %d workers, sync_interval %d (%s), batch %d, rounds "
+                         "%d..%d, %d parameters, strategy %s, outer %s",
+                         self.model.param.net_param.name or "net", cfg.workers,
+                         cfg.sync_interval, cfg.tau_schedule, sig.batch, resumed.round + 1,
+                         cfg.rounds, sig.num_params, cfg.strategy.describe(cfg.workers),
+                         cfg.outer)
             if resumed.round:
                 runlog.event("resumed from %s (round %d)", resumed.checkpoint, resumed.round)
             elif cfg.resume and self.ckpts is None:
