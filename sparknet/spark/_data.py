@@ -247,6 +247,18 @@ def local_slots(sc: Any) -> int:
     return max(1, cores // task_cpus)
 
 
+def task_slots(sc: Any) -> int:
+    """How many tasks run at once now: a local master's N, else the executors' cores."""
+    master = str(sc.master)
+    if master.startswith("local") and not master.startswith("local-cluster"):
+        return local_slots(sc)
+    state = _cluster(sc)
+    if state is None:  # pragma: no cover - an unusual scheduler backend
+        return int(sc.defaultParallelism)
+    task_cpus = max(1, int(sc.getConf().get("spark.task.cpus", "1") or 1))
+    return state[0] // task_cpus
+
+
 def wait_for_slots(sc: Any, workers: int, timeout: float, runlog: RunLog,
                    settle: float = 5.0) -> None:
     """On a cluster, wait for executors with ``workers`` task slots to register.
