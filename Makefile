@@ -84,8 +84,12 @@ $(VENV)/.patches-$(SPARKNET_CAFFE_PATCHES): | $(VENV)/.installed
 	rm -f $(VENV)/.patches-*
 	touch $@
 
+# Caffe is built (or found in the cache) by caffe/build.py on its own first, so that its
+# progress (objects compiled / to compile, time taken) reaches the terminal: pip -q would
+# hide setup.py's output for the minutes the compile takes. setup.py then finds it cached.
 $(VENV)/.built: $(VENV)/.installed $(VENV)/.blas-$(SPARKNET_BLAS) \
 		$(VENV)/.patches-$(SPARKNET_CAFFE_PATCHES) $(BUILD_INPUTS) | deps
+	$(PY) caffe/build.py
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
@@ -112,6 +116,7 @@ $(DIST_CONFIG): | $(VENV)/.installed
 
 $(DIST)/.wheel: $(VENV)/.installed $(DIST_CONFIG) $(BUILD_INPUTS) $(PY_SOURCES) | deps
 	rm -rf $(DIST)/raw $(DIST)/sparknet-*.whl
+	$(PY) caffe/build.py
 	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w $(DIST)/raw .
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/auditwheel repair -w $(DIST) \
 	  $(if $(filter mkl,$(SPARKNET_BLAS)),--exclude libmkl_rt.so.3) $(DIST)/raw/sparknet-*.whl

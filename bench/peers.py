@@ -52,6 +52,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -256,18 +257,26 @@ def distributor_train(steps: int, batch: int, data: str = "digits", eval_every: 
     return {"ips": world * steps * batch / seconds, "accuracy": acc, "curve": curve}
 
 
-def spark_figures(repeats: int, torch: bool = True, size: dict = SPARK) -> dict:
-    """train / TorchDistributor pairs; train alone without ``torch``."""
+def spark_figures(repeats: int, torch: bool = True, size: dict = SPARK,
+                  spark: Any = None) -> dict:
+    """train / TorchDistributor pairs; train alone without ``torch``.
+
+    On ``local[2]``, or on ``spark`` (a session with two executor cores, left
+    running: bench/cluster_scaling.py runs this on its simulated cluster).
+    """
     from pyspark.sql import SparkSession
 
     sys.path.insert(0, str(HERE))
     from scaling import run as sparknet_run
 
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = (SparkSession.builder.master("local[2]").appName("sparknet-bench-peers")
-             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-             .config("spark.executorEnv.OMP_NUM_THREADS", "1").getOrCreate())
-    spark.sparkContext.setLogLevel("ERROR")
+    own = spark is None
+    if own:
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        spark = (SparkSession.builder.master("local[2]").appName("sparknet-bench-peers")
+                 .config("spark.ui.enabled", "false")
+                 .config("spark.ui.showConsoleProgress", "false")
+                 .config("spark.executorEnv.OMP_NUM_THREADS", "1").getOrCreate())
+        spark.sparkContext.setLogLevel("ERROR")
     out: dict[str, list] = {"sparknet": [], "torch": []} if torch else {"sparknet": []}
     rounds, tau, batch = size["rounds"], size["tau"], size["batch"]
     try:
@@ -288,7 +297,8 @@ def spark_figures(repeats: int, torch: bool = True, size: dict = SPARK) -> dict:
                 f"{k} {v[-1]['ips']:.0f} img/s, {v[-1]['wall']:.1f} s, "
                 f"accuracy {v[-1]['accuracy']:.4f}" for k, v in out.items()), flush=True)
     finally:
-        spark.stop()
+        if own:
+            spark.stop()
     return out
 
 

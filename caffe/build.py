@@ -42,12 +42,15 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
+from typing import TextIO
 
 PACKAGE = "brocolli-caffe"
 VERSION = "9.0.2"
@@ -299,14 +302,90 @@ def _unpack(sdist: Path, dest: Path, applied: list[Path]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _make(out: Path, kind: str, choice: str, *targets: str) -> None:
+#: A line of caffe.mk's output for one object: its ``  CXX x.cpp`` echo (the command
+#: itself is silent), or an object's command that make shows (caffe.pb.o, blas_shim.o).
+_OBJECT_DONE = re.compile(r"^\s+(?:CXX|NVCC) \S|\s-c\s+\S+\s+-o\s+\S+\.o\s*$")
+#: A compile command in ``make -n`` (which shows every command, silent ones too).
+_OBJECT_PLANNED = re.compile(r"\s-c\s+\S+\s+-o\s+\S+\.o\s*$", re.MULTILINE)
+
+
+class Progress:
+    """How far a compile is: ``[caffe] compiled 120/412 objects, 2:05 elapsed``.
+
+    On a terminal the line is redrawn after every object; elsewhere (a CI log,
+    a file) a line is written at every tenth of the objects and at the last.
+    """
+
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
+        self.start = time.monotonic()
+        self.shown = 0  # tenths shown (not on a terminal)
+        self.pending = False  # a redrawn line not yet ended (on a terminal)
+
+    def line(self) -> str:
+        seconds = int(time.monotonic() - self.start)
+        return (f"[caffe] compiled {self.done}/{self.total} objects, "
+                f"{seconds // 60}:{seconds % 60:02d} elapsed")
+
+    def step(self) -> None:
+        """One more object is compiled."""
+        self.done += 1
+        if self.tty:
+            self.stream.write("\r" + self.line())
+            self.pending = True
+        elif self.done * 10 // self.total > self.shown or self.done == self.total:
+            self.shown = self.done * 10 // self.total
+            self.stream.write(self.line() + "\n")
+        self.stream.flush()
+
+    def say(self, text: str) -> None:
+        """Another line of the build's output (protoc, the link), below the count."""
+        self.end()
+        text = text.rstrip("\n")
+        if len(text) > 300:  # the link command names every object
+            text = text[:200] + f" ... ({len(text)} characters)"
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.pending:
+            self.stream.write("\n")
+            self.pending = False
+
+
+def run_make(cmd: list[str], stream: TextIO | None = None) -> int:
+    """Run caffe.mk's ``cmd``, showing objects compiled / to compile and the time taken.
+
+    ``make -n`` first counts the objects to compile; ``--output-sync=target``
+    makes each object's line appear when it is finished, not when it starts.
+    Compiler errors go to stderr as they are. Returns make's exit status.
+    """
+    dry = subprocess.run([*cmd, "-n"], check=False, capture_output=True, text=True)
+    total = len(_OBJECT_PLANNED.findall(dry.stdout)) if dry.returncode == 0 else 0
+    progress = Progress(total, stream)
+    proc = subprocess.Popen([*cmd, "--output-sync=target"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if total and _OBJECT_DONE.search(line) and progress.done < total:
+            progress.step()
+        else:
+            progress.say(line)
+    progress.end()
+    return proc.wait()
+
+
+def _make(out: Path, kind: str, choice: str, *targets: str, stream: TextIO | None = None
+          ) -> None:
     jobs = os.environ.get("SPARKNET_BUILD_JOBS") or str(os.cpu_count() or 2)
     lib, _ = blas_library(choice)
     cmd = ["make", "-f", str(HERE / "caffe.mk"), f"-j{jobs}",
            f"SRC={out / 'src'}", f"OUT={out}", f"FATAL={HERE / 'sparknet_fatal.hpp'}",
            f"CUDA={1 if kind == 'cuda' else 0}", f"BLAS={choice}", f"BLAS_DIR={lib.parent}",
            f"BLAS_SHIM={HERE / 'blas_shim.c'}", *targets]
-    if subprocess.run(cmd, check=False).returncode != 0:
+    if run_make(cmd, stream) != 0:
         raise BuildError(f"compiling Caffe failed (command: {' '.join(cmd)})")
 
 

@@ -13,9 +13,9 @@ net prototxt, whose data layers are replaced by inputs of the data's shape.
 examples:
   python examples/featurizer_app.py --weights runs/lenet/lenet.caffemodel \\
       --blob ip1 --output runs/features.parquet
-  python examples/featurizer_app.py --net cifar10_quick --weights cifar.caffemodel \\
+  python examples/featurizer_app.py --net cifar10_quick --weights runs/cifar/cifar10_quick.caffemodel \\
       --data cifar10:~/data/cifar-10-batches-bin --split train --blob ip1 --blob prob \\
-      --mean runs/cifar/mean.binaryproto --output cifar_ip1.parquet
+      --mean runs/cifar/mean.binaryproto --output runs/cifar_ip1.parquet
 """
 from __future__ import annotations
 

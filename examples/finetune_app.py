@@ -12,9 +12,9 @@ net prototxt (its data layers are replaced by inputs of the data's shape);
 the solver is the model's, a --solver prototxt, or plain SGD.
 
 examples:
-  python examples/finetune_app.py --weights lenet.caffemodel --net lenet \\
+  python examples/finetune_app.py --weights runs/lenet/lenet.caffemodel --net lenet \\
       --data mnist:~/data/fashion-mnist --num-classes 10
-  python examples/finetune_app.py --weights cifar10_quick.caffemodel \\
+  python examples/finetune_app.py --weights runs/cifar/cifar10_quick.caffemodel \\
       --net caffe/models/cifar10_quick/train_val.prototxt \\
       --data cifar10:~/data/my-cifar-format --num-classes 3 --freeze --base-lr 0.001
 """

@@ -66,10 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
 
         from sparknet.ml import CaffeEstimator
-        from sparknet.ml.persistence import filesystem
+        from sparknet.ml.persistence import check_output_path
         from sparknet.models import lenet
 
-        filesystem(spark, args.output)  # a path Spark cannot write: say so before training
+        check_output_path(spark, args.output)  # a path Spark cannot write: say so before training
 
         train_df, test_df = digits_frame(spark, "train"), digits_frame(spark, "test")
         scaler = MaxAbsScaler(inputCol="pixels", outputCol="features")

@@ -208,7 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sparknet", description="Distributed Caffe training on Apache Spark.",
         epilog=f"{frontend.URI_HELP}\n{frontend.EXIT_HELP}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log debugging detail (and show a failure's whole traceback)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the whole traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser, *, weights: bool, test_data: bool = False) -> None:
@@ -258,4 +261,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     frontend.configure_logging(args.verbose)
     return frontend.exit_status(lambda: args.func(args), f"sparknet {args.command}",
-                                args.verbose)
+                                args.verbose or args.debug)

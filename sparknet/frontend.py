@@ -37,16 +37,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from sparknet._util import UserError
 from sparknet.models import MODELS
 
 log = logging.getLogger("sparknet")
 
 __all__ = [
-    "DEFAULT_SOLVER", "EXIT_HELP", "MODELS", "S3_LAYOUT", "SCHEMES", "URI_HELP", "UsageError",
-    "add_data_options",
+    "DEFAULT_SOLVER", "EXIT_HELP", "MODELS", "S3_LAYOUT", "SCHEMES", "URI_HELP", "USER_ERRORS",
+    "UsageError", "UserError", "add_data_options",
     "add_prototxt_options", "add_spark_options", "add_training_options",
     "apply_solver_options", "binary", "check_files", "check_prototxt", "check_training_options",
-    "check_uri", "configure_logging", "exit_status", "format_metrics", "image_size",
+    "check_uri", "configure_logging", "debug_requested", "exit_status", "format_metrics", "image_size",
     "imagenet_data", "last_test", "load_data", "load_net", "load_solver", "non_negative_int",
     "parser", "positive_int", "print_outputs", "reads_own_data", "report_training", "run",
     "spark_session", "test_uri", "training_arguments", "under_spark_submit",
@@ -67,9 +68,11 @@ Data URIs:
 #: The exit-status policy of both front ends (:func:`exit_status`), as ``--help`` shows it.
 EXIT_HELP = """\
 Exit status: 0 success; 1 the run failed (a diverging loss, a lost cluster, a
-file that could not be written), with the reason on one line; 2 a mistake in
-what was asked (a missing file, a bad option, a net or data that do not fit),
-on one line without a traceback; 130 interrupted. --verbose adds the traceback.
+file that could not be written, an error inside sparknet), with the reason on
+one line and, unless it is a file's, where it was raised; 2 a mistake in what
+was asked (a missing file, a bad option, a net or data that do not fit), on
+one line without a traceback; 130 interrupted. --debug (or --verbose) adds
+the whole traceback.
 """
 
 #: The data URI schemes both front ends accept.
@@ -87,18 +90,18 @@ S3_LAYOUT = {"train": ("ILSVRC2012_train/train.", "train.txt"),
 DEFAULT_SOLVER = {"base_lr": 0.001, "momentum": 0.9, "lr_policy": "fixed"}
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A mistake in what the user asked for: reported without a traceback, exit status 2."""
 
 
 # -- mistakes and exit status ---------------------------------------------------------------
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean the user asked for something that cannot work (exit 2)."""
-    from sparknet.engine import CaffeError  # Caffe refused the net or a .caffemodel
-
-    # ValueError covers NetDefinitionError, PrototxtError and the data checks.
-    return (UsageError, ValueError, FileNotFoundError, NotADirectoryError, CaffeError)
+#: Exceptions that mean the user asked for something that cannot work (exit 2): every
+#: documented error class of sparknet is a :class:`~sparknet._util.UserError`
+#: (``NetDefinitionError``, ``PrototxtError``, ``DataError``, ``CaffeError``...), and a
+#: missing file or folder is one the user named. A bare ``ValueError`` is not: raised
+#: inside sparknet, it is a failure (exit 1) with a pointer to where it came from.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, NotADirectoryError)
 
 
 def _reason(e: BaseException) -> str:
@@ -112,13 +115,37 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
+#: ``File "path", line N, in name`` of a Python traceback shown as text (a Spark task's).
+_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+), in (\S+)', re.MULTILINE)
+
+
+def _where(path: str, line: int | str, name: str) -> str:
+    """``sparknet/spark/trainer.py:120 in _run``: a path inside sparknet relative to it."""
+    parts = Path(path).parts
+    if "sparknet" in parts:  # the last one: a checkout's folder may be called sparknet too
+        i = len(parts) - 1 - parts[::-1].index("sparknet")
+        path = "/".join(parts[i:])
+    return f"{path}:{line} in {name}"
+
+
+def _pointer(e: BaseException) -> str:
+    """Where ``e`` was raised: a Spark task's own Python frame if it shows one, else ours."""
+    frames = _FRAME.findall(str(e))
+    if frames:
+        return _where(*frames[-1])
+    stack = traceback.extract_tb(e.__traceback__)
+    return _where(stack[-1].filename, stack[-1].lineno, stack[-1].name) if stack else ""
+
+
 def exit_status(call: Callable[[], int], prog: str, verbose: bool = False) -> int:
     """Run ``call`` and turn what it raises into an exit status and one line on stderr.
 
     The policy of both front ends (see the module's docstring): a mistake in
-    what was asked prints ``PROG: error: ...`` and gives 2; a failed run prints
-    ``PROG: failed: ...`` and gives 1; Ctrl-C gives 130; ``verbose`` prints
-    the traceback first.
+    what was asked (:data:`USER_ERRORS`) prints ``PROG: error: ...`` and gives
+    2; a failed run prints ``PROG: failed: ...`` and gives 1, followed, unless
+    it is a file's error (``OSError``), by a line saying where it was raised
+    (an error inside sparknet must not pass for the user's); Ctrl-C gives 130;
+    ``verbose`` (``--debug`` or ``--verbose``) prints the whole traceback first.
     """
     try:
         return call()
@@ -128,12 +155,20 @@ def exit_status(call: Callable[[], int], prog: str, verbose: bool = False) -> in
     except Exception as e:  # noqa: BLE001 - the last word, with the reason
         if verbose:
             traceback.print_exc()
-        if isinstance(e, _user_errors()):
+        if isinstance(e, USER_ERRORS):
             print(f"{prog}: error: {e}", file=sys.stderr)
             return 2
-        hint = "" if verbose or isinstance(e, OSError) else " (--verbose shows the traceback)"
-        print(f"{prog}: failed: {_reason(e)}{hint}", file=sys.stderr)
+        print(f"{prog}: failed: {_reason(e)}", file=sys.stderr)
+        where = _pointer(e)
+        if where and not verbose and not isinstance(e, OSError):
+            print(f"{prog}: raised at {where}; --debug shows the whole traceback",
+                  file=sys.stderr)
         return 1
+
+
+def debug_requested(args: Sequence[str]) -> bool:
+    """Whether the command line asks for the whole traceback: ``--debug`` or ``--verbose``."""
+    return any(a in ("--debug", "-v", "--verbose") for a in args)
 
 
 def configure_logging(verbose: bool) -> None:
@@ -148,9 +183,8 @@ def run(main: Callable[[Sequence[str] | None], int],
         argv: Sequence[str] | None = None) -> NoReturn:
     """An app's ``__main__``: run ``main(argv)`` and exit with the status of :func:`exit_status`."""
     args = sys.argv[1:] if argv is None else list(argv)
-    verbose = "-v" in args or "--verbose" in args
-    configure_logging(verbose)
-    sys.exit(exit_status(lambda: main(argv), Path(sys.argv[0]).name, verbose))
+    configure_logging("-v" in args or "--verbose" in args)
+    sys.exit(exit_status(lambda: main(argv), Path(sys.argv[0]).name, debug_requested(args)))
 
 
 # -- options --------------------------------------------------------------------------------
@@ -210,7 +244,10 @@ def add_spark_options(p: argparse.ArgumentParser, *, workers: bool = True,
                    "spark-submit use its --driver-memory (default: "
                    f"{driver_memory or 'Spark default, 1g'})")
     if verbose:
-        p.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="log debugging detail (and show a failure's whole traceback)")
+        p.add_argument("--debug", action="store_true",
+                       help="show the whole traceback of a failure")
 
 
 def add_data_options(p: argparse.ArgumentParser, *, default: str = "digits:",

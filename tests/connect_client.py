@@ -115,6 +115,11 @@ def flow_refusals(spark, out: Path) -> dict:
               rounds=1, exchange="socket", progress=False)
     except Exception as e:  # noqa: BLE001 - recorded for the test
         seen["socket"] = f"{type(e).__name__}: {e}"
+    try:
+        train(spark, lenet.solver(batch_size=64), digits_dataframe(spark, "train"), workers=2,
+              rounds=1, exchange="ring", progress=False)
+    except Exception as e:  # noqa: BLE001 - recorded for the test
+        seen["ring"] = f"{type(e).__name__}: {e}"
     from sparknet.dsl import (
         InnerProductLayer,
         LrPolicy,

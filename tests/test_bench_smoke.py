@@ -28,6 +28,11 @@ BENCHES = [
     ("connect.py", [],
      [r"^images/s, Connect / classic: \d+\.\d+x",
       r"^target connect_vs_classic: \d+\.\d+ \(>= 0\.8\) (met|NOT met)$"]),
+    # needs network namespaces (root); CI has no PyTorch: the exchanges and the star/ring
+    # targets only
+    ("cluster_scaling.py", ["--no-digits", "--exchanges", "socket,ring"],
+     [r"^ +1M +2 ring +\d+\.\d+", r"^target ring K=2 / K=2 communication, 1M: \d+\.\d+",
+      r"^target ring speed-up over the star at K=2, 1M: \d+\.\d+"]),
     # CI has no PyTorch: the curves (every method, the sync SGD reference, the plot) without
     # TorchDistributor's time to accuracy
     ("convergence.py", ["--no-torch"],
@@ -67,6 +72,11 @@ def test_every_bench_is_covered():
 @pytest.mark.parametrize(("script", "extra", "expected"), BENCHES,
                          ids=[name for name, _, _ in BENCHES])
 def test_bench_smoke(script, extra, expected):
+    if script == "cluster_scaling.py":
+        from sparknet.testing.netcluster import unavailable
+
+        if unavailable():
+            pytest.skip(unavailable())
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     done = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--smoke", *extra],

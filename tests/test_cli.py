@@ -264,3 +264,70 @@ def test_a_failed_write_is_one_line_exit_1_and_keeps_the_old_file(tmp_path):
         f"sparknet convert: failed: [Errno 27] File too large: '{out}'"]
     assert out.read_text() == "the old file\n"
     assert [p.name for p in tmp_path.iterdir()] == ["caffenet.prototxt"]
+
+
+# -- whose mistake: the user's (exit 2, one line) or sparknet's (exit 1, where it was raised) --
+
+def test_a_value_error_from_inside_sparknet_is_a_failure_with_a_pointer_not_a_usage_error(
+        capsys):
+    """A bare ValueError is not the user's mistake: exit 1, the reason, where it was raised."""
+    from sparknet.frontend import exit_status
+    from sparknet.ml._params import set_batch_size
+    from sparknet.proto import caffe_pb2
+
+    status = exit_status(lambda: set_batch_size(caffe_pb2.NetParameter(), 3), "prog")
+    lines = capsys.readouterr().err.splitlines()
+    assert status == 1
+    assert lines[0].startswith("prog: failed: ValueError: batchSize: the net has no Input layer")
+    assert len(lines) == 2 and lines[1].startswith("prog: raised at sparknet/ml/_params.py:")
+    assert lines[1].endswith(" in set_batch_size; --debug shows the whole traceback")
+    assert "Traceback" not in "\n".join(lines)
+
+
+def test_a_documented_mistake_is_still_exit_2_on_one_line(capsys):
+    from sparknet.dsl import ConvolutionLayer
+    from sparknet.frontend import exit_status
+
+    status = exit_status(lambda: ConvolutionLayer("c", ["x"], kernel=5, num_ouput=5), "prog")
+    assert status == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "prog: error: layer 'c' (Convolution), field 'num_ouput': ConvolutionLayer has no such "
+        "field; did you mean 'num_output'?"]
+
+
+def test_every_documented_error_class_is_a_user_error_and_still_what_it_was():
+    from sparknet._util import UserError
+    from sparknet.data.images import ImageDecodeError
+    from sparknet.dsl import NetDefinitionError
+    from sparknet.engine import CaffeError
+    from sparknet.frontend import USER_ERRORS, UsageError
+    from sparknet.io.s3 import NoSuchBucketError
+    from sparknet.ml import ModelDirectoryError
+    from sparknet.proto import PrototxtError
+    from sparknet.spark import DataError, WorkerPythonError
+    from sparknet.spark.checkpoint import CheckpointError
+
+    was = {UsageError: Exception, NetDefinitionError: ValueError, PrototxtError: ValueError,
+           DataError: ValueError, ImageDecodeError: ValueError, CheckpointError: ValueError,
+           ModelDirectoryError: ValueError, CaffeError: RuntimeError,
+           WorkerPythonError: RuntimeError, NoSuchBucketError: FileNotFoundError}
+    for cls, base in was.items():
+        assert issubclass(cls, UserError) and issubclass(cls, base), cls
+    assert ValueError not in USER_ERRORS and RuntimeError not in USER_ERRORS
+
+
+def test_debug_shows_the_whole_traceback_of_a_failure(tmp_path):
+    import resource
+
+    out = tmp_path / "caffenet.prototxt"
+
+    def full_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    done = subprocess.run([sys.executable, "-m", "sparknet", "--debug", "convert", "caffenet",
+                           "-o", str(out)], capture_output=True, text=True, timeout=120,
+                          preexec_fn=full_disk)
+    assert done.returncode == 1
+    assert done.stderr.startswith("Traceback (most recent call last):")
+    assert done.stderr.splitlines()[-1] == (
+        f"sparknet convert: failed: [Errno 27] File too large: '{out}'")

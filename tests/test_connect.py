@@ -192,6 +192,10 @@ def test_what_needs_rdds_says_so_in_one_line_naming_the_alternative(connect_runs
         "ValueError: exchange='socket' needs a classic SparkSession (the driver's socket or "
         "Spark's broadcasts); a Spark Connect session moves the weights inside its queries: "
         "leave exchange='auto'")
+    assert result["ring"] == (
+        "ValueError: exchange='ring' needs a classic SparkSession (its barrier tasks meet at "
+        "the driver's exchange); a Spark Connect session moves the weights inside its queries: "
+        "leave exchange='auto'")
     assert result["big"] == (
         "ValueError: train: the weights (19 MB, 4,770,010 parameters) are more than the 16 MiB "
         "(4,194,304 parameters) sparknet sends inside a Spark Connect query (every task holds "

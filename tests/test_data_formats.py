@@ -197,6 +197,20 @@ def test_cifar_rdd(tmp_path, spark):
 
 # -- digits and generic arrays -------------------------------------------------------------
 
+def test_num_partitions_by_position_still_works_with_a_deprecation_warning(spark):
+    """``digits_rdd(spark, "train", 2)`` as written before num_partitions became keyword-only."""
+    with pytest.warns(DeprecationWarning, match=r"digits_rdd\(\): pass num_partitions by "
+                      r"keyword \(num_partitions=2\); giving it by position is deprecated"):
+        rdd = digits_rdd(spark, "test", 2)
+    assert rdd.getNumPartitions() == 2 and rdd.count() == 360
+    with pytest.warns(DeprecationWarning, match=r"digits_dataframe\(\): pass num_partitions"):
+        assert digits_dataframe(spark, "test", 3).rdd.getNumPartitions() == 3
+    with pytest.raises(TypeError, match=r"at most 3 positional arguments \(4 given\)"):
+        digits_rdd(spark, "test", 2, 5)
+    with pytest.raises(TypeError, match="multiple values for argument 'num_partitions'"):
+        digits_rdd(spark, "test", 2, num_partitions=2)
+
+
 def test_digits_rdd_and_dataframe(spark):
     x, y = load_digits("train")
     rdd = digits_rdd(spark, "train", num_partitions=4)

@@ -94,8 +94,6 @@ def test_load_imagenet_returns_an_rdd_like_the_other_loaders(s3, shards, spark):
     assert data.map(lambda ex: ex[1]).collect() == [0.0, 1.0, 2.0]  # an RDD's own methods
     assert data.report().images == 3 and data.shards == ["ILSVRC2012_train/train.00000.tar"]
     assert digits_rdd(spark, "test", num_partitions=2).getNumPartitions() == 2
-    with pytest.raises(TypeError):
-        digits_rdd(spark, "test", 2)  # num_partitions is keyword-only, as in mnist_rdd
 
 
 def test_transform_on_workers_and_bgr(s3, shards, spark):

@@ -29,6 +29,7 @@ ALLOWED = {
     "data": {"proto", "io", "_util"},
     "spark": {"engine", "data", "proto", "dsl", "io", "_util"},
     "ml": {"spark", "engine", "data", "proto", "dsl", "io", "_util"},
+    "testing": {"_util"},
     "frontend": {"ml", "spark", "engine", "data", "models", "proto", "dsl", "io", "_util"},
     "cli": {"frontend", "ml", "spark", "engine", "data", "models", "proto", "dsl", "io",
             "_util"},

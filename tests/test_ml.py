@@ -61,7 +61,8 @@ def scored(frames, fitted):
     The tests that only read it share one scoring job instead of running their own.
     """
     _, test_df = frames
-    out = fitted.transform(test_df).select("id", "label", "prediction", "probability")
+    out = fitted.transform(test_df).select("id", "label", "prediction", "probability",
+                                           "rawPrediction")
     return {r.id: r for r in out.collect()}
 
 
@@ -91,11 +92,14 @@ def test_pipeline_reaches_95_percent_and_predicts_the_same_after_loading_in_a_ne
 
     test_df.write.parquet(str(tmp_path / "test.parquet"))
     saved = tmp_path / "lenet-pipeline"
-    fitted.write().overwrite().save(saved.as_uri())  # file:// URI through Hadoop's filesystem
-    for name in ("net.prototxt", "solver.prototxt", "weights.caffemodel", "metadata"):
-        assert any(p.name == name for p in saved.rglob(name)), name
-    # the .caffemodel is Caffe's own: a plain CaffeNet reads it
-    [weights] = saved.rglob("weights.caffemodel")
+    fitted.write().overwrite().save(saved.as_uri())  # a file:// URI, through Spark's writers
+    [stage] = [p for p in (saved / "stages").iterdir() if "CaffeModel" in p.name]
+    assert sorted(p.name for p in stage.iterdir() if not p.name.startswith(".")) == [
+        "data", "metadata"]
+    # the .caffemodel it holds is Caffe's own: exported, a plain CaffeNet reads it
+    from sparknet.ml.persistence import export_files
+
+    weights = export_files(spark, str(stage), tmp_path / "export")["weights.caffemodel"]
     net = CaffeNet(lenet.solver(32))
     net.load_weights(weights)
     assert net.get_weights() == caffe_model.weights
@@ -135,47 +139,6 @@ def test_a_caffe_model_saves_and_loads_alone_with_its_params_and_weights(fitted,
         model.write().save(str(tmp_path / "m"))  # Spark's rule: overwrite() to replace
 
 
-def test_directories_that_are_not_this_models_are_refused_naming_the_path(
-        spark, fitted, tmp_path):
-    from sparknet.ml import CaffeEstimator, CaffeModel, ModelDirectoryError
-
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(ModelDirectoryError, match=f"{empty}: not a saved Spark ML model"):
-        CaffeModel.load(str(empty))
-    with pytest.raises(ModelDirectoryError, match=f"{tmp_path / 'nowhere'}: no such"):
-        CaffeModel.load(str(tmp_path / "nowhere"))
-    est_dir = tmp_path / "estimator"
-    CaffeEstimator(solver=lenet.solver(16)).write().save(str(est_dir))
-    with pytest.raises(ModelDirectoryError, match=f"{est_dir}: holds a "
-                       r"sparknet.ml.stages.CaffeEstimator, not a sparknet.ml.stages.CaffeModel"):
-        CaffeModel.load(str(est_dir))
-    # a directory whose weights file was replaced by another net's .caffemodel
-    mine = tmp_path / "mine"
-    fitted.stages[-1].write().save(str(mine))
-    other_solver = lenet.solver(16)  # a net of the same layers, untrained
-    other = CaffeModel(solver=other_solver, weights=CaffeNet(other_solver).get_weights())
-    other.write().save(str(tmp_path / "other"))
-    original = (mine / "weights.caffemodel").read_bytes()
-    (mine / "weights.caffemodel").write_bytes(
-        (tmp_path / "other" / "weights.caffemodel").read_bytes())
-    with pytest.raises(ModelDirectoryError, match=f"{mine}/weights.caffemodel is not the file"):
-        CaffeModel.load(str(mine))
-    (mine / "weights.caffemodel").write_bytes(original)
-    assert CaffeModel.load(str(mine)).weights == fitted.stages[-1].weights
-    (mine / "net.prototxt").write_text((tmp_path / "other" / "net.prototxt").read_text())
-    with pytest.raises(ModelDirectoryError, match=f"{mine}/net.prototxt is another net than the "
-                       "one its metadata describes"):
-        CaffeModel.load(str(mine))
-    (mine / "net.prototxt").write_text('layer { nme: "x" }\n')
-    with pytest.raises(ModelDirectoryError, match=f"{mine}/net.prototxt:1:9: field 'nme' is "
-                       "unknown"):
-        CaffeModel.load(str(mine))
-    # the estimator itself round-trips (an unfitted Pipeline saves its Params)
-    est = CaffeEstimator.load(str(est_dir))
-    assert est.getSolver() == CaffeEstimator(solver=lenet.solver(16)).getSolver()
-
-
 def test_s3a_without_sparks_connector_is_a_clear_error_before_anything_is_written(fitted):
     with pytest.raises(ValueError, match="s3a://bucket/m: Spark has no S3A filesystem"):
         fitted.stages[-1].write().save("s3a://bucket/m")
@@ -195,12 +158,14 @@ def test_caffe_udf_agrees_with_transform_in_select_and_sql(spark, frames, fitted
     got = scaled.select("id", scores(vector_to_array("features", "float32")).alias("ip2"))
     mine = {r.id: np.asarray(r.ip2) for r in got.collect()}
     assert all(v.shape == (10,) for v in mine.values())
-    theirs = {i: (r.prediction, r.probability.toArray()) for i, r in scored.items()}
+    theirs = {i: (r.prediction, r.probability.toArray(), r.rawPrediction.toArray())
+              for i, r in scored.items()}
     assert set(mine) == set(theirs)
-    for i, (pred, prob) in theirs.items():
+    for i, (pred, prob, raw) in theirs.items():
         assert pred == float(np.argmax(mine[i]))
         e = np.exp(mine[i] - mine[i].max())
         np.testing.assert_allclose(prob, e / e.sum(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(raw, mine[i], rtol=1e-6, atol=1e-6)  # the blob, as is
     # registered for SQL; several blobs give a struct with one field per blob
     spark.udf.register("lenet_ip2", scores)
     scaled.select("id", vector_to_array("features", "float32").alias("f")) \
@@ -298,6 +263,85 @@ def test_patience_stops_training_when_the_validation_metric_stops_improving(spar
     assert all("accuracy" in h["test"] for h in model.history)
     learning = est.copy({est.baseLr: 0.01, est.rounds: 3}).fit(train_df)
     assert learning.stoppedRound is None and len(learning.history) == 3
+
+
+# -- pyspark.ml's conventions: keyword constructors, a setter and a getter per Param ----------
+
+#: A value for every Param, and how its getter gives it back.
+def _param_values():
+    from sparknet.ml._params import solver_text
+    from sparknet.spark import Outer, TauSchedule
+
+    solver = lenet.solver(16)
+    nesterov, post_local = Outer.nesterov(lr=0.7, momentum=0.9), TauSchedule.post_local(
+        rounds=3, tau=1)
+    return {"outer": (nesterov, nesterov), "tauSchedule": (post_local, post_local),
+            "solver": (solver, solver_text(solver)), "featuresCol": ("f", "f"),
+            "labelCol": ("y", "y"), "predictionCol": ("p", "p"), "probabilityCol": ("q", "q"),
+            "rawPredictionCol": ("r", "r"), "inputCols": ({"hint": "aux"}, {"hint": "aux"}),
+            "outputBlob": ("ip1", "ip1"), "workers": (3, 3), "syncInterval": (7, 7),
+            "rounds": (4, 4), "testInterval": (2, 2), "batchSize": (8, 8), "baseLr": (0.5, 0.5),
+            "momentum": (0.8, 0.8), "weightDecay": (0.01, 0.01), "seed": (11, 11),
+            "inputScale": (0.25, 0.25), "validationIndicatorCol": ("v", "v"),
+            "validationFraction": (0.1, 0.1), "patience": (3, 3),
+            "stoppingMetric": ("loss", "loss")}
+
+
+def _getter(stage, name):
+    return getattr(stage, "get" + name[0].upper() + name[1:])
+
+
+def test_every_param_is_a_constructor_keyword_with_its_default_and_has_a_setter():
+    import inspect
+
+    from sparknet.ml import CaffeEstimator
+
+    est = CaffeEstimator()
+    keywords = inspect.signature(CaffeEstimator.__init__).parameters
+    values = _param_values()
+    assert {p.name for p in est.params} == set(keywords) - {"self"} == set(values)
+    defaults = est.extractParamMap()  # nothing set yet: the defaults
+    for p in est.params:  # the signature documents the defaults the Params have
+        # None for a default that is not a plain value: seed's (a hash of the class name),
+        # inputCols' (a dict), outer's and tauSchedule's (their description as a dict)
+        plain = p.name not in ("seed", "inputCols", "outer", "tauSchedule")
+        assert keywords[p.name].default == (defaults.get(p) if plain else None), p.name
+    for name, (value, got) in values.items():
+        setter = getattr(est, "set" + name[0].upper() + name[1:])
+        assert setter(value) is est, name
+        assert _getter(est, name)() == got, name
+    again = CaffeEstimator(**{name: value for name, (value, _) in values.items()})
+    assert {n: _getter(again, n)() for n in values} == {n: g for n, (_, g) in values.items()}
+    assert again.setParams(rounds=5, workers=None).getRounds() == 5  # None: left as it was
+    assert again.getWorkers() == 3
+    with pytest.raises(TypeError, match="unexpected keyword argument 'rouns'"):
+        CaffeEstimator(rouns=3)
+    with pytest.raises(TypeError, match=r"CaffeEstimator.setParams\(\) got an unexpected "
+                       "keyword argument 'rouns'"):
+        est.setParams(rouns=3)
+    with pytest.raises(TypeError, match="forces keyword arguments"):
+        CaffeEstimator(lenet.solver(16))
+
+
+def test_a_model_has_setters_for_what_transform_produces_and_warns_on_training_params():
+    from sparknet.ml import CaffeModel
+
+    values = _param_values()
+    model = CaffeModel(solver=lenet.solver(16), featuresCol="pixels", rawPredictionCol="")
+    assert model.getFeaturesCol() == "pixels" and model.getRawPredictionCol() == ""
+    scoring = ("featuresCol", "predictionCol", "probabilityCol", "rawPredictionCol",
+               "inputCols", "outputBlob", "batchSize", "inputScale")
+    for name in scoring:
+        value, got = values[name]
+        assert getattr(model, "set" + name[0].upper() + name[1:])(value) is model
+        assert _getter(model, name)() == got
+    assert not hasattr(model, "setRounds") and not hasattr(model, "setSolver")
+    with pytest.warns(DeprecationWarning, match=r"CaffeModel\(rounds=\.\.\.\): training Params "
+                      "are set on CaffeEstimator"):
+        old = CaffeModel(solver=lenet.solver(16), rounds=3)
+    assert old.getRounds() == 3  # the old spelling still works
+    with pytest.raises(TypeError, match="unexpected keyword argument 'rounds'"):
+        model.setParams(rounds=3)
 
 
 def test_weights_of_a_model_are_a_weight_collection(fitted):

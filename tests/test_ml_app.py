@@ -1,4 +1,5 @@
-"""examples/pipeline_app.py and the README's Spark ML example, run as a user runs them."""
+"""examples/pipeline_app.py, run as a user runs it (the README's Spark ML example runs in
+test_examples.py, with the rest of the README)."""
 from __future__ import annotations
 
 import os
@@ -46,15 +47,3 @@ def test_pipeline_app_refuses_a_path_spark_cannot_write(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "nowhere://x/y: Spark cannot open a filesystem for 'nowhere://'" in proc.stderr
     assert "fitted in" not in proc.stdout  # refused before any training
-
-
-def readme_ml_example() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Spark ML pipelines", 1)[1].split("\n## ", 1)[0]
-    return section.split("```python\n", 1)[1].split("```", 1)[0]
-
-
-def test_the_readme_example_runs_as_written(tmp_path):
-    proc = run([sys.executable, "-c", readme_ml_example()], tmp_path)
-    assert "prediction" in proc.stdout and "lenet_scores" not in proc.stderr
-    assert (tmp_path / "runs" / "lenet-pipeline" / "metadata").is_dir()

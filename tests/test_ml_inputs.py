@@ -156,6 +156,6 @@ def test_a_model_scores_parquet_of_image_bytes_into_parquet(spark, pixels, tmp_p
     model = fit(df, inputScale=SCALE, rounds=6, syncInterval=20)
     model.transform(df).write.parquet(str(tmp_path / "out.parquet"))
     out = spark.read.parquet(str(tmp_path / "out.parquet"))
-    assert out.columns == ["id", "f", "label", "probability", "prediction"]
+    assert out.columns == ["id", "f", "label", "rawPrediction", "probability", "prediction"]
     got = out.where("prediction = label").count() / N
     assert got > 0.8  # trained on these very images

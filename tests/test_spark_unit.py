@@ -347,7 +347,7 @@ class _Context:
     ({"rounds": -1}, ValueError, "rounds must be >= 0, got -1"),
     ({"workers": -2}, ValueError, "workers must be >= 1, got -2"),
     ({"reduction": "ring"}, ValueError, "reduction must be 'auto', 'driver' or 'tree'"),
-    ({"exchange": "mpi"}, ValueError, "exchange must be 'auto', 'socket' or 'spark'"),
+    ({"exchange": "mpi"}, ValueError, "exchange must be 'auto', 'socket', 'ring' or 'spark'"),
     ({"exchange": "socket", "reduction": "tree"}, ValueError, "needs exchange='spark'"),
     ({"strategy": "hogwild"}, ValueError, "strategy must be 'average', 'easgd'"),
     ({"strategy": "easgd", "workers": 1, "seed": 0,

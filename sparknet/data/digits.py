@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from sparknet._util import positional_deprecated
+
 Split = Literal["train", "test", "all"]
 SIZE = 28
 
@@ -53,6 +55,7 @@ def load_digits(split: Split = "train") -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
 
 
+@positional_deprecated("num_partitions")
 def digits_rdd(spark: Any, split: Split = "train", *, num_partitions: int | None = None
                ) -> Any:
     """The digits as an RDD of ``(float32 (1, 28, 28), label)`` pairs, in split order.
@@ -70,6 +73,7 @@ def digits_rdd(spark: Any, split: Split = "train", *, num_partitions: int | None
                         instead="digits_dataframe gives the same examples as a DataFrame")
 
 
+@positional_deprecated("num_partitions")
 def digits_dataframe(spark: Any, split: Split = "train", *, num_partitions: int | None = None
                      ) -> Any:
     """The digits as a DataFrame: ``data`` (array<float>, 784 values, CHW) and ``label``."""

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from sparknet._util import UserError
+
 try:  # libjpeg-turbo with little overhead; optional
     import simplejpeg as _simplejpeg
 except ImportError:  # pragma: no cover - exercised where simplejpeg is absent
@@ -39,7 +41,7 @@ _RESAMPLE = {
 }
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(UserError, ValueError):
     """The bytes are not a readable image (corrupt, truncated, unsupported, too large)."""
 
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from sparknet._util import shape_str
+from sparknet._util import UserError, shape_str
 from sparknet.io import default_parallelism, is_connect, spark_context
 
 Example = tuple[np.ndarray, float]
@@ -229,7 +229,7 @@ def _fields(value: Any) -> set[str]:
     return set(getattr(value, "__fields__", ()))
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data does not fit the net: a value of the wrong size or type for its input blob.
 
     Also :class:`sparknet.spark.DataError`, the same class, which the trainer

@@ -1,10 +1,12 @@
 """The one error the DSL raises for a net or solver that cannot work."""
 from __future__ import annotations
 
+from sparknet._util import UserError
+
 __all__ = ["NetDefinitionError", "NetDefinitionWarning"]
 
 
-class NetDefinitionError(ValueError):
+class NetDefinitionError(UserError, ValueError):
     """A net or solver definition Caffe would reject, or would run wrongly.
 
     Raised where the mistake is made: by the constructor of the layer (or

@@ -13,11 +13,13 @@ from libcpp.vector cimport vector
 
 import numpy as np
 
+from sparknet._util import UserError
+
 TRAIN = 0
 TEST = 1
 
 
-class CaffeError(RuntimeError):
+class CaffeError(UserError, RuntimeError):
     """Caffe rejected what it was given (a failed CHECK or LOG(FATAL) in Caffe).
 
     The message is Caffe's own, prefixed with the Caffe source file and line.

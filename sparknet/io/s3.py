@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+from sparknet._util import UserError
+
 log = logging.getLogger(__name__)
 
 #: Errors while streaming a body that are worth resuming from the current offset.
@@ -60,7 +62,7 @@ class S3Options:
         return f" at {self.endpoint_url}" if self.endpoint_url else ""
 
 
-class NoSuchBucketError(FileNotFoundError):
+class NoSuchBucketError(UserError, FileNotFoundError):
     """The S3 bucket itself does not exist."""
 
 

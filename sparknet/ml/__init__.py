@@ -3,8 +3,9 @@
 * :class:`CaffeEstimator` — a ``pyspark.ml`` Estimator whose ``fit`` runs
   :func:`sparknet.spark.train` on a DataFrame's columns; Params in Spark's
   camelCase, tunable with ``ParamGridBuilder``/``TrainValidationSplit``.
-* :class:`CaffeModel` — the fitted Transformer: ``prediction`` and
-  ``probability`` columns; saved and loaded alone or in a ``PipelineModel``.
+* :class:`CaffeModel` — the fitted Transformer: ``rawPrediction``,
+  ``probability`` and ``prediction`` columns; saved and loaded alone or in a
+  ``PipelineModel`` through Spark's own readers and writers (no JVM needed).
 * :func:`caffe_udf` — an Arrow-batched pandas UDF that runs a trained net
   over a column (``select``, ``withColumn``, SQL after registration).
 

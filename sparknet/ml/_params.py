@@ -2,12 +2,16 @@
 
 Every value is JSON-serialisable (the solver travels as prototxt text), so
 Spark's own metadata format holds them and ``ParamGridBuilder`` can vary any
-of them.
+of them. As in Spark's own stages, every Param has a getter (``getRounds()``)
+and a setter returning the stage (``setRounds(4)``): the estimator has one for
+each Param, the model for those that change what ``transform`` produces.
 """
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from google.protobuf import text_format
 from pyspark.ml.param import Param, Params, TypeConverters
@@ -16,6 +20,7 @@ from pyspark.ml.param.shared import (
     HasLabelCol,
     HasPredictionCol,
     HasProbabilityCol,
+    HasRawPredictionCol,
     HasSeed,
     HasValidationIndicatorCol,
 )
@@ -23,6 +28,8 @@ from pyspark.ml.param.shared import (
 from sparknet.engine import solver_proto
 from sparknet.proto import caffe_pb2, loader
 from sparknet.spark import Outer, TauSchedule
+
+S = TypeVar("S", bound="CaffeParams")
 
 
 def solver_text(solver: Any) -> str:
@@ -58,8 +65,8 @@ def _to_input_cols(value: Any) -> dict[str, str]:
     return dict(value)
 
 
-class CaffeParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityCol, HasSeed,
-                  HasValidationIndicatorCol):
+class CaffeParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityCol,
+                  HasRawPredictionCol, HasSeed, HasValidationIndicatorCol):
     """Params of a Caffe net stage, in Spark's camelCase."""
 
     solver: Param[str] = Param(
@@ -127,7 +134,8 @@ class CaffeParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityC
     def __init__(self) -> None:
         super().__init__()
         self._setDefault(featuresCol="features", labelCol="label", predictionCol="prediction",
-                         probabilityCol="probability", syncInterval=50, rounds=10,
+                         probabilityCol="probability", rawPredictionCol="rawPrediction",
+                         syncInterval=50, rounds=10,
                          testInterval=1, inputScale=1.0, validationFraction=0.0, patience=0,
                          stoppingMetric="accuracy", inputCols={}, outputBlob="",
                          outer=Outer.average().describe(),
@@ -185,6 +193,39 @@ class CaffeParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityC
     def getStoppingMetric(self) -> str:
         return self.getOrDefault(self.stoppingMetric)
 
+    # -- setters of what transform produces, as Spark's models have them ------------------------
+    def setFeaturesCol(self: S, value: str) -> S:
+        """The column that feeds the net's first input blob."""
+        return self._set(featuresCol=value)
+
+    def setPredictionCol(self: S, value: str) -> S:
+        """The column of the predicted class (double); ``""``: none."""
+        return self._set(predictionCol=value)
+
+    def setProbabilityCol(self: S, value: str) -> S:
+        """The column of the class probabilities (an ML vector); ``""``: none."""
+        return self._set(probabilityCol=value)
+
+    def setRawPredictionCol(self: S, value: str) -> S:
+        """The column of the output blob's raw scores (an ML vector); ``""``: none."""
+        return self._set(rawPredictionCol=value)
+
+    def setInputCols(self: S, value: dict[str, str]) -> S:
+        """Input blob name -> column, for nets with several inputs."""
+        return self._set(inputCols=value)
+
+    def setOutputBlob(self: S, value: str) -> S:
+        """The blob whose values are the class scores."""
+        return self._set(outputBlob=value)
+
+    def setBatchSize(self: S, value: int) -> S:
+        """Examples per solver step and per forward pass."""
+        return self._set(batchSize=value)
+
+    def setInputScale(self: S, value: float) -> S:
+        """Multiplies the features on the workers (``1/255`` for pixels)."""
+        return self._set(inputScale=value)
+
     def _solver_value(self, param: Param, field: str) -> float:
         if self.isDefined(param):
             return self.getOrDefault(param)
@@ -226,6 +267,98 @@ class CaffeParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityC
             if not ok(value):
                 raise ValueError(f"{type(self).__name__}: Param {name} must be {what}, "
                                  f"got {value}")
+
+
+class TrainingSetters(CaffeParams):
+    """The setters of the Params only training reads (the estimator's), in Spark's style."""
+
+    def setSolver(self: S, value: Any) -> S:
+        """The Caffe solver with its net inline (DSL, ``caffe_pb2`` or prototxt text)."""
+        return self._set(solver=value)
+
+    def setLabelCol(self: S, value: str) -> S:
+        """The column of class indices that feeds the net's label blob."""
+        return self._set(labelCol=value)
+
+    def setWorkers(self: S, value: int) -> S:
+        """K, the parallel Caffe solvers."""
+        return self._set(workers=value)
+
+    def setSyncInterval(self: S, value: int) -> S:
+        """Tau, solver steps per worker per round."""
+        return self._set(syncInterval=value)
+
+    def setRounds(self: S, value: int) -> S:
+        """Rounds of parameter averaging."""
+        return self._set(rounds=value)
+
+    def setOuter(self: S, value: Any) -> S:
+        """The outer optimizer applied to the workers' mean (an ``Outer``, or its name)."""
+        return self._set(outer=value)
+
+    def setTauSchedule(self: S, value: Any) -> S:
+        """Each round's tau (a ``TauSchedule``, or its name)."""
+        return self._set(tauSchedule=value)
+
+    def setTestInterval(self: S, value: int) -> S:
+        """Score the validation data every this many rounds."""
+        return self._set(testInterval=value)
+
+    def setBaseLr(self: S, value: float) -> S:
+        """The solver's base_lr."""
+        return self._set(baseLr=value)
+
+    def setMomentum(self: S, value: float) -> S:
+        """The solver's momentum."""
+        return self._set(momentum=value)
+
+    def setWeightDecay(self: S, value: float) -> S:
+        """The solver's weight_decay."""
+        return self._set(weightDecay=value)
+
+    def setSeed(self: S, value: int) -> S:
+        """The random seed of training and of the validation split."""
+        return self._set(seed=value)
+
+    def setValidationIndicatorCol(self: S, value: str) -> S:
+        """A boolean column marking the validation rows."""
+        return self._set(validationIndicatorCol=value)
+
+    def setValidationFraction(self: S, value: float) -> S:
+        """A random fraction of the rows held out for validation."""
+        return self._set(validationFraction=value)
+
+    def setPatience(self: S, value: int) -> S:
+        """Validations without improvement of stoppingMetric before training stops."""
+        return self._set(patience=value)
+
+    def setStoppingMetric(self: S, value: str) -> S:
+        """The TEST output early stopping watches."""
+        return self._set(stoppingMetric=value)
+
+
+def params_setter(init: Callable[..., None], *, skip: tuple[str, ...] = ()) -> Callable[..., Any]:
+    """A ``setParams`` that takes exactly the keywords of the constructor ``init``.
+
+    The keyword list is written once, in the constructor (``@keyword_only``, as
+    pyspark's stages have it); ``setParams`` refuses any other keyword with
+    Python's own ``TypeError`` and, like the constructor, sets only the Params
+    given (``None`` leaves a Param unset). ``skip`` names constructor keywords
+    that are not Params.
+    """
+    sig = inspect.signature(init)
+    params = [p for name, p in sig.parameters.items() if name not in skip]
+
+    def setParams(self: S, **kwargs: Any) -> S:
+        try:
+            inspect.Signature(params).bind(self, **kwargs)
+        except TypeError as e:  # a misspelt keyword, as the constructor would say it
+            raise TypeError(f"{type(self).__name__}.setParams() {e}") from None
+        return self._set(**{k: v for k, v in kwargs.items() if v is not None})
+
+    setParams.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    setParams.__doc__ = "Set Params by keyword, as the constructor takes them; returns the stage."
+    return setParams
 
 
 def set_batch_size(net: caffe_pb2.NetParameter, batch: int) -> None:

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, MLReadable, MLWritable
 
 from sparknet._util import shape_str
 from sparknet.engine import NetSignature, WeightCollection
-from sparknet.ml._params import CaffeParams
+from sparknet.ml._params import CaffeParams, TrainingSetters, params_setter
 from sparknet.ml.scoring import (
     broadcast,
     check_size,
@@ -152,7 +154,8 @@ class _CaffeStage(CaffeParams):
                                 "array of numbers, image bytes or an image struct")
 
 
-class CaffeEstimator(Estimator, _CaffeStage, DefaultParamsWritable, DefaultParamsReadable):
+class CaffeEstimator(Estimator, _CaffeStage, TrainingSetters, DefaultParamsWritable,
+                     DefaultParamsReadable):
     """Fits a Caffe net on a DataFrame with sparknet's distributed trainer.
 
     ``featuresCol`` feeds the net's first input blob (an ML ``Vector``,
@@ -167,19 +170,37 @@ class CaffeEstimator(Estimator, _CaffeStage, DefaultParamsWritable, DefaultParam
     every ``testInterval`` rounds; with ``patience`` > 0 training stops after
     that many validations without improvement of ``stoppingMetric``.
 
+    Every Param is a keyword of the constructor and of ``setParams``, and has a
+    getter and a setter (``getRounds()``, ``setRounds(4)``), as in Spark's own
+    estimators; a keyword left out (or ``None``) keeps the Param's default.
+
     >>> est = CaffeEstimator(solver=lenet.solver(batch_size=64), workers=2, rounds=12)
-    >>> model = est.fit(train_df)            # a CaffeModel
+    >>> model = est.setSyncInterval(25).fit(train_df)   # a CaffeModel
     """
 
-    def __init__(self, *, solver: Any = None, **params: Any):
+    @keyword_only
+    def __init__(self, *, solver: Any = None, featuresCol: str = "features",
+                 labelCol: str = "label", predictionCol: str = "prediction",
+                 probabilityCol: str = "probability", rawPredictionCol: str = "rawPrediction",
+                 inputCols: dict[str, str] | None = None, outputBlob: str = "",
+                 workers: int | None = None, syncInterval: int = 50, rounds: int = 10,
+                 outer: Any = None, tauSchedule: Any = None,
+                 testInterval: int = 1, batchSize: int | None = None,
+                 baseLr: float | None = None, momentum: float | None = None,
+                 weightDecay: float | None = None, seed: int | None = None,
+                 inputScale: float = 1.0, validationIndicatorCol: str | None = None,
+                 validationFraction: float = 0.0, patience: int = 0,
+                 stoppingMetric: str = "accuracy") -> None:
         super().__init__()
-        if solver is not None:
-            params["solver"] = solver
-        self._set(**params)
+        self.setParams(**self._input_kwargs)
 
-    def setParams(self, **params: Any) -> CaffeEstimator:
-        """Set any of the Params by name."""
-        return self._set(**params)
+    setParams = params_setter(__init__)
+
+    def write(self) -> Any:
+        """An ``MLWriter`` of the Params (Spark's ML metadata), which needs no JVM."""
+        from sparknet.ml.persistence import CaffeEstimatorWriter
+
+        return CaffeEstimatorWriter(self)
 
     def _fit(self, dataset: Any) -> CaffeModel:
         from pyspark.sql import SparkSession
@@ -252,21 +273,40 @@ class CaffeModel(Model, _CaffeStage, MLWritable, MLReadable):
     ``transform`` runs the TEST net over ``featuresCol`` through the
     Arrow-batched UDF of :func:`~sparknet.ml.caffe_udf`: ``probability`` is
     the softmax of ``outputBlob`` (as is, when a Softmax layer computes it)
-    as an ML ``DenseVector``, ``prediction`` its argmax as a double.
-    Either output is skipped when its column Param is set to ``""``.
+    as an ML ``DenseVector``, ``rawPrediction`` the blob's own values (an ML
+    ``DenseVector``), ``prediction`` their argmax as a double. Any output is
+    skipped when its column Param is set to ``""``.
+
+    ``weights`` is anything :meth:`CaffeNet.use_weights` takes (a
+    ``WeightCollection``, a ``TrainResult``, a ``.caffemodel`` path, also
+    ``s3://``). The keywords are the Params that change what ``transform``
+    produces, each with a getter and a setter (``setProbabilityCol``...).
     """
 
-    def __init__(self, *, solver: Any = None, weights: Any = None, **params: Any):
+    @keyword_only
+    def __init__(self, *, solver: Any = None, weights: Any = None,
+                 featuresCol: str = "features", predictionCol: str = "prediction",
+                 probabilityCol: str = "probability", rawPredictionCol: str = "rawPrediction",
+                 inputCols: dict[str, str] | None = None, outputBlob: str = "",
+                 batchSize: int | None = None, inputScale: float = 1.0,
+                 **training: Any) -> None:
         super().__init__()
-        if solver is not None:
-            params["solver"] = solver
-        self._set(**params)
+        params = dict(self._input_kwargs)
+        params.pop("weights", None)
+        if training:
+            warnings.warn(f"CaffeModel({', '.join(f'{k}=...' for k in training)}): training "
+                          "Params are set on CaffeEstimator (a fitted model keeps the values "
+                          "it was fitted with); passing them to CaffeModel is deprecated",
+                          DeprecationWarning, stacklevel=3)
+        self._set(**{k: v for k, v in params.items() if v is not None})
         self._weights: WeightCollection | None = None
         self._history: list[dict] = []
         self._stopped_round: int | None = None
         self._bc: tuple[str, Any] | None = None
         if weights is not None:
             self._set_weights(weights)
+
+    setParams = params_setter(__init__, skip=("weights", "training"))
 
     # -- weights ----------------------------------------------------------------------------
     def _set_weights(self, weights: Any) -> None:
@@ -325,22 +365,28 @@ class CaffeModel(Model, _CaffeStage, MLWritable, MLReadable):
         blob = self._output_blob()
         mapping = self._mapping(info, training=False)
         self._check_schema(dataset, mapping, info, None)
-        outputs = [c for c in (self.getProbabilityCol(), self.getPredictionCol()) if c]
+        outputs = [c for c in (self.getRawPredictionCol(), self.getProbabilityCol(),
+                               self.getPredictionCol()) if c]
         clash = [c for c in outputs if c in dataset.columns]
         if clash:
-            raise ValueError(f"the DataFrame already has a column '{clash[0]}'; set "
-                             "predictionCol/probabilityCol to other names")
+            raise DataError(f"the DataFrame already has a column '{clash[0]}'; set "
+                            "rawPredictionCol/probabilityCol/predictionCol to other names")
         blobs = list(mapping)
         scale = self.getInputScale()
+        # The worker returns the blob's own values (as doubles) and their argmax; the
+        # probabilities are their softmax, unless a Softmax layer computed the blob already.
         plan = score_plan(self._effective_solver(), info, blobs, (blob,), self.getBatchSize(),
-                          scale, False, None, "classify", softmax=blob not in info.softmax_tops)
+                          scale, False, None, "classify", softmax=False)
         udf = make_udf(plan, self._broadcast())
         _rows_for_udts(dataset)
         tmp = f"__sparknet_{self.uid}"
         out = dataset.withColumn(tmp, udf(*[F.col(mapping[b]) for b in blobs]))
+        raw = F.col(f"{tmp}.probability")
+        if self.getRawPredictionCol():
+            out = out.withColumn(self.getRawPredictionCol(), array_to_vector(raw))
         if self.getProbabilityCol():
-            out = out.withColumn(self.getProbabilityCol(),
-                                 array_to_vector(F.col(f"{tmp}.probability")))
+            prob = raw if blob in info.softmax_tops else _softmax(raw)
+            out = out.withColumn(self.getProbabilityCol(), array_to_vector(prob))
         if self.getPredictionCol():
             out = out.withColumn(self.getPredictionCol(), F.col(f"{tmp}.prediction"))
         return out.drop(tmp)
@@ -358,6 +404,18 @@ class CaffeModel(Model, _CaffeStage, MLWritable, MLReadable):
         from sparknet.ml.persistence import CaffeModelReader
 
         return CaffeModelReader(cls)
+
+
+def _softmax(scores: Any) -> Any:
+    """The softmax of an array<double> column, in Spark SQL: the largest score, then the sum
+    of ``exp(score - largest)``, then each ``exp(score - largest)`` over that sum (O(n))."""
+    from pyspark.sql import functions as F
+
+    return F.aggregate(
+        scores, F.lit(float("-inf")), lambda top, v: F.greatest(top, v),
+        lambda top: F.aggregate(scores, F.lit(0.0), lambda total, v: total + F.exp(v - top),
+                                lambda total: F.transform(scores,
+                                                          lambda v: F.exp(v - top) / total)))
 
 
 #: Spark 4's columnar input to Arrow UDFs fails on any ML vector column of the rows fed

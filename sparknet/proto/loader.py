@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
+from sparknet._util import UserError
 from sparknet.io import atomic_file
 from sparknet.proto import caffe_pb2
 from sparknet.proto.rules import active_phases, net_state
@@ -69,7 +70,7 @@ LATE_BVLC_FIELDS = {
 _SCHEMA = "brocolli-caffe 9.0.2"
 
 
-class PrototxtError(ValueError):
+class PrototxtError(UserError, ValueError):
     """A prototxt that does not parse; the message starts ``file:line:column:``.
 
     Attributes:

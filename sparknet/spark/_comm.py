@@ -1,17 +1,25 @@
-"""Moving weights between the driver and the workers: one protocol, two exchanges.
+"""Moving weights between the driver and the workers: one protocol, three exchanges.
 
 A round needs two moves: the driver's weights out to every task, and every
 task's result back into one sum. An :class:`Exchange` does both on the
 driver (``publish`` / ``accept`` / ``missing`` / ``spliced`` / ``end`` /
 ``release`` / ``close``); the task gets a small picklable :class:`Channel`
-with ``weights()`` and ``send()``. :func:`open_exchange` picks one:
+with ``weights()``, ``send()`` and ``absent()``. :func:`open_exchange` picks one:
 
-* :class:`~sparknet.spark._socket_exchange.SocketExchange` (the default) — a
-  TCP server in the driver; every byte moves once, results are added up as
-  they arrive, each partition's exactly once.
+* :class:`~sparknet.spark._socket_exchange.SocketExchange` — a TCP server in
+  the driver (a star); every byte moves once, results are added up as they
+  arrive, each partition's exactly once. 2·K model copies a round cross the
+  driver's link.
+* :class:`~sparknet.spark._ring_exchange.RingExchange` — the round's tasks
+  reduce-scatter and all-gather among themselves in a barrier stage; each
+  node moves about 2·M floats whatever K, the driver receives M.
 * :class:`~sparknet.spark._spark_exchange.SparkExchange` — Spark's own
   broadcast and task results, for clusters where executors cannot reach the
   driver or where Spark's encryption must cover the weights.
+
+``exchange="auto"`` takes the ring when it pays (:func:`ring_pays`: K and
+the model's size, by the figures of ``bench/cluster_scaling.py``) and the
+cluster can run it, else the socket, else Spark's paths.
 """
 from __future__ import annotations
 
@@ -22,6 +30,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from sparknet.spark._ring_exchange import (  # noqa: F401 - this module is their one entry
+    OP_PUT,
+    RingChannel,
+    RingExchange,
+    shard_bounds,
+)
 from sparknet.spark._socket_exchange import (  # noqa: F401 - this module is their one entry
     _FETCHED,
     _FP,
@@ -61,7 +75,13 @@ from sparknet.spark._spark_exchange import (  # noqa: F401 - this module is thei
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "socket", "spark")
+MODES = ("auto", "socket", "ring", "spark")
+
+#: exchange="auto" takes the ring on a cluster from this many workers on ...
+RING_MIN_WORKERS = 3
+#: ... and with two workers for models of at least this many bytes (below, the star's
+#: smaller fixed cost wins: bench/cluster_scaling.py, 4 MB at K = 2: star 0.42 s, ring 0.53 s)
+RING_MIN_BYTES = 16 << 20
 
 
 @runtime_checkable
@@ -73,6 +93,9 @@ class Channel(Protocol):
 
     def send(self, partition: int, flat: np.ndarray) -> Iterator[Any]:
         """Send ``flat`` as ``partition``'s result; returns the items to yield (if any)."""
+
+    def absent(self, partition: int) -> None:
+        """``partition``'s task sends no result this round (the ring must not wait for it)."""
 
 
 @runtime_checkable
@@ -112,15 +135,50 @@ def _encrypted(sc: Any) -> bool:
                ("spark.network.crypto.enabled", "spark.io.encryption.enabled"))
 
 
+def ring_pays(workers: int, num_params: int) -> bool:
+    """The rule of ``exchange="auto"`` between the star and the ring, by K and model size.
+
+    From ``bench/cluster_scaling.py`` on 1 Gbit/s links: the star's round time
+    grows with K (2·K model copies through the driver's link), the ring's
+    barely. From K = 3 the ring is faster for every model size measured (4 MB
+    to 244 MB); with K = 2 only from some megabytes on (28 MB: ring 0.62 s,
+    star 0.96 s; 4 MB: ring 0.53 s, star 0.42 s). The README has the figures.
+    """
+    return workers >= RING_MIN_WORKERS or (workers == 2 and 4 * num_params >= RING_MIN_BYTES)
+
+
+def ring_blocker(sc: Any, workers: int) -> str | None:
+    """Why this cluster cannot run ring rounds (barrier stages of ``workers`` tasks), or None."""
+    from sparknet.spark._data import task_slots
+
+    if sc.getConf().get("spark.dynamicAllocation.enabled", "false").lower() == "true":
+        return "dynamic allocation is on, and barrier stages need a fixed set of executors"
+    slots = task_slots(sc)
+    if slots < workers:
+        return (f"{workers} workers need {workers} task slots at once (a barrier stage), "
+                f"the cluster has {slots}")
+    return None
+
+
+def _one_machine(sc: Any) -> bool:
+    return str(sc.master).startswith("local")  # local[N] and local-cluster[...]: no links
+
+
 def open_exchange(sc: Any, mode: str, reduction: str, handles: Any,
-                  event: Callable[..., None]) -> Exchange:
-    """How weights and results travel: the driver's socket exchange, else Spark's paths.
+                  event: Callable[..., None], *, workers: int = 1, num_params: int = 0,
+                  easgd_rate: float | None = None, gather: bool = True) -> Exchange:
+    """How weights and results travel: the ring or the driver's star, else Spark's paths.
 
     ``mode`` is ``train(exchange=)``; ``handles`` the cached training handles
-    (every executor holding training data must reach the socket); ``event``
-    logs into the run's log (``event(message, *args, level=...)``). A Spark
-    Connect client has neither: its weights travel inside its queries
-    (:class:`sparknet.spark.connect.PlanExchange`).
+    (every executor holding training data must reach the driver's socket);
+    ``event`` logs into the run's log (``event(message, *args, level=...)``);
+    ``workers``, ``num_params`` and ``easgd_rate`` describe the run (the rule
+    of ``"auto"``, and what ring tasks compute); ``gather=False``: ring tasks
+    push their sums but do not gather the next weights (an outer optimizer with
+    state, which only the driver holds, makes them). A Spark Connect client has
+    no socket, ring or broadcast: its weights travel inside its queries
+    (:class:`sparknet.spark.connect.PlanExchange`), whatever ``"auto"`` would
+    pick on a classic session.
     """
     from sparknet.spark import connect
 
@@ -132,15 +190,25 @@ def open_exchange(sc: Any, mode: str, reduction: str, handles: Any,
             chosen = "spark"  # partial sums on the executors come through Spark
         elif _encrypted(sc):
             chosen = "spark"  # the exchange does not encrypt: keep the weights in Spark's
+        elif (ring_pays(workers, num_params) and not _one_machine(sc)
+              and ring_blocker(sc, workers) is None):
+            chosen = "ring"
     if chosen == "spark":
         return SparkExchange(sc)
-    if _encrypted(sc):  # exchange="socket", asked for
-        event("exchange='socket': the weights travel unencrypted although Spark "
-              "encrypts its own traffic", level=logging.WARNING)
+    if chosen == "ring" and mode == "ring":
+        blocker = ring_blocker(sc, workers)
+        if blocker is not None:
+            raise ValueError(f"exchange='ring' cannot run here: {blocker}; use "
+                             "exchange='socket' or 'auto'")
+    if _encrypted(sc):  # exchange="socket"/"ring", asked for
+        event("exchange=%r: the weights travel unencrypted although Spark encrypts its own "
+              "traffic", mode, level=logging.WARNING)
     try:
-        exchange = SocketExchange.for_context(sc)
+        exchange = (RingExchange.for_context(sc, workers=workers, easgd_rate=easgd_rate,
+                                             gather=gather)
+                    if chosen == "ring" else SocketExchange.for_context(sc))
     except OSError as e:
-        if mode == "socket":
+        if mode in ("socket", "ring"):
             raise
         event("cannot open the driver's weight exchange (%s); weights travel "
               "through Spark instead", e, level=logging.WARNING)
@@ -156,11 +224,12 @@ def open_exchange(sc: Any, mode: str, reduction: str, handles: Any,
         exchange.close()
         raise
     if not failed:
-        event("weights travel through the driver's exchange at %s", exchange.where())
+        event("weights travel through %s", exchange.where() if chosen == "ring"
+              else f"the driver's exchange at {exchange.where()}")
         return exchange
     exchange.close()
     host, err = failed[0]
-    if mode == "socket":
+    if mode in ("socket", "ring"):
         raise ConnectionError(f"executor {host} cannot reach the driver's weight exchange "
                               f"at {exchange.where()}: {err}")
     event("executor %s cannot reach the driver's weight exchange at %s (%s); "

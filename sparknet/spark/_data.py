@@ -76,9 +76,12 @@ class RddHandles:
         """Compute (and cache) the handles: every partition converted once, kept local."""
         return self.rdd.collect()
 
-    def mapped(self, fn: Callable[[int, Any], Any]) -> Any:
-        """The RDD of what ``fn(partition, handles)`` yields on each partition."""
-        return self.rdd.mapPartitionsWithIndex(fn)
+    def mapped(self, fn: Callable[[int, Any], Any], *, barrier: bool = False) -> Any:
+        """The RDD of what ``fn(partition, handles)`` yields on each partition.
+
+        ``barrier``: its tasks run as one barrier stage (all at once, retried together).
+        """
+        return (self.rdd.barrier() if barrier else self.rdd).mapPartitionsWithIndex(fn)
 
     def run(self, fn: Callable[[int, Any], Any], partitions: Sequence[int] | None = None
             ) -> Any:
@@ -309,6 +312,18 @@ def local_slots(sc: Any) -> int:
     else:
         cores = int(m.group(1))
     return max(1, cores // task_cpus)
+
+
+def task_slots(sc: Any) -> int:
+    """How many tasks run at once now: a local master's N, else the executors' cores."""
+    master = str(sc.master)
+    if master.startswith("local") and not master.startswith("local-cluster"):
+        return local_slots(sc)
+    state = _cluster(sc)
+    if state is None:  # pragma: no cover - an unusual scheduler backend
+        return int(sc.defaultParallelism)
+    task_cpus = max(1, int(sc.getConf().get("spark.task.cpus", "1") or 1))
+    return state[0] // task_cpus
 
 
 def wait_for_slots(sc: Any, workers: int, timeout: float, runlog: RunLog,

@@ -4,10 +4,11 @@ The driver describes a job to its tasks with a :class:`RoundSpec` or
 :class:`TestSpec` (which net: :class:`NetSpec`) and broadcasts a run's
 :class:`RunExtras` once. A round task yields one :class:`RoundReport`,
 then the :class:`WeightChunk` items of its result (only with Spark's
-exchange), then in checkpoint rounds the :class:`StateChunk` items of its
-solver state. A test task yields one :class:`TestReport` per partition. The
-task that caches a partition yields its :class:`StoreHandle`. All travel
-pickled, so they stay plain data.
+exchange; a :class:`CalledOff` where a ring round could not run), then in
+checkpoint rounds the :class:`StateChunk` items of its solver state. A
+test task yields one :class:`TestReport` per partition. The task that
+caches a partition yields its :class:`StoreHandle`. All travel pickled, so
+they stay plain data.
 """
 from __future__ import annotations
 
@@ -26,6 +27,18 @@ class WeightChunk:
 
     offset: int
     data: np.ndarray
+
+
+@attrs.frozen
+class CalledOff:
+    """A ring round's collective did not run: ``why`` names the partition that could not join.
+
+    Every task of the round yields one (nothing of theirs reached the driver);
+    the driver runs the round again.
+    """
+
+    partition: int
+    why: str
 
 
 @attrs.frozen
@@ -56,7 +69,11 @@ class Nonfinite:
 
 @attrs.frozen
 class Timings:
-    """Seconds a round task spent: loading state, fetching weights, computing, saving, sending."""
+    """Seconds a round task spent: loading state, fetching weights, computing, saving, sending.
+
+    ``wait``: of ``send``, the time a ring task waited for the round's other
+    tasks to finish training and join (the rest is the collective itself).
+    """
 
     load: float = 0.0
     fetch: float = 0.0
@@ -64,6 +81,7 @@ class Timings:
     save: float = 0.0
     send: float = 0.0
     total: float = 0.0
+    wait: float = 0.0
 
 
 @attrs.frozen

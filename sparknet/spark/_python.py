@@ -27,6 +27,8 @@ import os
 import sys
 from typing import Any
 
+from sparknet._util import UserError
+
 log = logging.getLogger("sparknet.spark")
 
 _CHECKED_ATTR = "_sparknet_checked_python"
@@ -57,7 +59,7 @@ def _probe() -> Any:
     return namespace["probe"]
 
 
-class WorkerPythonError(RuntimeError):
+class WorkerPythonError(UserError, RuntimeError):
     """Spark's Python workers cannot import this sparknet (or import another version).
 
     ``interpreter`` is the workers' Python as Spark starts it.

@@ -27,8 +27,10 @@ import numpy as np
 
 from sparknet.io import named_os_error
 from sparknet.spark import _comm
+from sparknet.spark._combine import next_weights
 from sparknet.spark._data import TEST, TRAIN, RunData
 from sparknet.spark._messages import (
+    CalledOff,
     Nonfinite,
     RoundReport,
     RoundSpec,
@@ -117,6 +119,7 @@ class Jobs:
         self.workers = workers
         self.reduction = reduction
         self.event = event
+        self.ring_fallbacks = 0  # ring rounds that ended up going through the star
 
     def _direct_limit(self) -> int:
         mem = _memory_bytes(self.sc.getConf().get("spark.driver.memory"), 1 << 30)
@@ -135,6 +138,25 @@ class Jobs:
     def round(self, spec: RoundSpec, chan: Any, extras_bc: Any, install_bc: Any,
               acc: np.ndarray, on_state: Callable[[StateChunk], None]) -> RoundOutcome:
         """Run round ``spec`` until every partition's result is in ``acc`` exactly once."""
+        if isinstance(chan, _comm.RingChannel):
+            if self.ring_fallbacks < 2:
+                try:
+                    outcome = self._ring_round(spec, chan, extras_bc, install_bc, acc, on_state)
+                finally:
+                    self.exchange.end()
+                if outcome is not None:
+                    return outcome
+                self.ring_fallbacks += 1
+                if self.ring_fallbacks == 2:
+                    self.event("the ring exchange failed in two rounds: from now on the rounds "
+                               "go through the driver's exchange", level=logging.WARNING)
+            # the ring could not do it: the star, adding in arrival order -- exactly, in float64
+            chan = self.exchange.star(chan)
+            if acc.dtype != np.float64 and self.workers > 2:
+                wide = np.empty(acc.size, np.float64)
+                outcome = self.round(spec, chan, extras_bc, install_bc, wide, on_state)
+                acc[:] = wide
+                return outcome
         rerun: set[int] = set()
         try:
             for _attempt in range(3):
@@ -155,6 +177,68 @@ class Jobs:
                                "parts of different results")
         finally:
             self.exchange.end()
+
+    #: A ring round is run again this many times before it goes through the star.
+    RING_TRIES = 4
+
+    def _ring_round(self, spec: RoundSpec, chan: Any, extras_bc: Any, install_bc: Any,
+                    acc: np.ndarray, on_state: Callable[[StateChunk], None]
+                    ) -> RoundOutcome | None:
+        """One round as a barrier stage whose tasks reduce among themselves.
+
+        Runs it again when it fails (a peer lost or silent: Spark's own stage
+        retries come first), when a task found no data or the collective was
+        called off (the data is cached again after the second time). ``None``
+        when it did not complete after :attr:`RING_TRIES` runs: the caller
+        sends the round through the star.
+        """
+        r1 = spec.round + 1
+        rerun: set[int] = set()
+        runaway = 0
+        for _try in range(self.RING_TRIES):
+            rchan = self.exchange.accept(chan, acc)
+            fn = functools.partial(round_task, spec, rchan, extras_bc, install_bc)
+            rdd = self.data.handles[TRAIN].mapped(fn, barrier=True)
+            reports: list[RoundReport] = []
+            called_off: list[CalledOff] = []
+
+            def other(item: Any, reports: list = reports, called_off: list = called_off) -> None:
+                if isinstance(item, RoundReport):
+                    reports.append(item)
+                elif isinstance(item, CalledOff):
+                    called_off.append(item)
+                elif isinstance(item, StateChunk):
+                    on_state(item)
+
+            self.sc.setJobDescription(f"sparknet: round {r1} (ring)")
+            try:
+                _comm.fold(_comm.stream(rdd), None, other)
+            except Exception as e:  # noqa: BLE001 - a failed barrier stage must not end training
+                self.event("round %d: the ring exchange failed: %s; running the round again",
+                           r1, _cause(e), level=logging.WARNING)
+                continue
+            if any(r.nonfinite is not None for r in reports):
+                return RoundOutcome(reports, tuple(sorted(rerun)))  # the caller says where
+            missing = sorted(r.partition for r in reports if r.missing_store)
+            if missing or called_off:
+                rerun.update(missing)
+                runaway += 1
+                self.event("round %d: partition(s) %s ran away from their cached data; running "
+                           "the round again", r1, missing, level=logging.WARNING)
+                if runaway == 2:
+                    self.event("round %d: caching the training data again", r1,
+                               level=logging.WARNING)
+                    self.data.rebuild(TRAIN)
+                continue
+            lost = self.exchange.missing(range(self.workers))
+            if lost:  # pragma: no cover - a ring task succeeds once the driver has its shard
+                self.event("round %d: the shards of partitions %s did not arrive; running the "
+                           "round again", r1, lost, level=logging.WARNING)
+                continue
+            return RoundOutcome(reports, tuple(sorted(rerun)))
+        self.event("round %d: the ring exchange did not complete in %d runs; this round goes "
+                   "through the driver's exchange", r1, self.RING_TRIES, level=logging.WARNING)
+        return None
 
     def _round_job(self, spec: RoundSpec, chan: Any, extras_bc: Any, install_bc: Any,
                    acc: np.ndarray, on_state: Callable[[StateChunk], None], rerun: set[int],
@@ -222,6 +306,16 @@ class Jobs:
             reports = [r for r in reports if not r.missing_store]
             reports += handles.run(fn, missing)
         return _mean_metrics(reports, self.model.signature.test_outputs)
+
+
+def _cause(error: BaseException) -> str:
+    """The line of a failed job's error that says what went wrong (sparknet's own, if any)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    ours = [line for line in lines if "sparknet:" in line]
+    if ours:
+        return ours[-1][ours[-1].index("sparknet:"):]
+    python = [line for line in lines if re.match(r"[A-Za-z_]\w*(Error|Exception): ", line)]
+    return (python or lines or [type(error).__name__])[-1 if python else 0][:500]
 
 
 def _mean_metrics(reports: Sequence[TestReport], outputs: Sequence[str]) -> dict[str, Any]:
@@ -301,13 +395,18 @@ class Rounds:
         extras_bc = (self._broadcast(extras) if extras.transform or extras.test_transform
                      else None)
         install_bc = self._broadcast(self.install) if self.install else None
+        self.exchange = _comm.open_exchange(sc, cfg.exchange, cfg.reduction,
+                                            self.data.handles[TRAIN], runlog.event,
+                                            workers=K, num_params=model.signature.num_params,
+                                            easgd_rate=rate, gather=cfg.outer.is_average)
+        self.exchange_name = self.exchange.name
         # The sum must not depend on the order the workers' results arrive in (partitions
         # rerun away from their data arrive last): with two, float addition commutes;
-        # with more, float64 makes the sum exact whatever the order.
-        acc = np.empty(weights.size, np.float32 if K <= 2 else np.float64)
-        self.exchange = _comm.open_exchange(sc, cfg.exchange, cfg.reduction,
-                                            self.data.handles[TRAIN], runlog.event)
-        self.exchange_name = self.exchange.name
+        # with more, float64 makes the sum exact whatever the order. The ring adds in a
+        # fixed order, in float32 on the executors, and the driver must compute from the
+        # same floats the executors do.
+        ring = isinstance(self.exchange, _comm.RingExchange)
+        acc = np.empty(weights.size, np.float32 if K <= 2 or ring else np.float64)
         jobs = Jobs(sc, model, self.data, self.exchange, workers=K, reduction=cfg.reduction,
                     event=runlog.event)
         sig = model.signature
@@ -348,11 +447,11 @@ class Rounds:
                 self._diverged(r, bad.nonfinite, bad.partition, staged)
             self.exchange.release(chan)  # the weights' buffer takes the new ones now
             t_avg = time.perf_counter()
-            if rate is not None:  # centre += rate * sum(x_i - centre)
-                np.multiply(acc, rate, out=acc)
-                np.add(weights, acc, out=weights, casting="same_kind")
-            else:  # the mean (plain averaging) or the outer optimizer's step from it
-                outer.step_from_sum(weights, acc, K, self.outer_state)
+            # the mean (EASGD: centre += rate * sum(x_i - centre); an outer optimizer: its
+            # step from the mean), into the weights' buffer; ring tasks run the same function
+            # on their shards
+            next_weights(weights, acc, weights, workers=K, easgd_rate=rate, outer=outer,
+                         state=self.outer_state)
             if not np.isfinite(weights).all():
                 self._diverged(r, Nonfinite(step + tau - 1, float("nan"), weights=True), None,
                                staged)
@@ -444,6 +543,8 @@ def _round_record(r: int, reports: list[RoundReport], rerun: tuple[int, ...], *,
                     "compute": max(x.seconds.compute for x in reports),
                     "save": max(x.seconds.save for x in reports),
                     "collect": max(0.0, job - worker_total), "average": average}}
+    if any(x.seconds.wait for x in reports):  # a ring round: its collective, all joined
+        rec["seconds"]["exchange"] = max(x.seconds.send - x.seconds.wait for x in reports)
     rec["partitions"] = [
         {"partition": x.partition, "host": x.task.host, "pid": x.task.pid, "state": x.state,
          "attempt": x.task.attempt, "compute": x.seconds.compute}

@@ -163,6 +163,9 @@ class SocketChannel:
         _FETCHED.update(tag=tag, flat=out)
         return out
 
+    def absent(self, partition: int) -> None:
+        """Nothing to do: the driver counts the results that arrive."""
+
     def send(self, partition: int, flat: np.ndarray) -> Iterator[Any]:
         """Push ``flat`` into the driver's accumulator; returns once the driver has it all.
 
@@ -366,12 +369,17 @@ class SocketExchange:
                 elif op == OP_PUSH:
                     self._take_result(conn, key, partition, size)
                 else:
-                    conn.sendall(_REP.pack(ST_BAD, 0))
+                    self._serve_op(conn, op, key, partition, size)
         except (OSError, ValueError, struct.error) as e:
             log.debug("weight exchange: a connection ended early: %s", e)
         finally:
             with self._lock:
                 self._conns.discard(conn)
+
+    def _serve_op(self, conn: socket.socket, op: int, key: int, partition: int,
+                  size: int) -> None:
+        """An authenticated request this server does not know (a subclass may)."""
+        conn.sendall(_REP.pack(ST_BAD, 0))
 
     def _send_weights(self, conn: socket.socket, version: int, size: int) -> None:
         with self._lock:

@@ -239,6 +239,9 @@ class SparkChannel:
         """The published vector, mapped from the broadcast file."""
         return flat_from_broadcast(self.bc)
 
+    def absent(self, partition: int) -> None:
+        """Nothing to do: the driver folds the results that arrive."""
+
     def send(self, partition: int, flat: np.ndarray) -> Iterator[Any]:
         """The items that carry ``flat`` to the driver in the task's output."""
         return chunks(flat)

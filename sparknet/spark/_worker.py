@@ -299,13 +299,17 @@ def round_task(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: Any,
     solver state.
     """
     items = iter(handles)
+    seen = False
     while True:
         # Read the (tiny) input to its end, so that Spark reuses this Python worker and its
         # caches -- unless a diverged net may have corrupted this process: then leave it
         # unread, and Spark retires the worker once the task has finished.
         handle = next(items, None)
         if handle is None:
+            if not seen:  # no data at all: a ring round must not wait for this task
+                channel.absent(partition)
             return
+        seen = True
         yield from _train_partition(spec, channel, extras_bc, install_bc, handle)
         if _POISONED:
             return
@@ -320,6 +324,7 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
     folder = state_dir(spec.run, p, handle.dir)
     hook = _faults.task_hook()  # None unless a test injects a fault
     if store is None or (hook is not None and hook.data_missing(spec.round, p, folder)):
+        channel.absent(p)  # a ring round's other tasks must not wait for this one
         yield RoundReport(task, missing_store=True)
         return
     entry = net_entry(spec.net)
@@ -359,6 +364,7 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
         losses[k] = net.train(1, (batch,))[0]
         if not np.isfinite(losses[k]):
             _poison(spec.net.key, entry)
+            channel.absent(p)
             yield RoundReport(task, state=how, images=(k + 1) * spec.batch,
                               losses=tuple(losses[:k + 1].tolist()),
                               nonfinite=Nonfinite(spec.start + k,
@@ -368,6 +374,7 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
     result = read_flat(net, entry.buffer(0, spec.num_params))
     if not np.isfinite(result).all():
         _poison(spec.net.key, entry)
+        channel.absent(p)
         yield RoundReport(task, state=how, images=spec.steps * spec.batch,
                           losses=tuple(losses.tolist()),
                           nonfinite=Nonfinite(spec.start + spec.steps - 1, float("nan"),
@@ -391,11 +398,13 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
     t_saved = time.perf_counter()
     sent = channel.send(p, result)  # a socket channel has pushed it all when this returns
     t_end = time.perf_counter()
+    waited = getattr(channel, "waited", 0.0)  # a ring channel: until its peers had joined
     yield RoundReport(task, state=how, images=spec.steps * spec.batch,
                       losses=tuple(losses.tolist()),
                       seconds=Timings(load=t_ready - t0, fetch=t_fetched - t_fetch,
                                       compute=t_trained - t_ready, save=t_saved - t_trained,
-                                      send=t_end - t_saved, total=t_end - t0))
+                                      send=t_end - t_saved, total=t_end - t0,
+                                      wait=waited))
     yield from sent
     if spec.send_state:
         kinds = [("solverstate", state)]

@@ -35,6 +35,7 @@ import attrs
 import numpy as np
 from google.protobuf import text_format
 
+from sparknet._util import UserError
 from sparknet.io import Storage, named_os_error, open_storage
 from sparknet.proto import caffe_pb2
 
@@ -52,7 +53,7 @@ def round_name(rnd: int) -> str:
     return f"{ROUND_PREFIX}{rnd:06d}"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be resumed from (corrupt, truncated, incomplete).
 
     ``checkpoint`` is where it is (a folder or ``s3://`` prefix).

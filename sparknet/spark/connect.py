@@ -471,6 +471,10 @@ class PlanExchange(TaskOutputResults):
 
 def check_run(exchange: str, reduction: str, num_params: int) -> None:
     """Refuse, before any job, what a Connect run cannot do, naming what to do instead."""
+    if exchange == "ring":  # its tasks meet at an exchange in the driver's process
+        raise ValueError("exchange='ring' needs a classic SparkSession (its barrier tasks meet "
+                         "at the driver's exchange); a Spark Connect session moves the weights "
+                         "inside its queries: leave exchange='auto'")
     if exchange != "auto":
         raise ValueError(f"exchange='{exchange}' needs a classic SparkSession (the driver's "
                          "socket or Spark's broadcasts); a Spark Connect session moves the "

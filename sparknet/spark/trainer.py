@@ -149,11 +149,20 @@ def train(spark: Any, solver: Any, train_data: Any, *, test_data: Any = None,
         driver, which tasks fetch the weights from and push their results to
         (added up as they arrive, each partition's exactly once even when a
         task is retried); every byte moves once, several times faster than
-        Spark's broadcast and task results for large models. ``"spark"``: a
-        torrent broadcast and task results. ``"auto"`` (default) uses the
-        socket unless Spark's network or I/O encryption is on, ``reduction``
-        is ``"tree"`` or an executor cannot connect to the driver (set
-        ``spark.sparknet.exchange.port`` to fix the port for a firewall).
+        Spark's broadcast and task results for large models, but 2·K model
+        copies cross the driver's link each round. ``"ring"``: the round runs
+        as a barrier stage whose tasks reduce-scatter and all-gather among
+        themselves (each node moves about 2 models a round whatever K; the
+        driver receives one); needs a task slot per worker. ``"spark"``: a
+        torrent broadcast and task results. ``"auto"`` (default) takes the
+        ring on a cluster (not ``local[...]``) from 3 workers, or 2 workers
+        and 16 MB of weights, when there is a task slot per worker; the
+        socket otherwise; Spark's paths where Spark's network or I/O
+        encryption is on, ``reduction`` is ``"tree"`` or an executor cannot
+        connect to the driver (set ``spark.sparknet.exchange.port`` to fix
+        the port for a firewall). On a Spark Connect session the weights
+        travel inside each round's query and ``"auto"`` is the only choice
+        (the others are refused before any job).
     reduction
         With ``exchange="spark"``: ``"auto"``, ``"driver"`` (stream all
         workers' weights to the driver) or ``"tree"`` (partial sums on the

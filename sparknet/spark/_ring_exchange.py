@@ -1,0 +1,637 @@
+"""Weights through a ring of the round's tasks: reduce-scatter, then all-gather.
+
+The star exchange moves 2·K model copies a round through the driver's link.
+Here the round job is a barrier stage: its K tasks start together, tell the
+driver's exchange where they listen and learn where the others do (a TCP
+round trip: ``BarrierTaskContext.allGather`` would do it too, but Spark polls
+it once a second, which costs a second a round), and connect in a ring, each
+to the executor of the next partition. After training, a task sends 1/K of
+its result to the next, K − 1 times, adding what it gets from the previous
+one into its own (reduce-scatter): each task ends with the sum of one shard,
+added up in ring order, the same on every run. It turns that shard into the
+next weights with :func:`~sparknet.spark._combine.next_weights` (the function
+the driver runs too), pushes the shard's *sum* to the driver, and passes the
+new shard around the ring K − 1 times (all-gather). Each node sends and
+receives about 2·M floats a round whatever K; the driver receives M (the sums,
+from which it computes the same weights: for tests, checkpoints, resume, and
+any task that lacks them) and sends nothing unless asked.
+
+The next round's tasks start from the weights gathered in their own process;
+a task whose process does not hold them (a new executor, a fresh Python
+worker, the first round) fetches them from the driver's TCP exchange, which
+this one extends (:class:`RingExchange` is a
+:class:`~sparknet.spark._socket_exchange.SocketExchange` that also forms the
+rings and takes the pushed shards). A published vector carries a
+fingerprint, so a stale copy is never used.
+
+Every connection, to the driver or between executors, carries the run's
+secret token and the round's key, as the driver's exchange always did; a
+ring forms once per key (a retried stage's tasks are turned away, so Spark's
+retries fail fast and the driver runs the round again under a new key). A
+peer silent for the timeout (``spark.sparknet.ring.timeout``, default
+``spark.network.timeout``) is given up on, naming its partition and host; the
+failed task fails the barrier stage, and the driver runs the round again (and,
+should the ring keep failing, sends that round through the star).
+"""
+from __future__ import annotations
+
+import contextlib
+import hmac
+import itertools
+import json
+import logging
+import queue
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from sparknet.spark._combine import next_weights
+from sparknet.spark._messages import CalledOff
+from sparknet.spark._socket_exchange import (
+    _FETCHED,
+    _REP,
+    PUSH_CHUNK,
+    ST_DONE,
+    ST_OK,
+    ST_STALE,
+    SocketChannel,
+    SocketExchange,
+    _fingerprint,
+    _recv_exact,
+    _recv_into,
+    _refused,
+    _seconds,
+    _send_all,
+)
+
+log = logging.getLogger(__name__)
+
+#: Ops the driver's exchange takes besides ping, fetch and push: a task joins its round's
+#: ring (sends where it listens, gets where the others do); a task pushes a shard's sum.
+OP_JOIN, OP_PUT = 4, 5
+#: offset and floats of a pushed shard.
+_PUT = struct.Struct("!qq")
+#: A JSON message's length (what a task sends on joining, and the driver's answer).
+_LEN = struct.Struct("!I")
+#: What a task sends first on the ring connection it opens to the next task.
+_MAGIC_R = b"SNR1"
+_HELLO = struct.Struct("!4s16sqii")  # magic, token, accumulation key, rank, K
+#: Shard boundaries fall on multiples of this many floats (64 bytes).
+_ALIGN = 16
+#: Floats a ring task receives, adds and passes on at a time (1 MiB).
+PIECE = 1 << 18
+
+def shard_bounds(size: int, k: int) -> list[int]:
+    """The K + 1 offsets that cut ``size`` floats into K near-equal, aligned shards."""
+    inner = [min(size, -(-(size * i // k) // _ALIGN) * _ALIGN) for i in range(1, k)]
+    return [0, *inner, size]
+
+
+class RingChannel:
+    """What a ring round's task is given: the driver's exchange, and how to reach its peers.
+
+    ``star`` fetches from (and, in a fallback round, pushes to) the driver;
+    ``origin`` is the accumulation whose gathered weights the published
+    vector equals (``None``: fetch it), ``fingerprint`` its sampled checksum.
+    """
+
+    __slots__ = ("easgd_rate", "fingerprint", "gather", "origin", "star", "timeout", "waited",
+                 "workers")
+
+    def __init__(self, star: SocketChannel, origin: int | None, fingerprint: int, workers: int,
+                 easgd_rate: float | None, timeout: float, gather: bool = True):
+        self.star, self.origin, self.fingerprint = star, origin, int(fingerprint)
+        self.workers, self.easgd_rate, self.timeout = int(workers), easgd_rate, float(timeout)
+        self.gather = bool(gather)  # False: push the sums only; the driver makes the weights
+        self.waited = 0.0  # in a task, after send(): seconds until every peer had joined
+
+    def __getstate__(self) -> tuple:
+        return (self.star, self.origin, self.fingerprint, self.workers, self.easgd_rate,
+                self.timeout, self.gather)
+
+    def __setstate__(self, state: tuple) -> None:
+        (self.star, self.origin, self.fingerprint, self.workers, self.easgd_rate,
+         self.timeout, self.gather) = state
+        self.waited = 0.0
+
+    @property
+    def key(self) -> int:
+        return self.star.key
+
+    def with_star(self, star: SocketChannel) -> RingChannel:
+        return RingChannel(star, self.origin, self.fingerprint, self.workers, self.easgd_rate,
+                           self.timeout, self.gather)
+
+    def ping(self) -> None:
+        self.star.ping()
+
+    def weights(self) -> np.ndarray:
+        """The published vector: the one gathered in this process, else the driver's."""
+        if (self.origin is not None
+                and _FETCHED.get("tag") == ("ring", self.star.token, self.origin)
+                and _FETCHED.get("print") == self.fingerprint):
+            return _FETCHED["flat"]
+        return self.star.weights()
+
+    def absent(self, partition: int) -> None:
+        """This task has no result (no data here, or it diverged): call the collective off."""
+        _Ring.join(self, partition, absent=True)
+
+    def meet(self, me: dict) -> list[dict]:
+        """Tell the driver where this task listens; where every task of the ring does."""
+        star = self.star
+        try:
+            with star._connect() as sock:
+                status, _ = star._request(sock, OP_JOIN, me["rank"], star.key)
+                if status == ST_STALE:
+                    raise RuntimeError(
+                        f"sparknet: ring exchange: partition {me['rank']} cannot join this "
+                        f"round's ring at {star._where()}: it was formed already (this is a "
+                        f"retried stage; the driver runs the round again) or the round is over")
+                body = json.dumps(me).encode()
+                sock.sendall(_LEN.pack(len(body)) + body)
+                sock.settimeout(None)  # the others join when their training is done
+                (n,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
+                answer = json.loads(_recv_exact(sock, n))
+        except (ConnectionError, TimeoutError) as e:
+            raise ConnectionError(f"sparknet: ring exchange: partition {me['rank']} could not "
+                                  f"join the ring at the driver's exchange at {star._where()}: "
+                                  f"{e}") from e
+        if "error" in answer:
+            raise ConnectionError(f"sparknet: ring exchange: {answer['error']}")
+        return answer["peers"]
+
+    def send(self, partition: int, flat: np.ndarray) -> Iterator[Any]:
+        """Reduce-scatter ``flat`` (overwritten), all-gather the next weights; push a shard.
+
+        Returns once this task's part is done: nothing to yield, or one
+        :class:`CalledOff` when another task of the round could not take part.
+        """
+        if flat.size != self.star.size or flat.dtype != np.float32:
+            raise ValueError(f"result of {flat.size} {flat.dtype} for a {self.star.size}-float "
+                             "exchange")
+        t0 = time.perf_counter()
+        ring = _Ring.join(self, partition)
+        self.waited = time.perf_counter() - t0
+        if ring.called_off is not None:
+            return iter([CalledOff(partition, ring.called_off)])
+        with ring:
+            ring.allreduce(flat)
+        return iter(())
+
+
+class _Stream(threading.Thread):
+    """Sends what is queued to it, in order, while the caller receives and adds.
+
+    The ring's outgoing side: a piece reduced (or gathered) is forwarded as soon
+    as it is complete, so the K − 1 steps of each phase run as one pipeline.
+    ``sock=None``: the shard sum's push to the driver, which connects first.
+    """
+
+    def __init__(self, sock: socket.socket | None, push: tuple | None = None):
+        super().__init__(name="sparknet-ring-send", daemon=True)
+        self.sock, self.push = sock, push
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.start()
+
+    def send(self, data: np.ndarray) -> None:
+        self.queue.put(data)
+
+    def run(self) -> None:
+        try:
+            if self.push is None:
+                self._drain(self.sock)
+            else:
+                self._push(*self.push)
+        except BaseException as e:  # noqa: BLE001 - re-raised by finish()
+            self.error = e
+
+    def _drain(self, sock: socket.socket) -> None:
+        while (item := self.queue.get()) is not None:
+            _send_all(sock, memoryview(item).cast("B"))
+
+    def _push(self, chan: RingChannel, rank: int, offset: int, count: int) -> None:
+        star = chan.star
+        try:
+            with star._connect() as sock:
+                status, _ = star._request(sock, OP_PUT, rank, star.key)
+                if status == ST_STALE:
+                    raise RuntimeError("sparknet: the driver no longer takes this round's "
+                                       "shards (a task of a round run again?)")
+                sock.sendall(_PUT.pack(offset, count))
+                self._drain(sock)
+                status, _ = _REP.unpack(_recv_exact(sock, _REP.size))
+                if status != ST_DONE:
+                    raise ConnectionError(f"the exchange answered status {status}")
+        except (ConnectionError, TimeoutError) as e:
+            raise ConnectionError(f"sparknet: pushing partition {rank}'s shard to the driver's "
+                                  f"exchange at {star._where()} failed: {e}") from e
+
+    def finish(self) -> None:
+        self.queue.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+class _Peer:
+    """Another task of the round, as its allGather message described it."""
+
+    def __init__(self, msg: dict):
+        self.rank: int = msg["rank"]
+        self.host: str = msg["host"]
+        self.port: int = msg["port"]
+        self.name: str = msg["name"]
+        self.absent: bool = msg["absent"]
+
+    def __str__(self) -> str:
+        where = self.host if self.name == self.host else f"{self.name} ({self.host})"
+        return f"partition {self.rank} on {where}:{self.port}"
+
+
+class _Ring:
+    """One task's place in a ring round: its peers, its two connections, the collective."""
+
+    def __init__(self, chan: RingChannel, rank: int, k: int, peers: list[_Peer],
+                 server: socket.socket | None):
+        self.chan, self.rank, self.k = chan, rank, k
+        self.peers, self.server = peers, server
+        self.me = peers[rank]
+        self.called_off: str | None = None
+        self.out: socket.socket | None = None  # to the next task
+        self.inn: socket.socket | None = None  # from the previous task
+
+    # -- rendezvous --------------------------------------------------------------------------
+    @classmethod
+    def join(cls, chan: RingChannel, partition: int, absent: bool = False) -> _Ring:
+        """Meet the round's other tasks (every task calls this once, present or not)."""
+        from pyspark import BarrierTaskContext
+
+        ctx = BarrierTaskContext.get()
+        infos = ctx.getTaskInfos()
+        rank, k = ctx.partitionId(), len(infos)
+        if rank != partition or k != chan.workers:  # pragma: no cover - one task per partition
+            raise RuntimeError(f"ring rank {rank} of {k} runs partition {partition} of "
+                               f"{chan.workers}")
+        host = infos[rank].address.rsplit(":", 1)[0].strip("[]")
+        server = None
+        port = 0
+        if not absent and k > 1:
+            server = socket.create_server((host, 0), backlog=8)
+            port = server.getsockname()[1]
+        me = {"rank": rank, "host": host, "port": port, "name": socket.gethostname(),
+              "absent": absent}
+        try:
+            peers = [_Peer(m) for m in chan.meet(me)]
+        except BaseException:
+            if server is not None:
+                server.close()
+            raise
+        ring = cls(chan, rank, k, peers, server)
+        gone = [p for p in peers if p.absent]
+        if gone and not absent:
+            ring.called_off = (f"{gone[0]} could not take part (its data is not on its "
+                               f"executor, or its training diverged)")
+            ring.close()
+        return ring
+
+    def __enter__(self) -> _Ring:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for s in (self.out, self.inn, self.server):
+            if s is not None:
+                with contextlib.suppress(OSError):
+                    s.close()
+        self.out = self.inn = self.server = None
+
+    def _fail(self, what: str, peer: _Peer, e: BaseException) -> ConnectionError:
+        return ConnectionError(
+            f"sparknet: ring exchange: {what} {peer} failed (this is partition {self.rank} on "
+            f"{self.me.name}; timeout {self.chan.timeout:.0f} s): {type(e).__name__}: {e}")
+
+    def _connect(self) -> None:
+        nxt = self.peers[(self.rank + 1) % self.k]
+        prv = self.peers[(self.rank - 1) % self.k]
+        timeout = self.chan.timeout
+        try:
+            out = socket.create_connection((nxt.host, nxt.port), timeout=timeout)
+            out.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            out.sendall(_HELLO.pack(_MAGIC_R, self.chan.star.token, self.chan.key,
+                                    self.rank, self.k))
+            self.out = out
+        except OSError as e:
+            raise self._fail("connecting to", nxt, e) from e
+        deadline = time.monotonic() + timeout
+        self.server.settimeout(min(timeout, 5.0))
+        while self.inn is None:
+            if time.monotonic() > deadline:
+                raise self._fail("waiting for a connection from", prv,
+                                 TimeoutError(f"none within {timeout:.0f} s"))
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError as e:
+                raise self._fail("waiting for a connection from", prv, e) from e
+            try:
+                conn.settimeout(min(timeout, 30.0))
+                magic, token, key, rank, k = _HELLO.unpack(_recv_exact(conn, _HELLO.size))
+            except (OSError, struct.error):
+                conn.close()
+                continue
+            if (magic == _MAGIC_R and hmac.compare_digest(token, self.chan.star.token)
+                    and (key, rank, k) == (self.chan.key, prv.rank, self.k)):
+                conn.settimeout(timeout)
+                self.inn = conn
+            else:  # a stranger, or a task of another round: not part of this ring
+                log.warning("ring exchange: partition %d refused a connection that is not "
+                            "from %s of this round", self.rank, prv)
+                conn.close()
+
+    # -- the collective ----------------------------------------------------------------------
+    def allreduce(self, flat: np.ndarray) -> None:
+        """Reduce-scatter ``flat``, make the next weights, gather them; push a shard's sum.
+
+        One pipeline per phase: each piece received is added (reduce-scatter) or
+        stored (all-gather) and queued for the next task at once; the pieces of
+        the shard this task sums up are turned into the next weights and pushed
+        to the driver as they complete.
+        """
+        chan, k, rank = self.chan, self.k, self.rank
+        start = chan.weights()  # the round's start, cached in this process since its fetch
+        bounds = shard_bounds(flat.size, k)
+
+        def span(c: int) -> slice:
+            c %= k
+            return slice(bounds[c], bounds[c + 1])
+
+        owned = span(rank + 1)
+        mine = np.empty(owned.stop - owned.start, np.float32)
+        scratch = np.empty(mine.size, np.float32) if chan.easgd_rate is not None else None
+        pusher = _Stream(None, (chan, rank, owned.start, mine.size))
+        out = None
+        prv = self.peers[(rank - 1) % k]
+        phase = "connecting"
+        try:
+            if k > 1:
+                self._connect()
+                out = _Stream(self.out)
+            buf = np.empty(max(1, min(PIECE, max(b - a for a, b in
+                                                   itertools.pairwise(bounds)))), np.float32)
+            if out is not None:
+                out.send(flat[span(rank)])  # reduce-scatter step 1: this task's own shard
+            for t in range(k - 1):
+                phase = f"reduce-scatter step {t + 1}/{k - 1}"
+                c = span(rank - t - 1)
+                for lo in range(c.start, c.stop, buf.size):
+                    hi = min(lo + buf.size, c.stop)
+                    _recv_into(self.inn, memoryview(buf[:hi - lo]).cast("B"))
+                    np.add(flat[lo:hi], buf[:hi - lo], out=flat[lo:hi])
+                    if t < k - 2:
+                        out.send(flat[lo:hi])  # step t + 2 passes it on
+                    else:  # a piece of the sum this task owns: the next weights, at once
+                        self._finish_piece(start, flat, mine, scratch, lo, hi, owned, out,
+                                           pusher)
+                    self._check(out, pusher)
+            if k == 1:
+                self._finish_piece(start, flat, mine, scratch, owned.start, owned.stop, owned,
+                                   None, pusher)
+            if not chan.gather:  # only the driver can make the next weights: it has the sums
+                phase = "pushing its shard"
+                if out is not None:
+                    out.finish()
+                pusher.finish()
+                return
+            # The next weights are gathered into the start's own buffer (no third
+            # model-sized buffer per process): from here it is neither version, so no task
+            # may take it until the gather is done; one after a failed gather fetches anew.
+            _FETCHED.clear()
+            nxt = start
+            nxt.flags.writeable = True
+            for t in range(k - 1):
+                phase = f"all-gather step {t + 1}/{k - 1}"
+                c = span(rank - t)
+                for lo in range(c.start, c.stop, buf.size):
+                    hi = min(lo + buf.size, c.stop)
+                    _recv_into(self.inn, memoryview(nxt[lo:hi]).cast("B"))
+                    if t < k - 2:
+                        out.send(nxt[lo:hi])
+                    self._check(out, pusher)
+            nxt[owned] = mine
+            phase = "all-gather: sending"
+            if out is not None:
+                out.finish()
+            phase = "pushing its shard"
+            pusher.finish()
+        except (OSError, ConnectionError) as e:
+            self.close()  # the senders stop too
+            for stream in (out, pusher):
+                if stream is not None:
+                    stream.queue.put(None)
+                    stream.join(5)
+            if isinstance(e, ConnectionError) and str(e).startswith("sparknet:"):
+                raise
+            sending = out is not None and out.error is e
+            raise self._fail(f"{phase}: {'sending to' if sending else 'receiving from'}",
+                             self.peers[(rank + 1) % k] if sending else prv, e) from e
+        nxt.flags.writeable = False
+        _FETCHED.update(tag=("ring", chan.star.token, chan.key), flat=nxt,
+                        print=_fingerprint(nxt, 0))
+
+    def _finish_piece(self, start: np.ndarray, flat: np.ndarray, mine: np.ndarray,
+                      scratch: np.ndarray | None, lo: int, hi: int, owned: slice,
+                      out: _Stream | None, pusher: _Stream) -> None:
+        """Floats ``lo:hi`` of the owned shard are summed: next weights, gather, push."""
+        rel = slice(lo - owned.start, hi - owned.start)
+        if self.chan.gather:
+            next_weights(start[lo:hi], flat[lo:hi], mine[rel], workers=self.k,
+                         easgd_rate=self.chan.easgd_rate,
+                         scratch=None if scratch is None else scratch[rel])
+            if out is not None:
+                out.send(mine[rel])  # all-gather step 1: this task's shard of the next weights
+        pusher.send(flat[lo:hi])  # the sum, from which the driver computes the same
+
+    @staticmethod
+    def _check(out: _Stream | None, pusher: _Stream) -> None:
+        """Raise a sender's error as soon as it happens (not at the end of the phase)."""
+        for stream in (out, pusher):
+            if stream is not None and stream.error is not None:
+                raise stream.error
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """Whether the other end closed ``conn`` (it has nothing more to say in a join)."""
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+        return bool(readable) and conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+class RingExchange(SocketExchange):
+    """The driver's side of :class:`RingChannel`: forms the rings, serves weights, takes sums.
+
+    A :class:`~sparknet.spark._socket_exchange.SocketExchange` (tasks that
+    lack the weights fetch them here; a fallback round pushes whole results
+    here) that also introduces each ring round's tasks to each other and
+    writes the shard sums they push into the round's accumulator: once every
+    shard has arrived, the accumulator holds the round's sum, as with the star.
+    """
+
+    name = "ring"
+
+    def __init__(self, host: str, port: int = 0, bind: str | None = None,
+                 timeout: float = 120.0, *, workers: int, easgd_rate: float | None = None,
+                 ring_timeout: float | None = None, gather: bool = True):
+        super().__init__(host, port, bind, timeout)
+        self.workers = int(workers)
+        self.easgd_rate = easgd_rate
+        self.gather = bool(gather)
+        self.ring_timeout = float(ring_timeout if ring_timeout is not None else timeout)
+        self._ring = False  # the open accumulation is a ring round's (not a fallback's)
+        self._members: dict[int, dict] = {}  # rank -> where it listens, this accumulation
+        self._formed = threading.Condition(self._lock)
+        self._shards: dict[int, int] = {}  # offset -> end of the shards that arrived
+        self._complete: int | None = None  # the last accumulation all of whose shards came
+
+    @classmethod
+    def for_context(cls, sc: Any, *, workers: int, easgd_rate: float | None = None,
+                    gather: bool = True) -> RingExchange:
+        conf = sc.getConf()
+        host = conf.get("spark.driver.host") or socket.gethostname()
+        timeout = _seconds(conf.get("spark.network.timeout", "120s"), 120.0)
+        ring_timeout = _seconds(conf.get("spark.sparknet.ring.timeout"), timeout)
+        return cls(host, int(conf.get("spark.sparknet.exchange.port", "0")),
+                   conf.get("spark.driver.bindAddress") or None, timeout, workers=workers,
+                   easgd_rate=easgd_rate, ring_timeout=ring_timeout, gather=gather)
+
+    def where(self) -> str:
+        return f"a ring of the executors (met at the driver's exchange at {super().where()})"
+
+    def publish(self, flat: np.ndarray) -> RingChannel:
+        star = super().publish(flat)
+        with self._lock:
+            origin, self._complete = self._complete if self.gather else None, None
+        return RingChannel(star, origin, _fingerprint(np.asarray(flat).reshape(-1), 0),
+                           self.workers, self.easgd_rate, self.ring_timeout, self.gather)
+
+    def release(self, channel: Any) -> None:
+        super().release(channel.star if isinstance(channel, RingChannel) else channel)
+
+    def accept(self, channel: Any, acc: np.ndarray) -> Any:
+        """A ring round's channel (``channel`` a :class:`RingChannel`), else the star's."""
+        ring = isinstance(channel, RingChannel)
+        star = super().accept(channel.star if ring else channel, acc)
+        with self._lock:
+            self._ring, self._complete = ring, None
+            self._members.clear()
+            self._shards.clear()
+            self._formed.notify_all()  # tasks of the previous accumulation stop waiting
+        return channel.with_star(star) if ring else star
+
+    def star(self, channel: RingChannel) -> SocketChannel:
+        """The star's channel for the same weights (a round the ring could not run)."""
+        return channel.star
+
+    def missing(self, partitions: Iterable[int]) -> list[int]:
+        """Star: as the socket exchange. Ring: the partitions whose shard has not all come."""
+        with self._lock:
+            if self._ring:
+                return self._missing_shards()
+        return super().missing(partitions)
+
+    def _missing_shards(self) -> list[int]:
+        size = self._acc.size if self._acc is not None else 0
+        bounds = shard_bounds(size, self.workers)
+        return sorted((c - 1) % self.workers for c in range(self.workers)
+                      if self._shards.get(bounds[c]) != bounds[c + 1])
+
+    def end(self) -> None:
+        with self._lock:
+            if self._ring and self._acc is not None and not self._missing_shards():
+                self._complete = self._key
+            self._formed.notify_all()
+        super().end()
+
+    def close(self) -> None:
+        with self._lock:
+            self._formed.notify_all()
+        super().close()
+
+    # -- the server's extra ops --------------------------------------------------------------
+    def _serve_op(self, conn: socket.socket, op: int, key: int, partition: int,
+                  size: int) -> None:
+        if op == OP_JOIN:
+            self._join(conn, key, partition, size)
+        elif op == OP_PUT:
+            self._put(conn, key, size)
+        else:
+            super()._serve_op(conn, op, key, partition, size)
+
+    def _join(self, conn: socket.socket, key: int, rank: int, size: int) -> None:
+        """Note where task ``rank`` listens; answer, once all K have come, where all do."""
+        with self._lock:
+            ok = (key == self._key and self._ring and 0 <= rank < self.workers
+                  and rank not in self._members and not self._closed)
+            acc = self._acc if ok else None
+        if _refused(conn, acc, size):
+            return
+        conn.sendall(_REP.pack(ST_OK, 0))
+        (n,) = _LEN.unpack(_recv_exact(conn, _LEN.size))
+        me = json.loads(_recv_exact(conn, min(n, 1 << 16)))
+        me["rank"] = rank
+        # The others join when their training is done, however long it takes: no timeout
+        # here. A task that is killed (its stage failed) hangs up; a new accumulation or
+        # the end of the round ends the wait as well.
+        with self._formed:
+            if key != self._key or rank in self._members:
+                answer: dict = {"error": f"partition {rank} joined this round's ring twice"}
+            else:
+                self._members[rank] = me
+                self._formed.notify_all()
+                while (key == self._key and len(self._members) < self.workers
+                       and not self._closed and not _hung_up(conn)):
+                    self._formed.wait(1.0)
+                if key == self._key and len(self._members) == self.workers:
+                    answer = {"peers": [self._members[r] for r in range(self.workers)]}
+                else:
+                    answer = {"error": "the round ended before every partition joined"}
+        body = json.dumps(answer).encode()
+        conn.sendall(_LEN.pack(len(body)) + body)
+
+    def _put(self, conn: socket.socket, key: int, size: int) -> None:
+        """Write a pushed shard sum into the accumulator (replacing, not adding)."""
+        with self._lock:
+            acc = self._acc if key == self._key and self._ring else None
+        if _refused(conn, acc, size):
+            return
+        conn.sendall(_REP.pack(ST_OK, 0))
+        offset, count = _PUT.unpack(_recv_exact(conn, _PUT.size))
+        if offset < 0 or count < 0 or offset + count > size:
+            conn.sendall(_REP.pack(ST_STALE, 0))
+            return
+        buf = np.empty(max(1, min(PUSH_CHUNK, count)), np.float32)
+        pos = 0
+        while pos < count:
+            n = min(buf.size, count - pos)
+            _recv_into(conn, memoryview(buf[:n]).cast("B"))
+            with self._lock:
+                if key != self._key:
+                    return  # the round is over, or running again: these floats are void
+                acc[offset + pos:offset + pos + n] = buf[:n]
+            pos += n
+        with self._lock:
+            if key == self._key:
+                self._shards[offset] = offset + count
+        conn.sendall(_REP.pack(ST_DONE, count))
