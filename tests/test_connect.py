@@ -161,7 +161,7 @@ def test_pipeline_fit_save_load_transform_and_sql_udf_from_connect(spark, connec
     from pyspark.ml.feature import SQLTransformer
 
     from sparknet.data import digits_dataframe
-    from sparknet.ml import CaffeEstimator
+    from sparknet.ml import CaffeEstimator, caffe_udf
     from sparknet.models import lenet
 
     result, folder = _run(connect_runs, "pipeline")
@@ -178,6 +178,12 @@ def test_pipeline_fit_save_load_transform_and_sql_udf_from_connect(spark, connec
     accuracy = np.mean(np.asarray(result["predictions"]) == np.asarray(result["labels"]))
     assert accuracy >= 0.95
     assert result["sql_argmax"] == [int(p) for p in result["predictions"]]
+    # caffe_udf's scores in the client's SQL are the classic model's, bit for bit
+    scores = caffe_udf(classic.stages[-1])
+    classic_ip2 = [r.ip2 for r in digits_dataframe(spark, "test")
+                   .select(scores("data").alias("ip2")).collect()]
+    np.testing.assert_array_equal(np.load(folder / "sql_ip2.npy"),
+                                  np.asarray(classic_ip2, np.float32))
     assert all(abs(s - 1.0) < 1e-6 for s in result["probability_sums"])
     assert {"metadata", "stages"} <= set(result["saved"])
 
