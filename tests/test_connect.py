@@ -233,3 +233,21 @@ def test_the_readme_connect_section_runs_as_written(tmp_path):
     assert "|label|prediction|" in done.stdout.replace(" ", "")
     assert (tmp_path / "runs" / "connect" / "history.jsonl").is_file()
     assert (tmp_path / "runs" / "connect-model" / "metadata").is_dir()
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"exchange": "spark"}, "exchange='spark' needs a classic SparkSession (the driver's socket "
+     "or Spark's broadcasts); a Spark Connect session moves the weights inside its queries: "
+     "leave exchange='auto'"),
+    ({"reduction": "tree"}, "reduction='tree' sums on the executors through RDDs, which a Spark "
+     "Connect session does not have: leave reduction='auto'"),
+])
+def test_every_other_exchange_a_connect_run_cannot_use_is_refused_naming_auto(options, message):
+    """The refusals the client flow does not run: the same check, before any job."""
+    from sparknet.spark import connect
+
+    run = dict({"exchange": "auto", "reduction": "auto", "num_params": 431080}, **options)
+    with pytest.raises(ValueError) as caught:
+        connect.check_run(**run)
+    assert str(caught.value) == message
+    connect.check_run("auto", "auto", 431080)  # LeNet with the defaults goes ahead
