@@ -25,6 +25,9 @@ BENCHES = [
     ("averaging.py", ["--spark", "--tree"],  # every exchange path
      [r"^communication time, sparknet / naive: \d+\.\d+x", r"^exchange='spark': ",
       r"^exchange='spark', tree: "]),
+    ("connect.py", [],
+     [r"^images/s, Connect / classic: \d+\.\d+x",
+      r"^target connect_vs_classic: \d+\.\d+ \(>= 0\.8\) (met|NOT met)$"]),
     # needs network namespaces (root); CI has no PyTorch: the exchanges and the star/ring
     # targets only
     ("cluster_scaling.py", ["--no-digits", "--exchanges", "socket,ring"],

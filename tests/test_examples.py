@@ -390,15 +390,21 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+#: Sections whose blocks the tour leaves out, and the test that runs each as written: the
+#: Spark Connect block opens a Connect session, after which a Python process is a Connect
+#: client for good (pyspark's is_remote()), so it runs in a process of its own.
+OWN_PROCESS = {"Spark Connect": "tests/test_connect.py"}
+
+
 def readme_blocks() -> list[tuple[str, str, str]]:
-    """``(heading, language, code)`` of every ```python block of the README and of its
-    command-line block, in order."""
+    """``(heading, language, code)`` of every ```python block of the README (but those of
+    :data:`OWN_PROCESS`) and of its command-line block, in order."""
     text = (ROOT / "README.md").read_text()
     blocks, heading = [], ""
     for part in re.split(r"^(#+ .*|```\w*\n(?:.*\n)*?```)$", text, flags=re.MULTILINE):
         if part.startswith("#"):
             heading = part.lstrip("# ").strip()
-        elif part.startswith("```python\n"):
+        elif part.startswith("```python\n") and heading not in OWN_PROCESS:
             blocks.append((heading, "python", part[len("```python\n"):-3]))
         elif part.startswith("```sh\n") and heading == "From the command line":
             blocks.append((heading, "sh", part[len("```sh\n"):-3]))

@@ -266,7 +266,7 @@ def lmdb_rdd(spark: Any, path: PathLike, num_partitions: int | None = None, *,
     workers (a local path in local mode, or a shared file system). Arrays are
     converted to ``dtype`` (float32) and multiplied by ``scale`` when given.
     """
-    sc = spark_context(spark)
+    sc = spark_context(spark, what="lmdb_rdd")
     parts = num_partitions or int(sc.defaultParallelism or 2)
     ranges = key_ranges(path, parts)
     where = os.fspath(Path(path).resolve())

@@ -68,7 +68,9 @@ def digits_rdd(spark: Any, split: Split = "train", *, num_partitions: int | None
 
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    return packaged_rdd(spark, load_digits, split, num_partitions=num_partitions)
+    return packaged_rdd(spark, load_digits, split, num_partitions=num_partitions,
+                        what="digits_rdd",
+                        instead="digits_dataframe gives the same examples as a DataFrame")
 
 
 @positional_deprecated("num_partitions")

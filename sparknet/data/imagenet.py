@@ -291,7 +291,7 @@ def load_imagenet(spark: Any, bucket: str, *, shard_prefix: str = "ILSVRC2012_tr
     empty prefix or a missing label list raise ``FileNotFoundError`` naming it.
     """
     opts = options or S3Options(endpoint_url=endpoint_url, region_name=region_name)
-    sc = spark_context(spark)
+    sc = spark_context(spark, what="load_imagenet")
     client = opts.client()
     shards: list[str] = []
     for key, _size in list_keys(client, bucket, shard_prefix, suffixes=SHARD_SUFFIXES,

@@ -133,4 +133,7 @@ def mnist_sample_rdd(spark: Any, split: Split = "train", *,
 
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    return packaged_rdd(spark, load_mnist_sample, split, num_partitions=num_partitions)
+    return packaged_rdd(spark, load_mnist_sample, split, num_partitions=num_partitions,
+                        what="mnist_sample_rdd",
+                        instead="to_dataframe(spark, *load_mnist_sample(split)) gives the "
+                                "same examples as a DataFrame")

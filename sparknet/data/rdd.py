@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from sparknet._util import UserError, shape_str
-from sparknet.io import spark_context
+from sparknet.io import default_parallelism, is_connect, spark_context
 
 Example = tuple[np.ndarray, float]
 T = TypeVar("T")
@@ -63,7 +63,8 @@ def to_rdd(spark: Any, x: np.ndarray, y: np.ndarray, num_partitions: int | None 
     y = np.asarray(y)
     if len(x) != len(y):
         raise ValueError(f"{len(x)} examples but {len(y)} labels")
-    sc = spark_context(spark)
+    sc = spark_context(spark, what="to_rdd",
+                       instead="to_dataframe gives the same examples as a DataFrame")
     parts = num_partitions or _default_partitions(sc, len(x))
     if parts < 1:
         raise ValueError(f"num_partitions must be >= 1, got {parts}")
@@ -73,14 +74,17 @@ def to_rdd(spark: Any, x: np.ndarray, y: np.ndarray, num_partitions: int | None 
 
 
 def packaged_rdd(spark: Any, load: Callable[[str], tuple[np.ndarray, np.ndarray]], split: str,
-                 *, num_partitions: int | None = None) -> Any:
+                 *, num_partitions: int | None = None, what: str = "packaged_rdd",
+                 instead: str | None = None) -> Any:
     """A data set that ships inside a package, as an RDD of ``(array, label)`` pairs in order.
 
     ``load(split)`` gives ``(x, y)`` on any node (a module-level function, cached
     there), so each worker loads its own slice: Spark tasks carry no data, only
-    an index. ``num_partitions`` defaults to Spark's default parallelism.
+    an index. ``num_partitions`` defaults to Spark's default parallelism. ``what`` and
+    ``instead`` name the caller and its alternative when ``spark`` is a Spark Connect
+    session, which has no RDDs.
     """
-    sc = spark_context(spark)
+    sc = spark_context(spark, what=what, instead=instead)
     n = len(load(split)[1])
     parts = num_partitions or _default_partitions(sc, n)
     if parts < 1:
@@ -115,13 +119,72 @@ def to_dataframe(spark: Any, x: np.ndarray, y: np.ndarray, *,
     from pyspark.sql import SparkSession
     from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
-    session = spark if isinstance(spark, SparkSession) else SparkSession.builder.getOrCreate()
+    session = (spark if isinstance(spark, SparkSession) or is_connect(spark)
+               else SparkSession.builder.getOrCreate())
     data_name, label_name = names
     schema = StructType([StructField(data_name, ArrayType(FloatType(), False), False),
                          StructField(label_name, FloatType(), False)])
+    if is_connect(session):
+        return _connect_dataframe(session, x, y, schema, num_partitions, scale)
     rows = to_rdd(session, x, y, num_partitions, scale=scale).map(
         lambda p: (p[0].reshape(-1).tolist(), float(p[1])))
     return session.createDataFrame(rows, schema)
+
+
+def hash_partition_keys(spark: Any, n: int) -> list[int]:
+    """``keys[t]``: a value that Spark's hash partitioning into ``n`` parts sends to part ``t``.
+
+    ``df.repartition(n, key_column)`` then puts each row exactly where its key says: a
+    placement by rule for a Spark Connect client, which cannot partition an RDD by hand.
+    One small query, answered by the server's own hash function.
+    """
+    from pyspark.sql import functions as F
+
+    rows = (spark.range(0, 64 * n).select("id", F.pmod(F.hash("id"), F.lit(n)).alias("part"))
+            .groupBy("part").agg(F.min("id").alias("id")).collect())
+    keys = {int(r["part"]): int(r["id"]) for r in rows}
+    if len(keys) < n:  # pragma: no cover - 64 candidates per part
+        raise RuntimeError(f"no hash key found for {n - len(keys)} of {n} partitions")
+    return [keys[t] for t in range(n)]
+
+
+def _connect_dataframe(session: Any, x: np.ndarray, y: np.ndarray, schema: Any,
+                       num_partitions: int | None, scale: float | None) -> Any:
+    """:func:`to_dataframe` for a Spark Connect client, which has no RDDs.
+
+    The arrays travel in the query as one Arrow table; each row goes to the
+    partition of the chunk :func:`to_rdd` would put it in (by
+    :func:`hash_partition_keys`), in its order, so both kinds of session give the
+    same partitions holding the same examples in the same order.
+    """
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} examples but {len(y)} labels")
+    parts = num_partitions or max(1, min(len(x), default_parallelism(session)))
+    if parts < 1:
+        raise ValueError(f"num_partitions must be >= 1, got {parts}")
+    data_name, label_name = schema.names
+    width = math.prod(x.shape[1:])
+    flat = np.ascontiguousarray(x, np.float32).reshape(len(x), width)
+    if scale is not None and scale != 1.0:
+        flat = flat * np.float32(scale)
+    bounds = np.linspace(0, len(x), parts + 1).astype(int)  # as _chunks cuts
+    part = np.repeat(np.arange(parts, dtype=np.int64), np.diff(bounds))
+    offsets = pa.array(np.arange(len(x) + 1, dtype=np.int32) * width, pa.int32())
+    table = pa.table({data_name: pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1))),
+                      label_name: pa.array(np.asarray(y, np.float32), pa.float32()),
+                      "__part": pa.array(part), "__row": pa.array(np.arange(len(x)))})
+    full = T.StructType([*schema.fields, T.StructField("__part", T.LongType(), False),
+                         T.StructField("__row", T.LongType(), False)])
+    keys = F.array(*[F.lit(k) for k in hash_partition_keys(session, parts)])
+    return (session.createDataFrame(table, full)
+            .repartition(parts, F.element_at(keys, (F.col("__part") + 1).cast("int")))
+            .sortWithinPartitions("__row").drop("__part", "__row"))
 
 
 # -- DataFrames in ------------------------------------------------------------------------

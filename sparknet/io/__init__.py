@@ -3,7 +3,8 @@
 The room below every other that reads or writes files:
 
 * :mod:`~sparknet.io.files` — atomic files and folders, errors naming the file;
-* :mod:`~sparknet.io.uris` — whole files by URI, and :func:`spark_context`;
+* :mod:`~sparknet.io.uris` — whole files by URI, and the session: :func:`spark_context`,
+  :func:`is_connect` (a Spark Connect client), :func:`default_parallelism`;
 * :mod:`~sparknet.io.s3` — S3 clients, clear errors, resumable object streams;
 * :mod:`~sparknet.io.storage` — a local folder or an S3 prefix written and read
   by name (checkpoints, saved weights).
@@ -22,6 +23,9 @@ from sparknet.io.files import (
 from sparknet.io.s3 import NoSuchBucketError, S3Options
 from sparknet.io.storage import LocalStorage, S3Storage, Storage, open_storage
 from sparknet.io.uris import (
+    ConnectUnsupportedError,
+    default_parallelism,
+    is_connect,
     is_s3,
     join,
     local_path,
@@ -33,6 +37,7 @@ from sparknet.io.uris import (
 )
 
 __all__ = [
+    "ConnectUnsupportedError",
     "LocalStorage",
     "NoSuchBucketError",
     "PathLike",
@@ -42,6 +47,8 @@ __all__ = [
     "atomic_dir",
     "atomic_file",
     "atomic_write_bytes",
+    "default_parallelism",
+    "is_connect",
     "is_s3",
     "join",
     "local_path",

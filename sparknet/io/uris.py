@@ -2,7 +2,9 @@
 
 Hadoop URIs (``hdfs://``, ``abfs://``...) are read through Spark, which is why
 :func:`spark_context` (a SparkContext from whatever the user passed) lives
-here too, below every room that needs one.
+here too, below every room that needs one, with :func:`is_connect` (is it a
+Spark Connect client, which has no SparkContext?) and
+:func:`default_parallelism`, which both kinds of session answer.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ from urllib.parse import urlparse
 from sparknet.io.files import PathLike
 from sparknet.io.s3 import NoSuchBucketError, S3Options
 
-__all__ = ["is_s3", "join", "local_path", "maybe_gunzip", "read_bytes", "read_first",
-           "scheme", "spark_context"]
+__all__ = ["ConnectUnsupportedError", "default_parallelism", "is_connect", "is_s3", "join",
+           "local_path", "maybe_gunzip", "read_bytes", "read_first", "scheme", "spark_context"]
 
 
 def scheme(uri: PathLike) -> str:
@@ -68,12 +70,38 @@ def read_bytes(uri: PathLike, *, s3: S3Options | None = None, spark: Any = None)
     return _read_hadoop(os.fspath(uri), spark)
 
 
-def spark_context(spark: Any = None) -> Any:
+class ConnectUnsupportedError(RuntimeError):
+    """Something that needs a SparkContext (RDDs) was asked of a Spark Connect session.
+
+    The message names what was asked and what to use instead.
+    """
+
+
+def is_connect(spark: Any) -> bool:
+    """Whether ``spark`` (a SparkSession, or a DataFrame) belongs to a Spark Connect client.
+
+    Connect sessions and DataFrames are pyspark's ``pyspark.sql.connect`` classes; they have
+    no SparkContext and no RDDs.
+    """
+    return type(spark).__module__.startswith("pyspark.sql.connect.")
+
+
+def _connect_refusal(what: str | None, instead: str | None) -> ConnectUnsupportedError:
+    return ConnectUnsupportedError(
+        f"{what or 'this'} needs a SparkContext (RDDs), which a Spark Connect session does "
+        f"not have; {instead or 'run it from a classic SparkSession (SparkSession.builder.master(...))'}")
+
+
+def spark_context(spark: Any = None, *, what: str | None = None,
+                  instead: str | None = None) -> Any:
     """The SparkContext of ``spark`` (a SparkSession or SparkContext), or the active one.
 
     ``TypeError`` for anything else; ``ValueError`` when none is given and
-    none is running.
+    none is running; :class:`ConnectUnsupportedError` for a Spark Connect
+    session, saying that ``what`` needs one and to do ``instead``.
     """
+    if is_connect(spark):
+        raise _connect_refusal(what, instead)
     if spark is None:
         from pyspark import SparkContext
 
@@ -87,20 +115,53 @@ def spark_context(spark: Any = None) -> Any:
     return sc
 
 
+def default_parallelism(spark: Any) -> int:
+    """Spark's default parallelism for ``spark`` (a SparkSession or SparkContext, Connect too).
+
+    A Connect client cannot ask the SparkContext: it counts the partitions of a range that
+    Spark splits by that default (one small job, once per session).
+    """
+    if not is_connect(spark):
+        return int(spark_context(spark).defaultParallelism)
+    found = _PARALLELISM.get(spark.session_id)
+    if found is None:
+        from pyspark.sql import functions as F
+
+        # spark.range without numPartitions is split into the default parallelism's parts
+        top = (spark.range(1 << 16).select(F.spark_partition_id().alias("p"))
+               .agg(F.max("p")).first()[0])
+        found = _PARALLELISM[spark.session_id] = int(top) + 1
+    return found
+
+
+_PARALLELISM: dict[str, int] = {}
+
+
 def _read_hadoop(uri: str, spark: Any) -> bytes:
-    sc = spark_context(spark)
+    session = spark
+    if spark is None:
+        from pyspark.sql import SparkSession
+
+        session = SparkSession.getActiveSession()
+    connect = is_connect(session)
+    sc = None if connect else spark_context(spark)
     try:
-        found = sc.binaryFiles(uri).take(2)
-    except Exception as e:  # noqa: BLE001 - py4j wraps Hadoop's FileNotFoundException / InvalidInputException
+        if connect:  # no SparkContext: Spark's binaryFile source reads it
+            found = [r[0] for r in session.read.format("binaryFile").load(uri)
+                     .select("content").take(2)]
+        else:
+            found = [content for _, content in sc.binaryFiles(uri).take(2)]
+    except Exception as e:  # noqa: BLE001 - py4j wraps Hadoop's FileNotFoundException / InvalidInputException; Connect's AnalysisException says PATH_NOT_FOUND
         text = str(e)
-        if "does not exist" in text or "FileNotFound" in text or "No such file" in text:
+        if any(m in text for m in ("does not exist", "FileNotFound", "No such file",
+                                   "PATH_NOT_FOUND")):
             raise FileNotFoundError(f"{uri}: no such file") from None
         raise OSError(f"{uri}: {text.splitlines()[0] if text else type(e).__name__}") from None
     if not found:
         raise FileNotFoundError(f"{uri}: no such file")
     if len(found) > 1:
         raise ValueError(f"{uri} names more than one file")
-    return bytes(found[0][1])
+    return bytes(found[0])
 
 
 def read_first(candidates: Sequence[PathLike], **kwargs: Any) -> tuple[str, bytes]:

@@ -219,8 +219,14 @@ def score_plan(param: caffe_pb2.SolverParameter, info: NetSignature, columns: Se
 
 
 def broadcast(flat: np.ndarray) -> Any:
+    """The weights as the UDF reads them: a broadcast, or inside the UDF on Spark Connect."""
     from pyspark import SparkContext
 
+    from sparknet.spark.connect import share_weights
+
+    shipped = share_weights(flat)  # a Connect client has no broadcasts
+    if shipped is not None:
+        return shipped
     sc = SparkContext._active_spark_context
     if sc is None:
         raise RuntimeError("caffe_udf needs an active SparkSession (the weights are broadcast)")

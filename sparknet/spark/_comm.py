@@ -175,8 +175,15 @@ def open_exchange(sc: Any, mode: str, reduction: str, handles: Any,
     ``workers``, ``num_params`` and ``easgd_rate`` describe the run (the rule
     of ``"auto"``, and what ring tasks compute); ``gather=False``: ring tasks
     push their sums but do not gather the next weights (an outer optimizer with
-    state, which only the driver holds, makes them).
+    state, which only the driver holds, makes them). A Spark Connect client has
+    no socket, ring or broadcast: its weights travel inside its queries
+    (:class:`sparknet.spark.connect.PlanExchange`), whatever ``"auto"`` would
+    pick on a classic session.
     """
+    from sparknet.spark import connect
+
+    if connect.is_client(sc):
+        return connect.open_exchange(mode, reduction, event)
     chosen = mode
     if chosen == "auto":
         if reduction == "tree":
@@ -211,7 +218,7 @@ def open_exchange(sc: Any, mode: str, reduction: str, handles: Any,
 
         sc.setJobDescription("sparknet: reach the weight exchange")
         probe = exchange.publish(np.zeros(1, np.float32))
-        failed = [(host, err) for host, err in handles.mapPartitions(
+        failed = [(host, err) for host, err in handles.rdd.mapPartitions(
             functools.partial(ping_task, probe)).collect() if err]
     except BaseException:
         exchange.close()

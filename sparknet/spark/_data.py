@@ -6,6 +6,9 @@ tries one example (and the transforms) on the driver, repartitions once to
 executor (:func:`sparknet.spark._store.materialise`) behind a small cached
 RDD of :class:`~sparknet.spark._messages.StoreHandle`; then checks what the
 executors report (bad examples, empty partitions, NaN, labels out of range).
+The cached handles (:class:`RddHandles`) run the round and test jobs. On a
+Spark Connect client the same steps go through a DataFrame instead
+(:mod:`sparknet.spark.connect`: ``FrameSource``, ``FrameHandles``).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from sparknet.engine import IndexRule
+from sparknet.spark import _comm, connect
 from sparknet.spark._messages import StoreHandle
 from sparknet.spark._records import (
     DataError,
@@ -53,15 +57,76 @@ def _keyed(partition: int, items: Any) -> Any:
         yield (partition << 40) | j, item
 
 
+def _passthrough(items: Any) -> Any:
+    return items
+
+
+def _each(fn: Callable[[Any], Any], partition: int, handles: Any) -> Any:
+    """A task function of the handles alone as one of ``(partition, handles)``."""
+    return fn(handles)
+
+
+class RddHandles:
+    """A run's cached RDD of store handles, and the jobs that run over them."""
+
+    def __init__(self, rdd: Any):
+        self.rdd = rdd
+
+    def collect(self) -> list[StoreHandle]:
+        """Compute (and cache) the handles: every partition converted once, kept local."""
+        return self.rdd.collect()
+
+    def mapped(self, fn: Callable[[int, Any], Any], *, barrier: bool = False) -> Any:
+        """The RDD of what ``fn(partition, handles)`` yields on each partition.
+
+        ``barrier``: its tasks run as one barrier stage (all at once, retried together).
+        """
+        return (self.rdd.barrier() if barrier else self.rdd).mapPartitionsWithIndex(fn)
+
+    def run(self, fn: Callable[[int, Any], Any], partitions: Sequence[int] | None = None
+            ) -> Any:
+        """The items ``fn`` yields on every partition (streamed) or on ``partitions``."""
+        mapped = self.mapped(fn)
+        if partitions is None:
+            return _comm.stream(mapped)
+        return iter(self.rdd.context.runJob(mapped, _passthrough, list(partitions)))
+
+    def unpersist(self) -> None:
+        self.rdd.unpersist(blocking=False)
+
+
+class _RddSource:
+    """Examples as an RDD, on their way to the executors' stores."""
+
+    def __init__(self, rdd: Any, indexed: bool = False):
+        self.rdd = rdd
+        self.indexed = indexed
+
+    def first(self) -> list[Any]:
+        return self.rdd.take(1)
+
+    def partitions(self) -> int:
+        return self.rdd.getNumPartitions()
+
+    def spread(self, n: int) -> _RddSource:
+        """``n`` partitions, deterministically (:class:`_Spread`), items keyed by global index."""
+        return _RddSource(self.rdd.mapPartitionsWithIndex(_keyed)
+                          .partitionBy(n, _Spread(self.partitions())), indexed=True)
+
+    def cache(self, spec: MaterialiseSpec, name: str) -> RddHandles:
+        handles = self.rdd.mapPartitionsWithIndex(functools.partial(materialise, spec))
+        return RddHandles(handles.setName(name).cache())
+
+
 @dataclasses.dataclass
 class _Source:
-    rdd: Any
+    examples: Any  # _RddSource, or connect.FrameSource
     spec: MaterialiseSpec
     rules: Sequence[IndexRule]
 
 
 class RunData:
-    """The cached training and test data of one run (handles RDDs by ``what``)."""
+    """The cached training and test data of one run (its cached handles by ``what``)."""
 
     def __init__(self, sc: Any, run_id: str, *, batch: int, workers: int, runlog: RunLog):
         self.sc = sc
@@ -82,23 +147,21 @@ class RunData:
         examples = ExampleSpec(tuple(names), dict(shapes), tuple(r.blob for r in rules),
                                preprocess, True, what,
                                free=tuple(n for n in names if n in transforms))
-        rdd = self._examples(data, names, shapes, what)
-        first = rdd.take(1)
+        src = self._examples(data, names, shapes, what)
+        first = src.first()
         if not first:
             raise DataError(f"{what} is empty")
         arrays = examples.convert(first[0], f"{what} example 0")  # DataError on a misfit
         _check_transforms(transforms, arrays, shapes, what)
-        indexed = False
-        sources = rdd.getNumPartitions()
-        if partitions is not None and sources != partitions:
-            self.runlog.event("%s: %d partitions -> %d (one repartition, deterministic)", what,
-                              sources, partitions)
-            rdd = (rdd.mapPartitionsWithIndex(_keyed)
-                   .partitionBy(partitions, _Spread(sources)))
-            indexed = True
-        spec = MaterialiseSpec(f"{self.run_id}-{what}", examples, indexed,
+        if partitions is not None:
+            sources = src.partitions()
+            if sources != partitions:
+                self.runlog.event("%s: %d partitions -> %d (one repartition, deterministic)",
+                                  what, sources, partitions)
+                src = src.spread(partitions)
+        spec = MaterialiseSpec(f"{self.run_id}-{what}", examples, src.indexed,
                                tuple(sorted({r.blob for r in rules})))
-        self._sources[what] = _Source(rdd, spec, rules)
+        self._sources[what] = _Source(src, spec, rules)
         return self._compute(what, t0)
 
     def rebuild(self, what: str) -> Any:
@@ -109,14 +172,16 @@ class RunData:
                   what: str) -> Any:
         from pyspark import RDD
 
+        if connect.is_client(self.sc):
+            return connect.source(self.sc, data, names, what, self.workers)
         if is_dataframe(data):
-            return dataframe_records(data, names, shapes, what=what)
+            return _RddSource(dataframe_records(data, names, shapes, what=what))
         if isinstance(data, RDD):
-            return data
+            return _RddSource(data)
         if (isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], np.ndarray)):
             from sparknet.data.rdd import to_rdd
 
-            return to_rdd(self.sc, data[0], data[1], self.workers)
+            return _RddSource(to_rdd(self.sc, data[0], data[1], self.workers))
         raise TypeError(f"{what} must be an RDD of examples, a DataFrame with columns named "
                         f"after the input blobs, or an (x, y) pair of arrays; got "
                         f"{type(data).__name__}")
@@ -126,14 +191,13 @@ class RunData:
         source = self._sources[what]
         spec = source.spec
         if what in self.handles:  # a rebuild: a fresh store folder, the old one is dropped
-            self.handles[what].unpersist(blocking=False)
+            self.handles[what].unpersist()
             spec = dataclasses.replace(spec, dataset=f"{spec.dataset}-{len(self._datasets)}")
         self._datasets.append(spec.dataset)
-        handles_rdd = source.rdd.mapPartitionsWithIndex(functools.partial(materialise, spec))
-        handles_rdd = handles_rdd.setName(f"sparknet {what} ({self.run_id})").cache()
-        self.handles[what] = handles_rdd
+        cached = source.examples.cache(spec, f"sparknet {what} ({self.run_id})")
+        self.handles[what] = cached
         self.sc.setJobDescription(f"sparknet: cache {what} on the workers")
-        handles: list[StoreHandle] = sorted(handles_rdd.collect(), key=lambda h: h.partition)
+        handles: list[StoreHandle] = sorted(cached.collect(), key=lambda h: h.partition)
         _check(handles, what, source.rules)
         sizes = [h.n for h in handles]
         for h in handles:  # sampled minibatches wrap around a partition smaller than one
@@ -147,7 +211,7 @@ class RunData:
             what, sum(sizes), len(sizes),
             f"{min(sizes)}-{max(sizes)}" if min(sizes) != max(sizes) else str(sizes[0]),
             sum(h.bytes for h in handles) / 1e6, time.perf_counter() - t0)
-        return handles_rdd
+        return cached
 
     def cleanup(self) -> None:
         """Delete the executors' stores and the run's solver states; drop the cached RDDs."""
@@ -156,16 +220,19 @@ class RunData:
         try:
             if train is not None:
                 self.sc.setJobDescription("sparknet: clean up")
-                train.mapPartitions(
-                    functools.partial(cleanup_task, datasets, self.run_id)).count()
+                for _ in train.run(functools.partial(
+                        _each, functools.partial(cleanup_task, datasets, self.run_id))):
+                    pass
             test = self.handles.get(TEST)
             if test is not None:
-                test.mapPartitions(functools.partial(cleanup_task, datasets, None)).count()
+                for _ in test.run(functools.partial(
+                        _each, functools.partial(cleanup_task, datasets, None))):
+                    pass
         except Exception as e:  # noqa: BLE001  # a dead context: its folders go too
             log.debug("cleanup failed: %s", e)
         for h in self.handles.values():
             try:
-                h.unpersist(blocking=False)
+                h.unpersist()
             except Exception as e:  # noqa: BLE001  # pragma: no cover
                 log.debug("unpersist failed: %s", e)
         self.handles.clear()

@@ -96,28 +96,41 @@ def prepare_workers(sc: Any, tasks: int | None = None) -> None:
 
     Runs a job of ``tasks`` tiny tasks (default: the default parallelism) once
     per context and interpreter. Raises :class:`WorkerPythonError` naming the
-    interpreter and the setting to change.
+    interpreter and the setting to change. ``sc`` may be a SparkSession, or a
+    Spark Connect client's (whose workers' interpreter is the server's choice:
+    only checked).
     """
     import sparknet
+    from sparknet.io import is_connect
+    from sparknet.spark import connect
 
-    python = choose_interpreter(sc)
+    if is_connect(sc) or hasattr(sc, "sparkContext"):  # a session: its context
+        sc = connect.context(sc, "prepare_workers")
+    client = connect.is_client(sc)
+    fix = connect.FIX if client else _FIX
+    python = connect.SERVER_PYTHON if client else choose_interpreter(sc)
     if getattr(sc, _CHECKED_ATTR, None) == python:
         return
     n = max(1, int(tasks or sc.defaultParallelism))
     mine = (getattr(sparknet, "__version__", None),
             os.path.dirname(os.path.realpath(sparknet.__file__)))
     where = f"Spark's Python workers (interpreter '{python}')"
+    # a Connect server's local master is local to the server, not necessarily to this client
+    same_machine = _local_master(sc) and not client
     described = sc.getLocalProperty("spark.job.description")
     try:
         sc.setJobDescription("sparknet: check the workers' Python")
-        seen = sc.parallelize(range(n), n).mapPartitions(_probe()).collect()
+        if client:
+            seen = connect.probe_workers(sc, _PROBE_SOURCE, n)
+        else:
+            seen = sc.parallelize(range(n), n).mapPartitions(_probe()).collect()
     except Exception as e:  # noqa: BLE001  # cannot start the interpreter, or a version clash
         text = str(e)
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         cause = next((ln for ln in lines if "Cannot run program" in ln
                       or "different version" in ln or "Error" in ln.split(":")[0]),
                      lines[0] if lines else type(e).__name__)
-        raise WorkerPythonError(f"{where} cannot run sparknet's tasks: {cause[:400]}; {_FIX}",
+        raise WorkerPythonError(f"{where} cannot run sparknet's tasks: {cause[:400]}; {fix}",
                                 python) from None
     finally:
         sc.setLocalProperty("spark.job.description", described)  # type: ignore[arg-type]
@@ -125,13 +138,13 @@ def prepare_workers(sc: Any, tasks: int | None = None) -> None:
         if error is not None:
             raise WorkerPythonError(
                 f"{where}, which is {executable} (Python {pyver}), cannot import sparknet "
-                f"({error}); {_FIX} (this driver runs {sys.executable})", python)
-        if version != mine[0] or (_local_master(sc) and path != mine[1]):
+                f"({error}); {fix} (this driver runs {sys.executable})", python)
+        if version != mine[0] or (same_machine and path != mine[1]):
             raise WorkerPythonError(
                 f"{where}, which is {executable}, imports sparknet {version} from {path}, but "
-                f"the driver runs sparknet {mine[0]} from {mine[1]}; {_FIX} "
+                f"the driver runs sparknet {mine[0]} from {mine[1]}; {fix} "
                 f"(this driver runs {sys.executable})", python)
-    if not _local_master(sc):
+    if not same_machine:
         paths = {row[3] for row in seen}
         if paths != {mine[1]}:
             log.info("the workers import sparknet %s from %s", mine[0], ", ".join(sorted(paths)))
@@ -140,11 +153,14 @@ def prepare_workers(sc: Any, tasks: int | None = None) -> None:
 
 def worker_hint(sc: Any, error: BaseException) -> WorkerPythonError | None:
     """A :class:`WorkerPythonError` for a failed job whose workers could not import sparknet."""
+    from sparknet.spark import connect
+
     text = str(error)
     if "No module named 'sparknet" in text or "Cannot run program" in text:
         python = str(sc.pythonExec)
+        fix = connect.FIX if connect.is_client(sc) else _FIX
         return WorkerPythonError(f"Spark's Python workers (interpreter '{python}') cannot "
-                                 f"import sparknet; {_FIX}", python)
+                                 f"import sparknet; {fix}", python)
     return None
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from sparknet._util import shape_str  # noqa: F401 - imported from here by spark's modules
 from sparknet.data.rdd import DataError, fit_to_blob, to_array
+from sparknet.io import is_connect
 
 
 def record_values(record: Any, names: Sequence[str], *, require_all: bool = True
@@ -84,17 +85,26 @@ class ExampleSpec:
                 for n, a in arrays.items() if n in self.shapes}
 
 
-def dataframe_records(df: Any, names: Sequence[str], shapes: Mapping[str, Sequence[int]],
-                      *, require_all: bool = True, what: str = "train_data") -> Any:
-    """An RDD of dicts from a DataFrame whose columns are named after input blobs."""
+def select_columns(df: Any, names: Sequence[str], *, require_all: bool = True,
+                   what: str = "train_data") -> Any:
+    """The DataFrame's columns named after input blobs (all of them, unless not required)."""
     cols = [n for n in names if n in df.columns]
     missing = [n for n in names if n not in df.columns]
     if missing and require_all:
         raise DataError(f"{what}: the DataFrame has no column '{missing[0]}' for input blob "
                         f"'{missing[0]}' (columns: {', '.join(df.columns)}); name the columns "
                         f"after the net's input blobs ({', '.join(names)})")
-    return df.select(*cols).rdd
+    return df.select(*cols)
+
+
+def dataframe_records(df: Any, names: Sequence[str], shapes: Mapping[str, Sequence[int]],
+                      *, require_all: bool = True, what: str = "train_data") -> Any:
+    """An RDD of dicts from a DataFrame whose columns are named after input blobs."""
+    return select_columns(df, names, require_all=require_all, what=what).rdd
 
 
 def is_dataframe(data: Any) -> bool:
+    """Whether ``data`` is a DataFrame (a classic one, or a Spark Connect one, which has no rdd)."""
+    if is_connect(data):
+        return type(data).__name__ == "DataFrame"
     return hasattr(data, "rdd") and hasattr(data, "schema") and hasattr(data, "columns")

@@ -62,10 +62,6 @@ def _memory_bytes(text: str | None, default: int) -> int:
     return int(float(m.group(1)) * scale)
 
 
-def _passthrough(items: Any) -> Any:
-    return items
-
-
 class StateFiles:
     """Writes the partitions' solver states streamed back in a checkpoint round."""
 
@@ -202,7 +198,7 @@ class Jobs:
         for _try in range(self.RING_TRIES):
             rchan = self.exchange.accept(chan, acc)
             fn = functools.partial(round_task, spec, rchan, extras_bc, install_bc)
-            rdd = self.data.handles[TRAIN].barrier().mapPartitionsWithIndex(fn)
+            rdd = self.data.handles[TRAIN].mapped(fn, barrier=True)
             reports: list[RoundReport] = []
             called_off: list[CalledOff] = []
 
@@ -248,7 +244,7 @@ class Jobs:
                    acc: np.ndarray, on_state: Callable[[StateChunk], None], rerun: set[int],
                    rebuilt: bool = False) -> list[RoundReport]:
         fn = functools.partial(round_task, spec, chan, extras_bc, install_bc)
-        rdd = self.data.handles[TRAIN].mapPartitionsWithIndex(fn)
+        handles = self.data.handles[TRAIN]
         reports: list[RoundReport] = []
 
         def other(item: Any) -> None:
@@ -260,9 +256,10 @@ class Jobs:
         self.sc.setJobDescription(f"sparknet: round {spec.round + 1}")
         if self._use_tree():
             target = max(1, self._direct_limit() // (4 * self.model.signature.num_params))
-            _comm.fold(_comm.tree_sum(rdd, self.model.signature.num_params, 8, target), acc, other)
+            _comm.fold(_comm.tree_sum(handles.mapped(fn), self.model.signature.num_params, 8,
+                                      target), acc, other)
         else:
-            _comm.fold(_comm.stream(rdd), acc, other)
+            _comm.fold(handles.run(fn), acc, other)
         for _ in range(3):
             missing = sorted(r.partition for r in reports if r.missing_store)
             if not missing:
@@ -274,7 +271,7 @@ class Jobs:
             self.event("round %d: partition(s) %s ran away from their cached data; running "
                        "them again", spec.round + 1, missing, level=logging.WARNING)
             rerun.update(missing)
-            _comm.fold(self.sc.runJob(rdd, _passthrough, missing), acc, other)
+            _comm.fold(handles.run(fn, missing), acc, other)
         missing = sorted(r.partition for r in reports if r.missing_store)
         if not missing:
             return reports
@@ -292,10 +289,10 @@ class Jobs:
     def test(self, spec: TestSpec, chan: Any, extras_bc: Any,
              rebuilt: bool = False) -> dict[str, Any]:
         """The mean of every TEST output over the cached test set, weighted by example."""
-        rdd = self.data.handles[TEST].mapPartitionsWithIndex(
-            functools.partial(test_task, spec, chan, extras_bc))
+        handles = self.data.handles[TEST]
+        fn = functools.partial(test_task, spec, chan, extras_bc)
         self.sc.setJobDescription("sparknet: test")
-        reports: list[TestReport] = list(_comm.stream(rdd))
+        reports: list[TestReport] = list(handles.run(fn))
         for attempt in range(4):
             missing = [r.partition for r in reports if r.missing_store]
             if not missing:
@@ -307,7 +304,7 @@ class Jobs:
                 self.data.rebuild(TEST)
                 return self.test(spec, chan, extras_bc, rebuilt=True)
             reports = [r for r in reports if not r.missing_store]
-            reports += self.sc.runJob(rdd, _passthrough, missing)
+            reports += handles.run(fn, missing)
         return _mean_metrics(reports, self.model.signature.test_outputs)
 
 

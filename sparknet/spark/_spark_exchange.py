@@ -247,28 +247,15 @@ class SparkChannel:
         return chunks(flat)
 
 
-class SparkExchange:
-    """The driver's side of :class:`SparkChannel`: Spark's own broadcast and task results.
+class TaskOutputResults:
+    """The results half of an exchange whose results come back in the round job's output.
 
-    The results arrive as :class:`WeightChunk` items in the round job's
-    output; the caller folds them (:func:`fold`, :func:`tree_sum`).
+    They arrive as :class:`WeightChunk` items, which the caller folds into the
+    accumulator (:func:`fold`, :func:`tree_sum`); Spark's task results are whole or
+    absent, so nothing is ever missing or spliced.
     """
 
-    name = "spark"
-
-    def __init__(self, sc: Any):
-        self.sc = sc
-
-    def where(self) -> str:
-        return "Spark broadcasts and task results"
-
-    def publish(self, flat: np.ndarray) -> SparkChannel:
-        return SparkChannel(broadcast_flat(self.sc, flat))
-
-    def release(self, channel: Any) -> None:
-        destroy(channel.bc)
-
-    def accept(self, channel: SparkChannel, acc: np.ndarray) -> SparkChannel:
+    def accept(self, channel: Any, acc: np.ndarray) -> Any:
         acc[:] = 0  # the caller folds the round's results into it
         return channel
 
@@ -283,3 +270,21 @@ class SparkExchange:
 
     def close(self) -> None:
         pass
+
+
+class SparkExchange(TaskOutputResults):
+    """The driver's side of :class:`SparkChannel`: Spark's own broadcast and task results."""
+
+    name = "spark"
+
+    def __init__(self, sc: Any):
+        self.sc = sc
+
+    def where(self) -> str:
+        return "Spark broadcasts and task results"
+
+    def publish(self, flat: np.ndarray) -> SparkChannel:
+        return SparkChannel(broadcast_flat(self.sc, flat))
+
+    def release(self, channel: Any) -> None:
+        destroy(channel.bc)

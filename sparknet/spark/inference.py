@@ -13,6 +13,7 @@ example, flattened in C order.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from sparknet.data.rdd import batched
-from sparknet.io import spark_context
+from sparknet.spark import connect
 from sparknet.spark._python import prepare_workers
 from sparknet.spark._records import (
     DataError,
@@ -125,7 +126,8 @@ def predict(spark: Any, net: Any, weights: Any, data: Any, blobs: Sequence[str] 
     Parameters
     ----------
     spark
-        A ``SparkSession`` (or ``SparkContext``).
+        A ``SparkSession`` (or ``SparkContext``), or a Spark Connect session (then
+        ``data`` is a DataFrame).
     net
         A solver or net: ``caffe_pb2`` message, DSL object, or a prototxt path.
     weights
@@ -151,9 +153,11 @@ def predict(spark: Any, net: Any, weights: Any, data: Any, blobs: Sequence[str] 
     from pyspark.sql import SparkSession
     from pyspark.sql import types as T
 
-    sc = spark_context(spark)
+    sc = connect.context(spark, "predict")  # a SparkContext, or a Spark Connect client's
+    client = connect.is_client(sc)
     prepare_workers(sc)  # WorkerPythonError before any work when they lack this sparknet
-    session = spark if isinstance(spark, SparkSession) else SparkSession.builder.getOrCreate()
+    session = (spark if client or isinstance(spark, SparkSession)
+               else SparkSession.builder.getOrCreate())
     if isinstance(blobs, str):
         blobs = [blobs]
     blobs = tuple(blobs)
@@ -185,7 +189,7 @@ def predict(spark: Any, net: Any, weights: Any, data: Any, blobs: Sequence[str] 
                             or not (isinstance(fields[c].dataType, array_types)
                                     or type(fields[c].dataType).__name__ == "VectorUDT"))
         pass_fields = [fields[c] for c in passthrough]
-        rdd = df.rdd
+        rdd = None if client else df.rdd
         mode = "mapping"
     elif isinstance(data, RDD):
         rdd = data
@@ -235,9 +239,13 @@ def predict(spark: Any, net: Any, weights: Any, data: Any, blobs: Sequence[str] 
         transforms = dict(transform) if isinstance(transform, Mapping) else {names[0]: transform}
     examples = ExampleSpec(names, dict(example_shapes), (), preprocess, False, "data")
     plan = _Plan(spec, output == "vector", mode, passthrough, examples, transforms, int(seed))
-    bc = broadcast_weights(sc, flat)
-    rows = rdd.mapPartitionsWithIndex(functools.partial(_predict_task, plan, bc))
-    frame = session.createDataFrame(rows, schema, verifySchema=False)
+    bc = broadcast_weights(sc, flat)  # on a Connect client: the weights inside the query
+    if client:  # mapInArrow over the DataFrame
+        task = functools.partial(_predict_task, dataclasses.replace(plan, vectors=False), bc)
+        frame = connect.predict_frame(data, task, schema, blobs if output == "vector" else ())
+    else:
+        rows = rdd.mapPartitionsWithIndex(functools.partial(_predict_task, plan, bc))
+        frame = session.createDataFrame(rows, schema, verifySchema=False)
     log.info("predict: %s -> columns %s (%d values per example)", ", ".join(names),
              ", ".join(blobs), sum(signature.values(b) for b in blobs))
     return frame

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from sparknet.engine import WeightCollection
-from sparknet.io import spark_context
+from sparknet.spark import connect
 from sparknet.spark._config import EASGD, Averaging, TrainConfig
 from sparknet.spark._data import TEST, TRAIN, RunData, wait_for_slots
 from sparknet.spark._messages import RunExtras
@@ -68,7 +68,9 @@ def train(spark: Any, solver: Any, train_data: Any, *, test_data: Any = None,
     ----------
     spark
         A ``SparkSession`` or ``SparkContext`` (``local[N]``, ``local-cluster``,
-        standalone, YARN, Kubernetes).
+        standalone, YARN, Kubernetes), or a Spark Connect session
+        (``SparkSession.builder.remote(...)``; data as a DataFrame or arrays,
+        weights inside each round's query: see :mod:`sparknet.spark.connect`).
     solver
         A ``caffe_pb2.SolverParameter`` with the net inline (``net_param``) or a
         DSL ``SolverParam``. The net is fed through ``Input`` layers; their
@@ -158,7 +160,9 @@ def train(spark: Any, solver: Any, train_data: Any, *, test_data: Any = None,
         socket otherwise; Spark's paths where Spark's network or I/O
         encryption is on, ``reduction`` is ``"tree"`` or an executor cannot
         connect to the driver (set ``spark.sparknet.exchange.port`` to fix
-        the port for a firewall).
+        the port for a firewall). On a Spark Connect session the weights
+        travel inside each round's query and ``"auto"`` is the only choice
+        (the others are refused before any job).
     reduction
         With ``exchange="spark"``: ``"auto"``, ``"driver"`` (stream all
         workers' weights to the driver) or ``"tree"`` (partial sums on the
@@ -180,7 +184,7 @@ def train(spark: Any, solver: Any, train_data: Any, *, test_data: Any = None,
     options = dict(locals())  # every option, once: TrainConfig converts and checks them
     for name in _INPUTS:
         del options[name]
-    sc = spark_context(spark)
+    sc = connect.context(spark, "train")  # a SparkContext, or a Spark Connect client's stand-in
     config = TrainConfig.create(sc, **options)
     return _Trainer(sc, solver, train_data, test_data, config).run()
 
@@ -194,6 +198,8 @@ class _Trainer:
         self.config = config
         self.model, net = Model.read(solver, seed=config.seed, gpu=config.gpu,
                                      blas_threads=config.blas_threads)
+        if connect.is_client(sc):  # what a Connect run cannot do is refused before any job
+            connect.check_run(config.exchange, config.reduction, self.model.signature.num_params)
         self.driver = DriverNet(self.model, net)
         self.train_data, self.test_data = train_data, test_data
         self.extras = RunExtras(self.model.transforms(config.transform, "TRAIN"),

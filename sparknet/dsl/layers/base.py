@@ -373,6 +373,10 @@ class RawLayer(Layer):
 
 def _has(msg: Any, field: str) -> bool:
     descriptor = msg.DESCRIPTOR.fields_by_name[field]
-    if descriptor.label == descriptor.LABEL_REPEATED:
+    # protobuf >= 6.31 deprecates `label` for `is_repeated`; older runtimes have only `label`
+    repeated = getattr(descriptor, "is_repeated", None)
+    if repeated is None:
+        repeated = descriptor.label == descriptor.LABEL_REPEATED
+    if repeated:
         return len(getattr(msg, field)) > 0
     return msg.HasField(field)
