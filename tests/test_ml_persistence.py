@@ -193,3 +193,17 @@ def test_a_path_spark_cannot_write_is_refused_before_anything_is_written(spark, 
     with pytest.warns(DeprecationWarning, match="use check_output_path"), \
             pytest.raises(ModelDirectoryError, match="nowhere://x/y"):
         filesystem(spark, "nowhere://x/y")
+
+
+def test_an_estimators_default_seed_is_the_same_in_every_process():
+    """Without ``seed=``, a fit in another process (a saved pipeline refitted, a Connect
+    client) draws the same minibatches: the default seed is not a salted hash."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from sparknet.ml import CaffeEstimator; print(CaffeEstimator().getSeed())"
+    seeds = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, env={**os.environ, "PYTHONHASHSEED": salt}).stdout
+             for salt in ("1", "2")}
+    assert seeds == {"0\n"}

@@ -138,6 +138,11 @@ class CaffeParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityC
                          syncInterval=50, rounds=10,
                          testInterval=1, inputScale=1.0, validationFraction=0.0, patience=0,
                          stoppingMetric="accuracy", inputCols={}, outputBlob="",
+                         # pyspark's HasSeed defaults to hash() of the class name, which
+                         # changes from one Python process to the next (str hashes are
+                         # salted): the same fit would give other weights in each process.
+                         # train()'s own default instead.
+                         seed=0,
                          outer=Outer.average().describe(),
                          tauSchedule=TauSchedule.fixed().describe())
 
