@@ -31,14 +31,26 @@ BUILD_INPUTS := setup.py setup.cfg pyproject.toml caffe/build.py caffe/caffe.mk 
 	caffe/sparknet_fatal.hpp caffe/blas_shim.c ccaffe/ccaffe.cpp ccaffe/ccaffe.hpp sparknet/engine/_caffe.pyx \
 	sparknet/data/_kernels.pyx sparknet/data/_crop_kernel.h $(wildcard caffe/patches/*.patch)
 
-.PHONY: run test lint build deps env bench bench-env wheel pack clean
+# pytest-xdist workers for make test / test-fast: one per core by default. Each test
+# module runs whole on one worker (--dist loadfile), so a module's shared fixtures
+# (a fitted model, a cluster, a Spark session) are built once.
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+.PHONY: run test test-fast lint build deps env bench bench-env wheel pack clean
 
 run: build
 	$(PY) examples/lenet_app.py --workers 2
 
 test: build
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest tests
+	$(PYTEST) tests
+
+# For development: everything but whole runs as users start them (apps, the README, the
+# command line, benchmarks, clusters, packaging; tests/conftest.py SLOW_MODULES).
+test-fast: build
+	$(VENV)/bin/ruff check .
+	$(PYTEST) -m "not slow" tests
 
 bench: build bench-env
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

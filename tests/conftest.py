@@ -18,6 +18,21 @@ os.environ.pop("OPENBLAS_CORETYPE", None)
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: Modules of whole runs as users start them (apps, the README, the command line,
+#: benchmarks, clusters, packaging): marked ``slow``, so ``make test-fast``
+#: (``-m "not slow"``) leaves them out while ``make test`` runs everything.
+SLOW_MODULES = frozenset({
+    "test_bench_smoke", "test_build_progress", "test_cli", "test_cluster_faults",
+    "test_connect", "test_deploy", "test_examples", "test_ml_app", "test_netcluster",
+    "test_readme", "test_ring_exchange", "test_spark_cluster",
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module is not None and item.module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def root() -> Path:
