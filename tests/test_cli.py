@@ -301,15 +301,17 @@ def test_every_documented_error_class_is_a_user_error_and_still_what_it_was():
     from sparknet.dsl import NetDefinitionError
     from sparknet.engine import CaffeError
     from sparknet.frontend import USER_ERRORS, UsageError
+    from sparknet.io import CorruptFileError
     from sparknet.io.s3 import NoSuchBucketError
-    from sparknet.ml import ModelDirectoryError
+    from sparknet.ml import ModelDirectoryError, ParamError
     from sparknet.proto import PrototxtError
     from sparknet.spark import DataError, WorkerPythonError
     from sparknet.spark.checkpoint import CheckpointError
 
     was = {UsageError: Exception, NetDefinitionError: ValueError, PrototxtError: ValueError,
            DataError: ValueError, ImageDecodeError: ValueError, CheckpointError: ValueError,
-           ModelDirectoryError: ValueError, CaffeError: RuntimeError,
+           ModelDirectoryError: ValueError, ParamError: ValueError,
+           CorruptFileError: ValueError, CaffeError: RuntimeError,
            WorkerPythonError: RuntimeError, NoSuchBucketError: FileNotFoundError}
     for cls, base in was.items():
         assert issubclass(cls, UserError) and issubclass(cls, base), cls

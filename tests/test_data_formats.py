@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from sparknet.data import (
+    DataError,
     cifar10_rdd,
     dataframe_to_rdd,
     digits_dataframe,
@@ -22,7 +23,7 @@ from sparknet.data import (
 )
 from sparknet.data.cifar import RECORD, write_cifar
 from sparknet.data.mnist import CAFFE_SCALE, parse_idx, write_idx
-from sparknet.io import uris
+from sparknet.io import CorruptFileError, uris
 
 
 def make_mnist(folder, n_train=40, n_test=12, gz=False, seed=0):
@@ -60,40 +61,40 @@ def test_idx_bad_input_names_the_file(tmp_path):
     good = images.read_bytes()
 
     images.write_bytes(good[:-100])
-    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte: truncated IDX file.*"
-                                         r"need 31360 bytes of data, found 31260"):
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: truncated IDX file.*"
+                                        r"need 31360 bytes of data, found 31260"):
         load_mnist(tmp_path, "train")
 
     images.write_bytes(good[:10])
-    with pytest.raises(ValueError, match="truncated IDX header"):
+    with pytest.raises(DataError, match="truncated IDX header"):
         load_mnist(tmp_path, "train")
 
     # labels where images belong: wrong magic
     images.write_bytes((tmp_path / "train-labels-idx1-ubyte").read_bytes())
-    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte: wrong magic number 2049 "
-                                         r"\(0x00000801\), expected 2051"):
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: wrong magic number 2049 "
+                                        r"\(0x00000801\), expected 2051"):
         load_mnist(tmp_path, "train")
 
     images.write_bytes(good + b"\0")
-    with pytest.raises(ValueError, match="1 unexpected bytes after the data"):
+    with pytest.raises(DataError, match="1 unexpected bytes after the data"):
         load_mnist(tmp_path, "train")
 
     images.write_bytes(gzip.compress(good)[:-20])
-    with pytest.raises(ValueError, match="corrupt or truncated gzip"):
+    with pytest.raises(CorruptFileError, match="corrupt or truncated gzip"):
         load_mnist(tmp_path, "train")
 
     images.unlink()
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte or .*\\.gz"):
         load_mnist(tmp_path, "train")
 
-    with pytest.raises(ValueError, match="not an IDX file"):
+    with pytest.raises(DataError, match="not an IDX file"):
         parse_idx(b"\x01\x02\x03\x04rest", "x.idx")
 
 
 def test_mnist_count_mismatch(tmp_path):
     make_mnist(tmp_path)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(5, np.uint8))
-    with pytest.raises(ValueError, match="has 12 images but .*t10k-labels-idx1-ubyte has 5"):
+    with pytest.raises(DataError, match="has 12 images but .*t10k-labels-idx1-ubyte has 5"):
         load_mnist(tmp_path, "test")
 
 
@@ -171,13 +172,13 @@ def test_cifar_bad_files(tmp_path):
     make_cifar(tmp_path)
     f = tmp_path / "data_batch_3.bin"
     f.write_bytes(f.read_bytes()[:-5])
-    with pytest.raises(ValueError, match=r"data_batch_3.bin: 21506 bytes is not a whole number "
-                                         r"of CIFAR-10 records"):
+    with pytest.raises(DataError, match=r"data_batch_3.bin: 21506 bytes is not a whole number "
+                                        r"of CIFAR-10 records"):
         load_cifar10(tmp_path, "train")
     bad = bytearray(RECORD * 2)
     bad[RECORD] = 42
     f.write_bytes(bytes(bad))
-    with pytest.raises(ValueError, match="record 1 has label 42"):
+    with pytest.raises(DataError, match="record 1 has label 42"):
         load_cifar10(tmp_path, "train")
     f.unlink()
     with pytest.raises(FileNotFoundError, match="data_batch_3.bin"):

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from sparknet.data import (
+    DataError,
     Transformer,
     array_to_datum,
     compute_mean,
@@ -159,10 +160,10 @@ def test_encoded_roundtrip_and_datum_errors(tmp_path):
     np.testing.assert_array_equal(back, x)  # PNG is lossless, channel order kept
     with pytest.raises(ValueError, match="int32"):
         array_to_datum(x[0], 1.5)
-    with pytest.raises(ValueError, match="not a Caffe Datum"):
+    with pytest.raises(DataError, match="not a Caffe Datum"):
         datum_to_array(b"\xff\xff\xff\xff", name="k1")
     bad = caffe_pb2.Datum(channels=1, height=2, width=2, data=b"abc")
-    with pytest.raises(ValueError, match=r"3 bytes of data for shape \(1, 2, 2\)"):
+    with pytest.raises(DataError, match=r"3 bytes of data for shape \(1, 2, 2\)"):
         datum_to_array(bad)
     with pytest.raises(FileExistsError, match="enc already exists"):
         write_lmdb(tmp_path / "enc", zip(x, range(5)))

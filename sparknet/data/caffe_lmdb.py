@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from sparknet.data.rdd import batched
+from sparknet.data.rdd import DataError, batched
 from sparknet.io import PathLike, atomic_dir, spark_context
 from sparknet.proto import caffe_pb2
 
@@ -98,7 +98,7 @@ def datum_to_array(datum: caffe_pb2.Datum | bytes, *, name: str = "datum"
         try:
             d.ParseFromString(datum)
         except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends: any failure means "not a Datum"
-            raise ValueError(f"{name}: not a Caffe Datum ({e})") from None
+            raise DataError(f"{name}: not a Caffe Datum ({e})") from None
         datum = d
     if datum.encoded:
         from PIL import Image
@@ -110,21 +110,21 @@ def datum_to_array(datum: caffe_pb2.Datum | bytes, *, name: str = "datum"
             with Image.open(io.BytesIO(data)) as im:
                 grey = im.mode in ("1", "L", "I", "I;16", "F")
         except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad bytes; each is reported as unreadable
-            raise ValueError(f"{name}: encoded datum is not a readable image ({e})") from None
+            raise DataError(f"{name}: encoded datum is not a readable image ({e})") from None
         try:
             hwc = decode_image(data, color="L" if grey else "BGR")
         except ImageDecodeError as e:
-            raise ValueError(f"{name}: {e}") from None
+            raise DataError(f"{name}: {e}") from None
         return np.ascontiguousarray(hwc.transpose(2, 0, 1)), int(datum.label)
     shape = (datum.channels, datum.height, datum.width)
     n = math.prod(shape)
     if len(datum.data):
         if len(datum.data) != n:
-            raise ValueError(f"{name}: {len(datum.data)} bytes of data for shape {shape}")
+            raise DataError(f"{name}: {len(datum.data)} bytes of data for shape {shape}")
         a = np.frombuffer(datum.data, np.uint8).reshape(shape)
     else:
         if len(datum.float_data) != n:
-            raise ValueError(f"{name}: {len(datum.float_data)} float_data values for "
+            raise DataError(f"{name}: {len(datum.float_data)} float_data values for "
                              f"shape {shape}")
         a = np.asarray(datum.float_data, np.float32).reshape(shape)
     return a, int(datum.label)
@@ -143,7 +143,7 @@ def _open_env(path: PathLike, *, readonly: bool = True) -> Any:
         return lmdb.open(os.fspath(p), readonly=readonly, lock=False, readahead=False,
                          subdir=subdir, max_readers=512)
     except lmdb.Error as e:
-        raise ValueError(f"{p}: cannot open as LMDB ({e})") from None
+        raise DataError(f"{p}: cannot open as LMDB ({e})") from None
 
 
 def _examples(items: Any) -> Iterator[tuple[np.ndarray, Any]]:
@@ -225,7 +225,7 @@ def load_lmdb(path: PathLike, *, dtype: Any = np.float32) -> tuple[np.ndarray, n
     xs, ys = [], []
     for key, a, label in read_lmdb(path):
         if xs and a.shape != xs[0].shape:
-            raise ValueError(f"{path}: key {key!r} has shape {a.shape}, earlier ones "
+            raise DataError(f"{path}: key {key!r} has shape {a.shape}, earlier ones "
                              f"{xs[0].shape}; read it with read_lmdb instead")
         xs.append(a)
         ys.append(label)

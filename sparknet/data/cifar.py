@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from sparknet.data.rdd import to_dataframe, to_rdd
+from sparknet.data.rdd import DataError, to_dataframe, to_rdd
 from sparknet.io import PathLike, atomic_write_bytes, join, read_bytes
 from sparknet.io.s3 import S3Options
 
@@ -32,14 +32,14 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 def parse_cifar(data: bytes, name: str = "<cifar>") -> tuple[np.ndarray, np.ndarray]:
     """One binary batch -> uint8 ``(N, 3, 32, 32)`` images and uint8 ``(N,)`` labels."""
     if len(data) == 0 or len(data) % RECORD:
-        raise ValueError(f"{name}: {len(data)} bytes is not a whole number of CIFAR-10 records "
+        raise DataError(f"{name}: {len(data)} bytes is not a whole number of CIFAR-10 records "
                          f"({RECORD} bytes each: 1 label + 3072 pixels); "
                          f"truncated, or not a CIFAR-10 binary batch")
     records = np.frombuffer(data, np.uint8).reshape(-1, RECORD)
     labels = records[:, 0]
     bad = np.flatnonzero(labels > 9)
     if bad.size:
-        raise ValueError(f"{name}: record {int(bad[0])} has label {int(labels[bad[0]])} "
+        raise DataError(f"{name}: record {int(bad[0])} has label {int(labels[bad[0]])} "
                          "(CIFAR-10 labels are 0-9; is this a CIFAR-100 file?)")
     return records[:, 1:].reshape(-1, 3, 32, 32), labels
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sparknet.data.images import ImageDecodeError, decode_batch, decode_image
-from sparknet.data.rdd import batched
+from sparknet.data.rdd import DataError, batched
 from sparknet.io import spark_context
 from sparknet.io.s3 import S3Options, list_keys, open_s3
 
@@ -59,7 +59,7 @@ def parse_labels(lines: Iterable[str], name: str = "<labels>") -> dict[str, int]
             if not head.strip():
                 raise ValueError
         except ValueError:
-            raise ValueError(f"{name} line {n}: expected '<file> <integer label>', "
+            raise DataError(f"{name} line {n}: expected '<file> <integer label>', "
                              f"got {line[:80]!r}") from None
     return labels
 
@@ -74,7 +74,7 @@ def read_labels(bucket: str, key: str, options: S3Options | None = None,
         try:
             return parse_labels(text, f"s3://{bucket}/{key}")
         except UnicodeDecodeError as e:
-            raise ValueError(f"s3://{bucket}/{key}: not a text label list ({e})") from None
+            raise DataError(f"s3://{bucket}/{key}: not a text label list ({e})") from None
 
 
 def _lookup(labels: Mapping[str, int], name: str) -> tuple[str, int] | None:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from sparknet.data.rdd import to_dataframe, to_rdd
+from sparknet.data.rdd import DataError, to_dataframe, to_rdd
 from sparknet.io import (
     PathLike,
     atomic_write_bytes,
@@ -52,26 +52,26 @@ def parse_idx(data: bytes, name: str = "<idx>", *, magic: int | None = None) -> 
     """
     data = maybe_gunzip(data, name)
     if len(data) < 4:
-        raise ValueError(f"{name}: truncated IDX file ({len(data)} bytes, no header)")
+        raise DataError(f"{name}: truncated IDX file ({len(data)} bytes, no header)")
     (found,) = struct.unpack(">I", data[:4])
     if magic is not None and found != magic:
-        raise ValueError(f"{name}: wrong magic number {found} (0x{found:08x}), expected "
+        raise DataError(f"{name}: wrong magic number {found} (0x{found:08x}), expected "
                          f"{magic} (0x{magic:08x}); is this the right IDX file?")
     zero, code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or code not in _IDX_TYPES or ndim == 0:
-        raise ValueError(f"{name}: not an IDX file (magic 0x{found:08x})")
+        raise DataError(f"{name}: not an IDX file (magic 0x{found:08x})")
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{name}: truncated IDX header ({len(data)} bytes, needs {header})")
+        raise DataError(f"{name}: truncated IDX header ({len(data)} bytes, needs {header})")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     dtype = _IDX_TYPES[code]
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     got = len(data) - header
     if got < expected:
-        raise ValueError(f"{name}: truncated IDX file: dimensions {dims} need {expected} "
+        raise DataError(f"{name}: truncated IDX file: dimensions {dims} need {expected} "
                          f"bytes of data, found {got}")
     if got > expected:
-        raise ValueError(f"{name}: {got - expected} unexpected bytes after the data "
+        raise DataError(f"{name}: {got - expected} unexpected bytes after the data "
                          f"(dimensions {dims})")
     return np.frombuffer(data, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
@@ -102,11 +102,11 @@ def _read_split(path: PathLike, split: Split, s3: S3Options | None, spark: Any
         found.append((uri, parse_idx(data, uri, magic=magic)))
     (img_uri, images), (lab_uri, labels) = found
     if images.ndim != 3:
-        raise ValueError(f"{img_uri}: MNIST images are (N, rows, cols), got {images.shape}")
+        raise DataError(f"{img_uri}: MNIST images are (N, rows, cols), got {images.shape}")
     if labels.ndim != 1:
-        raise ValueError(f"{lab_uri}: MNIST labels are (N,), got {labels.shape}")
+        raise DataError(f"{lab_uri}: MNIST labels are (N,), got {labels.shape}")
     if len(images) != len(labels):
-        raise ValueError(f"{img_uri} has {len(images)} images but {lab_uri} has "
+        raise DataError(f"{img_uri} has {len(images)} images but {lab_uri} has "
                          f"{len(labels)} labels")
     log.info("MNIST %s: %d images of %dx%d from %s", split, len(images), images.shape[1],
              images.shape[2], img_uri)

@@ -230,7 +230,9 @@ def _fields(value: Any) -> set[str]:
 
 
 class DataError(UserError, ValueError):
-    """The data does not fit the net: a value of the wrong size or type for its input blob.
+    """Bad data: a value of the wrong size or type for its input blob, or a data file or
+    database that is not what its format says (the message names it, and the record or
+    line).
 
     Also :class:`sparknet.spark.DataError`, the same class, which the trainer
     raises on the driver for data that does not fit.

@@ -24,6 +24,7 @@ from sparknet.io.s3 import NoSuchBucketError, S3Options
 from sparknet.io.storage import LocalStorage, S3Storage, Storage, open_storage
 from sparknet.io.uris import (
     ConnectUnsupportedError,
+    CorruptFileError,
     default_parallelism,
     is_connect,
     is_s3,
@@ -38,6 +39,7 @@ from sparknet.io.uris import (
 
 __all__ = [
     "ConnectUnsupportedError",
+    "CorruptFileError",
     "LocalStorage",
     "NoSuchBucketError",
     "PathLike",

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from sparknet._util import UserError
 from sparknet.io.files import PathLike
 from sparknet.io.s3 import NoSuchBucketError, S3Options
 
-__all__ = ["ConnectUnsupportedError", "default_parallelism", "is_connect", "is_s3", "join",
+__all__ = ["ConnectUnsupportedError", "CorruptFileError", "default_parallelism", "is_connect", "is_s3", "join",
            "local_path", "maybe_gunzip", "read_bytes", "read_first", "scheme", "spark_context"]
 
 
@@ -177,6 +178,10 @@ def read_first(candidates: Sequence[PathLike], **kwargs: Any) -> tuple[str, byte
     raise FileNotFoundError(f"none of these files exists: {names}")
 
 
+class CorruptFileError(UserError, ValueError):
+    """A compressed file that does not decompress (corrupt or cut short): names the file."""
+
+
 def maybe_gunzip(data: bytes, name: str) -> bytes:
     """Decompress gzip data (recognised by its magic bytes); other data is returned as is."""
     if data[:2] != b"\x1f\x8b":
@@ -184,4 +189,4 @@ def maybe_gunzip(data: bytes, name: str) -> bytes:
     try:
         return gzip.decompress(data)
     except (EOFError, OSError, zlib.error) as e:
-        raise ValueError(f"{name}: corrupt or truncated gzip data ({e})") from None
+        raise CorruptFileError(f"{name}: corrupt or truncated gzip data ({e})") from None

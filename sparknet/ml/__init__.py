@@ -12,8 +12,9 @@
 Imports ``spark``, ``engine``, ``data``, ``proto`` and ``dsl``; nothing else
 in sparknet imports this package.
 """
+from sparknet.ml._params import ParamError
 from sparknet.ml.persistence import ModelDirectoryError
 from sparknet.ml.scoring import caffe_udf
 from sparknet.ml.stages import CaffeEstimator, CaffeModel
 
-__all__ = ["CaffeEstimator", "CaffeModel", "ModelDirectoryError", "caffe_udf"]
+__all__ = ["CaffeEstimator", "CaffeModel", "ModelDirectoryError", "ParamError", "caffe_udf"]

@@ -25,11 +25,17 @@ from pyspark.ml.param.shared import (
     HasValidationIndicatorCol,
 )
 
+from sparknet._util import UserError
 from sparknet.engine import solver_proto
 from sparknet.proto import caffe_pb2, loader
 from sparknet.spark import Outer, TauSchedule
 
 S = TypeVar("S", bound="CaffeParams")
+
+
+class ParamError(UserError, ValueError):
+    """A stage's Param set to what it cannot take (out of range, not set, not in the net),
+    refused before any Spark job; the message names the stage and the Param."""
 
 
 def solver_text(solver: Any) -> str:
@@ -39,7 +45,7 @@ def solver_text(solver: Any) -> str:
     else:
         param = solver_proto(solver)
     if not param.HasField("net_param"):
-        raise ValueError("solver: the net must be inline (net_param); give a DSL SolverParam, "
+        raise ParamError("solver: the net must be inline (net_param); give a DSL SolverParam, "
                          "or load the prototxt with ProtoLoader.load_solver_prototxt_with_net")
     return text_format.MessageToString(param)
 
@@ -240,7 +246,7 @@ class CaffeParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityC
     def _effective_solver(self) -> caffe_pb2.SolverParameter:
         """The solver Param with batchSize, baseLr, momentum and weightDecay applied."""
         if not self.isDefined(self.solver):
-            raise ValueError(f"{type(self).__name__}: the solver Param is not set")
+            raise ParamError(f"{type(self).__name__}: the solver Param is not set")
         param = loader.parse_solver(self.getSolver(), "solver")
         for p, field in ((self.baseLr, "base_lr"), (self.momentum, "momentum"),
                          (self.weightDecay, "weight_decay")):
@@ -270,7 +276,7 @@ class CaffeParams(HasFeaturesCol, HasLabelCol, HasPredictionCol, HasProbabilityC
                            lambda v: math.isfinite(v) and v >= 0, "finite and >= 0"))
         for name, value, ok, what in checks:
             if not ok(value):
-                raise ValueError(f"{type(self).__name__}: Param {name} must be {what}, "
+                raise ParamError(f"{type(self).__name__}: Param {name} must be {what}, "
                                  f"got {value}")
 
 
@@ -380,5 +386,5 @@ def set_batch_size(net: caffe_pb2.NetParameter, batch: int) -> None:
             shape.dim[0] = int(batch)
             found = True
     if not found:
-        raise ValueError("batchSize: the net has no Input layer whose batch size could be set "
+        raise ParamError("batchSize: the net has no Input layer whose batch size could be set "
                          "(sparknet feeds nets through Input layers)")

@@ -23,7 +23,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, MLRead
 
 from sparknet._util import shape_str
 from sparknet.engine import NetSignature, WeightCollection
-from sparknet.ml._params import CaffeParams, TrainingSetters, params_setter
+from sparknet.ml._params import CaffeParams, ParamError, TrainingSetters, params_setter
 from sparknet.ml.scoring import (
     broadcast,
     check_size,
@@ -85,7 +85,7 @@ class _CaffeStage(CaffeParams):
         info = self._info()
         blob = self.getOutputBlob() or info.scores
         if not blob:
-            raise ValueError(f"{type(self).__name__}: the net has no classification layer to "
+            raise ParamError(f"{type(self).__name__}: the net has no classification layer to "
                              "take the scores from; set outputBlob")
         info.check_blob(blob, "outputBlob")
         return blob
@@ -96,7 +96,7 @@ class _CaffeStage(CaffeParams):
         inputs = info.fed("TEST")
         for blob in explicit:
             if blob not in inputs:
-                raise ValueError(f"inputCols: '{blob}' is not an input blob of the net "
+                raise ParamError(f"inputCols: '{blob}' is not an input blob of the net "
                                  f"({', '.join(inputs)})")
         data = [n for n in inputs if n != info.label and n not in explicit]
         mapping: dict[str, str] = {}
@@ -109,7 +109,7 @@ class _CaffeStage(CaffeParams):
         if training:
             unfed = [n for n in inputs if n not in mapping]
             if unfed:
-                raise ValueError(f"input blob '{unfed[0]}' has no column: name one in inputCols "
+                raise ParamError(f"input blob '{unfed[0]}' has no column: name one in inputCols "
                                  f"(input blobs: {', '.join(inputs)})")
         return mapping
 
@@ -221,13 +221,13 @@ class CaffeEstimator(Estimator, _CaffeStage, TrainingSetters, DefaultParamsWrita
                             f"(columns: {', '.join(dataset.columns)})")
         has_val = val_col is not None or fraction > 0
         if patience and not has_val:
-            raise ValueError("CaffeEstimator: Param patience needs validation data: set "
+            raise ParamError("CaffeEstimator: Param patience needs validation data: set "
                              "validationIndicatorCol or validationFraction")
         metric = self.getStoppingMetric()
         if patience:
             outputs = info.test_outputs
             if metric not in outputs:
-                raise ValueError(f"CaffeEstimator: Param stoppingMetric '{metric}' is not an "
+                raise ParamError(f"CaffeEstimator: Param stoppingMetric '{metric}' is not an "
                                  f"output of the TEST net ({', '.join(outputs)})")
 
         from pyspark.sql import functions as F
