@@ -272,15 +272,15 @@ def test_a_value_error_from_inside_sparknet_is_a_failure_with_a_pointer_not_a_us
         capsys):
     """A bare ValueError is not the user's mistake: exit 1, the reason, where it was raised."""
     from sparknet.frontend import exit_status
-    from sparknet.ml._params import set_batch_size
-    from sparknet.proto import caffe_pb2
+    from sparknet.proto.rules import phase_value
 
-    status = exit_status(lambda: set_batch_size(caffe_pb2.NetParameter(), 3), "prog")
+    # an internal helper called with a value no user wrote: a bug, not a usage mistake
+    status = exit_status(lambda: phase_value("VALIDATE"), "prog")
     lines = capsys.readouterr().err.splitlines()
     assert status == 1
-    assert lines[0].startswith("prog: failed: ValueError: batchSize: the net has no Input layer")
-    assert len(lines) == 2 and lines[1].startswith("prog: raised at sparknet/ml/_params.py:")
-    assert lines[1].endswith(" in set_batch_size; --debug shows the whole traceback")
+    assert lines[0] == "prog: failed: ValueError: phase must be 'TRAIN' or 'TEST', got 'VALIDATE'"
+    assert len(lines) == 2 and lines[1].startswith("prog: raised at sparknet/proto/rules.py:")
+    assert lines[1].endswith(" in phase_value; --debug shows the whole traceback")
     assert "Traceback" not in "\n".join(lines)
 
 
