@@ -32,7 +32,8 @@ this invocation; the last line is the ratio to the naive round.
 Usage: ``python bench/averaging.py [--reps 5] [--spark] [--tree] [--conf key=value ...] [--smoke]``
 
 ``--smoke``: the same paths and lines with CaffeNet's convolution layers only
-(3.7M parameters, 15 MB) and one rep, no warm-up (a test, not a measurement).
+(3.7M parameters, 15 MB) and one rep after the warm-up (a test, not a
+measurement).
 """
 from __future__ import annotations
 
@@ -188,9 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         times: dict[str, list[float]] = {m: [] for m in methods}
         peaks: dict[str, list[float]] = {m: [] for m in methods}
         check = {}
-        # the first rep warms every method up and is not counted; a smoke run has no
-        # warm-up (its one rep walks the same paths, and its figures mean nothing)
-        for rep in range(1 if args.smoke else 0, args.reps + 1):
+        for rep in range(args.reps + 1):  # the first rep warms both up and is not counted
             for name, fn in methods.items():
                 _reset_peak()
                 t = time.perf_counter()

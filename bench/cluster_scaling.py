@@ -37,7 +37,7 @@ Needs root (network namespaces) and PyTorch (``make bench-env``) for the peer.
         [--exchanges socket,spark,ring] [--rounds 3] [--rate 1gbit] [--no-torch]
         [--no-digits] [--plot runs/cluster_scaling.png] [--smoke]
 
-``--smoke``: K = 2, a 1 M-parameter model, one round (no warm-up), every exchange
+``--smoke``: K = 2, a 1 M-parameter model, one timed round, every exchange
 and line (PyTorch parts only where it is installed): a test, not a measurement.
 """
 from __future__ import annotations
@@ -86,12 +86,8 @@ def _solver(model: str) -> Any:
     return SolverParam(net, base_lr=0.001, momentum=0.9, lr_policy=LrPolicy.fixed())
 
 
-def sparknet_round(spark: Any, model: str, exchange: str, k: int, rounds: int,
-                   warmup: int = 1) -> dict:
-    """``train`` with ``exchange`` on K workers: medians of the timed rounds.
-
-    ``warmup`` rounds come first and are not timed (a smoke run has none).
-    """
+def sparknet_round(spark: Any, model: str, exchange: str, k: int, rounds: int) -> dict:
+    """``train`` with ``exchange`` on K workers: medians of the timed rounds."""
     import numpy as np
 
     from sparknet.spark import train
@@ -105,13 +101,13 @@ def sparknet_round(spark: Any, model: str, exchange: str, k: int, rounds: int,
     def mark(rec: dict) -> None:  # CPU use from the end of the warm-up round on
         marks.append(_cpu_busy())
 
-    res = train(spark, _solver(model), (x, y), workers=k, sync_interval=1, rounds=warmup + rounds,
+    res = train(spark, _solver(model), (x, y), workers=k, sync_interval=1, rounds=1 + rounds,
                 test_interval=0, exchange=exchange, progress=False, blas_threads=1,
                 callback=mark)
-    steady = res.history[warmup:]
+    steady = res.history[1:]
     comm = [r["seconds"]["round"] - max(p["compute"] for p in r["partitions"])
             - r["seconds"]["save"] for r in steady]
-    (b0, t0), (b1, t1) = marks[max(warmup - 1, 0)], marks[-1]
+    (b0, t0), (b1, t1) = marks[0], marks[-1]
     got = {"round": statistics.median(r["seconds"]["round"] for r in steady),
            "comm": statistics.median(comm), "cpu": (b1 - b0) / max(t1 - t0, 1.0),
            "exchange": res.exchange}
@@ -198,8 +194,7 @@ def child(task: dict) -> int:
             for ex in task["exchanges"]:
                 if f"{ex}:{model}:{k}" in task["skip"]:
                     continue
-                got = sparknet_round(spark, model, ex, k, task["rounds"],
-                                     0 if task["smoke"] else 1)
+                got = sparknet_round(spark, model, ex, k, task["rounds"])
                 print("RESULT " + json.dumps({"k": k, "model": model, "method": ex, **got}),
                       flush=True)
             if task["torch"]:
