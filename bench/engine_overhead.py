@@ -17,8 +17,9 @@ after the other (about 2x on two free cores; 1x would mean the GIL is held).
 
     .venv/bin/python bench/engine_overhead.py [--steps N] [--repeats R] [--smoke]
 
-``--smoke`` runs the same paths and lines with 2 steps and 1 run per side (a
-test, not a measurement).
+``--smoke`` runs the same paths and lines with 2 steps (1 untimed) and 1 run per
+side (a test, not a measurement). The C++ driver is compiled once per source
+and Caffe build (``bench/_build.py`` caches it).
 """
 from __future__ import annotations
 
@@ -88,12 +89,12 @@ def time_cpp(driver: Path, solver_file: Path, steps: int, warmup: int) -> float:
     return float(done.stdout.strip())
 
 
-def gil_figure(steps: int) -> float:
+def gil_figure(steps: int, warmup: int = 5) -> float:
     solver = solver_for(ROOT / NETS["LeNet"][0], 64)
     nets = [CaffeNet(solver) for _ in range(2)]
     pools = [python_pool(n) for n in nets]
     for n, p in zip(nets, pools):
-        n.train(5, itertools.cycle(p))
+        n.train(warmup, itertools.cycle(p))
     t0 = time.perf_counter()
     for n, p in zip(nets, pools):
         n.train(steps, itertools.cycle(p))
@@ -115,14 +116,13 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="2 steps, 1 run per side: a test of the paths, not a measurement")
     args = parser.parse_args()
-    least = 20  # fewest timed steps of the larger net and of the GIL figure
+    least, warmup = 20, 5  # fewest timed steps (larger net, GIL figure); untimed steps
     if args.smoke:
-        args.steps, args.repeats, least = 2, 1, 2
+        args.steps, args.repeats, least, warmup = 2, 1, 2, 1
     set_blas_threads(1)
     ratios = {}
     with tempfile.TemporaryDirectory() as tmp:
-        driver = compile_against_caffe(ROOT / "bench" / "engine_driver.cpp",
-                                       Path(tmp) / "engine_driver")
+        driver = compile_against_caffe(ROOT / "bench" / "engine_driver.cpp")
         for name, (path, batch) in NETS.items():
             prototxt = ROOT / path
             if not prototxt.exists():
@@ -134,14 +134,14 @@ def main() -> None:
             steps = args.steps if batch <= 64 else max(least, args.steps // 4)
             cpp, py = [], []
             for _ in range(args.repeats):
-                cpp.append(time_cpp(driver, solver_file, steps, 5))
-                py.append(time_python(solver, steps, 5))
+                cpp.append(time_cpp(driver, solver_file, steps, warmup))
+                py.append(time_python(solver, steps, warmup))
             a, b = steps * batch / min(cpp), steps * batch / min(py)
             ratios[name] = b / a
             print(f"{name} (batch {batch}, {steps} steps, best of {args.repeats}): "
                   f"C++ driver {a:.0f} img/s, CaffeNet.train {b:.0f} img/s")
     print(f"GIL released during compute: 2 threads vs sequential = "
-          f"{gil_figure(max(least, args.steps // 4)):.2f}x")
+          f"{gil_figure(max(least, args.steps // 4), warmup):.2f}x")
     for name, ratio in ratios.items():
         print(f"ratio {name}: CaffeNet.train / C++ driver = {ratio:.3f} (target >= 0.97)")
 

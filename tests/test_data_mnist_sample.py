@@ -46,7 +46,8 @@ def test_lenet_learns_the_real_digits():
     xt, yt = load_mnist_sample("test")
     net = CaffeNet(lenet.solver(64))
     rng = np.random.default_rng(0)
-    net.train(300, ((x[i], y[i]) for i in (rng.integers(0, len(y), 64) for _ in range(300))))
+    # 200 steps score 0.940 here (300 gave 0.938: no better, only slower)
+    net.train(200, ((x[i], y[i]) for i in (rng.integers(0, len(y), 64) for _ in range(200))))
     acc = net.test([(xt[i:i + 100], yt[i:i + 100]) for i in range(0, 1000, 100)])["accuracy"]
     assert acc >= 0.9, acc
 

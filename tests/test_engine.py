@@ -19,20 +19,26 @@ from sparknet.engine import (
 )
 from sparknet.proto import caffe_pb2
 
+STEPS = 300
+
 
 @pytest.fixture(scope="module")
 def trained():
-    """LeNet trained 600 steps on the bundled digits (shared by several tests)."""
+    """LeNet trained 300 steps on the bundled digits (shared by several tests).
+
+    300 steps score 0.978 on the held-out digits (last 50 losses 0.01): margin
+    enough over the 0.95 and 0.1 asserted below; 600 added nothing but time.
+    """
     set_blas_threads(1)
     net = CaffeNet(lenet_solver())
-    losses = net.train(600, digit_batches())
+    losses = net.train(STEPS, digit_batches())
     return net, losses
 
 
 def test_lenet_learns_the_digits(trained):
     net, losses = trained
-    assert net.iteration == 600
-    assert losses.shape == (600,)
+    assert net.iteration == STEPS
+    assert losses.shape == (STEPS,)
     assert losses[:20].mean() > 1.0 > 0.1 > losses[-50:].mean()
     scores = net.test(held_out_batches())
     assert set(scores) == {"accuracy", "loss"}

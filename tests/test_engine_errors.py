@@ -1,10 +1,14 @@
 """Whatever Caffe rejects becomes a Python exception; the interpreter lives on.
 
-Each case runs in a fresh interpreter: were Caffe to abort (its CHECKs call
-abort() in a stock build), the subprocess would die by a signal and the test
-fail, rather than the whole test run.
+The cases run one after the other in one fresh interpreter, each followed by a
+training step that proves Caffe still works: were Caffe to abort (its CHECKs
+call abort() in a stock build), that subprocess would die by a signal and the
+case that killed it (and those after it) fail, rather than the whole test run.
 """
 from __future__ import annotations
+
+import subprocess
+import textwrap
 
 import pytest
 from enginehelp import ROOT, run_isolated
@@ -108,19 +112,53 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_caffe_rejection_is_an_exception(case, tmp_path):
-    body, expected = CASES[case]
-    import textwrap
+MARK = "=== case "
 
-    code = PRELUDE + textwrap.dedent(body) + "\nsurvive()\n"
-    code = code.replace('sys.path.insert(0, "tests")', f'sys.path.insert(0, {str(ROOT / "tests")!r})')
-    done = run_isolated(code, cwd=tmp_path)
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-3000:]}"
-    assert "ERROR:" in done.stdout, done.stdout + done.stderr[-2000:]
+
+@pytest.fixture(scope="module")
+def rejections(tmp_path_factory) -> tuple[dict[str, str], subprocess.CompletedProcess]:
+    """Every case in one fresh interpreter, in order: each case's output by name.
+
+    One interpreter start instead of one per case (the module's main cost). Each
+    case runs in its own function (no names leak from one to the next) and is
+    followed by ``survive()``; a Python exception a case did not expect is
+    printed in its section rather than ending the run.
+    """
+    code = [PRELUDE.replace('sys.path.insert(0, "tests")',
+                            f'sys.path.insert(0, {str(ROOT / "tests")!r})'),
+            "import traceback\nsys.stdout.reconfigure(line_buffering=True)\n"]
+    for i, (case, (body, _)) in enumerate(CASES.items()):
+        code.append(f"def case_{i}():\n{textwrap.indent(textwrap.dedent(body), '    ')}\n"
+                    f"print({MARK + case!r})\n"
+                    f"try:\n    case_{i}()\nexcept Exception:\n"
+                    f"    print('UNEXPECTED', traceback.format_exc())\n"
+                    f"survive()\n")
+    done = run_isolated("\n".join(code), cwd=tmp_path_factory.mktemp("rejections"))
+    sections = {}
+    for part in done.stdout.split(MARK)[1:]:
+        name, _, out = part.partition("\n")
+        sections[name] = out
+    return sections, done
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_caffe_rejection_is_an_exception(case, rejections):
+    sections, done = rejections
+    _, expected = CASES[case]
+    assert case in sections, (f"the interpreter ended (exit {done.returncode}) before this "
+                              f"case\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    out = sections[case]
+    assert "UNEXPECTED" not in out, out
+    assert "ERROR:" in out, out + done.stderr[-2000:]
     for fragment in expected:
-        assert fragment in done.stdout, done.stdout
-    assert done.stdout.rstrip().endswith("ALIVE")
+        assert fragment in out, out
+    assert out.rstrip().endswith("ALIVE"), f"exit {done.returncode}\n{out}\n{done.stderr[-3000:]}"
+
+
+def test_the_interpreter_exits_cleanly_after_every_rejection(rejections):
+    sections, done = rejections
+    assert list(sections) == list(CASES)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stderr[-3000:]}"
 
 
 def test_a_label_beyond_the_classes_is_refused_before_caffe_trains_on_it():
