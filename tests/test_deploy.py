@@ -47,6 +47,24 @@ def _has_mkl() -> bool:
     return True
 
 
+def _wait_for_worker(ui_port: int, worker: subprocess.Popen, timeout: float = 90) -> None:
+    """Until the master's status page counts the worker alive (a hang guard, not a delay)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the Spark worker exited with {worker.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=5) as r:
+                if json.load(r).get("aliveworkers", 0) >= 1:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("the Spark worker did not register with the master")
+
+
 # Each BLAS's pack in its own folder (make's DIST), so neither replaces the other.
 DIST = {"system": "dist", "mkl": "dist/mkl"}
 
@@ -92,7 +110,7 @@ def standalone(tmp_path_factory):
              "--webui-port", str(_free_port()), "--work-dir", str(work / "work")],
             env=env, stdout=open(work / "worker.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115 - the daemon's log, open for its lifetime
         procs.append(worker)
-        time.sleep(5)  # registration with the master
+        _wait_for_worker(ui, worker)
         yield url, work
     finally:
         for p in reversed(procs):
@@ -122,7 +140,7 @@ def test_spark_submit_with_the_packed_environment(pack, standalone, tmp_path):
            "--conf", f"spark.pyspark.driver.python={sys.executable}",
            "--conf", "spark.executor.memory=1g", "--conf", "spark.task.cpus=1",
            "--conf", "spark.ui.enabled=false", *trace,
-           str(ROOT / "examples" / "lenet_app.py"), "--workers", "2", "--rounds", "4",
+           str(ROOT / "examples" / "lenet_app.py"), "--workers", "2", "--rounds", "2",
            "--test-interval", "2", "--output", str(out)]
     # As the README says: with the virtual environment active (its bin/ first on PATH).
     env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", VIRTUAL_ENV=str(BIN.parent),

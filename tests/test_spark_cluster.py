@@ -245,7 +245,9 @@ def scenario_standalone(out: dict) -> None:
                          spark_locality_wait="0")
         try:
             t = time.perf_counter()
-            res = _lenet_run(spark, 6, sync_interval=50, test_interval=6)
+            # 4 rounds of 50 steps: an undisturbed run is at 0.97 here (0.98 after 6
+            # rounds), two points clear of the target below; more rounds prove nothing more
+            res = _lenet_run(spark, 4, sync_interval=50, test_interval=4)
             out["seconds"] = time.perf_counter() - t
             out["accuracy"] = res.test["accuracy"]
             out["exchange"] = res.exchange
