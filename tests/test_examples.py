@@ -4,7 +4,8 @@ LeNet on the bundled digits (with ``python`` and with ``spark-submit``), the
 CIFAR-10 app on generated files in CIFAR's binary format, the ImageNet app on
 generated JPEG tar shards uploaded with the upload tool to an S3 server on
 loopback, the featurizer (Parquet read back and checked against the engine),
-and fine-tuning from a ``.caffemodel`` trained without Spark.
+and fine-tuning from a ``.caffemodel`` trained without Spark. (The README's own
+examples run in ``test_readme.py``, a module of its own so that it runs beside this one.)
 """
 from __future__ import annotations
 
@@ -18,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from apphelp import ROOT, VENV_BIN, clean_env, clone_env, fresh_clone, git_status
 
 from sparknet.proto import caffe_pb2
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-VENV_BIN = Path(sys.executable).parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 pytestmark = pytest.mark.timeout(300)
@@ -378,110 +378,13 @@ def test_user_mistakes_exit_2_without_traceback(app, args, message, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-# -- the README's Spark tour, as a new user runs it ------------------------------------------
+# -- workers that cannot import this sparknet ---------------------------------------------
 
-def clean_env() -> dict[str, str]:
-    """A shell without an activated venv: no PYSPARK_* settings, the venv's bin/ not on PATH."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYSPARK_", "VIRTUAL_ENV", "PYTHONPATH"))}
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
-                                  if p and Path(p).resolve() != VENV_BIN.resolve())
-    env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    return env
-
-
-#: Sections whose blocks the tour leaves out, and the test that runs each as written: the
-#: Spark Connect block opens a Connect session, after which a Python process is a Connect
-#: client for good (pyspark's is_remote()), so it runs in a process of its own.
-OWN_PROCESS = {"Spark Connect": "tests/test_connect.py"}
-
-
-def readme_blocks() -> list[tuple[str, str, str]]:
-    """``(heading, language, code)`` of every ```python block of the README (but those of
-    :data:`OWN_PROCESS`) and of its command-line block, in order."""
-    text = (ROOT / "README.md").read_text()
-    blocks, heading = [], ""
-    for part in re.split(r"^(#+ .*|```\w*\n(?:.*\n)*?```)$", text, flags=re.MULTILINE):
-        if part.startswith("#"):
-            heading = part.lstrip("# ").strip()
-        elif part.startswith("```python\n") and heading not in OWN_PROCESS:
-            blocks.append((heading, "python", part[len("```python\n"):-3]))
-        elif part.startswith("```sh\n") and heading == "From the command line":
-            blocks.append((heading, "sh", part[len("```sh\n"):-3]))
-    return blocks
-
-
-def run_clean(script: str, cwd: Path, env: dict[str, str] | None = None,
-              timeout: float = 900) -> subprocess.CompletedProcess:
+def run_clean(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     path = cwd / "script.py"
     path.write_text(script)
-    return subprocess.run([sys.executable, str(path)], cwd=cwd, env=env or clean_env(),
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def fresh_clone(dest: Path) -> Path:
-    """A ``git clone`` of this repository (its committed tree): what a new user has."""
-    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(dest)], check=True, timeout=300)
-    return dest
-
-
-def clone_env(env: dict[str, str]) -> dict[str, str]:
-    """``env`` for a process working in a clone with this checkout's sparknet.
-
-    The clone's own ``sparknet/`` is not built (this checkout's venv runs this
-    checkout's sparknet), so Spark's Python workers, started in the clone, must
-    not import it from their working folder, as a venv installed from the clone
-    itself would not: Python 3.11's ``PYTHONSAFEPATH`` leaves that folder off
-    ``sys.path``.
-    """
-    return {**env, "PYTHONSAFEPATH": "1"}
-
-
-def git_status(clone: Path) -> str:
-    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone,
-                          capture_output=True, text=True, check=True, timeout=120).stdout
-
-
-@pytest.mark.timeout(1800)  # two tours (the second resumes its training) on a busy machine
-def test_readme_runs_twice_in_a_row_from_a_fresh_clone_and_leaves_it_clean(tmp_path):
-    """Every Python block and the command-line block of the README, twice in a row in one
-    interpreter (the venv's python only, no activated venv), in a fresh clone: the second
-    run passes too, each example says where it wrote, and git sees no new or changed file."""
-    clone = fresh_clone(tmp_path / "clone")
-    blocks = readme_blocks()
-    assert [(h, lang) for h, lang, _ in blocks] == [
-        ("1. Define a net in Python, with mistakes caught where they are written", "python"),
-        ("2. Load a Caffe prototxt and let Spark feed it", "python"),
-        ("3. Train on Spark", "python"), ("4. Extract features", "python"),
-        ("5. One machine, no Spark: the engine", "python"), ("From the command line", "sh"),
-        ("Spark ML pipelines", "python"), ("Choosing tau and the outer optimizer", "python")]
-    (tmp_path / "blocks.json").write_text(json.dumps(blocks))
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "readme_tour.py"),
-                           str(tmp_path / "blocks.json")], cwd=clone, env=clone_env(clean_env()),
-                          capture_output=True, text=True, timeout=1700, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    tours = [json.loads(line.split(" ", 2)[2]) for line in done.stdout.splitlines()
-             if line.startswith("TOUR ")]
-    assert len(tours) == 2
-    assert tours[0]["accuracy"] >= 0.95
-    # the second tour resumes from the first one's last checkpoint: no round runs again
-    assert tours[0]["rounds"] == tours[1]["rounds"] == list(range(1, 13))
-    assert tours[1]["accuracy"] == tours[0]["accuracy"]
-    assert (clone / "runs/tour/ckpt/latest").read_text().strip() == "round-000012"
-    for written in ("runs/tour/history.jsonl", "runs/tour/lenet.caffemodel",
-                    "runs/tour/features.parquet/_SUCCESS", "runs/engine/lenet.caffemodel",
-                    "runs/googlenet.py", "runs/lenet.caffemodel",
-                    "runs/features.parquet/_SUCCESS", "runs/lenet-pipeline/metadata/_SUCCESS"):
-        assert (clone / written).is_file(), written
-    for what, path in (("weights", "runs/tour/lenet.caffemodel"),
-                       ("features", "runs/tour/features.parquet"),
-                       ("weights", "runs/engine/lenet.caffemodel"), ("wrote", "runs/googlenet.py"),
-                       ("weights", "runs/lenet.caffemodel"),
-                       ("features (ip1)", "runs/features.parquet"),
-                       ("pipeline", "runs/lenet-pipeline")):  # where each one wrote, twice
-        shown = re.findall(rf"^{re.escape(what)}:?\s+{re.escape(path)}$", done.stdout, re.M)
-        assert len(shown) == 2, (what, path)
-    assert git_status(clone) == ""
+    return subprocess.run([sys.executable, str(path)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900, check=False)
 
 
 WORKER_CHECK = '''
