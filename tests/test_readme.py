@@ -61,6 +61,11 @@ def test_readme_runs_twice_in_a_row_from_a_fresh_clone_and_leaves_it_clean(tmp_p
     assert tours[0]["rounds"] == tours[1]["rounds"] == list(range(1, 13))
     assert tours[1]["accuracy"] == tours[0]["accuracy"]
     assert (clone / "runs/tour/ckpt/latest").read_text().strip() == "round-000012"
+    # "Choosing tau and the outer optimizer": the taus its comment shows, and a net that
+    # learns on the MNIST sample, both times
+    for tour in tours:
+        assert tour["tau"]["taus"] == [10, 10, 50, 50, 50, 50], tour
+        assert tour["tau"]["accuracy"] >= 0.9, tour
     for written in ("runs/tour/history.jsonl", "runs/tour/lenet.caffemodel",
                     "runs/tour/features.parquet/_SUCCESS", "runs/engine/lenet.caffemodel",
                     "runs/googlenet.py", "runs/lenet.caffemodel",
