@@ -115,8 +115,8 @@ def in_process(spark, capsys, *args: str) -> tuple[int, str]:
     Spark session (as the README tour runs its commands): (exit status, stdout).
 
     For commands whose subject is not the process: a command run as its own process is
-    proven by the ``sparknet(...)`` tests (``train`` among them); a JVM and Python workers
-    started for each of these would prove nothing more. The command sets the session's log
+    proven by the ``sparknet(...)`` tests (``train`` by the s3 scheme's); a JVM and Python
+    workers started for each of these would prove nothing more. The command sets the session's log
     level to WARN; the suite's ERROR is put back.
     """
     from sparknet import cli
@@ -130,15 +130,17 @@ def in_process(spark, capsys, *args: str) -> tuple[int, str]:
 
 
 def test_train_then_test_then_featurize_on_digits(tmp_path, spark, capsys):
-    """`sparknet train digits:` end to end as its own process, then the weights it wrote,
-    scored and featurized by `sparknet test` and `sparknet featurize`."""
+    """`sparknet train digits:` end to end, then the weights it wrote, scored and
+    featurized by `sparknet test` and `sparknet featurize`. (`sparknet train` as its own
+    process: test_train_on_every_documented_data_scheme[s3].)"""
     weights = tmp_path / "lenet.caffemodel"
-    done = sparknet("train", "lenet", "--data", "digits:", "--workers", "2", "--rounds", "4",
-                    "--sync-interval", "50", "--test-interval", "2", "--master", "local[2]",
-                    "--output", str(tmp_path / "run"), "--save", str(weights))
-    assert done.returncode == 0, done.stderr[-3000:]
-    accuracy = float(done.stdout.split("accuracy ")[1].split(",")[0])
-    assert accuracy >= 0.95, done.stdout
+    status, out = in_process(spark, capsys, "train", "lenet", "--data", "digits:", "--workers",
+                             "2", "--rounds", "4", "--sync-interval", "50", "--test-interval",
+                             "2", "--master", "local[2]", "--output", str(tmp_path / "run"),
+                             "--save", str(weights))
+    assert status == 0
+    accuracy = float(out.split("accuracy ")[1].split(",")[0])
+    assert accuracy >= 0.95, out
     assert weights.exists() and (tmp_path / "run" / "history.jsonl").exists()
 
     status, out = in_process(spark, capsys, "test", "lenet", "--weights", str(weights),
@@ -259,11 +261,12 @@ def test_train_on_every_documented_data_scheme(tmp_path, scheme, request, spark,
             "--master", "local[2]", "--output", str(tmp_path / "run"), "--save", str(weights)]
     if scheme == "s3":
         # its own process: the endpoint and credentials reach boto3 on Spark's workers
-        # through the environment the JVM and its workers start with
+        # through the environment the JVM and its workers start with. The suite's test of
+        # `sparknet train` as a process of its own (exit status 0, what it prints)
         done = sparknet(*args, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
         out = done.stdout
-    else:  # the files are the subject here; train as a process is test_train_then_test_...'s
+    else:  # the files are the subject here, not the process
         status, out = in_process(spark, capsys, *args)
         assert status == 0
     accuracy = float(out.split("accuracy ")[1].split(",")[0])
