@@ -125,13 +125,16 @@ def test_lenet_app_trains_on_the_digits(lenet_run):
 
 
 def test_lenet_app_under_spark_submit(tmp_path):
+    # one short round: what is proven here is the master, the outputs and their paths under
+    # spark-submit; that the app's LeNet learns is test_lenet_app_trains_on_the_digits's
     proc = run([str(VENV_BIN / "spark-submit"), str(EXAMPLES / "lenet_app.py"),
-                "--workers", "2", "--rounds", "2", "--test-interval", "1"], tmp_path)
+                "--workers", "2", "--rounds", "1", "--sync-interval", "5",
+                "--test-interval", "1"], tmp_path)
     check_status(proc, 0)
     # spark-submit runs the app with its stderr merged into stdout
     assert "on local[*]" in proc.stdout  # spark-submit's (default) master, not local[2]
     printed_metrics(proc.stdout)
-    check_training_outputs(proc.stdout, tmp_path, rounds=2)
+    check_training_outputs(proc.stdout, tmp_path, rounds=1)
     assert (tmp_path / "runs" / "lenet" / "lenet.caffemodel").is_file()
 
 
@@ -274,8 +277,10 @@ def parity_mnist(tmp_path_factory):
     return folder
 
 
-def pretrained_lenet(path: Path, steps: int = 150) -> None:
-    """LeNet trained on the ten digits with the engine alone (no Spark), saved as .caffemodel."""
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """LeNet trained on the ten digits with the engine alone (no Spark), saved as .caffemodel
+    once for the fine-tuning tests (which only read it)."""
     from sparknet.data import load_digits
     from sparknet.engine import CaffeNet
     from sparknet.models import lenet
@@ -288,14 +293,15 @@ def pretrained_lenet(path: Path, steps: int = 150) -> None:
         while True:
             j = rng.integers(0, len(y), 32)
             yield {"data": x[j], "label": y[j]}
-    losses = engine.train(steps, batches())
-    assert steps < 100 or losses[-20:].mean() < 0.5
+    losses = engine.train(150, batches())
+    assert losses[-20:].mean() < 0.5
+    path = tmp_path_factory.mktemp("pretrained") / "digits.caffemodel"
     engine.save_weights(path)
+    return path
 
 
-def test_finetune_app_new_last_layer(parity_mnist, tmp_path):
-    pre = tmp_path / "digits.caffemodel"
-    pretrained_lenet(pre)
+def test_finetune_app_new_last_layer(parity_mnist, pretrained, tmp_path):
+    pre = pretrained
     proc = run_app("finetune_app", "--weights", str(pre), "--net", "lenet",
                    "--data", f"mnist:{parity_mnist}", "--num-classes", "2", "--freeze",
                    "--rounds", "2", "--sync-interval", "20", "--test-interval", "1",
@@ -311,11 +317,9 @@ def test_finetune_app_new_last_layer(parity_mnist, tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
-def test_finetune_app_labels_that_do_not_fit(parity_mnist, tmp_path):
+def test_finetune_app_labels_that_do_not_fit(parity_mnist, pretrained, tmp_path):
     """One output for two labels: refused on the driver, before any round, without a traceback."""
-    pre = tmp_path / "digits.caffemodel"
-    pretrained_lenet(pre, steps=1)
-    proc = run_app("finetune_app", "--weights", str(pre), "--data", f"mnist:{parity_mnist}",
+    proc = run_app("finetune_app", "--weights", str(pretrained), "--data", f"mnist:{parity_mnist}",
                    "--num-classes", "1", "--rounds", "1", "--output", "out", cwd=tmp_path,
                    status=2)
     assert "it must hold integers in [0, 1)" in proc.stderr
@@ -335,11 +339,9 @@ def parity_lmdb(tmp_path_factory):
     return folder
 
 
-def test_finetune_app_on_lmdb_databases(parity_lmdb, tmp_path):
+def test_finetune_app_on_lmdb_databases(parity_lmdb, pretrained, tmp_path):
     """The apps take every data URI the command line takes: here lmdb:, train and test."""
-    pre = tmp_path / "digits.caffemodel"
-    pretrained_lenet(pre)
-    proc = run_app("finetune_app", "--weights", str(pre), "--net", "lenet",
+    proc = run_app("finetune_app", "--weights", str(pretrained), "--net", "lenet",
                    "--data", f"lmdb:{parity_lmdb / 'train'}",
                    "--test-data", f"lmdb:{parity_lmdb / 'test'}", "--num-classes", "2",
                    "--rounds", "2", "--sync-interval", "20", "--test-interval", "1",
