@@ -2,13 +2,14 @@
 
 ``python tests/readme_tour.py BLOCKS.json`` (from the folder the examples should
 write in): ``BLOCKS.json`` holds ``[heading, language, code]`` of each block, in
-order (``tests/test_examples.py`` extracts them). Every block runs in one
+order (``tests/test_readme.py`` extracts them). Every block runs in one
 namespace, all of them twice in a row. A statement followed by comment lines
 ``# SomeError: message`` must raise exactly that error; a ``sh`` block's
 ``.venv/bin/sparknet`` commands run through :func:`sparknet.cli.main` in this
 interpreter (so they share the tour's Spark session) and must exit 0. After each
 tour a line ``TOUR <n> <json>`` gives the accuracy and rounds of the tour's
-training run (section 3).
+training run (section 3), and the taus and test accuracy of the run of
+"Choosing tau and the outer optimizer" (whose comment shows the taus).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from sparknet import cli
 NAMESPACE: dict = {"__name__": "__main__"}
 #: The block whose training run (``result``) the ``TOUR`` line describes.
 TRAINING = "3. Train on Spark"
+#: The block whose run's taus and accuracy the ``TOUR`` line gives as ``tau``.
+TAU = "Choosing tau and the outer optimizer"
 
 
 def expected_error(lines: list[str], end: int) -> str | None:
@@ -69,8 +72,12 @@ def main(blocks_file: str) -> None:
             (run_python if language == "python" else run_sh)(code, f"README {heading!r}")
             if heading == TRAINING:
                 result = NAMESPACE["result"]  # later blocks may name another result so
+            elif heading == TAU:
+                tau = {"taus": [h["tau"] for h in NAMESPACE["result"].history],
+                       "accuracy": NAMESPACE["result"].test["accuracy"]}
         print("TOUR", attempt, json.dumps({"accuracy": result.history[-1]["test"]["accuracy"],
-                                           "rounds": [h["round"] for h in result.history]}),
+                                           "rounds": [h["round"] for h in result.history],
+                                           "tau": tau}),
               flush=True)
 
 

@@ -4,7 +4,8 @@ LeNet on the bundled digits (with ``python`` and with ``spark-submit``), the
 CIFAR-10 app on generated files in CIFAR's binary format, the ImageNet app on
 generated JPEG tar shards uploaded with the upload tool to an S3 server on
 loopback, the featurizer (Parquet read back and checked against the engine),
-and fine-tuning from a ``.caffemodel`` trained without Spark.
+and fine-tuning from a ``.caffemodel`` trained without Spark. (The README's own
+examples run in ``test_readme.py``, a module of its own so that it runs beside this one.)
 """
 from __future__ import annotations
 
@@ -18,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from apphelp import ROOT, VENV_BIN, clean_env, clone_env, fresh_clone, git_status
 
 from sparknet.proto import caffe_pb2
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-VENV_BIN = Path(sys.executable).parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 pytestmark = pytest.mark.timeout(300)
@@ -125,13 +125,16 @@ def test_lenet_app_trains_on_the_digits(lenet_run):
 
 
 def test_lenet_app_under_spark_submit(tmp_path):
+    # one short round: what is proven here is the master, the outputs and their paths under
+    # spark-submit; that the app's LeNet learns is test_lenet_app_trains_on_the_digits's
     proc = run([str(VENV_BIN / "spark-submit"), str(EXAMPLES / "lenet_app.py"),
-                "--workers", "2", "--rounds", "2", "--test-interval", "1"], tmp_path)
+                "--workers", "2", "--rounds", "1", "--sync-interval", "5",
+                "--test-interval", "1"], tmp_path)
     check_status(proc, 0)
     # spark-submit runs the app with its stderr merged into stdout
     assert "on local[*]" in proc.stdout  # spark-submit's (default) master, not local[2]
     printed_metrics(proc.stdout)
-    check_training_outputs(proc.stdout, tmp_path, rounds=2)
+    check_training_outputs(proc.stdout, tmp_path, rounds=1)
     assert (tmp_path / "runs" / "lenet" / "lenet.caffemodel").is_file()
 
 
@@ -274,8 +277,10 @@ def parity_mnist(tmp_path_factory):
     return folder
 
 
-def pretrained_lenet(path: Path, steps: int = 150) -> None:
-    """LeNet trained on the ten digits with the engine alone (no Spark), saved as .caffemodel."""
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """LeNet trained on the ten digits with the engine alone (no Spark), saved as .caffemodel
+    once for the fine-tuning tests (which only read it)."""
     from sparknet.data import load_digits
     from sparknet.engine import CaffeNet
     from sparknet.models import lenet
@@ -288,14 +293,15 @@ def pretrained_lenet(path: Path, steps: int = 150) -> None:
         while True:
             j = rng.integers(0, len(y), 32)
             yield {"data": x[j], "label": y[j]}
-    losses = engine.train(steps, batches())
-    assert steps < 100 or losses[-20:].mean() < 0.5
+    losses = engine.train(150, batches())
+    assert losses[-20:].mean() < 0.5
+    path = tmp_path_factory.mktemp("pretrained") / "digits.caffemodel"
     engine.save_weights(path)
+    return path
 
 
-def test_finetune_app_new_last_layer(parity_mnist, tmp_path):
-    pre = tmp_path / "digits.caffemodel"
-    pretrained_lenet(pre)
+def test_finetune_app_new_last_layer(parity_mnist, pretrained, tmp_path):
+    pre = pretrained
     proc = run_app("finetune_app", "--weights", str(pre), "--net", "lenet",
                    "--data", f"mnist:{parity_mnist}", "--num-classes", "2", "--freeze",
                    "--rounds", "2", "--sync-interval", "20", "--test-interval", "1",
@@ -311,11 +317,9 @@ def test_finetune_app_new_last_layer(parity_mnist, tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
-def test_finetune_app_labels_that_do_not_fit(parity_mnist, tmp_path):
+def test_finetune_app_labels_that_do_not_fit(parity_mnist, pretrained, tmp_path):
     """One output for two labels: refused on the driver, before any round, without a traceback."""
-    pre = tmp_path / "digits.caffemodel"
-    pretrained_lenet(pre, steps=1)
-    proc = run_app("finetune_app", "--weights", str(pre), "--data", f"mnist:{parity_mnist}",
+    proc = run_app("finetune_app", "--weights", str(pretrained), "--data", f"mnist:{parity_mnist}",
                    "--num-classes", "1", "--rounds", "1", "--output", "out", cwd=tmp_path,
                    status=2)
     assert "it must hold integers in [0, 1)" in proc.stderr
@@ -335,11 +339,9 @@ def parity_lmdb(tmp_path_factory):
     return folder
 
 
-def test_finetune_app_on_lmdb_databases(parity_lmdb, tmp_path):
+def test_finetune_app_on_lmdb_databases(parity_lmdb, pretrained, tmp_path):
     """The apps take every data URI the command line takes: here lmdb:, train and test."""
-    pre = tmp_path / "digits.caffemodel"
-    pretrained_lenet(pre)
-    proc = run_app("finetune_app", "--weights", str(pre), "--net", "lenet",
+    proc = run_app("finetune_app", "--weights", str(pretrained), "--net", "lenet",
                    "--data", f"lmdb:{parity_lmdb / 'train'}",
                    "--test-data", f"lmdb:{parity_lmdb / 'test'}", "--num-classes", "2",
                    "--rounds", "2", "--sync-interval", "20", "--test-interval", "1",
@@ -378,110 +380,13 @@ def test_user_mistakes_exit_2_without_traceback(app, args, message, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-# -- the README's Spark tour, as a new user runs it ------------------------------------------
+# -- workers that cannot import this sparknet ---------------------------------------------
 
-def clean_env() -> dict[str, str]:
-    """A shell without an activated venv: no PYSPARK_* settings, the venv's bin/ not on PATH."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYSPARK_", "VIRTUAL_ENV", "PYTHONPATH"))}
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
-                                  if p and Path(p).resolve() != VENV_BIN.resolve())
-    env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    return env
-
-
-#: Sections whose blocks the tour leaves out, and the test that runs each as written: the
-#: Spark Connect block opens a Connect session, after which a Python process is a Connect
-#: client for good (pyspark's is_remote()), so it runs in a process of its own.
-OWN_PROCESS = {"Spark Connect": "tests/test_connect.py"}
-
-
-def readme_blocks() -> list[tuple[str, str, str]]:
-    """``(heading, language, code)`` of every ```python block of the README (but those of
-    :data:`OWN_PROCESS`) and of its command-line block, in order."""
-    text = (ROOT / "README.md").read_text()
-    blocks, heading = [], ""
-    for part in re.split(r"^(#+ .*|```\w*\n(?:.*\n)*?```)$", text, flags=re.MULTILINE):
-        if part.startswith("#"):
-            heading = part.lstrip("# ").strip()
-        elif part.startswith("```python\n") and heading not in OWN_PROCESS:
-            blocks.append((heading, "python", part[len("```python\n"):-3]))
-        elif part.startswith("```sh\n") and heading == "From the command line":
-            blocks.append((heading, "sh", part[len("```sh\n"):-3]))
-    return blocks
-
-
-def run_clean(script: str, cwd: Path, env: dict[str, str] | None = None,
-              timeout: float = 900) -> subprocess.CompletedProcess:
+def run_clean(script: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     path = cwd / "script.py"
     path.write_text(script)
-    return subprocess.run([sys.executable, str(path)], cwd=cwd, env=env or clean_env(),
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def fresh_clone(dest: Path) -> Path:
-    """A ``git clone`` of this repository (its committed tree): what a new user has."""
-    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(dest)], check=True, timeout=300)
-    return dest
-
-
-def clone_env(env: dict[str, str]) -> dict[str, str]:
-    """``env`` for a process working in a clone with this checkout's sparknet.
-
-    The clone's own ``sparknet/`` is not built (this checkout's venv runs this
-    checkout's sparknet), so Spark's Python workers, started in the clone, must
-    not import it from their working folder, as a venv installed from the clone
-    itself would not: Python 3.11's ``PYTHONSAFEPATH`` leaves that folder off
-    ``sys.path``.
-    """
-    return {**env, "PYTHONSAFEPATH": "1"}
-
-
-def git_status(clone: Path) -> str:
-    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone,
-                          capture_output=True, text=True, check=True, timeout=120).stdout
-
-
-@pytest.mark.timeout(1800)  # two tours (the second resumes its training) on a busy machine
-def test_readme_runs_twice_in_a_row_from_a_fresh_clone_and_leaves_it_clean(tmp_path):
-    """Every Python block and the command-line block of the README, twice in a row in one
-    interpreter (the venv's python only, no activated venv), in a fresh clone: the second
-    run passes too, each example says where it wrote, and git sees no new or changed file."""
-    clone = fresh_clone(tmp_path / "clone")
-    blocks = readme_blocks()
-    assert [(h, lang) for h, lang, _ in blocks] == [
-        ("1. Define a net in Python, with mistakes caught where they are written", "python"),
-        ("2. Load a Caffe prototxt and let Spark feed it", "python"),
-        ("3. Train on Spark", "python"), ("4. Extract features", "python"),
-        ("5. One machine, no Spark: the engine", "python"), ("From the command line", "sh"),
-        ("Spark ML pipelines", "python"), ("Choosing tau and the outer optimizer", "python")]
-    (tmp_path / "blocks.json").write_text(json.dumps(blocks))
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "readme_tour.py"),
-                           str(tmp_path / "blocks.json")], cwd=clone, env=clone_env(clean_env()),
-                          capture_output=True, text=True, timeout=1700, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    tours = [json.loads(line.split(" ", 2)[2]) for line in done.stdout.splitlines()
-             if line.startswith("TOUR ")]
-    assert len(tours) == 2
-    assert tours[0]["accuracy"] >= 0.95
-    # the second tour resumes from the first one's last checkpoint: no round runs again
-    assert tours[0]["rounds"] == tours[1]["rounds"] == list(range(1, 13))
-    assert tours[1]["accuracy"] == tours[0]["accuracy"]
-    assert (clone / "runs/tour/ckpt/latest").read_text().strip() == "round-000012"
-    for written in ("runs/tour/history.jsonl", "runs/tour/lenet.caffemodel",
-                    "runs/tour/features.parquet/_SUCCESS", "runs/engine/lenet.caffemodel",
-                    "runs/googlenet.py", "runs/lenet.caffemodel",
-                    "runs/features.parquet/_SUCCESS", "runs/lenet-pipeline/metadata/_SUCCESS"):
-        assert (clone / written).is_file(), written
-    for what, path in (("weights", "runs/tour/lenet.caffemodel"),
-                       ("features", "runs/tour/features.parquet"),
-                       ("weights", "runs/engine/lenet.caffemodel"), ("wrote", "runs/googlenet.py"),
-                       ("weights", "runs/lenet.caffemodel"),
-                       ("features (ip1)", "runs/features.parquet"),
-                       ("pipeline", "runs/lenet-pipeline")):  # where each one wrote, twice
-        shown = re.findall(rf"^{re.escape(what)}:?\s+{re.escape(path)}$", done.stdout, re.M)
-        assert len(shown) == 2, (what, path)
-    assert git_status(clone) == ""
+    return subprocess.run([sys.executable, str(path)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900, check=False)
 
 
 WORKER_CHECK = '''

@@ -15,6 +15,7 @@ import pytest
 
 from sparknet.data import load_digits
 from sparknet.engine import CaffeNet, WeightCollection
+from sparknet.ml import ParamError
 from sparknet.models import lenet
 from sparknet.spark import DataError
 
@@ -219,7 +220,7 @@ def test_bad_params_are_refused_before_any_spark_job_naming_column_and_size(spar
     err = _no_job_runs(spark, lambda: est.fit(strings))
     assert "label column 'label' holds string values" in str(err)
     err = _no_job_runs(spark, lambda: est.copy({est.workers: 0}).fit(train_df))
-    assert "Param workers must be >= 1, got 0" in str(err)
+    assert isinstance(err, ParamError) and "Param workers must be >= 1, got 0" in str(err)
     err = _no_job_runs(spark, lambda: est.copy({est.patience: 2}).fit(train_df))
     assert "patience needs validation data" in str(err)
     with pytest.raises(TypeError):
@@ -302,10 +303,12 @@ def test_every_param_is_a_constructor_keyword_with_its_default_and_has_a_setter(
     assert {p.name for p in est.params} == set(keywords) - {"self"} == set(values)
     defaults = est.extractParamMap()  # nothing set yet: the defaults
     for p in est.params:  # the signature documents the defaults the Params have
-        # None for a default that is not a plain value: seed's (a hash of the class name),
-        # inputCols' (a dict), outer's and tauSchedule's (their description as a dict)
+        # None for a default that is not a plain value: inputCols' (a dict), outer's and
+        # tauSchedule's (their description as a dict); and seed's, 0 (train()'s own, checked
+        # below), which the signature leaves None
         plain = p.name not in ("seed", "inputCols", "outer", "tauSchedule")
         assert keywords[p.name].default == (defaults.get(p) if plain else None), p.name
+    assert defaults[est.seed] == 0
     for name, (value, got) in values.items():
         setter = getattr(est, "set" + name[0].upper() + name[1:])
         assert setter(value) is est, name

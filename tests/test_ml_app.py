@@ -1,5 +1,5 @@
 """examples/pipeline_app.py, run as a user runs it (the README's Spark ML example runs in
-test_examples.py, with the rest of the README)."""
+test_readme.py, with the rest of the README)."""
 from __future__ import annotations
 
 import os

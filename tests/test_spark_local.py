@@ -25,11 +25,33 @@ def solver16():
     return lenet.solver(16)
 
 
-def test_two_workers_reach_97_percent(spark, digits, tmp_path):
+@pytest.fixture(scope="module")
+def plain(spark, digits, solver16):
+    """``plain(n)``: ``train(spark, solver16, the train digits, rounds=n, **SMALL)``, run once
+    per ``n`` for the module. Training with the same seed gives the same weights
+    (test_same_seed_same_weights_and_resume_is_exact runs it twice to prove it), so the
+    tests that compare a resumed, rerun or retried run with a plain one share that one."""
+    runs = {}
+
+    def run(rounds: int):
+        if rounds not in runs:
+            runs[rounds] = train(spark, solver16, digits[0], rounds=rounds, **SMALL)
+        return runs[rounds]
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained(spark, digits, tmp_path_factory):
+    """LeNet (batch 64) trained on the digits to 97%, once: (the result, its output folder)."""
     train_rdd, test_rdd = digits
-    result = train(spark, lenet.solver(64), train_rdd, test_data=test_rdd, workers=2,
-                   sync_interval=50, rounds=10, test_interval=5, output_dir=tmp_path,
-                   progress=False)
+    out = tmp_path_factory.mktemp("trained")
+    return train(spark, lenet.solver(64), train_rdd, test_data=test_rdd, workers=2,
+                 sync_interval=50, rounds=10, test_interval=5, output_dir=out,
+                 progress=False), out
+
+
+def test_two_workers_reach_97_percent(trained):
+    result, tmp_path = trained
     h = result.history
     assert [r["round"] for r in h] == list(range(1, 11))
     assert result.test["accuracy"] >= 0.97, result.test
@@ -64,9 +86,9 @@ def test_two_workers_reach_97_percent(spark, digits, tmp_path):
     assert acc == pytest.approx(result.test["accuracy"], abs=1e-6)
 
 
-def test_same_seed_same_weights_and_resume_is_exact(spark, digits, solver16, tmp_path):
+def test_same_seed_same_weights_and_resume_is_exact(spark, digits, solver16, plain, tmp_path):
     train_rdd, _ = digits
-    a = train(spark, solver16, train_rdd, rounds=4, **SMALL)
+    a = plain(4)
     b = train(spark, solver16, train_rdd, rounds=4, **SMALL)
     assert a.weights == b.weights
     c = train(spark, solver16, train_rdd, rounds=4, seed=1, **SMALL)
@@ -155,12 +177,12 @@ def test_uneven_small_partitions_wrap_and_repartition(spark, solver16):
     assert len(one.history[0]["partitions"]) == 1
 
 
-def test_tuples_dicts_and_dataframes_train_identically(spark, solver16):
-    tuples = digits_rdd(spark, "train", num_partitions=2)
+def test_tuples_dicts_and_dataframes_train_identically(spark, digits, solver16, plain):
+    tuples = digits[0]  # digits_rdd(spark, "train", num_partitions=2): plain(2) trained on it
     dicts = tuples.map(lambda p: {"label": p[1], "data": p[0], "extra": "ignored"})
     frame = digits_dataframe(spark, "train", num_partitions=2)
-    results = [train(spark, solver16, d, rounds=2, **SMALL).weights
-               for d in (tuples, dicts, frame)]
+    results = [plain(2).weights] + [train(spark, solver16, d, rounds=2, **SMALL).weights
+                                    for d in (dicts, frame)]
     assert results[0] == results[1] == results[2]
 
 
@@ -270,11 +292,11 @@ def test_dropout_nets_give_the_same_weights_after_a_worker_crash(spark, digits):
 
 
 @pytest.mark.parametrize("misses", [1, 4])
-def test_tasks_that_miss_their_cached_data_are_rerun(spark, digits, solver16, misses):
+def test_tasks_that_miss_their_cached_data_are_rerun(spark, digits, solver16, plain, misses):
     from sparknet.spark._faults import Fault, inject
 
     train_rdd, _ = digits
-    clean = train(spark, solver16, train_rdd, rounds=3, **SMALL)
+    clean = plain(3)
     # 1 miss: partition 1 is rerun on its own; 4: three reruns miss too, the data is cached
     # again and the round redone
     with inject(spark, Fault(round=1, partition=1, after_steps=misses, kind="missing")):
@@ -298,14 +320,13 @@ def test_test_metrics_are_weighted_by_example(spark, solver16):
     assert result.test["loss"] == pytest.approx(local["loss"], rel=1e-5)
 
 
-def test_transforms_are_reproducible(spark, digits, solver16):
+def test_transforms_are_reproducible(spark, digits, solver16, plain):
     from sparknet.data import Transformer
 
     train_rdd, _ = digits
     runs = [train(spark, solver16, train_rdd, rounds=2,
                   transform=Transformer(mirror=True, seed=5), **SMALL) for _ in range(2)]
-    plain = train(spark, solver16, train_rdd, rounds=2, **SMALL)
-    assert runs[0].weights == runs[1].weights != plain.weights
+    assert runs[0].weights == runs[1].weights != plain(2).weights
 
 
 def test_random_crops_are_drawn_per_minibatch_from_the_cached_images(spark):
@@ -378,11 +399,11 @@ def test_divergence_stops_with_the_round_and_keeps_the_last_checkpoint(spark, di
     assert np.isfinite(net.get_weights().flat).all()
 
 
-def test_s3_checkpoints_and_resume(spark, digits, solver16, s3):
+def test_s3_checkpoints_and_resume(spark, digits, solver16, plain, s3):
     train_rdd, _ = digits
     bucket = s3.bucket()
     where = f"s3://{bucket}/lenet"
-    full = train(spark, solver16, train_rdd, rounds=3, **SMALL)
+    full = plain(3)
     part = train(spark, solver16, train_rdd, rounds=2, checkpoint_dir=where,
                  checkpoint_interval=2, s3_options=s3.options(), **SMALL)
     assert part.checkpoint == f"{where}/round-000002"
@@ -395,7 +416,7 @@ def test_s3_checkpoints_and_resume(spark, digits, solver16, s3):
     assert out.endswith("final.caffemodel") and "lenet/final.caffemodel" in s3.keys(bucket)
 
 
-def test_callback_stops_and_init_weights_continue(spark, digits, solver16, tmp_path):
+def test_callback_stops_and_init_weights_continue(spark, digits, solver16, plain, tmp_path):
     train_rdd, _ = digits
     seen = []
     stopped = train(spark, solver16, train_rdd, rounds=10, callback=lambda r: (
@@ -403,17 +424,15 @@ def test_callback_stops_and_init_weights_continue(spark, digits, solver16, tmp_p
     assert seen == [1, 2] and stopped.rounds == 2
     assert stopped.checkpoint == str(tmp_path / "round-000002")
     cont = train(spark, solver16, train_rdd, rounds=1, init_weights=stopped, **SMALL)
-    fresh = train(spark, solver16, train_rdd, rounds=1, **SMALL)
-    assert cont.history[0]["loss"] < fresh.history[0]["loss"]
+    assert cont.history[0]["loss"] < plain(1).history[0]["loss"]
     from_file = train(spark, solver16, train_rdd, rounds=1, **SMALL,
                       init_weights=str(tmp_path / "round-000002" / "weights.caffemodel"))
     assert from_file.weights == cont.weights
 
 
-def test_predict_and_featurize(spark, digits, tmp_path):
-    train_rdd, test_rdd = digits
-    result = train(spark, lenet.solver(64), train_rdd, rounds=2, workers=2, sync_interval=50,
-                   progress=False, test_interval=0)
+def test_predict_and_featurize(spark, digits, trained, tmp_path):
+    _, test_rdd = digits
+    result, _ = trained  # LeNet at batch 64, trained on Spark
     x, y = load_digits("test")
     net = result.net()
     expected = net.forward({"data": x}, ["ip2", "ip1"])
@@ -443,11 +462,11 @@ def test_predict_and_featurize(spark, digits, tmp_path):
 
 
 def test_a_saved_result_loads_and_predicts_like_the_trained_one(spark, digits, solver16,
-                                                                tmp_path):
+                                                                plain, tmp_path):
     from sparknet.spark import TrainResult
 
     train_rdd, test_rdd = digits
-    result = train(spark, solver16, train_rdd, rounds=1, **SMALL)
+    result = plain(1)
     loaded = TrainResult.load(result.save(tmp_path / "w.caffemodel"), solver16)
     assert loaded.weights == result.weights
     want = predict(spark, solver16, result, test_rdd, blobs=["ip2"]).collect()
@@ -460,8 +479,8 @@ def test_a_saved_result_loads_and_predicts_like_the_trained_one(spark, digits, s
             == train(spark, solver16, train_rdd, rounds=1, init_weights=loaded, **SMALL).weights)
 
 
-def test_results_are_weight_collections(spark, digits, solver16):
-    result = train(spark, solver16, digits[0], rounds=1, **SMALL)
+def test_results_are_weight_collections(solver16, plain):
+    result = plain(1)
     assert isinstance(result.weights, WeightCollection)
     assert result.weights.layout == CaffeNet(solver16).get_weights().layout
 
@@ -469,9 +488,9 @@ def test_results_are_weight_collections(spark, digits, solver16):
 @pytest.mark.parametrize("damage", ["state.json", "weights.caffemodel",
                                     "workers/part-00001.solverstate"])
 def test_a_corrupt_newest_checkpoint_is_named_and_an_older_one_resumes_exactly(
-        spark, digits, solver16, tmp_path, caplog, damage):
+        spark, digits, solver16, plain, tmp_path, caplog, damage):
     train_rdd, _ = digits
-    whole = train(spark, solver16, train_rdd, rounds=3, **SMALL)
+    whole = plain(3)
     ck = tmp_path / "ck"
     train(spark, solver16, train_rdd, rounds=2, checkpoint_dir=ck, checkpoint_interval=1,
           keep_checkpoints=3, **SMALL)

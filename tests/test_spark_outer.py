@@ -152,13 +152,3 @@ def test_the_estimator_trains_with_its_outer_and_tau_schedule_params(spark, solv
     with pytest.raises(ValueError, match=r"Outer\.nesterov: lr must be finite and > 0"):
         CaffeEstimator(outer={"name": "nesterov", "lr": -1})
 
-
-def test_the_readme_example_of_choosing_tau_and_the_outer_optimizer_runs(spark, root):
-    text = (root / "README.md").read_text()
-    block = text.split("## Choosing tau and the outer optimizer", 1)[1]
-    block = block.split("```python\n", 1)[1].split("```", 1)[0]
-    scope: dict = {}
-    exec(compile(block, "README.md", "exec"), scope)  # getOrCreate: the suite's session
-    result = scope["result"]
-    assert [h["tau"] for h in result.history] == [10, 10, 50, 50, 50, 50]
-    assert result.test["accuracy"] >= 0.9, result.test
