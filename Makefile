@@ -33,9 +33,10 @@ BUILD_INPUTS := setup.py setup.cfg pyproject.toml caffe/build.py caffe/caffe.mk 
 
 # pytest-xdist workers for make test / test-fast: one per core by default. Each test
 # module runs whole on one worker (--dist loadfile), so a module's shared fixtures
-# (a fitted model, a cluster, a Spark session) are built once.
+# (a fitted model, a cluster, a Spark session) are built once; modules start heaviest
+# first (tests/conftest.py HEAVIEST_FIRST), not in xdist's order by test count.
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
-PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: run test test-fast lint build deps env bench bench-env wheel pack clean
 

@@ -28,10 +28,28 @@ SLOW_MODULES = frozenset({
 })
 
 
+#: Modules by cost, heaviest first (pytest --durations of whole runs). pytest-xdist's
+#: ``--dist loadfile`` hands modules to its workers in collection order (``make test``
+#: turns off its own reordering by test count, which put the one-test README tour
+#: last), so the long ones start first and no worker is left running one alone at the end.
+HEAVIEST_FIRST = (
+    "test_examples", "test_bench_smoke", "test_readme", "test_connect", "test_spark_local",
+    "test_spark_cluster", "test_cli", "test_ring_exchange", "test_cluster_faults", "test_ml",
+    "test_ml_inputs", "test_deploy", "test_spark_outer", "test_bad_input_data", "test_ml_app",
+    "test_data_s3",
+)
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
+
+    def module(item) -> str:
+        return item.module.__name__ if getattr(item, "module", None) is not None else ""
+
     for item in items:
-        if item.module is not None and item.module.__name__ in SLOW_MODULES:
+        if module(item) in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: rank.get(module(item), len(rank)))  # stable: modules stay whole
 
 
 @pytest.fixture(scope="session")
