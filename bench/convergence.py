@@ -271,55 +271,45 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     results: dict[str, Any] = {"tau": tau, "batch": batch, "rounds": args.rounds, "curves": []}
 
-    # time to accuracy first, on a fresh session: neither side finds warm workers. A smoke
-    # run's figures mean nothing: it starts one session (one JVM) for both parts.
-    shared = session("sparknet-bench-convergence-smoke") if args.smoke else None
-    try:
-        speed = None
-        if not args.no_torch:
-            spark = shared or session("sparknet-bench-convergence-speed")
-            try:
-                peer = torch_curve(epochs, batch)
-                goal = peer["final"]
-                print(f"TorchDistributor: {epochs} epochs, final test accuracy {goal:.4f}, "
-                      f"wall {peer['wall']:.1f} s; reaches it after "
-                      f"{first_at(peer['points'], goal):.1f} s of training", flush=True)
-                mine = {name: sparknet_to(spark, goal, every[name], max_rounds=args.max_rounds,
-                                          tau=tau, batch=batch)
-                        for name in ("average", "nesterov")}
-                for name, got in mine.items():
-                    print(f"train ({name}): {got['seconds']:.1f} s to {goal:.4f} "
-                          f"(round {got['rounds']})", flush=True)
-                speed = {"torch": peer, "target": goal, "sparknet": mine}
-                results["time_to_accuracy"] = speed
-            finally:
-                if spark is not shared:
-                    spark.stop()
+    # time to accuracy first, on a fresh session: neither side finds warm workers
+    speed = None
+    if not args.no_torch:
+        spark = session("sparknet-bench-convergence-speed")
+        try:
+            peer = torch_curve(epochs, batch)
+            goal = peer["final"]
+            print(f"TorchDistributor: {epochs} epochs, final test accuracy {goal:.4f}, "
+                  f"wall {peer['wall']:.1f} s; reaches it after "
+                  f"{first_at(peer['points'], goal):.1f} s of training", flush=True)
+            mine = {name: sparknet_to(spark, goal, every[name], max_rounds=args.max_rounds,
+                                      tau=tau, batch=batch) for name in ("average", "nesterov")}
+            for name, got in mine.items():
+                print(f"train ({name}): {got['seconds']:.1f} s to {goal:.4f} "
+                      f"(round {got['rounds']})", flush=True)
+            speed = {"torch": peer, "target": goal, "sparknet": mine}
+            results["time_to_accuracy"] = speed
+        finally:
+            spark.stop()
 
-        runs: list[dict[str, Any]] = []
-        if not args.no_curves:
-            spark = shared or session("sparknet-bench-convergence")
-            try:
-                for k in ks:
-                    for name in chosen:
-                        run = curve(spark, k, name, every[name], rounds=args.rounds, tau=tau,
-                                    batch=batch)
-                        runs.append(run)
-                        print(f"K={k} {name:<10} accuracy " + " ".join(
-                            f"{a:.3f}" for a in run["accuracy"]) + f"  tau {run['tau']}  "
-                            f"({run['seconds']:.0f} s, load {os.getloadavg()[0]:.1f})",
-                            flush=True)
-            finally:
-                if spark is not shared:
-                    spark.stop()
-            results["curves"] = runs
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=1))
-            plot(runs, args.plot)
-            print(f"curves: {args.json}, plot: {args.plot}")
-    finally:
-        if shared is not None:
-            shared.stop()
+    runs: list[dict[str, Any]] = []
+    if not args.no_curves:
+        spark = session("sparknet-bench-convergence")
+        try:
+            for k in ks:
+                for name in chosen:
+                    run = curve(spark, k, name, every[name], rounds=args.rounds, tau=tau,
+                                batch=batch)
+                    runs.append(run)
+                    print(f"K={k} {name:<10} accuracy " + " ".join(
+                        f"{a:.3f}" for a in run["accuracy"]) + f"  tau {run['tau']}  "
+                        f"({run['seconds']:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
+        finally:
+            spark.stop()
+        results["curves"] = runs
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+        plot(runs, args.plot)
+        print(f"curves: {args.json}, plot: {args.plot}")
 
     summarize(runs, speed, max(ks))
     return 0
