@@ -110,7 +110,7 @@ def _put(exchange: RingExchange, key: int, size: int, offset: int, data: np.ndar
         return _REP.unpack(_recv_exact(sock, _REP.size))[0]
 
 
-def test_the_driver_holds_the_sum_once_every_shard_has_come(ring):
+def test_the_driver_holds_the_pushed_weights_once_every_shard_has_come(ring):
     acc = np.full(64, -1.0, np.float32)
     chan = ring.accept(ring.publish(np.zeros(64, np.float32)), acc)
     assert _comm.shard_bounds(64, 2) == [0, 32, 64]
@@ -124,6 +124,45 @@ def test_the_driver_holds_the_sum_once_every_shard_has_come(ring):
     # the next publish knows these weights can be the ones the tasks gathered
     assert ring.publish(np.zeros(64, np.float32)).origin == chan.key
     assert _put(ring, chan.key, 64, 0, np.ones(32, np.float32)) == ST_STALE  # round over
+
+
+def test_a_round_that_keeps_its_weights_on_the_executors_takes_no_shard(ring):
+    acc = np.full(64, -1.0, np.float32)
+    chan = ring.accept(ring.publish(np.zeros(64, np.float32)).pushing(False), acc)
+    assert ring.missing([0, 1]) == []  # nothing is expected
+    assert _put(ring, chan.key, 64, 0, np.ones(32, np.float32)) == ST_STALE
+    ring.end()
+    held = ring.publish(np.zeros(64, np.float32), held=(chan.key, 1234))
+    assert (held.held, held.origin, held.fingerprint) == (True, chan.key, 1234)
+    with pytest.raises(RuntimeError, match=r"this process has no copy of the round's weights "
+                                           rf"\(accumulation {chan.key}\), and the driver "
+                                           r"keeps none"):
+        held.weights()  # (not the driver's stale copy)
+
+
+def test_the_driver_collects_kept_weights_from_one_executor_and_turns_the_others_away(
+        ring, tmp_path):
+    from sparknet.spark._ring_exchange import _gather_buffer, _keep
+    from sparknet.spark._socket_exchange import _fingerprint, forget_fetched
+
+    chan = ring.accept(ring.publish(np.zeros(64, np.float32)).pushing(False),
+                       np.empty(64, np.float32))
+    ring.end()
+    gathered = _gather_buffer(tmp_path, 64)  # as a ring task gathers and keeps them
+    gathered[:] = np.arange(64, dtype=np.float32) / 7
+    fp = _fingerprint(gathered, 0)
+    _keep(tmp_path, gathered, ring.token, chan.key, fp)
+    forget_fetched()  # this "process" died: only the file keeps them
+    held = ring.publish(np.zeros(64, np.float32), held=(chan.key, fp))
+    out = np.full(64, -1.0, np.float32)
+    pull = ring.collect(held, out)
+    assert not pull.offer(0, tmp_path / "elsewhere")  # an executor without a copy
+    assert not ring.collected()
+    assert pull.offer(1, tmp_path)
+    assert ring.collected() and np.array_equal(out, np.arange(64, dtype=np.float32) / 7)
+    assert not pull.offer(0, tmp_path)  # one copy is enough
+    ring.end()
+    forget_fetched()
 
 
 def test_shard_bounds_cover_the_vector_in_aligned_near_equal_shards():
@@ -253,6 +292,30 @@ def test_a_task_failing_mid_round_reruns_the_round_to_the_same_weights(spark, di
     log = (tmp_path / "training.log").read_text()
     assert "round 2: the ring exchange failed: sparknet: injected failure in round 2, " \
            "partition 1" in log
+    # round 1 neither tested nor checkpointed: only the executors had its weights, and
+    # the driver took them from one that kept them (its Python worker had exited) before
+    # the one rerun
+    assert [h.get("kept", False) for h in clean.history] == [True, True, False]
+    assert "round 2: the weights after round 1 came from an executor that kept them" in log
+    assert log.count("the ring exchange failed") == 1
+
+
+def test_when_no_executor_keeps_the_weights_training_goes_on_from_the_drivers_copy(
+        spark, digits, tmp_path, ring_run):
+    from sparknet.spark._faults import Fault, inject
+
+    clean, _ = ring_run
+    # every task of round 2 deletes the weights its executor kept after round 1, and fails
+    with inject(spark, Fault(round=1, partition=-1, after_steps=1, kind="forget")):
+        lost = train(spark, lenet.solver(16), digits, rounds=3, exchange="ring",
+                     output_dir=tmp_path, **SMALL)
+    log = (tmp_path / "training.log").read_text()
+    assert "round 2: no executor keeps the weights after round 1 any more (the driver had " \
+           "no copy of them); training goes on from the initial weights, the driver's " \
+           "copy" in log
+    assert [h["round"] for h in lost.history] == [1, 2, 3]
+    assert np.isfinite(lost.weights.flat).all()
+    assert lost.weights != clean.weights  # round 1's work is lost: not the undisturbed run
 
 
 def test_a_task_away_from_its_data_calls_the_round_off_and_it_reruns(spark, digits, tmp_path,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -88,10 +89,15 @@ RING_MIN_BYTES = 16 << 20
 class Channel(Protocol):
     """What a task is given: the round's weights, and a way to send its result back."""
 
-    def weights(self) -> np.ndarray:
-        """The published flat vector (read-only)."""
+    def weights(self, home: Path | None = None) -> np.ndarray:
+        """The published flat vector (read-only).
 
-    def send(self, partition: int, flat: np.ndarray) -> Iterator[Any]:
+        ``home``: the partition's state folder on this executor, where a
+        channel may keep weights that outlive this process (the ring does).
+        """
+
+    def send(self, partition: int, flat: np.ndarray, home: Path | None = None
+             ) -> Iterator[Any]:
         """Send ``flat`` as ``partition``'s result; returns the items to yield (if any)."""
 
     def absent(self, partition: int) -> None:

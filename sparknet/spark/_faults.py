@@ -28,19 +28,23 @@ class Fault:
     """A failure to inject: raise in ``partition``'s task of 0-based ``round``.
 
     Only the first attempt fails, after ``after_steps`` solver steps, so Spark's
-    retry must recover. ``kind="exit"`` kills the Python worker process instead;
+    retry (or the driver's rerun of a ring round) must recover. ``kind="exit"``
+    kills the Python worker process instead; ``kind="forget"`` also deletes
+    the weights a ring exchange keeps in the partition's folder and in this
+    process (every partition of the round: no executor keeps them any more);
     ``kind="missing"`` makes the task report its cached data missing (as when a
     task runs on another executor) the first ``after_steps`` times.
+    ``partition=-1``: every partition.
     """
 
     round: int
     partition: int
     after_steps: int = 1
-    kind: str = attrs.field(default="raise",
-                            validator=attrs.validators.in_(("raise", "exit", "missing")))
+    kind: str = attrs.field(default="raise", validator=attrs.validators.in_(
+        ("raise", "exit", "forget", "missing")))
 
     def hits(self, rnd: int, partition: int) -> bool:
-        return self.round == rnd and self.partition == partition
+        return self.round == rnd and self.partition in (partition, -1)
 
     def data_missing(self, rnd: int, partition: int, folder: Path) -> bool:
         """``kind="missing"``: act as if the data were elsewhere, ``after_steps`` times."""
@@ -54,16 +58,29 @@ class Fault:
         marker.write_text(str(seen + 1))
         return True
 
-    def batches(self, rnd: int, partition: int, attempt: int,
-                batches: Iterator[Any]) -> Iterator[Any]:
-        """The task's minibatches; a first attempt that is hit fails after ``after_steps``."""
-        if self.kind == "missing" or not self.hits(rnd, partition) or attempt != 0:
+    def batches(self, rnd: int, partition: int, attempt: int, batches: Iterator[Any],
+                folder: Path) -> Iterator[Any]:
+        """The task's minibatches; the first attempt that is hit fails after ``after_steps``.
+
+        (Once: the driver's rerun of a ring round starts again at attempt 0.)
+        """
+        marker = folder / f".failed-{rnd}"
+        if (self.kind == "missing" or not self.hits(rnd, partition) or attempt != 0
+                or marker.exists()):
             yield from batches
             return
         for _, batch in zip(range(self.after_steps), batches, strict=False):
             yield batch
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
         if self.kind == "exit":
             os._exit(17)
+        if self.kind == "forget":
+            from sparknet.spark._socket_exchange import forget_fetched
+
+            forget_fetched()
+            for kept in folder.glob("ring*"):
+                kept.unlink()
         raise RuntimeError(f"sparknet: injected failure in round {rnd + 1}, "
                            f"partition {partition} (first attempt)")
 

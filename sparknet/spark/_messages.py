@@ -101,7 +101,8 @@ class RoundReport:
     ``missing_store``: the task found no cached data (it ran away from its
     executor) and did nothing. ``state``: how the solver state was found
     (``memory``, ``file``, ``fresh``, ``reset``). ``nonfinite`` is set when the
-    loss or weights became NaN/inf (then no result was sent).
+    loss or weights became NaN/inf (then no result was sent). ``gathered``: in
+    a ring round, the fingerprint of the next weights the task gathered.
     """
 
     task: TaskInfo
@@ -111,6 +112,7 @@ class RoundReport:
     losses: tuple[float, ...] = ()
     nonfinite: Nonfinite | None = None
     seconds: Timings = Timings()
+    gathered: int | None = None
 
     @property
     def partition(self) -> int:

@@ -12,13 +12,22 @@ added up in ring order, the same on every run. It turns that shard into the
 next weights with :func:`~sparknet.spark._combine.next_weights` (the function
 the driver runs too), pushes the shard's *sum* to the driver, and passes the
 new shard around the ring K − 1 times (all-gather). Each node sends and
-receives about 2·M floats a round whatever K; the driver receives M (the sums,
-from which it computes the same weights: for tests, checkpoints, resume, and
-any task that lacks them) and sends nothing unless asked.
+receives about 2·M floats a round whatever K, as gloo's allreduce does.
 
-The next round's tasks start from the weights gathered in their own process;
-a task whose process does not hold them (a new executor, a fresh Python
-worker, the first round) fetches them from the driver's TCP exchange, which
+The driver needs the weights only after a round that tests, checkpoints or
+ends the training: then each task also pushes its shard of the next weights
+to it (M/K more floats per node). Between such rounds the weights stay on the
+executors only. Each task gathers them into a file in its partition's state
+folder (memory-mapped: no copy, and it outlives the Python worker, which
+exits when a task fails), so a rerun round's tasks find them there, and when
+a round fails the driver collects them from any executor that keeps them
+(:meth:`RingChannel.offer`) before running it again. An outer optimizer's
+rounds push the shard *sums* every round instead: the driver makes those
+weights.
+
+The next round's tasks start from the weights gathered in their own process
+(or kept in their folder); a task that has neither (a new executor, the first
+round) fetches them from the driver's TCP exchange, which
 this one extends (:class:`RingExchange` is a
 :class:`~sparknet.spark._socket_exchange.SocketExchange` that also forms the
 rings and takes the pushed shards). A published vector carries a
@@ -40,6 +49,7 @@ import hmac
 import itertools
 import json
 import logging
+import os
 import queue
 import select
 import socket
@@ -47,6 +57,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,6 +97,10 @@ _HELLO = struct.Struct("!4s16sqii")  # magic, token, accumulation key, rank, K
 _ALIGN = 16
 #: Floats a ring task receives, adds and passes on at a time (1 MiB).
 PIECE = 1 << 18
+#: In a partition's state folder: the two files the gathered weights alternate between
+#: (the round's start stays whole while the next weights arrive), and which one holds what.
+_KEEP_FILES = ("ring-0.f32", "ring-1.f32")
+_KEPT = "ring.json"
 
 def shard_bounds(size: int, k: int) -> list[int]:
     """The K + 1 offsets that cut ``size`` floats into K near-equal, aligned shards."""
@@ -99,26 +114,32 @@ class RingChannel:
     ``star`` fetches from (and, in a fallback round, pushes to) the driver;
     ``origin`` is the accumulation whose gathered weights the published
     vector equals (``None``: fetch it), ``fingerprint`` its sampled checksum.
+    ``held``: the driver has no copy of them (the executors keep it);
+    ``push``: this round's tasks send the driver their shard of the next
+    weights (it tests, checkpoints or ends the training after this round).
     """
 
-    __slots__ = ("easgd_rate", "fingerprint", "gather", "origin", "star", "timeout", "waited",
-                 "workers")
+    __slots__ = ("easgd_rate", "fingerprint", "gather", "gathered", "held", "origin", "push",
+                 "star", "timeout", "waited", "workers")
 
     def __init__(self, star: SocketChannel, origin: int | None, fingerprint: int, workers: int,
-                 easgd_rate: float | None, timeout: float, gather: bool = True):
+                 easgd_rate: float | None, timeout: float, gather: bool = True,
+                 held: bool = False, push: bool = True):
         self.star, self.origin, self.fingerprint = star, origin, int(fingerprint)
         self.workers, self.easgd_rate, self.timeout = int(workers), easgd_rate, float(timeout)
         self.gather = bool(gather)  # False: push the sums only; the driver makes the weights
+        self.held, self.push = bool(held), bool(push)
         self.waited = 0.0  # in a task, after send(): seconds until every peer had joined
+        self.gathered: int | None = None  # in a task, after send(): the fingerprint gathered
 
     def __getstate__(self) -> tuple:
         return (self.star, self.origin, self.fingerprint, self.workers, self.easgd_rate,
-                self.timeout, self.gather)
+                self.timeout, self.gather, self.held, self.push)
 
     def __setstate__(self, state: tuple) -> None:
         (self.star, self.origin, self.fingerprint, self.workers, self.easgd_rate,
-         self.timeout, self.gather) = state
-        self.waited = 0.0
+         self.timeout, self.gather, self.held, self.push) = state
+        self.waited, self.gathered = 0.0, None
 
     @property
     def key(self) -> int:
@@ -126,18 +147,62 @@ class RingChannel:
 
     def with_star(self, star: SocketChannel) -> RingChannel:
         return RingChannel(star, self.origin, self.fingerprint, self.workers, self.easgd_rate,
-                           self.timeout, self.gather)
+                           self.timeout, self.gather, self.held, self.push)
+
+    def pushing(self, push: bool) -> RingChannel:
+        """This channel, its round's tasks sending the driver the next weights or not."""
+        chan = self.with_star(self.star)
+        chan.push = bool(push)
+        return chan
+
+    @property
+    def sends_driver(self) -> bool:
+        """Whether the round's tasks push shards to the driver (the weights, or the sums)."""
+        return self.push or not self.gather
 
     def ping(self) -> None:
         self.star.ping()
 
-    def weights(self) -> np.ndarray:
-        """The published vector: the one gathered in this process, else the driver's."""
-        if (self.origin is not None
-                and _FETCHED.get("tag") == ("ring", self.star.token, self.origin)
-                and _FETCHED.get("print") == self.fingerprint):
-            return _FETCHED["flat"]
+    def weights(self, home: Path | None = None) -> np.ndarray:
+        """The published vector: gathered in this process, kept in ``home``, else the driver's."""
+        if self.origin is not None:
+            tag = ("ring", self.star.token, self.origin)
+            if _FETCHED.get("tag") == tag and _FETCHED.get("print") == self.fingerprint:
+                return _FETCHED["flat"]
+            if home is not None and (kept := _adopt(home, tag, self.fingerprint)) is not None:
+                return kept
+        if self.held:
+            raise RuntimeError(
+                f"sparknet: ring exchange: this process has no copy of the round's weights "
+                f"(accumulation {self.origin}), and the driver keeps none between rounds that "
+                f"neither test nor checkpoint (a new executor?); the driver collects them "
+                f"from another executor and runs the round again")
         return self.star.weights()
+
+    def offer(self, partition: int, home: Path | None) -> bool:
+        """Send the driver the weights this channel names, if this executor keeps them.
+
+        The task of :meth:`RingExchange.collect`: ``False`` where this process
+        and ``home`` have no copy, or another executor is sending it already.
+        """
+        try:
+            flat = self.weights(home)
+        except RuntimeError:
+            return False
+        star = self.star
+        try:
+            with star._connect() as sock:
+                status, _ = star._request(sock, OP_PUT, partition, star.key)
+                if status == ST_STALE:
+                    return False  # another executor's copy is on its way, or it has come
+                sock.sendall(_PUT.pack(0, flat.size))
+                _send_all(sock, memoryview(flat).cast("B"))
+                status, _ = _REP.unpack(_recv_exact(sock, _REP.size))
+        except (ConnectionError, TimeoutError) as e:
+            raise ConnectionError(f"sparknet: sending partition {partition}'s copy of the "
+                                  f"weights to the driver's exchange at {star._where()} "
+                                  f"failed: {e}") from e
+        return status == ST_DONE
 
     def absent(self, partition: int) -> None:
         """This task has no result (no data here, or it diverged): call the collective off."""
@@ -167,11 +232,13 @@ class RingChannel:
             raise ConnectionError(f"sparknet: ring exchange: {answer['error']}")
         return answer["peers"]
 
-    def send(self, partition: int, flat: np.ndarray) -> Iterator[Any]:
-        """Reduce-scatter ``flat`` (overwritten), all-gather the next weights; push a shard.
+    def send(self, partition: int, flat: np.ndarray, home: Path | None = None
+             ) -> Iterator[Any]:
+        """Reduce-scatter ``flat`` (overwritten), all-gather the next weights (kept in ``home``).
 
-        Returns once this task's part is done: nothing to yield, or one
-        :class:`CalledOff` when another task of the round could not take part.
+        Pushes a shard to the driver where it needs one. Returns once this
+        task's part is done: nothing to yield, or one :class:`CalledOff` when
+        another task of the round could not take part.
         """
         if flat.size != self.star.size or flat.dtype != np.float32:
             raise ValueError(f"result of {flat.size} {flat.dtype} for a {self.star.size}-float "
@@ -182,8 +249,54 @@ class RingChannel:
         if ring.called_off is not None:
             return iter([CalledOff(partition, ring.called_off)])
         with ring:
-            ring.allreduce(flat)
+            ring.allreduce(flat, home)
         return iter(())
+
+
+def _adopt(home: Path, tag: tuple, fingerprint: int) -> np.ndarray | None:
+    """The weights ``tag`` names from ``home``'s kept file, if it holds them (else ``None``)."""
+    try:
+        meta = json.loads((home / _KEPT).read_text())
+        if [meta["token"], meta["key"], meta["print"]] != [tag[1].hex(), tag[2], fingerprint]:
+            return None
+        flat = np.memmap(home / meta["file"], np.float32, mode="r")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if flat.size != meta["size"] or _fingerprint(flat, 0) != fingerprint:
+        return None
+    _FETCHED.clear()
+    _FETCHED.update(tag=tag, flat=flat, print=fingerprint, file=home / meta["file"])
+    return flat
+
+
+def _gather_buffer(home: Path | None, size: int) -> np.ndarray:
+    """Where the next weights are gathered: ``home``'s kept file that the start is not in.
+
+    No folder (a test of the pieces): a buffer of its own. A file is reused
+    from round to round (its pages stay mapped); the record naming it goes
+    first, so that a copy half overwritten is never taken for a whole one.
+    """
+    if home is None:
+        return np.empty(size, np.float32)
+    home.mkdir(parents=True, exist_ok=True)
+    start = _FETCHED.get("file")
+    path = home / _KEEP_FILES[1 if start == home / _KEEP_FILES[0] else 0]
+    try:
+        if json.loads((home / _KEPT).read_text()).get("file") == path.name:
+            (home / _KEPT).unlink()
+    except (OSError, ValueError):
+        pass
+    whole = path.exists() and path.stat().st_size == 4 * size
+    return np.memmap(path, np.float32, mode="r+" if whole else "w+", shape=(size,))
+
+
+def _keep(home: Path, flat: np.memmap, token: bytes, key: int, fingerprint: int) -> None:
+    """Record that ``flat`` (a file in ``home``) holds accumulation ``key``'s weights."""
+    meta = {"token": token.hex(), "key": key, "print": fingerprint, "size": flat.size,
+            "file": Path(flat.filename).name}
+    tmp = home / f"{_KEPT}.{os.getpid()}"
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, home / _KEPT)
 
 
 class _Stream(threading.Thread):
@@ -360,16 +473,18 @@ class _Ring:
                 conn.close()
 
     # -- the collective ----------------------------------------------------------------------
-    def allreduce(self, flat: np.ndarray) -> None:
-        """Reduce-scatter ``flat``, make the next weights, gather them; push a shard's sum.
+    def allreduce(self, flat: np.ndarray, home: Path | None = None) -> None:
+        """Reduce-scatter ``flat``, make the next weights, gather them; push what the driver needs.
 
         One pipeline per phase: each piece received is added (reduce-scatter) or
         stored (all-gather) and queued for the next task at once; the pieces of
-        the shard this task sums up are turned into the next weights and pushed
-        to the driver as they complete.
+        the shard this task sums up are turned into the next weights (and,
+        where the driver needs them, pushed to it) as they complete. The next
+        weights are gathered beside the round's start, into ``home``'s kept
+        file, so the start stays whole until the gather is done.
         """
         chan, k, rank = self.chan, self.k, self.rank
-        start = chan.weights()  # the round's start, cached in this process since its fetch
+        start = chan.weights(home)  # the round's start, cached since its fetch or gather
         bounds = shard_bounds(flat.size, k)
 
         def span(c: int) -> slice:
@@ -379,7 +494,8 @@ class _Ring:
         owned = span(rank + 1)
         mine = np.empty(owned.stop - owned.start, np.float32)
         scratch = np.empty(mine.size, np.float32) if chan.easgd_rate is not None else None
-        pusher = _Stream(None, (chan, rank, owned.start, mine.size))
+        pusher = (_Stream(None, (chan, rank, owned.start, mine.size)) if chan.sends_driver
+                  else None)
         out = None
         prv = self.peers[(rank - 1) % k]
         phase = "connecting"
@@ -413,12 +529,7 @@ class _Ring:
                     out.finish()
                 pusher.finish()
                 return
-            # The next weights are gathered into the start's own buffer (no third
-            # model-sized buffer per process): from here it is neither version, so no task
-            # may take it until the gather is done; one after a failed gather fetches anew.
-            _FETCHED.clear()
-            nxt = start
-            nxt.flags.writeable = True
+            nxt = _gather_buffer(home, flat.size)
             for t in range(k - 1):
                 phase = f"all-gather step {t + 1}/{k - 1}"
                 c = span(rank - t)
@@ -432,8 +543,9 @@ class _Ring:
             phase = "all-gather: sending"
             if out is not None:
                 out.finish()
-            phase = "pushing its shard"
-            pusher.finish()
+            if pusher is not None:
+                phase = "pushing its shard"
+                pusher.finish()
         except (OSError, ConnectionError) as e:
             self.close()  # the senders stop too
             for stream in (out, pusher):
@@ -446,24 +558,31 @@ class _Ring:
             raise self._fail(f"{phase}: {'sending to' if sending else 'receiving from'}",
                              self.peers[(rank + 1) % k] if sending else prv, e) from e
         nxt.flags.writeable = False
-        _FETCHED.update(tag=("ring", chan.star.token, chan.key), flat=nxt,
-                        print=_fingerprint(nxt, 0))
+        chan.gathered = _fingerprint(nxt, 0)
+        if home is not None:
+            _keep(home, nxt, chan.star.token, chan.key, chan.gathered)
+        _FETCHED.clear()
+        _FETCHED.update(tag=("ring", chan.star.token, chan.key), flat=nxt, print=chan.gathered,
+                        file=None if home is None else Path(nxt.filename))
 
     def _finish_piece(self, start: np.ndarray, flat: np.ndarray, mine: np.ndarray,
                       scratch: np.ndarray | None, lo: int, hi: int, owned: slice,
-                      out: _Stream | None, pusher: _Stream) -> None:
+                      out: _Stream | None, pusher: _Stream | None) -> None:
         """Floats ``lo:hi`` of the owned shard are summed: next weights, gather, push."""
         rel = slice(lo - owned.start, hi - owned.start)
-        if self.chan.gather:
-            next_weights(start[lo:hi], flat[lo:hi], mine[rel], workers=self.k,
-                         easgd_rate=self.chan.easgd_rate,
-                         scratch=None if scratch is None else scratch[rel])
-            if out is not None:
-                out.send(mine[rel])  # all-gather step 1: this task's shard of the next weights
-        pusher.send(flat[lo:hi])  # the sum, from which the driver computes the same
+        if not self.chan.gather:  # the driver makes the weights from the sums
+            pusher.send(flat[lo:hi])
+            return
+        next_weights(start[lo:hi], flat[lo:hi], mine[rel], workers=self.k,
+                     easgd_rate=self.chan.easgd_rate,
+                     scratch=None if scratch is None else scratch[rel])
+        if out is not None:
+            out.send(mine[rel])  # all-gather step 1: this task's shard of the next weights
+        if pusher is not None:
+            pusher.send(mine[rel])  # the driver takes the same weights
 
     @staticmethod
-    def _check(out: _Stream | None, pusher: _Stream) -> None:
+    def _check(out: _Stream | None, pusher: _Stream | None) -> None:
         """Raise a sender's error as soon as it happens (not at the end of the phase)."""
         for stream in (out, pusher):
             if stream is not None and stream.error is not None:
@@ -480,13 +599,15 @@ def _hung_up(conn: socket.socket) -> bool:
 
 
 class RingExchange(SocketExchange):
-    """The driver's side of :class:`RingChannel`: forms the rings, serves weights, takes sums.
+    """The driver's side of :class:`RingChannel`: forms the rings, serves weights, takes shards.
 
     A :class:`~sparknet.spark._socket_exchange.SocketExchange` (tasks that
     lack the weights fetch them here; a fallback round pushes whole results
     here) that also introduces each ring round's tasks to each other and
-    writes the shard sums they push into the round's accumulator: once every
-    shard has arrived, the accumulator holds the round's sum, as with the star.
+    writes the shards they push into the round's accumulator: once every shard
+    has arrived, it holds the next weights (with ``gather=False``, the round's
+    sum, as with the star). A round whose channel does not ``push`` sends
+    nothing here; :meth:`collect` gets those weights from an executor later.
     """
 
     name = "ring"
@@ -503,6 +624,9 @@ class RingExchange(SocketExchange):
         self._members: dict[int, dict] = {}  # rank -> where it listens, this accumulation
         self._formed = threading.Condition(self._lock)
         self._shards: dict[int, int] = {}  # offset -> end of the shards that arrived
+        self._push = True  # the open ring accumulation's tasks push shards
+        self._whole = False  # ... one executor pushes its whole kept copy (collect)
+        self._claimed = False  # an executor is pushing it
         self._complete: int | None = None  # the last accumulation all of whose shards came
 
     @classmethod
@@ -519,10 +643,19 @@ class RingExchange(SocketExchange):
     def where(self) -> str:
         return f"a ring of the executors (met at the driver's exchange at {super().where()})"
 
-    def publish(self, flat: np.ndarray) -> RingChannel:
+    def publish(self, flat: np.ndarray, held: tuple[int, int] | None = None) -> RingChannel:
+        """Serve ``flat``; ``held``: no, the weights of accumulation ``held[0]`` are newer.
+
+        ``held`` = (the accumulation, the fingerprint of what its tasks
+        gathered): only the executors keep those weights; ``flat`` is the
+        driver's last copy, which a task never takes for them.
+        """
         star = super().publish(flat)
         with self._lock:
             origin, self._complete = self._complete if self.gather else None, None
+        if held is not None:
+            return RingChannel(star, held[0], held[1], self.workers, self.easgd_rate,
+                               self.ring_timeout, self.gather, held=True)
         return RingChannel(star, origin, _fingerprint(np.asarray(flat).reshape(-1), 0),
                            self.workers, self.easgd_rate, self.ring_timeout, self.gather)
 
@@ -535,10 +668,28 @@ class RingExchange(SocketExchange):
         star = super().accept(channel.star if ring else channel, acc)
         with self._lock:
             self._ring, self._complete = ring, None
+            self._push = not ring or channel.sends_driver
+            self._whole = self._claimed = False
             self._members.clear()
             self._shards.clear()
             self._formed.notify_all()  # tasks of the previous accumulation stop waiting
         return channel.with_star(star) if ring else star
+
+    def collect(self, channel: RingChannel, out: np.ndarray) -> RingChannel:
+        """An accumulation into ``out`` of the weights ``channel`` names, from an executor.
+
+        Tasks given the returned channel call :meth:`RingChannel.offer`; the
+        first executor that keeps a copy sends it whole, the others are turned
+        away. :meth:`collected` says whether it came.
+        """
+        chan = self.accept(channel, out)
+        with self._lock:
+            self._push, self._whole = True, True
+        return chan
+
+    def collected(self) -> bool:
+        with self._lock:
+            return self._whole and self._acc is not None and not self._missing_shards()
 
     def star(self, channel: RingChannel) -> SocketChannel:
         """The star's channel for the same weights (a round the ring could not run)."""
@@ -548,18 +699,21 @@ class RingExchange(SocketExchange):
         """Star: as the socket exchange. Ring: the partitions whose shard has not all come."""
         with self._lock:
             if self._ring:
-                return self._missing_shards()
+                return self._missing_shards() if self._push else []
         return super().missing(partitions)
 
     def _missing_shards(self) -> list[int]:
         size = self._acc.size if self._acc is not None else 0
+        if self._whole:
+            return [] if self._shards.get(0) == size else [0]
         bounds = shard_bounds(size, self.workers)
         return sorted((c - 1) % self.workers for c in range(self.workers)
                       if self._shards.get(bounds[c]) != bounds[c + 1])
 
     def end(self) -> None:
         with self._lock:
-            if self._ring and self._acc is not None and not self._missing_shards():
+            if (self._ring and self._push and not self._whole and self._acc is not None
+                    and not self._missing_shards()):
                 self._complete = self._key
             self._formed.notify_all()
         super().end()
@@ -611,11 +765,24 @@ class RingExchange(SocketExchange):
         conn.sendall(_LEN.pack(len(body)) + body)
 
     def _put(self, conn: socket.socket, key: int, size: int) -> None:
-        """Write a pushed shard sum into the accumulator (replacing, not adding)."""
+        """Write a pushed shard into the accumulator (replacing, not adding)."""
         with self._lock:
-            acc = self._acc if key == self._key and self._ring else None
+            acc = self._acc if key == self._key and self._ring and self._push else None
+            claim = acc is not None and self._whole
+            if claim and self._claimed:
+                acc = None  # another executor is sending its copy
+            elif claim:
+                self._claimed = True
         if _refused(conn, acc, size):
             return
+        try:
+            self._take(conn, key, size, acc)
+        finally:
+            if claim:
+                with self._lock:
+                    self._claimed = self._shards.get(0) == size
+
+    def _take(self, conn: socket.socket, key: int, size: int, acc: np.ndarray) -> None:
         conn.sendall(_REP.pack(ST_OK, 0))
         offset, count = _PUT.unpack(_recv_exact(conn, _PUT.size))
         if offset < 0 or count < 0 or offset + count > size:

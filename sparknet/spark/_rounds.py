@@ -40,7 +40,7 @@ from sparknet.spark._messages import (
     TestSpec,
 )
 from sparknet.spark._model import Model
-from sparknet.spark._worker import round_task
+from sparknet.spark._worker import offer_task, round_task
 from sparknet.spark.result import TrainingDiverged
 from sparknet.spark.scoring import test_task
 
@@ -101,10 +101,26 @@ class StateFiles:
 
 @attrs.frozen
 class RoundOutcome:
-    """What a round job brought back: one report per partition, which were rerun."""
+    """What a round job brought back: one report per partition, which were rerun.
+
+    ``holds``: what the accumulator holds now: ``"sum"`` (of the results, as
+    the star adds them, or a ring's pushed sums), ``"weights"`` (the next
+    weights, pushed by a ring's tasks), or ``"kept"``: nothing, the
+    executors keep the next weights (``kept``: their accumulation and the
+    fingerprint every task gathered).
+    """
 
     reports: list[RoundReport]
     rerun: tuple[int, ...] = ()
+    holds: str = "sum"
+    kept: tuple[int, int] | None = None
+
+
+class KeptWeightsNeeded(Exception):
+    """A ring round failed while only the executors kept its start weights.
+
+    The driver collects them (:meth:`Jobs.collect`) and runs the round again.
+    """
 
 
 class Jobs:
@@ -136,16 +152,25 @@ class Jobs:
 
     # -- a training round --------------------------------------------------------------------------
     def round(self, spec: RoundSpec, chan: Any, extras_bc: Any, install_bc: Any,
-              acc: np.ndarray, on_state: Callable[[StateChunk], None]) -> RoundOutcome:
-        """Run round ``spec`` until every partition's result is in ``acc`` exactly once."""
+              acc: np.ndarray, on_state: Callable[[StateChunk], None],
+              copy: bool = True) -> RoundOutcome:
+        """Run round ``spec`` until every partition's result is in ``acc`` exactly once.
+
+        ``copy=False``: a ring round may leave the next weights on the executors
+        only (see :class:`RoundOutcome`); raises :class:`KeptWeightsNeeded` when
+        ``chan``'s weights are kept there and the round could not run.
+        """
         if isinstance(chan, _comm.RingChannel):
             if self.ring_fallbacks < 2:
                 try:
-                    outcome = self._ring_round(spec, chan, extras_bc, install_bc, acc, on_state)
+                    outcome = self._ring_round(spec, chan.pushing(copy), extras_bc, install_bc,
+                                               acc, on_state)
                 finally:
                     self.exchange.end()
                 if outcome is not None:
                     return outcome
+            if chan.held:  # the star needs the driver's copy
+                raise KeptWeightsNeeded(f"round {spec.round + 1}: the ring did not complete")
                 self.ring_fallbacks += 1
                 if self.ring_fallbacks == 2:
                     self.event("the ring exchange failed in two rounds: from now on the rounds "
@@ -213,9 +238,11 @@ class Jobs:
             self.sc.setJobDescription(f"sparknet: round {r1} (ring)")
             try:
                 _comm.fold(_comm.stream(rdd), None, other)
-            except Exception as e:  # noqa: BLE001 - a failed barrier stage must not end training
+            except Exception as e:  # a failed barrier stage must not end training
                 self.event("round %d: the ring exchange failed: %s; running the round again",
                            r1, _cause(e), level=logging.WARNING)
+                if chan.held:  # its tasks may need the driver's copy now
+                    raise KeptWeightsNeeded(_cause(e)) from e
                 continue
             if any(r.nonfinite is not None for r in reports):
                 return RoundOutcome(reports, tuple(sorted(rerun)))  # the caller says where
@@ -235,7 +262,16 @@ class Jobs:
                 self.event("round %d: the shards of partitions %s did not arrive; running the "
                            "round again", r1, lost, level=logging.WARNING)
                 continue
-            return RoundOutcome(reports, tuple(sorted(rerun)))
+            if not rchan.gather:
+                return RoundOutcome(reports, tuple(sorted(rerun)))
+            if rchan.push:
+                return RoundOutcome(reports, tuple(sorted(rerun)), holds="weights")
+            prints = {r.gathered for r in reports}
+            if len(prints) != 1 or None in prints:  # pragma: no cover - the ring gathers one
+                raise RuntimeError(f"round {r1}: the ring's tasks gathered different weights "
+                                   f"(fingerprints {sorted(map(str, prints))})")
+            return RoundOutcome(reports, tuple(sorted(rerun)), holds="kept",
+                                kept=(rchan.key, prints.pop()))
         self.event("round %d: the ring exchange did not complete in %d runs; this round goes "
                    "through the driver's exchange", r1, self.RING_TRIES, level=logging.WARNING)
         return None
@@ -284,6 +320,25 @@ class Jobs:
         # the partitions that did run send their results again, into a zeroed accumulator
         return self._round_job(spec, self.exchange.accept(chan, acc), extras_bc, install_bc,
                                acc, on_state, rerun, rebuilt=True)
+
+    def collect(self, chan: Any, out: np.ndarray, run: str) -> bool:
+        """The weights only the executors keep (``chan``'s) into ``out``: whether one had them."""
+        for _attempt in range(2):
+            pchan = self.exchange.collect(chan, out)
+            fn = functools.partial(offer_task, run, pchan)
+            self.sc.setJobDescription("sparknet: the weights from an executor that keeps them")
+            try:
+                for _ in self.data.handles[TRAIN].run(fn):
+                    pass
+            except Exception as e:  # noqa: BLE001 - an executor lost meanwhile: try again
+                self.event("collecting the weights from the executors failed: %s", _cause(e),
+                           level=logging.WARNING)
+            try:
+                if self.exchange.collected():
+                    return True
+            finally:
+                self.exchange.end()
+        return False
 
     # -- a test pass -------------------------------------------------------------------------------
     def test(self, spec: TestSpec, chan: Any, extras_bc: Any,
@@ -407,6 +462,12 @@ class Rounds:
         # same floats the executors do.
         ring = isinstance(self.exchange, _comm.RingExchange)
         acc = np.empty(weights.size, np.float32 if K <= 2 or ring else np.float64)
+        # A ring that gathers the weights itself sends the driver a copy only after a round
+        # that tests, checkpoints or ends the run; in between, ``kept`` names the newer
+        # weights the executors keep, and ``weights`` holds those after round ``copied``.
+        keeps = ring and outer.is_average
+        kept: tuple[int, int] | None = None
+        copied = self.start
         jobs = Jobs(sc, model, self.data, self.exchange, workers=K, reduction=cfg.reduction,
                     event=runlog.event)
         sig = model.signature
@@ -427,9 +488,18 @@ class Rounds:
                              cfg.shuffle, sig.inputs, sig.num_params, rate, ckpt_due,
                              first_step=step)
             t_job = time.perf_counter()
+            copy = not keeps or ckpt_due or test_due or r + 1 == cfg.rounds
             try:
-                outcome = jobs.round(spec, chan, extras_bc,
-                                     install_bc if r == self.start else None, acc, sink)
+                try:
+                    outcome = jobs.round(spec, chan, extras_bc,
+                                         install_bc if r == self.start else None, acc, sink,
+                                         copy=copy)
+                except KeptWeightsNeeded:
+                    chan, copied = self._collect(jobs, chan, weights, acc, r, copied)
+                    kept = None
+                    outcome = jobs.round(spec, chan, extras_bc,
+                                         install_bc if r == self.start else None, acc, sink,
+                                         copy=copy)
             except BaseException:
                 sink.close()
                 if staged is not None:  # no half-written checkpoint stays behind
@@ -447,22 +517,31 @@ class Rounds:
                 self._diverged(r, bad.nonfinite, bad.partition, staged)
             self.exchange.release(chan)  # the weights' buffer takes the new ones now
             t_avg = time.perf_counter()
-            # the mean (EASGD: centre += rate * sum(x_i - centre); an outer optimizer: its
-            # step from the mean), into the weights' buffer; ring tasks run the same function
-            # on their shards
-            next_weights(weights, acc, weights, workers=K, easgd_rate=rate, outer=outer,
-                         state=self.outer_state)
-            if not np.isfinite(weights).all():
-                self._diverged(r, Nonfinite(step + tau - 1, float("nan"), weights=True), None,
-                               staged)
+            kept = outcome.kept
+            if outcome.holds == "weights":  # the ring's tasks made them and sent a copy
+                np.copyto(weights, acc)
+            elif outcome.holds == "sum":
+                # the mean (EASGD: centre += rate * sum(x_i - centre); an outer optimizer: its
+                # step from the mean), into the weights' buffer; ring tasks run the same
+                # function on their shards
+                next_weights(weights, acc, weights, workers=K, easgd_rate=rate, outer=outer,
+                             state=self.outer_state)
+            if kept is None:
+                copied = r + 1
+                if not np.isfinite(weights).all():
+                    self._diverged(r, Nonfinite(step + tau - 1, float("nan"), weights=True),
+                                   None, staged)
             t_avg = time.perf_counter() - t_avg
             t_next = time.perf_counter()
-            chan = self.exchange.publish(weights)
+            chan = (self.exchange.publish(weights) if kept is None
+                    else self.exchange.publish(weights, held=kept))
             t_next = time.perf_counter() - t_next
             rec = _round_record(r, reports, outcome.rerun, images=K * tau * sig.batch,
                                 seconds=time.perf_counter() - t_round, broadcast=t_bc,
                                 job=t_job, average=t_avg)
             rec["tau"] = tau
+            if kept is not None:
+                rec["kept"] = True  # only the executors have the weights after this round
             t_bc = t_next
             if "state_reset" in rec:
                 runlog.event("round %d: partition(s) %s lost their solver state with their "
@@ -495,6 +574,9 @@ class Rounds:
             stop = callback(rec) if callback is not None else None
             if stop is False and r + 1 < cfg.rounds:
                 runlog.event("stopped by the callback after round %d", r + 1)
+                if kept is not None:
+                    chan, copied = self._collect(jobs, chan, weights, acc, r + 1, copied)
+                    kept = None
                 if self.ctx.has_test_data and tested_at != r:
                     rec["test"] = jobs.test(test_spec, chan, extras_bc)
                 if self.ckpts is not None and not ckpt_due:
@@ -502,6 +584,28 @@ class Rounds:
                 break
         self.exchange.release(chan)
         return weights
+
+    def _collect(self, jobs: Jobs, chan: Any, weights: np.ndarray, acc: np.ndarray, r: int,
+                 copied: int) -> tuple[Any, int]:
+        """The weights after round ``r`` that only the executors keep, into ``weights``.
+
+        Where no executor keeps them any more, the driver's copy (the weights
+        after round ``copied``) stays, with a warning. Returns the channel
+        serving ``weights`` and the round they are the weights after.
+        """
+        self.exchange.release(chan)
+        if jobs.collect(chan, acc, self.ctx.run_id):
+            np.copyto(weights, acc)
+            self.runlog.event("round %d: the weights after round %d came from an executor "
+                              "that kept them", r + 1, r)
+            copied = r
+        else:
+            self.runlog.event("round %d: no executor keeps the weights after round %d any "
+                              "more (the driver had no copy of them); training goes on from "
+                              "%s, the driver's copy", r + 1, r,
+                              f"the weights after round {copied}" if copied
+                              else "the initial weights", level=logging.WARNING)
+        return self.exchange.publish(weights), copied
 
     def _commit(self, rnd: int, weights: np.ndarray, staged: Path | None,
                 partitions: Mapping[int, Mapping[str, str]]) -> None:

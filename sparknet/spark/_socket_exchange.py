@@ -18,6 +18,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
@@ -41,7 +42,9 @@ _FP_STRIDE = 1021
 _HELLO_TIMEOUT = 30.0
 
 # A worker process's last fetched vector: {"tag": (token, version), "flat": array}. The
-# buffer is reused from fetch to fetch (no fresh model-sized allocation per round).
+# buffer is reused from fetch to fetch (no fresh model-sized allocation per round). The
+# ring exchange keeps its gathered weights here too ("print": their fingerprint, "file":
+# the kept file they are mapped from).
 _FETCHED: dict[str, Any] = {}
 
 
@@ -139,7 +142,7 @@ class SocketChannel:
         with self._connect() as sock:
             self._request(sock, OP_PING)
 
-    def weights(self) -> np.ndarray:
+    def weights(self, home: Path | None = None) -> np.ndarray:
         """The published vector (read-only; fetched once per worker process and version)."""
         tag = (self.token, self.version)
         if _FETCHED.get("tag") == tag:
@@ -152,7 +155,8 @@ class SocketChannel:
                                        f"served by {self._where()} (a task of a finished round?)")
                 out = _FETCHED.pop("flat", None)  # reuse the buffer of the previous version
                 _FETCHED.clear()
-                if out is None or out.size != self.size:
+                if out is None or out.size != self.size or isinstance(out, np.memmap):
+                    # (not a ring's kept file: a rerun may still need what it holds)
                     out = np.empty(self.size, np.float32)
                 out.flags.writeable = True
                 _recv_into(sock, memoryview(out).cast("B"))
@@ -166,7 +170,8 @@ class SocketChannel:
     def absent(self, partition: int) -> None:
         """Nothing to do: the driver counts the results that arrive."""
 
-    def send(self, partition: int, flat: np.ndarray) -> Iterator[Any]:
+    def send(self, partition: int, flat: np.ndarray, home: Path | None = None
+             ) -> Iterator[Any]:
         """Push ``flat`` into the driver's accumulator; returns once the driver has it all.
 
         A retried task resumes where a failed attempt stopped and a duplicate

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import pickle
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -235,14 +236,15 @@ class SparkChannel:
     def __setstate__(self, bc: Any) -> None:
         self.bc = bc
 
-    def weights(self) -> np.ndarray:
+    def weights(self, home: Path | None = None) -> np.ndarray:
         """The published vector, mapped from the broadcast file."""
         return flat_from_broadcast(self.bc)
 
     def absent(self, partition: int) -> None:
         """Nothing to do: the driver folds the results that arrive."""
 
-    def send(self, partition: int, flat: np.ndarray) -> Iterator[Any]:
+    def send(self, partition: int, flat: np.ndarray, home: Path | None = None
+             ) -> Iterator[Any]:
         """The items that carry ``flat`` to the driver in the task's output."""
         return chunks(flat)
 

@@ -336,7 +336,7 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
     net = entry.net
     entry.tag = None  # dirty until this round completes
     t_fetch = time.perf_counter()
-    center = channel.weights()
+    center = channel.weights(folder)
     t_fetched = time.perf_counter()
     if spec.easgd_rate is None or how in ("fresh", "reset"):
         write_flat(net, center)
@@ -356,7 +356,7 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
     net.seed(round_seed(spec.seed, p, spec.round))  # dropout: the same masks on any retry
     stream = batches()
     if hook is not None:
-        stream = hook.batches(spec.round, p, task.attempt, stream)
+        stream = hook.batches(spec.round, p, task.attempt, stream, folder)
     losses = np.empty(spec.steps, np.float32)
     for k, batch in enumerate(stream):
         # one step at a time: stop at the first NaN/inf loss, before Caffe runs more steps
@@ -396,11 +396,12 @@ def _train_partition(spec: RoundSpec, channel: Any, extras_bc: Any, install_bc: 
     _prune(folder, spec.round - 1)
     entry.tag = (spec.run, p, spec.round)
     t_saved = time.perf_counter()
-    sent = channel.send(p, result)  # a socket channel has pushed it all when this returns
+    sent = channel.send(p, result, folder)  # a socket channel has pushed it all by now
     t_end = time.perf_counter()
     waited = getattr(channel, "waited", 0.0)  # a ring channel: until its peers had joined
     yield RoundReport(task, state=how, images=spec.steps * spec.batch,
                       losses=tuple(losses.tolist()),
+                      gathered=getattr(channel, "gathered", None),
                       seconds=Timings(load=t_ready - t0, fetch=t_fetched - t_fetch,
                                       compute=t_trained - t_ready, save=t_saved - t_trained,
                                       send=t_end - t_saved, total=t_end - t0,
@@ -432,6 +433,17 @@ def ping_task(channel: Any, handles: Iterable[StoreHandle]) -> Iterator[tuple[st
         yield socket.gethostname(), str(e)
     else:
         yield socket.gethostname(), None
+
+
+def offer_task(run: str, channel: Any, partition: int,
+               handles: Iterable[StoreHandle]) -> Iterator[bool]:
+    """Send the driver the weights ``channel`` names, where this executor keeps them.
+
+    (A ring exchange's :meth:`~sparknet.spark._ring_exchange.RingChannel.offer`,
+    from the partition's state folder or this process.) Yields whether it did.
+    """
+    for handle in handles:
+        yield channel.offer(handle.partition, state_dir(run, handle.partition, handle.dir))
 
 
 def cleanup_task(datasets: tuple[str, ...], run: str | None,

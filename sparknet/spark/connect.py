@@ -35,6 +35,7 @@ import logging
 import pickle
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -439,11 +440,12 @@ class PlanChannel:
     def __setstate__(self, flat: np.ndarray) -> None:
         self.flat = flat
 
-    def weights(self) -> np.ndarray:
+    def weights(self, home: Path | None = None) -> np.ndarray:
         """The published vector (read-only)."""
         return self.flat
 
-    def send(self, partition: int, flat: np.ndarray) -> Iterator[Any]:
+    def send(self, partition: int, flat: np.ndarray, home: Path | None = None
+             ) -> Iterator[Any]:
         """The items that carry ``flat`` back in the task's Arrow output."""
         return chunks(flat)
 
