@@ -17,10 +17,11 @@ receives about 2·M floats a round whatever K, as gloo's allreduce does.
 The driver needs the weights only after a round that tests, checkpoints or
 ends the training: then each task also pushes its shard of the next weights
 to it (M/K more floats per node). Between such rounds the weights stay on the
-executors only. Each task gathers them into a file in its partition's state
-folder (memory-mapped: no copy, and it outlives the Python worker, which
-exits when a task fails), so a rerun round's tasks find them there, and when
-a round fails the driver collects them from any executor that keeps them
+executors only. Each task gathers them beside the round's start and also
+writes them, piece by piece as they arrive, into a file in its partition's
+state folder: that copy outlives the Python worker (which exits when a task
+fails), so a rerun round's tasks find their start there, and when a round
+fails the driver collects it from any executor that keeps it
 (:meth:`RingChannel.offer`) before running it again. An outer optimizer's
 rounds push the shard *sums* every round instead: the driver makes those
 weights.
@@ -98,7 +99,7 @@ _ALIGN = 16
 #: Floats a ring task receives, adds and passes on at a time (1 MiB).
 PIECE = 1 << 18
 #: In a partition's state folder: the two files the gathered weights alternate between
-#: (the round's start stays whole while the next weights arrive), and which one holds what.
+#: (the round's start stays whole while the next weights arrive), and what each holds.
 _KEEP_FILES = ("ring-0.f32", "ring-1.f32")
 _KEPT = "ring.json"
 
@@ -167,8 +168,8 @@ class RingChannel:
         """The published vector: gathered in this process, kept in ``home``, else the driver's."""
         if self.origin is not None:
             tag = ("ring", self.star.token, self.origin)
-            if _FETCHED.get("tag") == tag and _FETCHED.get("print") == self.fingerprint:
-                return _FETCHED["flat"]
+            if (kept := _local(tag, self.fingerprint)) is not None:
+                return kept
             if home is not None and (kept := _adopt(home, tag, self.fingerprint)) is not None:
                 return kept
         if self.held:
@@ -253,50 +254,98 @@ class RingChannel:
         return iter(())
 
 
-def _adopt(home: Path, tag: tuple, fingerprint: int) -> np.ndarray | None:
-    """The weights ``tag`` names from ``home``'s kept file, if it holds them (else ``None``)."""
+def _local(tag: tuple, fingerprint: int) -> np.ndarray | None:
+    """This process's copy of the weights ``tag`` names: the last gathered, or the one before."""
+    for rec in (_FETCHED, _FETCHED.get("previous") or {}):
+        if rec.get("tag") == tag and rec.get("print") == fingerprint:
+            return rec["flat"]
+    return None
+
+
+def _records(home: Path) -> list[dict]:
+    """What ``home``'s kept files hold, newest first (at most one record per file)."""
     try:
-        meta = json.loads((home / _KEPT).read_text())
-        if [meta["token"], meta["key"], meta["print"]] != [tag[1].hex(), tag[2], fingerprint]:
-            return None
-        flat = np.memmap(home / meta["file"], np.float32, mode="r")
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if flat.size != meta["size"] or _fingerprint(flat, 0) != fingerprint:
-        return None
-    _FETCHED.clear()
-    _FETCHED.update(tag=tag, flat=flat, print=fingerprint, file=home / meta["file"])
-    return flat
-
-
-def _gather_buffer(home: Path | None, size: int) -> np.ndarray:
-    """Where the next weights are gathered: ``home``'s kept file that the start is not in.
-
-    No folder (a test of the pieces): a buffer of its own. A file is reused
-    from round to round (its pages stay mapped); the record naming it goes
-    first, so that a copy half overwritten is never taken for a whole one.
-    """
-    if home is None:
-        return np.empty(size, np.float32)
-    home.mkdir(parents=True, exist_ok=True)
-    start = _FETCHED.get("file")
-    path = home / _KEEP_FILES[1 if start == home / _KEEP_FILES[0] else 0]
-    try:
-        if json.loads((home / _KEPT).read_text()).get("file") == path.name:
-            (home / _KEPT).unlink()
+        recs = json.loads((home / _KEPT).read_text())
     except (OSError, ValueError):
-        pass
-    whole = path.exists() and path.stat().st_size == 4 * size
-    return np.memmap(path, np.float32, mode="r+" if whole else "w+", shape=(size,))
+        return []
+    return [r for r in recs if isinstance(r, dict)] if isinstance(recs, list) else []
 
 
-def _keep(home: Path, flat: np.memmap, token: bytes, key: int, fingerprint: int) -> None:
-    """Record that ``flat`` (a file in ``home``) holds accumulation ``key``'s weights."""
-    meta = {"token": token.hex(), "key": key, "print": fingerprint, "size": flat.size,
-            "file": Path(flat.filename).name}
+def _write_records(home: Path, recs: list[dict]) -> None:
     tmp = home / f"{_KEPT}.{os.getpid()}"
-    tmp.write_text(json.dumps(meta))
+    tmp.write_text(json.dumps(recs))
     os.replace(tmp, home / _KEPT)
+
+
+def _adopt(home: Path, tag: tuple, fingerprint: int) -> np.ndarray | None:
+    """The weights ``tag`` names, read from a file ``home`` keeps them in (else ``None``)."""
+    for meta in _records(home):
+        if [meta.get("token"), meta.get("key"), meta.get("print")] != [tag[1].hex(), tag[2],
+                                                                       fingerprint]:
+            continue
+        try:
+            flat = np.fromfile(home / str(meta["file"]), np.float32)
+        except (OSError, ValueError, KeyError):
+            return None
+        if flat.size != meta.get("size") or _fingerprint(flat, 0) != fingerprint:
+            return None
+        flat.flags.writeable = False
+        _FETCHED.clear()
+        _FETCHED.update(tag=tag, flat=flat, print=fingerprint)
+        return flat
+    return None
+
+
+class _Keeper:
+    """Writes the weights being gathered into ``home``'s kept file, piece by piece.
+
+    Of the two files it takes the one the newest record does not name (the
+    round's start may be in that one), and drops the record of the file it
+    overwrites first, so that a copy half overwritten is never taken for a whole
+    one. A write to the page cache costs a copy; the kernel writes it out later.
+    """
+
+    def __init__(self, home: Path, size: int):
+        home.mkdir(parents=True, exist_ok=True)
+        self.home, self.size = home, size
+        recs = _records(home)
+        self.name = _KEEP_FILES[1 if recs and recs[0].get("file") == _KEEP_FILES[0] else 0]
+        self.others = [r for r in recs if r.get("file") != self.name][:1]
+        if len(self.others) != len(recs):
+            _write_records(home, self.others)
+        self.fd = os.open(home / self.name, os.O_RDWR | os.O_CREAT, 0o600)
+        os.ftruncate(self.fd, 4 * size)
+
+    def write(self, offset: int, data: np.ndarray) -> None:
+        view = memoryview(data).cast("B")
+        pos = 0
+        while pos < len(view):
+            pos += os.pwrite(self.fd, view[pos:], 4 * offset + pos)
+
+    def done(self, token: bytes, key: int, fingerprint: int) -> None:
+        """The file is whole: record it as holding accumulation ``key``'s weights."""
+        self.close()
+        _write_records(self.home, [{"token": token.hex(), "key": key, "print": fingerprint,
+                                    "size": self.size, "file": self.name}, *self.others])
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _gather_buffer(start: np.ndarray) -> np.ndarray:
+    """Where this process gathers the next weights: not ``start``, reused from round to round.
+
+    The buffer of the weights before the start (this process's previous copy)
+    is taken, dropping that copy; only the first time a new one is made.
+    """
+    prev = _FETCHED.pop("previous", None) or {}
+    buf = prev.get("flat")
+    if buf is None or buf.size != start.size or buf is start or not buf.flags.owndata:
+        buf = np.empty(start.size, np.float32)
+    buf.flags.writeable = True
+    return buf
 
 
 class _Stream(threading.Thread):
@@ -480,8 +529,8 @@ class _Ring:
         stored (all-gather) and queued for the next task at once; the pieces of
         the shard this task sums up are turned into the next weights (and,
         where the driver needs them, pushed to it) as they complete. The next
-        weights are gathered beside the round's start, into ``home``'s kept
-        file, so the start stays whole until the gather is done.
+        weights are gathered beside the round's start (which stays whole, for a
+        rerun) and written into ``home``'s kept file as they arrive.
         """
         chan, k, rank = self.chan, self.k, self.rank
         start = chan.weights(home)  # the round's start, cached since its fetch or gather
@@ -496,7 +545,7 @@ class _Ring:
         scratch = np.empty(mine.size, np.float32) if chan.easgd_rate is not None else None
         pusher = (_Stream(None, (chan, rank, owned.start, mine.size)) if chan.sends_driver
                   else None)
-        out = None
+        out = keeper = None
         prv = self.peers[(rank - 1) % k]
         phase = "connecting"
         try:
@@ -529,7 +578,8 @@ class _Ring:
                     out.finish()
                 pusher.finish()
                 return
-            nxt = _gather_buffer(home, flat.size)
+            nxt = _gather_buffer(start)
+            keeper = _Keeper(home, flat.size) if home is not None else None
             for t in range(k - 1):
                 phase = f"all-gather step {t + 1}/{k - 1}"
                 c = span(rank - t)
@@ -538,8 +588,12 @@ class _Ring:
                     _recv_into(self.inn, memoryview(nxt[lo:hi]).cast("B"))
                     if t < k - 2:
                         out.send(nxt[lo:hi])
+                    if keeper is not None:  # while the next piece is on its way
+                        keeper.write(lo, nxt[lo:hi])
                     self._check(out, pusher)
             nxt[owned] = mine
+            if keeper is not None:
+                keeper.write(owned.start, mine)
             phase = "all-gather: sending"
             if out is not None:
                 out.finish()
@@ -548,6 +602,8 @@ class _Ring:
                 pusher.finish()
         except (OSError, ConnectionError) as e:
             self.close()  # the senders stop too
+            if keeper is not None:
+                keeper.close()
             for stream in (out, pusher):
                 if stream is not None:
                     stream.queue.put(None)
@@ -559,11 +615,13 @@ class _Ring:
                              self.peers[(rank + 1) % k] if sending else prv, e) from e
         nxt.flags.writeable = False
         chan.gathered = _fingerprint(nxt, 0)
-        if home is not None:
-            _keep(home, nxt, chan.star.token, chan.key, chan.gathered)
+        if keeper is not None:
+            keeper.done(chan.star.token, chan.key, chan.gathered)
+        # the start stays this process's copy before the last (a rerun of this round needs it)
+        previous = {k: _FETCHED.get(k) for k in ("tag", "flat", "print")}
         _FETCHED.clear()
         _FETCHED.update(tag=("ring", chan.star.token, chan.key), flat=nxt, print=chan.gathered,
-                        file=None if home is None else Path(nxt.filename))
+                        previous=previous if previous["flat"] is start else None)
 
     def _finish_piece(self, start: np.ndarray, flat: np.ndarray, mine: np.ndarray,
                       scratch: np.ndarray | None, lo: int, hi: int, owned: slice,

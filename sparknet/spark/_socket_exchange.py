@@ -43,8 +43,8 @@ _HELLO_TIMEOUT = 30.0
 
 # A worker process's last fetched vector: {"tag": (token, version), "flat": array}. The
 # buffer is reused from fetch to fetch (no fresh model-sized allocation per round). The
-# ring exchange keeps its gathered weights here too ("print": their fingerprint, "file":
-# the kept file they are mapped from).
+# ring exchange keeps its gathered weights here too ("print": their fingerprint,
+# "previous": the same three of the copy before).
 _FETCHED: dict[str, Any] = {}
 
 
@@ -155,8 +155,7 @@ class SocketChannel:
                                        f"served by {self._where()} (a task of a finished round?)")
                 out = _FETCHED.pop("flat", None)  # reuse the buffer of the previous version
                 _FETCHED.clear()
-                if out is None or out.size != self.size or isinstance(out, np.memmap):
-                    # (not a ring's kept file: a rerun may still need what it holds)
+                if out is None or out.size != self.size:
                     out = np.empty(self.size, np.float32)
                 out.flags.writeable = True
                 _recv_into(sock, memoryview(out).cast("B"))
