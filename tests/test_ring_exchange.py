@@ -149,11 +149,8 @@ def test_a_partition_keeps_its_last_two_gathered_copies_and_never_names_a_half_w
     copies = {key: np.full(40, key, np.float32) for key in (1, 2, 3)}
     prints = {key: _fingerprint(v, 0) for key, v in copies.items()}
 
-    def keep(key: int) -> _Keeper:
-        keeper = _Keeper(tmp_path, 40)
-        keeper.write(0, copies[key])
-        keeper.done(token, key, prints[key])
-        return keeper
+    def keep(key: int) -> None:
+        _Keeper(tmp_path, 40).write(copies[key], token, key, prints[key])
 
     keep(1), keep(2)
     assert [(r["key"], r["file"]) for r in _records(tmp_path)] == [(2, "ring-1.f32"),
@@ -161,9 +158,9 @@ def test_a_partition_keeps_its_last_two_gathered_copies_and_never_names_a_half_w
     for key in (1, 2):  # a rerun of round 2 needs 1, the next round 2
         forget_fetched()
         assert np.array_equal(_adopt(tmp_path, ("ring", token, key), prints[key]), copies[key])
-    third = _Keeper(tmp_path, 40)  # overwrites 1's file: its record goes first
+    _Keeper(tmp_path, 40)  # to overwrite 1's file: its record goes first
     assert [r["key"] for r in _records(tmp_path)] == [2]
-    third.close()  # the gather failed: 2 is still whole and named
+    # (say the writing stopped there: 2 is still whole and named)
     forget_fetched()
     assert _adopt(tmp_path, ("ring", token, 1), prints[1]) is None
     assert np.array_equal(_adopt(tmp_path, ("ring", token, 2), prints[2]), copies[2])
@@ -180,10 +177,8 @@ def test_the_driver_collects_kept_weights_from_one_executor_and_turns_the_others
     ring.end()
     gathered = np.arange(64, dtype=np.float32) / 7
     fp = _fingerprint(gathered, 0)
-    keeper = _Keeper(tmp_path, 64)  # as a ring task keeps them, piece by piece
-    keeper.write(32, gathered[32:])
-    keeper.write(0, gathered[:32])
-    keeper.done(ring.token, chan.key, fp)
+    keeper = _Keeper(tmp_path, 64)  # as a ring task keeps them, in a thread of its own
+    keeper.start(gathered, ring.token, chan.key, fp)
     forget_fetched()  # this "process" died: only the file keeps them
     held = ring.publish(np.zeros(64, np.float32), held=(chan.key, fp))
     out = np.full(64, -1.0, np.float32)

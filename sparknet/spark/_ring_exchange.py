@@ -17,9 +17,9 @@ receives about 2·M floats a round whatever K, as gloo's allreduce does.
 The driver needs the weights only after a round that tests, checkpoints or
 ends the training: then each task also pushes its shard of the next weights
 to it (M/K more floats per node). Between such rounds the weights stay on the
-executors only. Each task gathers them beside the round's start and also
-writes them, piece by piece as they arrive, into a file in its partition's
-state folder: that copy outlives the Python worker (which exits when a task
+executors only. Each task gathers them beside the round's start and then
+writes them, in a thread of its own, into a file in its partition's state
+folder: that copy outlives the Python worker (which exits when a task
 fails), so a rerun round's tasks find their start there, and when a round
 fails the driver collects it from any executor that keeps it
 (:meth:`RingChannel.offer`) before running it again. An outer optimizer's
@@ -166,6 +166,7 @@ class RingChannel:
 
     def weights(self, home: Path | None = None) -> np.ndarray:
         """The published vector: gathered in this process, kept in ``home``, else the driver's."""
+        _settle()
         if self.origin is not None:
             tag = ("ring", self.star.token, self.origin)
             if (kept := _local(tag, self.fingerprint)) is not None:
@@ -297,15 +298,18 @@ def _adopt(home: Path, tag: tuple, fingerprint: int) -> np.ndarray | None:
 
 
 class _Keeper:
-    """Writes the weights being gathered into ``home``'s kept file, piece by piece.
+    """Writes gathered weights into ``home``'s kept file, then records what it holds.
 
     Of the two files it takes the one the newest record does not name (the
     round's start may be in that one), and drops the record of the file it
-    overwrites first, so that a copy half overwritten is never taken for a whole
-    one. A write to the page cache costs a copy; the kernel writes it out later.
+    overwrites first, so that a copy half written is never taken for a whole
+    one. :meth:`start` writes in a thread of its own, off the collective's
+    path; :func:`_settle` waits for it (every use of a copy calls it first, so
+    a task that fails later has its copy kept whole).
     """
 
     def __init__(self, home: Path, size: int):
+        _settle()
         home.mkdir(parents=True, exist_ok=True)
         self.home, self.size = home, size
         recs = _records(home)
@@ -313,25 +317,42 @@ class _Keeper:
         self.others = [r for r in recs if r.get("file") != self.name][:1]
         if len(self.others) != len(recs):
             _write_records(home, self.others)
-        self.fd = os.open(home / self.name, os.O_RDWR | os.O_CREAT, 0o600)
-        os.ftruncate(self.fd, 4 * size)
 
-    def write(self, offset: int, data: np.ndarray) -> None:
-        view = memoryview(data).cast("B")
-        pos = 0
-        while pos < len(view):
-            pos += os.pwrite(self.fd, view[pos:], 4 * offset + pos)
-
-    def done(self, token: bytes, key: int, fingerprint: int) -> None:
-        """The file is whole: record it as holding accumulation ``key``'s weights."""
-        self.close()
+    def write(self, flat: np.ndarray, token: bytes, key: int, fingerprint: int) -> None:
+        """Write ``flat`` (accumulation ``key``'s weights) and record it."""
+        view = memoryview(flat).cast("B")
+        fd = os.open(self.home / self.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            pos = 0
+            while pos < len(view):
+                pos += os.write(fd, view[pos:pos + (64 << 20)])
+        finally:
+            os.close(fd)
         _write_records(self.home, [{"token": token.hex(), "key": key, "print": fingerprint,
                                     "size": self.size, "file": self.name}, *self.others])
 
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+    def start(self, flat: np.ndarray, token: bytes, key: int, fingerprint: int) -> None:
+        """:meth:`write` in a thread of its own (a failure is logged: the copy is insurance)."""
+        def run() -> None:
+            try:
+                self.write(flat, token, key, fingerprint)
+            except OSError as e:
+                log.warning("ring exchange: could not keep the weights in %s: %s", self.home, e)
+
+        _WRITING["thread"] = threading.Thread(target=run, name="sparknet-ring-keep",
+                                              daemon=True)
+        _WRITING["thread"].start()
+
+
+#: The thread writing this process's last gathered weights to its kept file, if any.
+_WRITING: dict[str, threading.Thread] = {}
+
+
+def _settle() -> None:
+    """Wait until this process's kept file is written (before the copy is used again)."""
+    thread = _WRITING.pop("thread", None)
+    if thread is not None:
+        thread.join()
 
 
 def _gather_buffer(start: np.ndarray) -> np.ndarray:
@@ -545,7 +566,7 @@ class _Ring:
         scratch = np.empty(mine.size, np.float32) if chan.easgd_rate is not None else None
         pusher = (_Stream(None, (chan, rank, owned.start, mine.size)) if chan.sends_driver
                   else None)
-        out = keeper = None
+        out = None
         prv = self.peers[(rank - 1) % k]
         phase = "connecting"
         try:
@@ -579,7 +600,6 @@ class _Ring:
                 pusher.finish()
                 return
             nxt = _gather_buffer(start)
-            keeper = _Keeper(home, flat.size) if home is not None else None
             for t in range(k - 1):
                 phase = f"all-gather step {t + 1}/{k - 1}"
                 c = span(rank - t)
@@ -588,12 +608,8 @@ class _Ring:
                     _recv_into(self.inn, memoryview(nxt[lo:hi]).cast("B"))
                     if t < k - 2:
                         out.send(nxt[lo:hi])
-                    if keeper is not None:  # while the next piece is on its way
-                        keeper.write(lo, nxt[lo:hi])
                     self._check(out, pusher)
             nxt[owned] = mine
-            if keeper is not None:
-                keeper.write(owned.start, mine)
             phase = "all-gather: sending"
             if out is not None:
                 out.finish()
@@ -602,8 +618,6 @@ class _Ring:
                 pusher.finish()
         except (OSError, ConnectionError) as e:
             self.close()  # the senders stop too
-            if keeper is not None:
-                keeper.close()
             for stream in (out, pusher):
                 if stream is not None:
                     stream.queue.put(None)
@@ -615,8 +629,8 @@ class _Ring:
                              self.peers[(rank + 1) % k] if sending else prv, e) from e
         nxt.flags.writeable = False
         chan.gathered = _fingerprint(nxt, 0)
-        if keeper is not None:
-            keeper.done(chan.star.token, chan.key, chan.gathered)
+        if home is not None and not chan.push:  # (after a push, the driver has them)
+            _Keeper(home, flat.size).start(nxt, chan.star.token, chan.key, chan.gathered)
         # the start stays this process's copy before the last (a rerun of this round needs it)
         previous = {k: _FETCHED.get(k) for k in ("tag", "flat", "print")}
         _FETCHED.clear()
