@@ -150,7 +150,8 @@ def test_a_partition_keeps_its_last_two_gathered_copies_and_never_names_a_half_w
     prints = {key: _fingerprint(v, 0) for key, v in copies.items()}
 
     def keep(key: int) -> None:
-        _Keeper(tmp_path, 40).write(copies[key], token, key, prints[key])
+        _Keeper(tmp_path, 40).write([(0, copies[key][:16]), (16, copies[key][16:])], token,
+                                    key, prints[key])
 
     keep(1), keep(2)
     assert [(r["key"], r["file"]) for r in _records(tmp_path)] == [(2, "ring-1.f32"),
@@ -177,17 +178,21 @@ def test_the_driver_collects_kept_weights_from_one_executor_and_turns_the_others
     ring.end()
     gathered = np.arange(64, dtype=np.float32) / 7
     fp = _fingerprint(gathered, 0)
-    keeper = _Keeper(tmp_path, 64)  # as a ring task keeps them, in a thread of its own
-    keeper.start(gathered, ring.token, chan.key, fp)
-    forget_fetched()  # this "process" died: only the file keeps them
+    # as two ring tasks keep shards, each in a thread of its own: one keeps shard 0 only
+    # (say), the other both
+    _Keeper(tmp_path / "a", 64).start([(0, gathered[:32])], ring.token, chan.key, fp)
+    _Keeper(tmp_path / "b", 64).start([(0, gathered[:32]), (32, gathered[32:])], ring.token,
+                                      chan.key, fp)
+    forget_fetched()  # these "processes" died: only the files keep them
     held = ring.publish(np.zeros(64, np.float32), held=(chan.key, fp))
     out = np.full(64, -1.0, np.float32)
     pull = ring.collect(held, out)
     assert not pull.offer(0, tmp_path / "elsewhere")  # an executor without a copy
-    assert not ring.collected()
-    assert pull.offer(1, tmp_path)
-    assert ring.collected() and np.array_equal(out, np.arange(64, dtype=np.float32) / 7)
-    assert not pull.offer(0, tmp_path)  # one copy is enough
+    assert pull.offer(0, tmp_path / "a")
+    assert not ring.collected()  # shard 1 is missing
+    assert pull.offer(1, tmp_path / "b")  # (its shard 0 is turned away)
+    assert ring.collected() and np.array_equal(out, gathered)
+    assert not pull.offer(0, tmp_path / "b")  # nothing more is needed
     ring.end()
     forget_fetched()
 

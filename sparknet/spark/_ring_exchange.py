@@ -182,29 +182,38 @@ class RingChannel:
         return self.star.weights()
 
     def offer(self, partition: int, home: Path | None) -> bool:
-        """Send the driver the weights this channel names, if this executor keeps them.
+        """Send the driver the shards of the weights this channel names that this executor has.
 
-        The task of :meth:`RingExchange.collect`: ``False`` where this process
-        and ``home`` have no copy, or another executor is sending it already.
+        The task of :meth:`RingExchange.collect`: all of them from this
+        process's copy, else those ``home``'s file keeps; the driver turns a
+        shard away that another executor sent or is sending. Whether any was sent.
         """
-        try:
-            flat = self.weights(home)
-        except RuntimeError:
-            return False
-        star = self.star
-        try:
-            with star._connect() as sock:
-                status, _ = star._request(sock, OP_PUT, partition, star.key)
-                if status == ST_STALE:
-                    return False  # another executor's copy is on its way, or it has come
-                sock.sendall(_PUT.pack(0, flat.size))
-                _send_all(sock, memoryview(flat).cast("B"))
-                status, _ = _REP.unpack(_recv_exact(sock, _REP.size))
-        except (ConnectionError, TimeoutError) as e:
-            raise ConnectionError(f"sparknet: sending partition {partition}'s copy of the "
-                                  f"weights to the driver's exchange at {star._where()} "
-                                  f"failed: {e}") from e
-        return status == ST_DONE
+        _settle()
+        tag = ("ring", self.star.token, self.origin)
+        flat = _local(tag, self.fingerprint)
+        if flat is not None:
+            bounds = shard_bounds(flat.size, self.workers)
+            parts = [(a, flat[a:b]) for a, b in itertools.pairwise(bounds)]
+        else:
+            parts = _kept_parts(home, tag, self.fingerprint)[1] if home is not None else []
+        star, sent = self.star, 0
+        for offset, data in parts:
+            try:
+                with star._connect() as sock:
+                    status, _ = star._request(sock, OP_PUT, partition, star.key)
+                    if status == ST_OK:
+                        sock.sendall(_PUT.pack(offset, data.size))
+                        status, _ = _REP.unpack(_recv_exact(sock, _REP.size))
+                    if status != ST_OK:
+                        continue  # the driver has this shard, or it is on its way
+                    _send_all(sock, memoryview(data).cast("B"))
+                    status, _ = _REP.unpack(_recv_exact(sock, _REP.size))
+            except (ConnectionError, TimeoutError) as e:
+                raise ConnectionError(f"sparknet: sending partition {partition}'s kept shard "
+                                      f"at {offset} to the driver's exchange at "
+                                      f"{star._where()} failed: {e}") from e
+            sent += status == ST_DONE
+        return sent > 0
 
     def absent(self, partition: int) -> None:
         """This task has no result (no data here, or it diverged): call the collective off."""
@@ -278,29 +287,55 @@ def _write_records(home: Path, recs: list[dict]) -> None:
     os.replace(tmp, home / _KEPT)
 
 
-def _adopt(home: Path, tag: tuple, fingerprint: int) -> np.ndarray | None:
-    """The weights ``tag`` names, read from a file ``home`` keeps them in (else ``None``)."""
+def _kept_parts(home: Path, tag: tuple, fingerprint: int
+                ) -> tuple[int, list[tuple[int, np.ndarray]]]:
+    """(size, [(offset, floats)...]) of the weights ``tag`` names that ``home`` keeps."""
     for meta in _records(home):
         if [meta.get("token"), meta.get("key"), meta.get("print")] != [tag[1].hex(), tag[2],
                                                                        fingerprint]:
             continue
         try:
-            flat = np.fromfile(home / str(meta["file"]), np.float32)
-        except (OSError, ValueError, KeyError):
-            return None
-        if flat.size != meta.get("size") or _fingerprint(flat, 0) != fingerprint:
-            return None
-        flat.flags.writeable = False
-        _FETCHED.clear()
-        _FETCHED.update(tag=tag, flat=flat, print=fingerprint)
-        return flat
-    return None
+            data = np.fromfile(home / str(meta["file"]), np.float32)
+            parts, pos = [], 0
+            for offset, count in meta["parts"]:
+                parts.append((int(offset), data[pos:pos + count]))
+                pos += count
+        except (OSError, ValueError, KeyError, TypeError):
+            break
+        if pos == data.size:
+            return int(meta.get("size", -1)), parts
+        break
+    return -1, []
+
+
+def _adopt(home: Path, tag: tuple, fingerprint: int) -> np.ndarray | None:
+    """The weights ``tag`` names, whole from ``home``'s kept file (else ``None``).
+
+    A file keeps two shards of K (see :class:`_Keeper`): whole for K <= 2;
+    beyond, the driver collects the shards from the executors instead.
+    """
+    size, parts = _kept_parts(home, tag, fingerprint)
+    if size < 0 or sorted((o, o + p.size) for o, p in parts) != list(
+            itertools.pairwise(sorted({0, size, *(o for o, _ in parts)}))):
+        return None
+    flat = np.empty(size, np.float32)
+    for offset, part in parts:
+        flat[offset:offset + part.size] = part
+    if _fingerprint(flat, 0) != fingerprint:
+        return None
+    flat.flags.writeable = False
+    _FETCHED.clear()
+    _FETCHED.update(tag=tag, flat=flat, print=fingerprint)
+    return flat
 
 
 class _Keeper:
-    """Writes gathered weights into ``home``'s kept file, then records what it holds.
+    """Writes shards of gathered weights into ``home``'s kept file, then records them.
 
-    Of the two files it takes the one the newest record does not name (the
+    A ring task keeps the shard it owns and the next task's (two of K: a
+    lost executor's shards are still kept by a neighbour, and all are in the
+    processes that live on), not the whole vector: at K = 8, a quarter of the
+    copying. Of the two files it takes the one the newest record does not name (the
     round's start may be in that one), and drops the record of the file it
     overwrites first, so that a copy half written is never taken for a whole
     one. :meth:`start` writes in a thread of its own, off the collective's
@@ -318,24 +353,31 @@ class _Keeper:
         if len(self.others) != len(recs):
             _write_records(home, self.others)
 
-    def write(self, flat: np.ndarray, token: bytes, key: int, fingerprint: int) -> None:
-        """Write ``flat`` (accumulation ``key``'s weights) and record it."""
-        view = memoryview(flat).cast("B")
-        fd = os.open(self.home / self.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
+    def write(self, parts: list[tuple[int, np.ndarray]], token: bytes, key: int,
+              fingerprint: int) -> None:
+        """Write ``parts`` ((offset, floats) of accumulation ``key``'s weights), record them."""
+        fd = os.open(self.home / self.name, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:  # (over the file's old pages, which stay in the page cache: no O_TRUNC)
             pos = 0
-            while pos < len(view):
-                pos += os.write(fd, view[pos:pos + (64 << 20)])
+            for _, data in parts:
+                view = memoryview(data).cast("B")
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(fd, view[done:done + (64 << 20)], pos + done)
+                pos += len(view)
+            os.ftruncate(fd, pos)
         finally:
             os.close(fd)
         _write_records(self.home, [{"token": token.hex(), "key": key, "print": fingerprint,
-                                    "size": self.size, "file": self.name}, *self.others])
+                                    "size": self.size, "file": self.name,
+                                    "parts": [[o, d.size] for o, d in parts]}, *self.others])
 
-    def start(self, flat: np.ndarray, token: bytes, key: int, fingerprint: int) -> None:
+    def start(self, parts: list[tuple[int, np.ndarray]], token: bytes, key: int,
+              fingerprint: int) -> None:
         """:meth:`write` in a thread of its own (a failure is logged: the copy is insurance)."""
         def run() -> None:
             try:
-                self.write(flat, token, key, fingerprint)
+                self.write(parts, token, key, fingerprint)
             except OSError as e:
                 log.warning("ring exchange: could not keep the weights in %s: %s", self.home, e)
 
@@ -630,7 +672,9 @@ class _Ring:
         nxt.flags.writeable = False
         chan.gathered = _fingerprint(nxt, 0)
         if home is not None and not chan.push:  # (after a push, the driver has them)
-            _Keeper(home, flat.size).start(nxt, chan.star.token, chan.key, chan.gathered)
+            kept = sorted({(s.start, s.stop) for s in (owned, span(rank + 2))})
+            _Keeper(home, flat.size).start([(a, nxt[a:b]) for a, b in kept], chan.star.token,
+                                           chan.key, chan.gathered)
         # the start stays this process's copy before the last (a rerun of this round needs it)
         previous = {k: _FETCHED.get(k) for k in ("tag", "flat", "print")}
         _FETCHED.clear()
@@ -697,8 +741,8 @@ class RingExchange(SocketExchange):
         self._formed = threading.Condition(self._lock)
         self._shards: dict[int, int] = {}  # offset -> end of the shards that arrived
         self._push = True  # the open ring accumulation's tasks push shards
-        self._whole = False  # ... one executor pushes its whole kept copy (collect)
-        self._claimed = False  # an executor is pushing it
+        self._whole = False  # ... executors push the shards they keep (collect)
+        self._claimed: set[int] = set()  # ... the offsets of those sent or being sent
         self._complete: int | None = None  # the last accumulation all of whose shards came
 
     @classmethod
@@ -741,7 +785,8 @@ class RingExchange(SocketExchange):
         with self._lock:
             self._ring, self._complete = ring, None
             self._push = not ring or channel.sends_driver
-            self._whole = self._claimed = False
+            self._whole = False
+            self._claimed.clear()
             self._members.clear()
             self._shards.clear()
             self._formed.notify_all()  # tasks of the previous accumulation stop waiting
@@ -750,9 +795,9 @@ class RingExchange(SocketExchange):
     def collect(self, channel: RingChannel, out: np.ndarray) -> RingChannel:
         """An accumulation into ``out`` of the weights ``channel`` names, from an executor.
 
-        Tasks given the returned channel call :meth:`RingChannel.offer`; the
-        first executor that keeps a copy sends it whole, the others are turned
-        away. :meth:`collected` says whether it came.
+        Tasks given the returned channel call :meth:`RingChannel.offer`: each
+        shard comes from the first executor that has it. :meth:`collected`
+        says whether all came.
         """
         chan = self.accept(channel, out)
         with self._lock:
@@ -776,8 +821,6 @@ class RingExchange(SocketExchange):
 
     def _missing_shards(self) -> list[int]:
         size = self._acc.size if self._acc is not None else 0
-        if self._whole:
-            return [] if self._shards.get(0) == size else [0]
         bounds = shard_bounds(size, self.workers)
         return sorted((c - 1) % self.workers for c in range(self.workers)
                       if self._shards.get(bounds[c]) != bounds[c + 1])
@@ -837,29 +880,38 @@ class RingExchange(SocketExchange):
         conn.sendall(_LEN.pack(len(body)) + body)
 
     def _put(self, conn: socket.socket, key: int, size: int) -> None:
-        """Write a pushed shard into the accumulator (replacing, not adding)."""
+        """Write a pushed shard into the accumulator (replacing, not adding).
+
+        In a :meth:`collect`, the task waits for a go after naming its shard:
+        one that came or is coming from another executor is turned away.
+        """
         with self._lock:
             acc = self._acc if key == self._key and self._ring and self._push else None
-            claim = acc is not None and self._whole
-            if claim and self._claimed:
-                acc = None  # another executor is sending its copy
-            elif claim:
-                self._claimed = True
+            collecting = self._whole
         if _refused(conn, acc, size):
             return
-        try:
-            self._take(conn, key, size, acc)
-        finally:
-            if claim:
-                with self._lock:
-                    self._claimed = self._shards.get(0) == size
-
-    def _take(self, conn: socket.socket, key: int, size: int, acc: np.ndarray) -> None:
         conn.sendall(_REP.pack(ST_OK, 0))
         offset, count = _PUT.unpack(_recv_exact(conn, _PUT.size))
         if offset < 0 or count < 0 or offset + count > size:
             conn.sendall(_REP.pack(ST_STALE, 0))
             return
+        if collecting:
+            with self._lock:
+                taken = offset in self._claimed or key != self._key
+                self._claimed.add(offset)
+            conn.sendall(_REP.pack(ST_STALE if taken else ST_OK, 0))
+            if taken:
+                return
+        try:
+            self._take(conn, key, offset, count, acc)
+        finally:
+            if collecting:
+                with self._lock:
+                    if self._shards.get(offset) != offset + count:
+                        self._claimed.discard(offset)
+
+    def _take(self, conn: socket.socket, key: int, offset: int, count: int,
+              acc: np.ndarray) -> None:
         buf = np.empty(max(1, min(PUSH_CHUNK, count)), np.float32)
         pos = 0
         while pos < count:
