@@ -142,16 +142,39 @@ $(DIST)/.wheel: $(VENV)/.installed $(DIST_CONFIG) $(BUILD_INPUTS) $(PY_SOURCES) 
 # SPARKNET_BLAS=mkl it holds the pinned mkl (and the intel-openmp and tbb it
 # brings), whose libmkl_rt.so.3 opens its computational libraries from its own
 # directory at run time: the whole of mkl goes in, not what auditwheel sees.
+#
+# Two knobs trade the archive's size and executors' first imports for packing time:
+# PACK_COMPRESS_LEVEL (gzip level 0-9, default 4 as venv-pack's own) and PACK_BYTECODE
+# (1, the default: pip writes each module's .pyc into the archive; 0: it does not, and
+# executors compile what they import). The defaults suit shipping; tests/test_deploy.py,
+# which proves that the archive runs, not how small it is, packs with 0 and 0. The
+# archive records the pair it was packed with ($(DIST)/.pack-*), so a later plain
+# `make pack` repacks rather than leave a test's uncompressed archive in place.
+PACK_COMPRESS_LEVEL ?= 4
+PACK_BYTECODE ?= 1
+ifeq ($(filter $(PACK_COMPRESS_LEVEL),0 1 2 3 4 5 6 7 8 9),)
+$(error PACK_COMPRESS_LEVEL=$(PACK_COMPRESS_LEVEL): give a gzip level from 0 to 9 (default 4))
+endif
+ifeq ($(filter $(PACK_BYTECODE),0 1),)
+$(error PACK_BYTECODE=$(PACK_BYTECODE): give 1 (pack .pyc files, the default) or 0)
+endif
+PACK_CONFIG := $(DIST)/.pack-$(PACK_COMPRESS_LEVEL)-$(PACK_BYTECODE)
+PIP_COMPILE := $(if $(filter 0,$(PACK_BYTECODE)),--no-compile,--compile)
+
 pack: $(DIST)/sparknet-env.tar.gz
 
-$(DIST)/sparknet-env.tar.gz: $(DIST)/.wheel requirements.txt \
+$(PACK_CONFIG): | $(VENV)/.installed
+	mkdir -p $(DIST) && rm -f $(DIST)/.pack-*
+	touch $@
+
+$(DIST)/sparknet-env.tar.gz: $(DIST)/.wheel $(PACK_CONFIG) requirements.txt \
 		$(if $(filter mkl,$(SPARKNET_BLAS)),requirements-bench.txt)
 	rm -rf $(DIST)/env && $(PYTHON) -m venv $(DIST)/env
-	$(DIST)/env/bin/pip install -q --no-deps $(DIST)/sparknet-*manylinux*.whl
-	grep -v -e '^pyspark' -e '^#' requirements.txt | $(DIST)/env/bin/pip install -q -r /dev/stdin
-	$(if $(filter mkl,$(SPARKNET_BLAS)),grep '^mkl==' requirements-bench.txt | $(DIST)/env/bin/pip install -q -r /dev/stdin)
-	$(VENV)/bin/venv-pack -q -f -p $(DIST)/env -o $(DIST)/.partial-env.tar.gz \
-	  && mv $(DIST)/.partial-env.tar.gz $@
+	$(DIST)/env/bin/pip install -q $(PIP_COMPILE) --no-deps $(DIST)/sparknet-*manylinux*.whl
+	grep -v -e '^pyspark' -e '^#' requirements.txt | $(DIST)/env/bin/pip install -q $(PIP_COMPILE) -r /dev/stdin
+	$(if $(filter mkl,$(SPARKNET_BLAS)),grep '^mkl==' requirements-bench.txt | $(DIST)/env/bin/pip install -q $(PIP_COMPILE) -r /dev/stdin)
+	$(VENV)/bin/venv-pack -q -f --compress-level $(PACK_COMPRESS_LEVEL) -p $(DIST)/env \
+	  -o $(DIST)/.partial-env.tar.gz && mv $(DIST)/.partial-env.tar.gz $@
 	@echo "packed: $@ ($$(($$(stat -c %s $@) / 1000000)) MB)"
 
 clean:
