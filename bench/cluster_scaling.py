@@ -20,8 +20,10 @@ session on K of the workers (one core each) and, for each model size, runs
   and a DDP step of a Linear layer of that size (its round time).
 
 Beside each figure: the time the bytes alone need on the links (star: 2·K·M
-through the driver's link; ring: 2·(K−1)/K·M + M/K per node; allreduce:
-2·(K−1)/K·M per node), and how busy the machine's CPUs were meanwhile, which
+through the driver's link; ring: 2·(K−1)/K·M per node in a round that leaves
+the weights on the executors, as the medians here do, + M/K in one that sends
+the driver its copy; allreduce: 2·(K−1)/K·M per node), and how busy the
+machine's CPUs were meanwhile, which
 says whether links or CPU limited the transfer (every node shares this
 machine's cores).
 
@@ -215,9 +217,7 @@ def ideal_seconds(method: str, k: int, model: str, rate_bits: float) -> float:
         return 2 * k * m  # K copies out, then K back, through the driver's link
     if method == "spark":
         return (k + 1) * m  # K results in; the torrent broadcast sends at least one copy out
-    if method == "ring":
-        return (2 * (k - 1) / k + 1 / k) * m
-    return 2 * (k - 1) / k * m  # torch: ring allreduce
+    return 2 * (k - 1) / k * m  # the ring (a round that sends the driver nothing); torch
 
 
 def limit(row: dict, rate_bits: float) -> str:
