@@ -131,9 +131,16 @@ def test_train_from_connect_gives_the_classic_sessions_weights_and_accuracy(
 def test_a_connect_run_resumed_from_its_checkpoint_reaches_the_uninterrupted_weights(
         connect_runs):
     """Interrupted after round 3 and resumed, fed as (x, y) arrays: the same weights."""
-    _, folder = _run(connect_runs, "train")
+    result, folder = _run(connect_runs, "train")
     assert np.array_equal(np.load(folder / "resumed_weights.npy"),
                           np.load(folder / "train_weights.npy"))
+    # rounds 1-3 came from the checkpoint, measured times and all: they did not run again
+    # (the full run added round 3's checkpoint-writing time to its record after saving it)
+    head = result["resumed_history"][:3]
+    full = [dict(r, seconds=dict(r["seconds"])) for r in result["history"][:3]]
+    assert full[2]["seconds"].pop("checkpoint") > 0
+    assert head == full
+    assert [r["round"] for r in result["resumed_history"]] == [1, 2, 3, 4, 5, 6]
 
 
 def test_predict_and_featurize_from_connect_score_as_on_the_classic_session(
