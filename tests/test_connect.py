@@ -8,12 +8,14 @@ same run on the suite's classic session: digits LeNet ``train`` reaches the same
 weights exactly (so the same accuracy, >= 97 %), checkpoints resume to those
 weights, ``predict``/``featurize`` give the classic scores, and the Pipeline's
 fit, save, load, transform and ``caffe_udf`` in SQL agree with the classic fit.
+``bench/connect.py --smoke`` runs here too, its client on the same server.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -82,13 +84,19 @@ def connect_server(tmp: Path):
 
 
 @pytest.fixture(scope="module")
-def connect_runs(tmp_path_factory):
+def connect_url(tmp_path_factory):
+    """The module's Spark Connect server: the client flows and the bench's smoke run use it."""
+    with connect_server(tmp_path_factory.mktemp("connect-server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def connect_runs(tmp_path_factory, connect_url):
     """Every flow run once from a Connect client: flow -> (results, folder)."""
     tmp = tmp_path_factory.mktemp("connect")
-    with connect_server(tmp) as url:
-        proc = subprocess.run([sys.executable, str(HERE / "connect_client.py"), url, str(tmp),
-                               *FLOWS], capture_output=True, text=True, timeout=1500,
-                              check=False)
+    proc = subprocess.run([sys.executable, str(HERE / "connect_client.py"), connect_url,
+                           str(tmp), *FLOWS], capture_output=True, text=True, timeout=1500,
+                          check=False)
     runs = {}
     for flow in FLOWS:
         path = tmp / flow / f"{flow}.json"
@@ -213,6 +221,31 @@ def test_what_needs_rdds_says_so_in_one_line_naming_the_alternative(connect_runs
         "ValueError: train: the weights (19 MB, 4,770,010 parameters) are more than the 16 MiB "
         "(4,194,304 parameters) sparknet sends inside a Spark Connect query (every task holds "
         "a copy on the server); use a classic SparkSession for a model this large")
+
+
+#: What bench/connect.py --smoke must print (tests/test_bench_smoke.py's form: one
+#: regular expression per line).
+BENCH_LINES = (r"^images/s, Connect / classic: \d+\.\d+x",
+               r"^target connect_vs_classic: \d+\.\d+ \(>= 0\.8\) (met|NOT met)$")
+
+
+def test_the_connect_bench_smoke_run_against_the_modules_server_prints_its_ratio_and_target(
+        connect_url):
+    """bench/connect.py --smoke as a user runs it, its client on this module's server.
+
+    Here rather than in tests/test_bench_smoke.py: ``--remote`` spares the bench's
+    Connect half starting a server of its own (a JVM and its warm-up).
+    """
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    done = subprocess.run([sys.executable, str(HERE.parent / "bench" / "connect.py"), "--smoke",
+                           "--remote", connect_url], cwd=HERE.parent, env=env,
+                          capture_output=True, text=True, timeout=400, check=False)
+    tail = f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, tail
+    for pattern in BENCH_LINES:
+        assert re.search(pattern, done.stdout, re.MULTILINE), f"no line /{pattern}/\n{tail}"
+    assert f"the Connect server at {connect_url}" in done.stdout, tail
 
 
 def _readme_connect_block() -> str:
