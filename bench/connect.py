@@ -14,7 +14,13 @@ Images per second is the images trained over the rounds' wall time, rounds after
 the first (which builds the nets); medians of ``--repeats`` runs, alternating.
 The ratio comes last, with its target line.
 
-Usage: ``python bench/connect.py [--rounds 10] [--repeats 2] [--smoke]``
+Usage: ``python bench/connect.py [--rounds 10] [--repeats 2] [--remote sc://HOST:PORT]
+[--smoke]``
+
+``--remote``: the Connect client talks to this running server instead of starting
+one in its process (a server on ``local[2]`` compares like with like; its Python
+workers need sparknet). tests/test_connect.py points the smoke run at its own
+server this way, which saves starting (and warming) a second one.
 
 ``--smoke``: 2 rounds of 5 steps, batch 16, one repeat (a test of the paths, not a
 measurement).
@@ -53,7 +59,7 @@ def connect_half(args: argparse.Namespace) -> None:
     """The Connect client: one run per repeat, each printed as a JSON line."""
     from pyspark.sql import SparkSession
 
-    spark = SparkSession.builder.remote("local[2]").getOrCreate()
+    spark = SparkSession.builder.remote(args.remote or "local[2]").getOrCreate()
     try:
         print("RESULT " + json.dumps(run(spark, args.rounds, args.sync_interval, args.batch)),
               flush=True)
@@ -67,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--sync-interval", type=int, default=50)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--remote", metavar="URL",
+                    help="the Spark Connect server (sc://HOST:PORT) the client uses; "
+                         'default: one started in its process, remote("local[2]")')
     ap.add_argument("--smoke", action="store_true",
                     help="2 rounds of 5 steps, batch 16, 1 repeat: a test of the paths")
     ap.add_argument("--connect-half", action="store_true", help=argparse.SUPPRESS)
@@ -87,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     connect: list[dict] = []
     half = [sys.executable, os.path.abspath(__file__), "--connect-half",
             "--rounds", str(args.rounds), "--sync-interval", str(args.sync_interval),
-            "--batch", str(args.batch)]
+            "--batch", str(args.batch), *(["--remote", args.remote] if args.remote else [])]
     try:
         for rep in range(args.repeats):
             classic.append(run(spark, args.rounds, args.sync_interval, args.batch))
@@ -112,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
               for name, runs in (("classic", classic), ("connect", connect))}
     print(f"train from a classic session: {ips['classic']:.0f} images/s, round "
           f"{rounds['classic']:.2f} s; from a Spark Connect client: {ips['connect']:.0f} "
-          f"images/s, round {rounds['connect']:.2f} s (local[2], 2 workers, sync_interval "
+          f"images/s, round {rounds['connect']:.2f} s (local[2]"
+          + (f", the Connect server at {args.remote}" if args.remote else "")
+          + f", 2 workers, sync_interval "
           f"{args.sync_interval}, batch {args.batch}, medians of {args.repeats})")
     ratio = ips["connect"] / ips["classic"]
     print(f"images/s, Connect / classic: {ratio:.2f}x")

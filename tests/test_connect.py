@@ -8,12 +8,14 @@ same run on the suite's classic session: digits LeNet ``train`` reaches the same
 weights exactly (so the same accuracy, >= 97 %), checkpoints resume to those
 weights, ``predict``/``featurize`` give the classic scores, and the Pipeline's
 fit, save, load, transform and ``caffe_udf`` in SQL agree with the classic fit.
+``bench/connect.py --smoke`` runs here too, its client on the same server.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,6 +35,14 @@ import connect_client  # noqa: E402  (tests/connect_client.py: the flows and the
 FLOWS = ("train", "pipeline", "refusals")
 
 
+#: The JIT's first tier only, for the JVMs this module starts. A test's JVM lives a few
+#: minutes and mostly plans queries and moves Arrow batches; the optimising compiler's
+#: threads cost the Connect server as much CPU as everything else it did (three client
+#: flows: 47-59 s of JVM CPU time with them, 22-28 s without, and no slower). Tests, not
+#: benchmarks: bench/connect.py run as a user runs it keeps Java's defaults.
+QUICK_JVM = "-XX:TieredStopAtLevel=1"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -50,7 +60,7 @@ def connect_server(tmp: Path):
                SPARK_LOCAL_IP="127.0.0.1")
     log = open(tmp / "connect-server.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [str(home / "bin" / "spark-submit"), "--class",
+        [str(home / "bin" / "spark-submit"), "--driver-java-options", QUICK_JVM, "--class",
          "org.apache.spark.sql.connect.service.SparkConnectServer", "--master", "local[2]",
          "--conf", f"spark.connect.grpc.binding.port={port}",
          "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
@@ -82,13 +92,19 @@ def connect_server(tmp: Path):
 
 
 @pytest.fixture(scope="module")
-def connect_runs(tmp_path_factory):
+def connect_url(tmp_path_factory):
+    """The module's Spark Connect server: the client flows and the bench's smoke run use it."""
+    with connect_server(tmp_path_factory.mktemp("connect-server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def connect_runs(tmp_path_factory, connect_url):
     """Every flow run once from a Connect client: flow -> (results, folder)."""
     tmp = tmp_path_factory.mktemp("connect")
-    with connect_server(tmp) as url:
-        proc = subprocess.run([sys.executable, str(HERE / "connect_client.py"), url, str(tmp),
-                               *FLOWS], capture_output=True, text=True, timeout=1500,
-                              check=False)
+    proc = subprocess.run([sys.executable, str(HERE / "connect_client.py"), connect_url,
+                           str(tmp), *FLOWS], capture_output=True, text=True, timeout=1500,
+                          check=False)
     runs = {}
     for flow in FLOWS:
         path = tmp / flow / f"{flow}.json"
@@ -131,9 +147,16 @@ def test_train_from_connect_gives_the_classic_sessions_weights_and_accuracy(
 def test_a_connect_run_resumed_from_its_checkpoint_reaches_the_uninterrupted_weights(
         connect_runs):
     """Interrupted after round 3 and resumed, fed as (x, y) arrays: the same weights."""
-    _, folder = _run(connect_runs, "train")
+    result, folder = _run(connect_runs, "train")
     assert np.array_equal(np.load(folder / "resumed_weights.npy"),
                           np.load(folder / "train_weights.npy"))
+    # rounds 1-3 came from the checkpoint, measured times and all: they did not run again
+    # (the full run added round 3's checkpoint-writing time to its record after saving it)
+    head = result["resumed_history"][:3]
+    full = [dict(r, seconds=dict(r["seconds"])) for r in result["history"][:3]]
+    assert full[2]["seconds"].pop("checkpoint") > 0
+    assert head == full
+    assert [r["round"] for r in result["resumed_history"]] == [1, 2, 3, 4, 5, 6]
 
 
 def test_predict_and_featurize_from_connect_score_as_on_the_classic_session(
@@ -206,6 +229,32 @@ def test_what_needs_rdds_says_so_in_one_line_naming_the_alternative(connect_runs
         "ValueError: train: the weights (19 MB, 4,770,010 parameters) are more than the 16 MiB "
         "(4,194,304 parameters) sparknet sends inside a Spark Connect query (every task holds "
         "a copy on the server); use a classic SparkSession for a model this large")
+
+
+#: What bench/connect.py --smoke must print (tests/test_bench_smoke.py's form: one
+#: regular expression per line).
+BENCH_LINES = (r"^images/s, Connect / classic: \d+\.\d+x",
+               r"^target connect_vs_classic: \d+\.\d+ \(>= 0\.8\) (met|NOT met)$")
+
+
+def test_the_connect_bench_smoke_run_against_the_modules_server_prints_its_ratio_and_target(
+        connect_url):
+    """bench/connect.py --smoke as a user runs it, its client on this module's server.
+
+    Here rather than in tests/test_bench_smoke.py: ``--remote`` spares the bench's
+    Connect half starting a server of its own (a JVM and its warm-up).
+    """
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
+               SPARK_SUBMIT_OPTS=QUICK_JVM)  # the bench's classic session: a smoke, not timed
+    env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    done = subprocess.run([sys.executable, str(HERE.parent / "bench" / "connect.py"), "--smoke",
+                           "--remote", connect_url], cwd=HERE.parent, env=env,
+                          capture_output=True, text=True, timeout=400, check=False)
+    tail = f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, tail
+    for pattern in BENCH_LINES:
+        assert re.search(pattern, done.stdout, re.MULTILINE), f"no line /{pattern}/\n{tail}"
+    assert f"the Connect server at {connect_url}" in done.stdout, tail
 
 
 def _readme_connect_block() -> str:
