@@ -16,6 +16,15 @@ from s3server import flaky_s3, s3  # noqa: F401 - fixtures, registered by import
 # imported, so pytest, its subprocesses and Spark's workers all go without it.
 os.environ.pop("OPENBLAS_CORETYPE", None)
 
+# Every JVM the suite starts through spark-submit (its shared session, the apps, the
+# command line, the benches' smoke runs, the Spark Connect server) lives a few minutes,
+# mostly starting up, planning and moving small batches: Java's optimising compiler costs
+# such a JVM more CPU than it saves it (the Connect server of tests/test_connect.py: 47-59
+# CPU-seconds with it, 22-28 without). Tests time nothing, so their JVMs run the JIT's
+# first tier only; a setting of the user's own wins, and benchmarks run by hand keep
+# Java's defaults.
+os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Modules of whole runs as users start them (apps, the README, the command line,

@@ -35,14 +35,6 @@ import connect_client  # noqa: E402  (tests/connect_client.py: the flows and the
 FLOWS = ("train", "pipeline", "refusals")
 
 
-#: The JIT's first tier only, for the JVMs this module starts. A test's JVM lives a few
-#: minutes and mostly plans queries and moves Arrow batches; the optimising compiler's
-#: threads cost the Connect server as much CPU as everything else it did (three client
-#: flows: 47-59 s of JVM CPU time with them, 22-28 s without, and no slower). Tests, not
-#: benchmarks: bench/connect.py run as a user runs it keeps Java's defaults.
-QUICK_JVM = "-XX:TieredStopAtLevel=1"
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -60,7 +52,7 @@ def connect_server(tmp: Path):
                SPARK_LOCAL_IP="127.0.0.1")
     log = open(tmp / "connect-server.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [str(home / "bin" / "spark-submit"), "--driver-java-options", QUICK_JVM, "--class",
+        [str(home / "bin" / "spark-submit"), "--class",
          "org.apache.spark.sql.connect.service.SparkConnectServer", "--master", "local[2]",
          "--conf", f"spark.connect.grpc.binding.port={port}",
          "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
@@ -244,8 +236,7 @@ def test_the_connect_bench_smoke_run_against_the_modules_server_prints_its_ratio
     Here rather than in tests/test_bench_smoke.py: ``--remote`` spares the bench's
     Connect half starting a server of its own (a JVM and its warm-up).
     """
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
-               SPARK_SUBMIT_OPTS=QUICK_JVM)  # the bench's classic session: a smoke, not timed
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     done = subprocess.run([sys.executable, str(HERE.parent / "bench" / "connect.py"), "--smoke",
                            "--remote", connect_url], cwd=HERE.parent, env=env,
