@@ -197,6 +197,35 @@ def test_the_driver_collects_kept_weights_from_one_executor_and_turns_the_others
     forget_fetched()
 
 
+def test_after_two_rounds_the_ring_could_not_run_the_star_takes_over_for_good(ring):
+    import types
+
+    from sparknet.spark._rounds import Jobs, KeptWeightsNeeded
+
+    events, ring_runs = [], []
+
+    class Stub(Jobs):  # the Spark jobs left out: what round() decides between them
+        def _ring_round(self, *args):
+            ring_runs.append(1)
+            return None  # the ring did not complete in RING_TRIES runs
+
+        def _round_job(self, *args, **kw):
+            return []
+
+    jobs = Stub(None, None, None, ring, workers=2, reduction="auto",
+                event=lambda msg, *a, **kw: events.append(msg % a))
+    spec, acc = types.SimpleNamespace(round=0), np.empty(64, np.float32)
+    for _ in range(3):
+        jobs.round(spec, ring.publish(np.zeros(64, np.float32)), None, None, acc, print)
+    assert len(ring_runs) == 2 and jobs.ring_fallbacks == 2
+    assert events == ["the ring exchange failed in two rounds: from now on the rounds go "
+                      "through the driver's exchange"]
+    # weights only the executors keep cannot go through the star: the driver collects first
+    with pytest.raises(KeptWeightsNeeded):
+        jobs.round(spec, ring.publish(np.zeros(64, np.float32), held=(1, 2)), None, None, acc,
+                   print)
+
+
 def test_shard_bounds_cover_the_vector_in_aligned_near_equal_shards():
     for size, k in ((61_000_003, 8), (1000, 3), (5, 4), (431_080, 2)):
         b = _comm.shard_bounds(size, k)

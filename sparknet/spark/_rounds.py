@@ -169,12 +169,12 @@ class Jobs:
                     self.exchange.end()
                 if outcome is not None:
                     return outcome
-            if chan.held:  # the star needs the driver's copy
-                raise KeptWeightsNeeded(f"round {spec.round + 1}: the ring did not complete")
                 self.ring_fallbacks += 1
                 if self.ring_fallbacks == 2:
                     self.event("the ring exchange failed in two rounds: from now on the rounds "
                                "go through the driver's exchange", level=logging.WARNING)
+            if chan.held:  # the star needs the driver's copy
+                raise KeptWeightsNeeded(f"round {spec.round + 1}: the ring did not complete")
             # the ring could not do it: the star, adding in arrival order -- exactly, in float64
             chan = self.exchange.star(chan)
             if acc.dtype != np.float64 and self.workers > 2:
