@@ -63,6 +63,7 @@ from typing import Any
 
 import numpy as np
 
+from sparknet.io import atomic_write_bytes
 from sparknet.spark._combine import next_weights
 from sparknet.spark._messages import CalledOff
 from sparknet.spark._socket_exchange import (
@@ -282,9 +283,7 @@ def _records(home: Path) -> list[dict]:
 
 
 def _write_records(home: Path, recs: list[dict]) -> None:
-    tmp = home / f"{_KEPT}.{os.getpid()}"
-    tmp.write_text(json.dumps(recs))
-    os.replace(tmp, home / _KEPT)
+    atomic_write_bytes(home / _KEPT, json.dumps(recs).encode())
 
 
 def _kept_parts(home: Path, tag: tuple, fingerprint: int
