@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
                .config("spark.driver.memory", "4g").config("spark.executor.memory", "2g")
                .config("spark.driver.maxResultSize", "2g"))
+    if os.environ.get("SPARK_SUBMIT_OPTS"):  # the driver JVM's options (a test's) for the executors'
+        builder = builder.config("spark.executor.extraJavaOptions", os.environ["SPARK_SUBMIT_OPTS"])
     for kv in args.conf:
         k, v = kv.split("=", 1)
         builder = builder.config(k, v)

@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+import jvmarchive
 import pytest
 from s3server import flaky_s3, s3  # noqa: F401 - fixtures, registered by importing them here
 
@@ -20,10 +21,16 @@ os.environ.pop("OPENBLAS_CORETYPE", None)
 # command line, the benches' smoke runs, the Spark Connect server) lives a few minutes,
 # mostly starting up, planning and moving small batches: Java's optimising compiler costs
 # such a JVM more CPU than it saves it (the Connect server of tests/test_connect.py: 47-59
-# CPU-seconds with it, 22-28 without). Tests time nothing, so their JVMs run the JIT's
-# first tier only; a setting of the user's own wins, and benchmarks run by hand keep
-# Java's defaults.
-os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
+# CPU-seconds with it, 22-28 without), and reading Spark's classes costs it more than the
+# class-data-sharing archive of tests/jvmarchive.py does (a session counting ten rows:
+# 8 CPU-seconds, 4 with it). Tests time nothing, so their JVMs run the JIT's first tier
+# only and map that archive, which pytest's first process starts making in the background
+# (JVMs started before it exists go without); a setting of the user's own wins, and
+# benchmarks run by hand keep Java's defaults. Clusters that tests start pass the setting
+# on to their executors and daemons (sparknet.testing.netcluster, test_spark_cluster.py).
+_ARCHIVE = jvmarchive.archive() if "SPARK_SUBMIT_OPTS" not in os.environ else None
+os.environ.setdefault("SPARK_SUBMIT_OPTS", jvmarchive.java_options(_ARCHIVE))
+_ARCHIVING = None if os.environ.get("PYTEST_XDIST_WORKER") else jvmarchive.start(_ARCHIVE)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -124,7 +124,7 @@ def scenario_faults(out: dict) -> None:
         # An executor lost mid-round: kill the JVM of partition 2's executor while round 3
         # computes (the standalone worker starts another; the partition's data is cached
         # again from lineage, its solver state is gone with it)
-        from test_spark_cluster import _executor_of
+        from test_spark_cluster import _cmdline, _executor_of
 
         killed: dict[str, Any] = {}
 
@@ -132,6 +132,7 @@ def scenario_faults(out: dict) -> None:
             if rec["round"] == 2:
                 part = next(p for p in rec["partitions"] if p["partition"] == 2)
                 killed["jvm"] = _executor_of(part["pid"])
+                killed["cmdline"] = _cmdline(killed["jvm"]) if killed["jvm"] else ""
                 killed["host"] = part["host"]
                 if killed["jvm"]:
                     threading.Timer(0.3, os.kill, (killed["jvm"], signal.SIGKILL)).start()
@@ -139,6 +140,9 @@ def scenario_faults(out: dict) -> None:
         out["killed"] = _train(spark, work / "killed", callback=on_round)
         out["killed_host"] = killed.get("host")
         out["killed_jvm"] = killed.get("jvm")
+        out["executor_cmdline"] = killed.get("cmdline", "")
+        out["master_cmdline"] = next((_cmdline(int(p)) for p in os.listdir("/proc") if p.isdigit()
+                                      and "deploy.master.Master" in _cmdline(int(p))), "")
     finally:
         spark.stop()
         import shutil
@@ -194,6 +198,15 @@ def test_a_link_cut_mid_round_reruns_the_round_to_the_same_weights_naming_the_no
     # took them from one of them, and the rerun round ended where the clean one did
     assert "round 2: the weights after round 1 came from an executor that kept them" \
         in cut["log"], cut["log"][-3000:]
+
+
+def test_the_owners_java_options_reach_the_clusters_daemons_and_executors(faults):
+    """NetCluster's java_options default to the owner's SPARK_SUBMIT_OPTS (the suite's JIT
+    tier and class archive, tests/conftest.py): the master and the executors run with them."""
+    options = os.environ["SPARK_SUBMIT_OPTS"].split()
+    assert options
+    for jvm in ("executor_cmdline", "master_cmdline"):
+        assert faults[jvm] and all(o in faults[jvm].split() for o in options), faults[jvm]
 
 
 def test_an_executor_lost_mid_round_is_survived_and_training_reaches_its_accuracy(faults):

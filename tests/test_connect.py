@@ -263,6 +263,8 @@ def test_the_readme_connect_section_runs_as_written(tmp_path):
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
                                   if p and Path(p).resolve() != Path(sys.executable).parent)
     env["SPARK_LOCAL_IP"] = "127.0.0.1"
+    if "SPARK_SUBMIT_OPTS" in os.environ:  # the suite's JVM options (tests/conftest.py)
+        env["SPARK_SUBMIT_OPTS"] = os.environ["SPARK_SUBMIT_OPTS"]
     script = tmp_path / "connect_readme.py"
     script.write_text(_readme_connect_block() +
                       '\nprint("CONNECT-ACCURACY", result.history[-1]["test"]["accuracy"])\n')

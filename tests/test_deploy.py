@@ -100,7 +100,8 @@ def standalone(tmp_path_factory):
     spark_class = str(home / "bin" / "spark-class")
     work = tmp_path_factory.mktemp("standalone")
     env = dict(os.environ, SPARK_HOME=str(home), SPARK_LOCAL_IP="127.0.0.1",
-               SPARK_WORKER_DIR=str(work / "work"), SPARK_LOG_DIR=str(work))
+               SPARK_WORKER_DIR=str(work / "work"), SPARK_LOG_DIR=str(work),
+               SPARK_DAEMON_JAVA_OPTS=os.environ.get("SPARK_SUBMIT_OPTS", ""))
     port, ui = _free_port(), _free_port()
     master = subprocess.Popen(
         [spark_class, "org.apache.spark.deploy.master.Master",
@@ -128,6 +129,12 @@ def standalone(tmp_path_factory):
                 p.kill()
 
 
+def _executor_java_options() -> list[str]:
+    """The suite's JVM options (tests/conftest.py) for the executors too: not the README's."""
+    opts = os.environ.get("SPARK_SUBMIT_OPTS")
+    return ["--conf", f"spark.executor.extraJavaOptions={opts}"] if opts else []
+
+
 # What the dynamic loader prints (LD_DEBUG=files) as it initializes a library.
 _LOADED = re.compile(r"calling init: (\S+)")
 
@@ -145,7 +152,7 @@ def test_spark_submit_with_the_packed_environment(pack, standalone, tmp_path):
            "--conf", "spark.pyspark.python=./env/bin/python",
            "--conf", f"spark.pyspark.driver.python={sys.executable}",
            "--conf", "spark.executor.memory=1g", "--conf", "spark.task.cpus=1",
-           "--conf", "spark.ui.enabled=false", *trace,
+           "--conf", "spark.ui.enabled=false", *trace, *_executor_java_options(),
            str(ROOT / "examples" / "lenet_app.py"), "--workers", "2", "--rounds", "2",
            "--test-interval", "2", "--output", str(out)]
     # As the README says: with the virtual environment active (its bin/ first on PATH).

@@ -81,6 +81,8 @@ def _session(master: str, **conf: str) -> Any:
          .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
          .config("spark.executor.memory", "768m").config("spark.driver.memory", "1g")
          .config("spark.python.worker.reuse", "true"))
+    if os.environ.get("SPARK_SUBMIT_OPTS"):  # the suite's JIT setting (conftest) for executors too
+        b = b.config("spark.executor.extraJavaOptions", os.environ["SPARK_SUBMIT_OPTS"])
     for k, v in conf.items():
         b = b.config(k.replace("_", "."), v)
     spark = b.getOrCreate()
@@ -209,7 +211,8 @@ def scenario_standalone(out: dict) -> None:
     work = Path(tempfile.mkdtemp(prefix="sparknet-standalone-"))
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1",
            "SPARK_WORKER_DIR": str(work), "SPARK_LOG_DIR": str(work),
-           "PYSPARK_PYTHON": sys.executable}
+           "PYSPARK_PYTHON": sys.executable,
+           "SPARK_DAEMON_JAVA_OPTS": os.environ.get("SPARK_SUBMIT_OPTS", "")}
     port, ui, wui = _free_port(), _free_port(), _free_port()
     procs = []
     try:

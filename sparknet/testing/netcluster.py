@@ -324,12 +324,20 @@ class NetCluster:
     spark
         ``False``: the network and nodes only, no Spark processes (for tests of
         the links themselves).
+    java_options
+        Options for every JVM of the cluster: the master's and workers'
+        (``SPARK_DAEMON_JAVA_OPTS``), the executors' (``spark.executor.extraJavaOptions``
+        by :func:`session`) and the driver programs' (``SPARK_SUBMIT_OPTS``). By default
+        the owner's ``SPARK_SUBMIT_OPTS``, the one Spark setting of the owner that carries
+        over: a test suite that runs its JVMs on the JIT's first tier (``tests/conftest.py``)
+        runs the cluster's so too, while a benchmark started by hand keeps Java's defaults.
     """
 
     def __init__(self, workers: int = 2, *, rate: str = DEFAULT_RATE,
                  delay_ms: float | None = None, loss_pct: float = 0.0, cores: int = 1,
                  executor_memory: str = "512m", subnet: str = "10.199.0.0/24",
-                 python: str | None = None, start_timeout: float = 180.0, spark: bool = True):
+                 python: str | None = None, start_timeout: float = 180.0, spark: bool = True,
+                 java_options: str | None = None):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers_wanted = int(workers)
@@ -339,6 +347,8 @@ class NetCluster:
         self.python = python or sys.executable
         self.start_timeout = float(start_timeout)
         self.spark = bool(spark)
+        self.java_options = (os.environ.get("SPARK_SUBMIT_OPTS", "") if java_options is None
+                             else java_options)
         net = ipaddress.ip_network(subnet)
         if not net.is_private or net.num_addresses < workers + 4:
             raise ValueError(f"subnet {subnet} must be a private range with room for "
@@ -528,6 +538,9 @@ class NetCluster:
         self._procs.append(proc)
         return proc
 
+    def _java_env(self, variable: str) -> dict[str, str]:
+        return {variable: self.java_options} if self.java_options else {}
+
     def _spark_env(self, node: Node) -> dict[str, str]:
         local = self.state_dir / node.name
         local.mkdir(parents=True, exist_ok=True)
@@ -535,7 +548,8 @@ class NetCluster:
             "SPARK_HOME": str(self._spark_home), "SPARK_LOCAL_IP": node.address,
             "SPARK_LOCAL_HOSTNAME": node.name, "SPARK_LOG_DIR": str(local),
             "SPARK_WORKER_DIR": str(local / "work"), "SPARK_LOCAL_DIRS": str(local / "local"),
-            "SPARK_DAEMON_MEMORY": "256m", "PYSPARK_PYTHON": self.python})
+            "SPARK_DAEMON_MEMORY": "256m", "PYSPARK_PYTHON": self.python,
+            **self._java_env("SPARK_DAEMON_JAVA_OPTS")})
 
     def _start_spark(self) -> None:
         spark_class = str(self._spark_home / "bin" / "spark-class")
@@ -578,7 +592,7 @@ class NetCluster:
         return {"id": self.id, "master": self.master_url, "driver": self.driver.address,
                 "workers": [w.address for w in self.workers], "cores": self.cores,
                 "executor_memory": self.executor_memory, "python": self.python,
-                "hosts": {n.address: n.name for n in self.nodes},
+                "java_options": self.java_options, "hosts": {n.address: n.name for n in self.nodes},
                 "nodes": [attrs.asdict(n) for n in self.nodes],
                 "link": attrs.asdict(self.link)}
 
@@ -593,7 +607,8 @@ class NetCluster:
         if info is None:
             raise NetClusterError(f"${ENV} is not set: not running in a simulated cluster")
         cluster = cls(len(info["workers"]), cores=info["cores"],
-                      executor_memory=info["executor_memory"], python=info["python"])
+                      executor_memory=info["executor_memory"], python=info["python"],
+                      java_options=info.get("java_options", ""))
         cluster.id = info["id"]
         cluster.nodes = [Node(**n) for n in info["nodes"]]
         cluster.link = Link(**info["link"])
@@ -606,7 +621,8 @@ class NetCluster:
         return self._clean_env({
             ENV: json.dumps(self.describe()), "SPARK_LOCAL_IP": self.driver.address,
             "SPARK_LOCAL_HOSTNAME": self.driver.name, "PYSPARK_PYTHON": self.python,
-            "PYSPARK_DRIVER_PYTHON": self.python, **(extra or {})})
+            "PYSPARK_DRIVER_PYTHON": self.python, **self._java_env("SPARK_SUBMIT_OPTS"),
+            **(extra or {})})
 
     def popen(self, argv: Sequence[str], *, node: str | int | Node | None = None,
               env: Mapping[str, str] | None = None, stdout: Any = None) -> subprocess.Popen:
@@ -674,7 +690,9 @@ def session(app_name: str = "sparknet-netcluster", **conf: str) -> Any:
         "spark.cores.max": str(info["cores"] * len(info["workers"])),
         "spark.pyspark.python": info["python"], "spark.pyspark.driver.python": info["python"],
         "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
-        "spark.python.worker.reuse": "true", **conf}
+        "spark.python.worker.reuse": "true",
+        **({"spark.executor.extraJavaOptions": info["java_options"]}
+           if info.get("java_options") else {}), **conf}
     builder = SparkSession.builder.master(info["master"]).appName(app_name)
     for k, v in settings.items():
         builder = builder.config(k, v)
@@ -704,6 +722,8 @@ def _cluster_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--loss-pct", type=float, default=0.0, help="packets dropped, percent")
     ap.add_argument("--cores", type=int, default=1, help="cores per worker")
     ap.add_argument("--executor-memory", default="512m")
+    ap.add_argument("--java-options", default=None,
+                    help="options for every JVM of the cluster (default: $SPARK_SUBMIT_OPTS)")
     ap.add_argument("--no-spark", action="store_true",
                     help="the network and nodes only, no Spark master or workers")
 
@@ -711,7 +731,8 @@ def _cluster_args(ap: argparse.ArgumentParser) -> None:
 def _from_args(args: argparse.Namespace) -> NetCluster:
     return NetCluster(args.workers, rate=args.rate, delay_ms=args.delay_ms,
                       loss_pct=args.loss_pct, cores=args.cores,
-                      executor_memory=args.executor_memory, spark=not args.no_spark)
+                      executor_memory=args.executor_memory, spark=not args.no_spark,
+                      java_options=args.java_options)
 
 
 def main(argv: Iterable[str] | None = None) -> int:
