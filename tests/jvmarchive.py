@@ -23,10 +23,11 @@ import fcntl
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from sparknet.testing.netcluster import _java  # JAVA_HOME's, else PATH's
 
 
 def _spark_home() -> Path | None:
@@ -34,13 +35,6 @@ def _spark_home() -> Path | None:
 
     spec = importlib.util.find_spec("pyspark")
     return Path(spec.submodule_search_locations[0]) if spec is not None else None
-
-
-def _java() -> str | None:
-    home = os.environ.get("JAVA_HOME")
-    if home and (Path(home) / "bin" / "java").exists():
-        return str(Path(home) / "bin" / "java")
-    return shutil.which("java")
 
 
 def archive() -> Path | None:
