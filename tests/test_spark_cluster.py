@@ -81,7 +81,7 @@ def _session(master: str, **conf: str) -> Any:
          .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
          .config("spark.executor.memory", "768m").config("spark.driver.memory", "1g")
          .config("spark.python.worker.reuse", "true"))
-    if os.environ.get("SPARK_SUBMIT_OPTS"):  # the suite's JIT setting (conftest) for executors too
+    if os.environ.get("SPARK_SUBMIT_OPTS"):  # the suite's JVM options (conftest) for executors too
         b = b.config("spark.executor.extraJavaOptions", os.environ["SPARK_SUBMIT_OPTS"])
     for k, v in conf.items():
         b = b.config(k.replace("_", "."), v)
