@@ -231,6 +231,32 @@ def test_digits_rdd_and_dataframe(spark):
         assert d["label"] == yt[i]
 
 
+def test_the_digits_are_scikit_learns_read_without_importing_it():
+    """The bundled digits are exactly scikit-learn's ``load_digits``, upscaled; loading them
+    imports no scikit-learn (its datasets module costs every Spark worker 1.3 CPU-s)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits as sk_digits
+
+    from sparknet.data import digits
+
+    images, labels = digits._packaged()
+    theirs = sk_digits()
+    np.testing.assert_array_equal(images, theirs.images)
+    np.testing.assert_array_equal(labels, theirs.target)
+    x, y = load_digits("all")
+    assert x.shape == (1797, 1, 28, 28) and x.dtype == np.float32
+    np.testing.assert_array_equal(y, theirs.target.astype(np.float32))
+    # the 8x8 corners survive the upscaling: pixel (0, 0) of the 28x28 image is (0, 0)'s value
+    np.testing.assert_allclose(x[:, 0, 0, 0], theirs.images[:, 0, 0] / 16.0, atol=1e-6)
+    probe = ("import sys; from sparknet.data import load_digits; load_digits('all'); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_to_rdd_ships_bytes_and_scales(spark):
     x = np.arange(2 * 3 * 4 * 5, dtype=np.uint8).reshape(2, 3, 4, 5)
     pairs = to_rdd(spark, x, [1, 2], scale=0.5).collect()

@@ -9,6 +9,9 @@ for all ten classes to appear on both sides.
 from __future__ import annotations
 
 import functools
+import gzip
+import importlib.util
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -19,20 +22,43 @@ Split = Literal["train", "test", "all"]
 SIZE = 28
 
 
+def _packaged() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as its ``load_digits`` gives them: float64 ``(1797, 8, 8)``
+    images (0..16) and their labels.
+
+    Read from the file scikit-learn ships, as ``load_digits`` reads it, but without
+    importing scikit-learn: ``sklearn.datasets`` pulls in scipy and pandas, 1.3 CPU-seconds
+    that every Spark worker loading its slice of the digits would pay before its first
+    example. ``find_spec`` of a top-level package locates it without running it.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the digits ship with scikit-learn, which is not installed "
+                                  "in this Python environment", name="sklearn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():  # a scikit-learn that keeps them elsewhere: ask it
+        from sklearn.datasets import load_digits as sk_digits
+
+        digits = sk_digits()
+        return digits.images, digits.target
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+
+
 @functools.lru_cache(maxsize=1)
 def _all() -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
-    from sklearn.datasets import load_digits as sk_digits
 
-    digits = sk_digits()
+    images, labels = _packaged()
     # Values are 0..16; scale to [0, 1] like Caffe's MNIST example (1/256 of bytes).
-    images = digits.images.astype(np.float32) / 16.0
+    images = images.astype(np.float32) / 16.0
     x = np.stack([
         np.asarray(Image.fromarray(img, mode="F").resize((SIZE, SIZE), Image.BILINEAR))
         for img in images
     ])[:, None, :, :]
     x = np.clip(x, 0.0, 1.0).astype(np.float32)
-    y = digits.target.astype(np.float32)
+    y = labels.astype(np.float32)
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y
