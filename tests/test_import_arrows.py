@@ -136,3 +136,25 @@ def test_the_readme_table_of_rooms_says_what_allowed_says():
             continue
         named = set() if cell == "nothing" else {c.strip().strip("`") for c in cell.split(",")}
         assert named == allowed - ({"_util"} if room != "io" else set()), (room, cell)
+
+
+def test_a_spark_worker_imports_its_task_modules_and_not_the_drivers():
+    """Unpickling a training task imports ``sparknet.spark`` first: its public names load on
+    first use, so a new Python worker imports neither the trainer nor the DSL, nor
+    scikit-learn (the digits are read from its file) — imports each worker paid in CPU."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, sparknet.spark._worker, sparknet.spark._store; "
+             "from sparknet.data.digits import load_digits; load_digits(); "
+             "print(sorted(m for m in sys.modules if m.startswith(('sparknet.spark.trainer', "
+             "'sparknet.dsl', 'sparknet.ml', 'sklearn', 'scipy', 'pandas'))))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+    import sparknet.spark as spark
+
+    assert sorted(spark.__all__) == sorted(spark._HOMES)
+    assert spark.train.__module__ == "sparknet.spark.trainer"
+    with pytest.raises(AttributeError, match="has no attribute 'Trainer'"):
+        spark.Trainer  # noqa: B018 - the lookup is the test
