@@ -156,5 +156,6 @@ def test_a_spark_worker_imports_its_task_modules_and_not_the_drivers():
 
     assert sorted(spark.__all__) == sorted(spark._HOMES)
     assert spark.train.__module__ == "sparknet.spark.trainer"
+    assert spark.schedule.TauSchedule is spark.TauSchedule  # modules as attributes, as before
     with pytest.raises(AttributeError, match="has no attribute 'Trainer'"):
         spark.Trainer  # noqa: B018 - the lookup is the test

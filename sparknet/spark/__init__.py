@@ -13,6 +13,7 @@ nothing below this package imports it.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 #: Each public name and the module that holds it. They load on first use (PEP 562):
@@ -42,9 +43,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
 
 def __getattr__(name: str):
     home = _HOMES.get(name)
-    if home is None:
+    if home is not None:
+        value = getattr(importlib.import_module(f"sparknet.spark.{home}"), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"sparknet.spark.{name}"):
+        # a public module as an attribute (sparknet.spark.trainer), as when this package
+        # imported them all
+        value = importlib.import_module(f"sparknet.spark.{name}")
+    else:
         raise AttributeError(f"module 'sparknet.spark' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"sparknet.spark.{home}"), name)
     globals()[name] = value  # later lookups skip this function
     return value
 
