@@ -17,6 +17,14 @@ from s3server import flaky_s3, s3  # noqa: F401 - fixtures, registered by import
 # imported, so pytest, its subprocesses and Spark's workers all go without it.
 os.environ.pop("OPENBLAS_CORETYPE", None)
 
+# One BLAS thread per process, as sparknet gives each Spark task (spark.task.cpus), unless
+# the machine sets a count. The suite keeps both cores busy (two pytest workers, Spark's
+# workers), and there a second OpenBLAS thread makes Caffe slower, not faster: each GEMM
+# waits for a thread that has no core (LeNet trained 3800 images/s on one thread and
+# 600-900 on two beside one busy process; 3600-4200 on two of two idle cores). Tests of
+# thread counts set theirs (set_blas_threads, blas_threads=).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 # Every JVM the suite starts through spark-submit (its shared session, the apps, the
 # command line, the benches' smoke runs, the Spark Connect server) lives a few minutes,
 # mostly starting up, planning and moving small batches: Java's optimising compiler costs
