@@ -257,6 +257,20 @@ def test_the_digits_are_scikit_learns_read_without_importing_it():
     assert done.stdout.strip() == "[]", done.stdout
 
 
+def test_without_scikit_learn_the_digits_say_what_to_install(monkeypatch):
+    import importlib.util
+
+    from sparknet.data import digits
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "sklearn" else find_spec(name, *a))
+    with pytest.raises(ModuleNotFoundError, match=r"^the sklearn package, which ships the "
+                       r"bundled digits, is not installed: pip install scikit-learn "
+                       r"\(requirements\.txt pins it\)$"):
+        digits._packaged()
+
+
 def test_to_rdd_ships_bytes_and_scales(spark):
     x = np.arange(2 * 3 * 4 * 5, dtype=np.uint8).reshape(2, 3, 4, 5)
     pairs = to_rdd(spark, x, [1, 2], scale=0.5).collect()

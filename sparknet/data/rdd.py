@@ -14,9 +14,11 @@ array columns into dicts of float32 arrays.
 """
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -71,6 +73,28 @@ def to_rdd(spark: Any, x: np.ndarray, y: np.ndarray, num_partitions: int | None 
     chunks = _chunks(x, y, parts)
     return sc.parallelize(chunks, len(chunks)).mapPartitions(_expand(scale, np.dtype(dtype)),
                                                               preservesPartitioning=True)
+
+
+def packaged_file(package: str, *parts: str, what: str, pip: str | None = None,
+                  pinned_in: str = "requirements.txt") -> Path:
+    """The data file ``parts`` inside the installed ``package``, found without importing it:
+    ``find_spec`` of a top-level package runs none of its code (scikit-learn's would cost
+    every Spark worker 1.3 CPU-seconds).
+
+    ``ModuleNotFoundError`` says that the package ships ``what`` and how to install it
+    (``pip``: its name on the package index, if not ``package``); ``FileNotFoundError``
+    names the path a version without it lacks.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            f"the {package} package, which ships {what}, is not installed: pip install "
+            f"{pip or package} ({pinned_in} pins it)", name=package)
+    path = Path(spec.origin).parent.joinpath(*parts)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found in the installed {package} (a version "
+                                f"without {what}?)")
+    return path
 
 
 def packaged_rdd(spark: Any, load: Callable[[str], tuple[np.ndarray, np.ndarray]], split: str,
