@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -98,7 +99,8 @@ def test_a_join_waits_for_the_others_until_the_round_ends(ring):
     assert waiting.is_alive()  # partition 1 is still training: no timeout
     ring.end()
     waiting.join(30)
-    assert got == {"error": "the round ended before every partition joined"}
+    assert got == {"error": "partition 0: the round ended before partition(s) [1] joined "
+                            "the ring"}
 
 
 def _put(exchange: RingExchange, key: int, size: int, offset: int, data: np.ndarray) -> int:
@@ -159,12 +161,38 @@ def test_a_partition_keeps_its_last_two_gathered_copies_and_never_names_a_half_w
     for key in (1, 2):  # a rerun of round 2 needs 1, the next round 2
         forget_fetched()
         assert np.array_equal(_adopt(tmp_path, ("ring", token, key), prints[key]), copies[key])
-    _Keeper(tmp_path, 40)  # to overwrite 1's file: its record goes first
+    writer = _Keeper(tmp_path, 40)  # to overwrite 1's file: its record goes first
     assert [r["key"] for r in _records(tmp_path)] == [2]
-    # (say the writing stopped there: 2 is still whole and named)
+    # (say the writing stopped there, its process gone, and the lock with it: 2 is still
+    # whole and named)
+    os.close(writer.lock)
     forget_fetched()
     assert _adopt(tmp_path, ("ring", token, 1), prints[1]) is None
     assert np.array_equal(_adopt(tmp_path, ("ring", token, 2), prints[2]), copies[2])
+    forget_fetched()
+
+
+def test_another_python_worker_waits_for_the_partitions_copy_being_written_and_takes_it_whole(
+        tmp_path):
+    # Spark gives an executor's next task to its Python worker that has waited longest: the
+    # partition's next round may run beside the process still writing the copy it needs
+    from sparknet.spark._ring_exchange import _adopt, _Keeper
+    from sparknet.spark._socket_exchange import _fingerprint, forget_fetched
+
+    token, gathered = b"t" * 16, np.arange(40, dtype=np.float32) / 3
+    fp = _fingerprint(gathered, 0)
+    keeper = _Keeper(tmp_path, 40)  # the writer holds the partition's lock from here on
+    got: dict = {}
+    reader = threading.Thread(target=lambda: got.update(
+        flat=_adopt(tmp_path, ("ring", token, 5), fp)))
+    reader.start()
+    reader.join(1.0)
+    assert reader.is_alive()  # waiting for the writer, not missing the copy
+    # three shards of K = 3, all kept: the reader has the whole vector, whatever K
+    keeper.write([(0, gathered[:16]), (16, gathered[16:32]), (32, gathered[32:])], token, 5,
+                 fp)
+    reader.join(30)
+    assert np.array_equal(got["flat"], gathered)
     forget_fetched()
 
 
@@ -193,6 +221,13 @@ def test_the_driver_collects_kept_weights_from_one_executor_and_turns_the_others
     assert pull.offer(1, tmp_path / "b")  # (its shard 0 is turned away)
     assert ring.collected() and np.array_equal(out, gathered)
     assert not pull.offer(0, tmp_path / "b")  # nothing more is needed
+    ring.end()
+    # shards that are not the weights the driver asked for (a damaged copy) do not count
+    _Keeper(tmp_path / "c", 64).write([(0, gathered[:32] + 1), (32, gathered[32:])],
+                                      ring.token, chan.key, fp)
+    pull = ring.collect(held, out)
+    assert pull.offer(0, tmp_path / "c")
+    assert not ring.collected()
     ring.end()
     forget_fetched()
 
@@ -226,14 +261,18 @@ def test_after_two_rounds_the_ring_could_not_run_the_star_takes_over_for_good(ri
                    print)
 
 
-def test_shard_bounds_cover_the_vector_in_aligned_near_equal_shards():
-    for size, k in ((61_000_003, 8), (1000, 3), (5, 4), (431_080, 2)):
+def test_shard_bounds_cover_the_vector_in_near_equal_shards_none_empty():
+    for size, k in ((61_000_003, 8), (1000, 3), (431_080, 2), (64, 4), (40, 4), (5, 4)):
         b = _comm.shard_bounds(size, k)
         assert b[0] == 0 and b[-1] == size and len(b) == k + 1
-        assert all(x <= y for x, y in itertools.pairwise(b))
-        assert all(x % 16 == 0 for x in b[1:-1] if x < size)
+        # the driver tells shards apart by offset: an empty one would share its neighbour's
+        assert all(x < y for x, y in itertools.pairwise(b))
         widths = [y - x for x, y in itertools.pairwise(b)]
-        assert max(widths) - min(widths) <= 32 or size < 16 * k
+        if size >= 16 * k:  # aligned to 64 bytes
+            assert all(x % 16 == 0 for x in b[1:-1])
+            assert max(widths) - min(widths) <= 32
+        else:
+            assert max(widths) - min(widths) <= 1
 
 
 # -- ring connections between executors ------------------------------------------------------
@@ -434,6 +473,14 @@ def scenario_four(out: dict) -> None:
             runs["resumed"] = train(spark, lenet.solver(16), data, exchange="ring",
                                     checkpoint_dir=ck, checkpoint_interval=1, resume=True, **kw)
             out["resumed_rounds"] = [h["round"] for h in runs["resumed"].history]
+        # Three workers now: the four Python workers of this local[4] all ran the rounds
+        # above, and Spark gives each task to the one that has waited longest, so a
+        # partition's round runs in another process than its last round did
+        three = digits_rdd(spark, "train", num_partitions=3)
+        with tempfile.TemporaryDirectory() as d3:
+            train(spark, lenet.solver(16), three, exchange="ring", output_dir=d3,
+                  **{**kw, "workers": 3})
+            out["three_log"] = (Path(d3) / "training.log").read_text()
         flat = {k: r.weights.flat for k, r in runs.items()}
         out["resume_exact"] = bool(np.array_equal(flat["resumed"], flat["ring"]))
         out["ring_vs_star"] = float(np.abs(flat["ring"] - flat["star"]).max())
@@ -444,7 +491,7 @@ def scenario_four(out: dict) -> None:
         spark.stop()
 
 
-def test_four_workers_repeat_and_resume_bit_for_bit_and_stay_close_to_the_star():
+def test_four_workers_repeat_resume_and_stay_close_to_the_star_three_start_in_any_worker():
     with __import__("tempfile").TemporaryDirectory() as d:
         path = Path(d) / "out.json"
         done = subprocess.run([sys.executable, str(HERE), "four", str(path)],
@@ -459,6 +506,10 @@ def test_four_workers_repeat_and_resume_bit_for_bit_and_stay_close_to_the_star()
     # then 15 solver steps
     assert 0 < out["ring_vs_star"] < 1e-4 * out["scale"]
     assert out["easgd_vs_star"] < 1e-4 * out["scale"]
+    # each round's task found its start in the copy its partition's last task kept: no
+    # round failed for want of it
+    assert "weights travel through a ring of the executors" in out["three_log"]
+    assert "failed" not in out["three_log"] and "kept them" not in out["three_log"]
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ to it (M/K more floats per node). Between such rounds the weights stay on the
 executors only. Each task gathers them beside the round's start and then
 writes them, in a thread of its own, into a file in its partition's state
 folder: that copy outlives the Python worker (which exits when a task
-fails), so a rerun round's tasks find their start there, and when a round
-fails the driver collects it from any executor that keeps it
+fails), and Spark hands an executor's tasks to its idle Python workers in
+turn, so the next round's task for the partition may run in another process
+than this one; it finds its start there. When a round fails the driver
+collects its start from any executor that keeps it
 (:meth:`RingChannel.offer`) before running it again. An outer optimizer's
 rounds push the shard *sums* every round instead: the driver makes those
 weights.
@@ -46,6 +48,7 @@ should the ring keep failing, sends that round through the star).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hmac
 import itertools
 import json
@@ -100,13 +103,21 @@ _ALIGN = 16
 #: Floats a ring task receives, adds and passes on at a time (1 MiB).
 PIECE = 1 << 18
 #: In a partition's state folder: the two files the gathered weights alternate between
-#: (the round's start stays whole while the next weights arrive), and what each holds.
+#: (the round's start stays whole while the next weights arrive), what each holds, and
+#: the lock a writer holds until its file is whole and named (readers wait for it).
 _KEEP_FILES = ("ring-0.f32", "ring-1.f32")
 _KEPT = "ring.json"
+_LOCK = "ring.lock"
 
 def shard_bounds(size: int, k: int) -> list[int]:
-    """The K + 1 offsets that cut ``size`` floats into K near-equal, aligned shards."""
-    inner = [min(size, -(-(size * i // k) // _ALIGN) * _ALIGN) for i in range(1, k)]
+    """The K + 1 offsets that cut ``size`` floats into K near-equal shards, none empty.
+
+    Aligned to :data:`_ALIGN` floats where every shard still gets some (size
+    >= _ALIGN·K); for a smaller vector unaligned, so that no shard is empty
+    while size >= K: the driver tells shards apart by their offsets.
+    """
+    step = _ALIGN if size >= _ALIGN * k else 1
+    inner = [min(size, -(-(size * i // k) // step) * step) for i in range(1, k)]
     return [0, *inner, size]
 
 
@@ -286,9 +297,65 @@ def _write_records(home: Path, recs: list[dict]) -> None:
     atomic_write_bytes(home / _KEPT, json.dumps(recs).encode())
 
 
+#: Seconds a reader waits for a kept copy being written (a writer takes well under one),
+#: or a writer for readers, before going on without it.
+LOCK_WAIT = 60.0
+
+
+def _locked(home: Path, exclusive: bool) -> int | None:
+    """An open descriptor of ``home``'s lock file, locked (``None``: no folder to lock).
+
+    ``flock`` locks between processes (and between descriptors of one): a
+    Python worker that reads ``home``'s copy waits while another one, which
+    ran the partition's last task, is still writing it. Closing the descriptor
+    (or the writer's exit) releases the lock. A lock still held after
+    :data:`LOCK_WAIT` seconds (a writer hung on its disk) raises ``TimeoutError``.
+    """
+    try:
+        fd = os.open(home / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:
+        return None
+    deadline, pause = time.monotonic() + LOCK_WAIT, 0.001
+    while True:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise TimeoutError(f"{home / _LOCK} was held for over {LOCK_WAIT:.0f} s "
+                                   "by another process") from None
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
+
+
+@contextlib.contextmanager
+def _reading(home: Path) -> Iterator[None]:
+    """While ``home``'s kept copy is read: no writer is halfway through it."""
+    fd = _locked(home, exclusive=False)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def _kept_parts(home: Path, tag: tuple, fingerprint: int
                 ) -> tuple[int, list[tuple[int, np.ndarray]]]:
-    """(size, [(offset, floats)...]) of the weights ``tag`` names that ``home`` keeps."""
+    """(size, [(offset, floats)...]) of the weights ``tag`` names that ``home`` keeps.
+
+    The parts are views of the file's floats, read whole, in the file's order.
+    """
+    try:
+        with _reading(home):
+            return _kept_parts_unlocked(home, tag, fingerprint)
+    except TimeoutError as e:
+        log.warning("ring exchange: not reading the weights kept in %s: %s", home, e)
+        return -1, []
+
+
+def _kept_parts_unlocked(home: Path, tag: tuple, fingerprint: int
+                         ) -> tuple[int, list[tuple[int, np.ndarray]]]:
     for meta in _records(home):
         if [meta.get("token"), meta.get("key"), meta.get("print")] != [tag[1].hex(), tag[2],
                                                                        fingerprint]:
@@ -308,19 +375,13 @@ def _kept_parts(home: Path, tag: tuple, fingerprint: int
 
 
 def _adopt(home: Path, tag: tuple, fingerprint: int) -> np.ndarray | None:
-    """The weights ``tag`` names, whole from ``home``'s kept file (else ``None``).
-
-    A file keeps two shards of K (see :class:`_Keeper`): whole for K <= 2;
-    beyond, the driver collects the shards from the executors instead.
-    """
+    """The weights ``tag`` names, whole from ``home``'s kept file (else ``None``)."""
     size, parts = _kept_parts(home, tag, fingerprint)
-    if size < 0 or sorted((o, o + p.size) for o, p in parts) != list(
-            itertools.pairwise(sorted({0, size, *(o for o, _ in parts)}))):
-        return None
-    flat = np.empty(size, np.float32)
-    for offset, part in parts:
-        flat[offset:offset + part.size] = part
-    if _fingerprint(flat, 0) != fingerprint:
+    if not parts or [(o, o + p.size) for o, p in parts] != list(
+            itertools.pairwise([0, *(o for o, _ in parts[1:]), size])):
+        return None  # (a copy of some shards only, as an earlier version kept)
+    flat = parts[0][1].base  # the file's floats: the shards in order, the whole vector
+    if flat is None or flat.size != size or _fingerprint(flat, 0) != fingerprint:
         return None
     flat.flags.writeable = False
     _FETCHED.clear()
@@ -329,23 +390,34 @@ def _adopt(home: Path, tag: tuple, fingerprint: int) -> np.ndarray | None:
 
 
 class _Keeper:
-    """Writes shards of gathered weights into ``home``'s kept file, then records them.
+    """Writes gathered weights, shard by shard, into ``home``'s kept file, then records them.
 
-    A ring task keeps the shard it owns and the next task's (two of K: a
-    lost executor's shards are still kept by a neighbour, and all are in the
-    processes that live on), not the whole vector: at K = 8, a quarter of the
-    copying. Of the two files it takes the one the newest record does not name (the
-    round's start may be in that one), and drops the record of the file it
-    overwrites first, so that a copy half written is never taken for a whole
-    one. :meth:`start` writes in a thread of its own, off the collective's
-    path; :func:`_settle` waits for it (every use of a copy calls it first, so
-    a task that fails later has its copy kept whole).
+    A ring task keeps the whole vector, not only its own shards: Spark gives
+    an executor's next task to whichever of its Python workers has waited
+    longest, so the partition's next round may run in a process that did not
+    take part in this one (an executor that ever ran more tasks at once than
+    it runs ring tasks has such workers), and it starts from this file. It
+    also makes every executor that ran a task a full source when the driver
+    collects a failed round's start. Of the two files the keeper takes the one
+    the newest record does not name (the round's start may be in that one),
+    and drops the record of the file it overwrites first, so that a copy half
+    written is never taken for a whole one; it holds ``home``'s lock from its
+    creation until the record is written, so a reader in another process waits
+    for the copy instead of missing it. :meth:`start` writes in a thread of its
+    own, off the collective's path; :func:`_settle` waits for it (every use of
+    a copy calls it first, so a task that fails later has its copy kept whole).
     """
 
     def __init__(self, home: Path, size: int):
         _settle()
         home.mkdir(parents=True, exist_ok=True)
         self.home, self.size = home, size
+        try:
+            self.lock = _locked(home, exclusive=True)
+        except TimeoutError as e:
+            self.lock, self.error = None, e
+            return
+        self.error = None
         recs = _records(home)
         self.name = _KEEP_FILES[1 if recs and recs[0].get("file") == _KEEP_FILES[0] else 0]
         self.others = [r for r in recs if r.get("file") != self.name][:1]
@@ -355,34 +427,49 @@ class _Keeper:
     def write(self, parts: list[tuple[int, np.ndarray]], token: bytes, key: int,
               fingerprint: int) -> None:
         """Write ``parts`` ((offset, floats) of accumulation ``key``'s weights), record them."""
-        fd = os.open(self.home / self.name, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:  # (over the file's old pages, which stay in the page cache: no O_TRUNC)
-            pos = 0
-            for _, data in parts:
-                view = memoryview(data).cast("B")
-                done = 0
-                while done < len(view):
-                    done += os.pwrite(fd, view[done:done + (64 << 20)], pos + done)
-                pos += len(view)
-            os.ftruncate(fd, pos)
+        if self.error is not None:
+            raise self.error
+        try:
+            fd = os.open(self.home / self.name, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:  # (over the file's old pages, which stay in the page cache: no O_TRUNC)
+                pos = 0
+                for _, data in parts:
+                    view = memoryview(data).cast("B")
+                    done = 0
+                    while done < len(view):
+                        done += os.pwrite(fd, view[done:done + (64 << 20)], pos + done)
+                    pos += len(view)
+                os.ftruncate(fd, pos)
+            finally:
+                os.close(fd)
+            _write_records(self.home, [{"token": token.hex(), "key": key, "print": fingerprint,
+                                        "size": self.size, "file": self.name,
+                                        "parts": [[o, d.size] for o, d in parts]},
+                                       *self.others])
         finally:
-            os.close(fd)
-        _write_records(self.home, [{"token": token.hex(), "key": key, "print": fingerprint,
-                                    "size": self.size, "file": self.name,
-                                    "parts": [[o, d.size] for o, d in parts]}, *self.others])
+            if self.lock is not None:
+                os.close(self.lock)
+                self.lock = None
 
     def start(self, parts: list[tuple[int, np.ndarray]], token: bytes, key: int,
               fingerprint: int) -> None:
-        """:meth:`write` in a thread of its own (a failure is logged: the copy is insurance)."""
+        """:meth:`write` in a thread of its own (a failure is logged: the copy is insurance).
+
+        Where Spark does not reuse Python workers (``spark.python.worker.reuse``
+        false), the worker exits right after its task, which would cut the
+        thread off mid-write: there the task writes before it returns.
+        """
         def run() -> None:
             try:
                 self.write(parts, token, key, fingerprint)
-            except OSError as e:
+            except OSError as e:  # (TimeoutError too: the lock's)
                 log.warning("ring exchange: could not keep the weights in %s: %s", self.home, e)
 
         _WRITING["thread"] = threading.Thread(target=run, name="sparknet-ring-keep",
                                               daemon=True)
         _WRITING["thread"].start()
+        if not os.environ.get("SPARK_REUSE_WORKER"):
+            _settle()
 
 
 #: The thread writing this process's last gathered weights to its kept file, if any.
@@ -671,9 +758,9 @@ class _Ring:
         nxt.flags.writeable = False
         chan.gathered = _fingerprint(nxt, 0)
         if home is not None and not chan.push:  # (after a push, the driver has them)
-            kept = sorted({(s.start, s.stop) for s in (owned, span(rank + 2))})
-            _Keeper(home, flat.size).start([(a, nxt[a:b]) for a, b in kept], chan.star.token,
-                                           chan.key, chan.gathered)
+            _Keeper(home, flat.size).start([(a, nxt[a:b]) for a, b in
+                                            itertools.pairwise(bounds)],
+                                           chan.star.token, chan.key, chan.gathered)
         # the start stays this process's copy before the last (a rerun of this round needs it)
         previous = {k: _FETCHED.get(k) for k in ("tag", "flat", "print")}
         _FETCHED.clear()
@@ -707,8 +794,9 @@ class _Ring:
 def _hung_up(conn: socket.socket) -> bool:
     """Whether the other end closed ``conn`` (it has nothing more to say in a join)."""
     try:
-        readable, _, _ = select.select([conn], [], [], 0)
-        return bool(readable) and conn.recv(1, socket.MSG_PEEK) == b""
+        poller = select.poll()  # (not select.select: a driver may hold 1024 descriptors)
+        poller.register(conn, select.POLLIN)
+        return bool(poller.poll(0)) and conn.recv(1, socket.MSG_PEEK) == b""
     except OSError:
         return True
 
@@ -742,6 +830,7 @@ class RingExchange(SocketExchange):
         self._push = True  # the open ring accumulation's tasks push shards
         self._whole = False  # ... executors push the shards they keep (collect)
         self._claimed: set[int] = set()  # ... the offsets of those sent or being sent
+        self._wanted: int | None = None  # ... the fingerprint of the weights collected
         self._complete: int | None = None  # the last accumulation all of whose shards came
 
     @classmethod
@@ -796,16 +885,18 @@ class RingExchange(SocketExchange):
 
         Tasks given the returned channel call :meth:`RingChannel.offer`: each
         shard comes from the first executor that has it. :meth:`collected`
-        says whether all came.
+        says whether all came, and are the weights ``channel`` names.
         """
         chan = self.accept(channel, out)
         with self._lock:
             self._push, self._whole = True, True
+            self._wanted = channel.fingerprint
         return chan
 
     def collected(self) -> bool:
         with self._lock:
-            return self._whole and self._acc is not None and not self._missing_shards()
+            return (self._whole and self._acc is not None and not self._missing_shards()
+                    and _fingerprint(self._acc, 0) == self._wanted)
 
     def star(self, channel: RingChannel) -> SocketChannel:
         """The star's channel for the same weights (a round the ring could not run)."""
@@ -874,7 +965,9 @@ class RingExchange(SocketExchange):
                 if key == self._key and len(self._members) == self.workers:
                     answer = {"peers": [self._members[r] for r in range(self.workers)]}
                 else:
-                    answer = {"error": "the round ended before every partition joined"}
+                    absent = sorted(set(range(self.workers)) - set(self._members))
+                    answer = {"error": f"partition {rank}: the round ended before partition(s) "
+                                       f"{absent} joined the ring"}
         body = json.dumps(answer).encode()
         conn.sendall(_LEN.pack(len(body)) + body)
 
