@@ -196,6 +196,38 @@ def test_another_python_worker_waits_for_the_partitions_copy_being_written_and_t
     forget_fetched()
 
 
+def test_a_task_keeps_the_whole_weights_where_another_python_worker_may_run_its_next_round(
+        monkeypatch):
+    from sparknet.spark import _ring_exchange as rx
+
+    # three Python workers forked by one parent, as PySpark's daemon forks them: each
+    # counts three
+    script = ("import os, signal\n"
+              "from sparknet.spark._ring_exchange import _python_workers\n"
+              "r, w = os.pipe()\n"
+              "kids = []\n"
+              "for i in range(3):\n"
+              "    pid = os.fork()\n"
+              "    if pid == 0 and i < 2:\n"
+              "        signal.pause()\n"
+              "    if pid == 0:\n"
+              "        os.write(w, str(_python_workers()).encode()); os._exit(0)\n"
+              "    kids.append(pid)\n"
+              "print(os.read(r, 16).decode())\n"
+              "[os.kill(k, 9) for k in kids[:2]]\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.split() == ["3"]
+    monkeypatch.setenv("SPARK_REUSE_WORKER", "1")
+    for workers, tasks, whole in ((1, 1, False), (4, 4, False), (4, 3, True), (None, 1, True)):
+        monkeypatch.setattr(rx, "_python_workers", lambda n=workers: n)
+        assert rx._keeps_whole(tasks) is whole, (workers, tasks)
+    assert rx._keeps_whole(None)  # not a Spark task
+    monkeypatch.delenv("SPARK_REUSE_WORKER")  # a new Python worker for every task
+    monkeypatch.setattr(rx, "_python_workers", lambda: 1)
+    assert rx._keeps_whole(1)
+
+
 def test_the_driver_collects_kept_weights_from_one_executor_and_turns_the_others_away(
         ring, tmp_path):
     from sparknet.spark._ring_exchange import _Keeper

@@ -19,12 +19,12 @@ ends the training: then each task also pushes its shard of the next weights
 to it (M/K more floats per node). Between such rounds the weights stay on the
 executors only. Each task gathers them beside the round's start and then
 writes them, in a thread of its own, into a file in its partition's state
-folder: that copy outlives the Python worker (which exits when a task
-fails), and Spark hands an executor's tasks to its idle Python workers in
-turn, so the next round's task for the partition may run in another process
-than this one; it finds its start there. When a round fails the driver
-collects its start from any executor that keeps it
-(:meth:`RingChannel.offer`) before running it again. An outer optimizer's
+folder: that copy (two shards of K, or all of them where the partition's
+next round may run in another Python worker, see :func:`_keeps_whole`)
+outlives the Python worker (which exits when a task fails), so a rerun
+round's tasks find their start there, and when a round fails the driver
+collects it from any executor that keeps it (:meth:`RingChannel.offer`)
+before running it again. An outer optimizer's
 rounds push the shard *sums* every round instead: the driver makes those
 weights.
 
@@ -379,7 +379,7 @@ def _adopt(home: Path, tag: tuple, fingerprint: int) -> np.ndarray | None:
     size, parts = _kept_parts(home, tag, fingerprint)
     if not parts or [(o, o + p.size) for o, p in parts] != list(
             itertools.pairwise([0, *(o for o, _ in parts[1:]), size])):
-        return None  # (a copy of some shards only, as an earlier version kept)
+        return None  # (two shards of K > 2: the driver collects the rest from others)
     flat = parts[0][1].base  # the file's floats: the shards in order, the whole vector
     if flat is None or flat.size != size or _fingerprint(flat, 0) != fingerprint:
         return None
@@ -389,16 +389,53 @@ def _adopt(home: Path, tag: tuple, fingerprint: int) -> np.ndarray | None:
     return flat
 
 
+def _python_workers() -> int | None:
+    """How many Python workers this executor has now (this one among them), if Linux says.
+
+    They are the children of this worker's parent, PySpark's daemon, which
+    forks them: busy ones and idle ones, which Spark hands the next tasks to.
+    """
+    ppid = os.getppid()
+    try:
+        return len(Path(f"/proc/{ppid}/task/{ppid}/children").read_text().split())
+    except OSError:
+        pass
+    if not Path("/proc/self/stat").exists():
+        return None
+    found = 0  # (a kernel without that file: every process's parent)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):  # (a process that just ended)
+            found += stat.read_text().rsplit(")", 1)[1].split()[1] == str(ppid)
+    return found or None
+
+
+def _keeps_whole(executor_tasks: int | None) -> bool:
+    """Whether the partition's next round may run in another Python worker than this one.
+
+    Spark hands an executor's task to whichever of its Python workers has
+    waited longest: when the executor has more of them than it runs ring
+    tasks (an earlier job ran more tasks on it at once), the partition's next
+    round runs in a process that did not take part in this one, and that
+    starts from the kept file, which must then hold the whole vector. So must
+    it where Spark starts a new Python worker for every task
+    (``spark.python.worker.reuse`` false).
+    """
+    if executor_tasks is None or not os.environ.get("SPARK_REUSE_WORKER"):
+        return True
+    workers = _python_workers()
+    return workers is None or workers > executor_tasks
+
+
 class _Keeper:
     """Writes gathered weights, shard by shard, into ``home``'s kept file, then records them.
 
-    A ring task keeps the whole vector, not only its own shards: Spark gives
-    an executor's next task to whichever of its Python workers has waited
-    longest, so the partition's next round may run in a process that did not
-    take part in this one (an executor that ever ran more tasks at once than
-    it runs ring tasks has such workers), and it starts from this file. It
-    also makes every executor that ran a task a full source when the driver
-    collects a failed round's start. Of the two files the keeper takes the one
+    A ring task keeps the shard it owns and the next task's: two of K, so a
+    lost executor's shards are still kept by a neighbour when the driver
+    collects a failed round's start (and all are in the processes that live
+    on), at K = 8 a quarter of the copying. Where the partition's next round
+    may run in another Python worker of the executor (:func:`_keeps_whole`),
+    it keeps the whole vector, for that process to start from (and the
+    executor is a full source for the driver). Of the two files the keeper takes the one
     the newest record does not name (the round's start may be in that one),
     and drops the record of the file it overwrites first, so that a copy half
     written is never taken for a whole one; it holds ``home``'s lock from its
@@ -530,6 +567,10 @@ class _Stream(threading.Thread):
 
     def _push(self, chan: RingChannel, rank: int, offset: int, count: int) -> None:
         star = chan.star
+        # Connect with the first piece, not before: the reduce-scatter may take longer than
+        # the driver waits on a silent connection (spark.network.timeout)
+        if (first := self.queue.get()) is None:
+            return
         try:
             with star._connect() as sock:
                 status, _ = star._request(sock, OP_PUT, rank, star.key)
@@ -537,6 +578,7 @@ class _Stream(threading.Thread):
                     raise RuntimeError("sparknet: the driver no longer takes this round's "
                                        "shards (a task of a round run again?)")
                 sock.sendall(_PUT.pack(offset, count))
+                _send_all(sock, memoryview(first).cast("B"))
                 self._drain(sock)
                 status, _ = _REP.unpack(_recv_exact(sock, _REP.size))
                 if status != ST_DONE:
@@ -571,9 +613,10 @@ class _Ring:
     """One task's place in a ring round: its peers, its two connections, the collective."""
 
     def __init__(self, chan: RingChannel, rank: int, k: int, peers: list[_Peer],
-                 server: socket.socket | None):
+                 server: socket.socket | None, executor_tasks: int | None = None):
         self.chan, self.rank, self.k = chan, rank, k
         self.peers, self.server = peers, server
+        self.executor_tasks = executor_tasks  # the round's tasks on this one's executor
         self.me = peers[rank]
         self.called_off: str | None = None
         self.out: socket.socket | None = None  # to the next task
@@ -605,7 +648,8 @@ class _Ring:
             if server is not None:
                 server.close()
             raise
-        ring = cls(chan, rank, k, peers, server)
+        here = infos[rank].address  # (the executor's host:port)
+        ring = cls(chan, rank, k, peers, server, sum(i.address == here for i in infos))
         gone = [p for p in peers if p.absent]
         if gone and not absent:
             ring.called_off = (f"{gone[0]} could not take part (its data is not on its "
@@ -758,9 +802,10 @@ class _Ring:
         nxt.flags.writeable = False
         chan.gathered = _fingerprint(nxt, 0)
         if home is not None and not chan.push:  # (after a push, the driver has them)
-            _Keeper(home, flat.size).start([(a, nxt[a:b]) for a, b in
-                                            itertools.pairwise(bounds)],
-                                           chan.star.token, chan.key, chan.gathered)
+            kept = (itertools.pairwise(bounds) if _keeps_whole(self.executor_tasks)
+                    else sorted({(s.start, s.stop) for s in (owned, span(rank + 2))}))
+            _Keeper(home, flat.size).start([(a, nxt[a:b]) for a, b in kept], chan.star.token,
+                                           chan.key, chan.gathered)
         # the start stays this process's copy before the last (a rerun of this round needs it)
         previous = {k: _FETCHED.get(k) for k in ("tag", "flat", "print")}
         _FETCHED.clear()
