@@ -583,7 +583,7 @@ class _Stream(threading.Thread):
                 status, _ = _REP.unpack(_recv_exact(sock, _REP.size))
                 if status != ST_DONE:
                     raise ConnectionError(f"the exchange answered status {status}")
-        except (ConnectionError, TimeoutError) as e:
+        except OSError as e:  # (no route to the driver too: named as the driver's, not a peer's)
             raise ConnectionError(f"sparknet: pushing partition {rank}'s shard to the driver's "
                                   f"exchange at {star._where()} failed: {e}") from e
 
