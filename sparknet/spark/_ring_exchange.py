@@ -346,32 +346,24 @@ def _kept_parts(home: Path, tag: tuple, fingerprint: int
 
     The parts are views of the file's floats, read whole, in the file's order.
     """
+    want = [tag[1].hex(), tag[2], fingerprint]
     try:
-        with _reading(home):
-            return _kept_parts_unlocked(home, tag, fingerprint)
+        with _reading(home):  # (the newest record naming them, and its file's floats)
+            meta = next((m for m in _records(home)
+                         if [m.get("token"), m.get("key"), m.get("print")] == want), None)
+            if meta is None:
+                return -1, []
+            data = np.fromfile(home / str(meta["file"]), np.float32)
+        parts, pos = [], 0
+        for offset, count in meta["parts"]:
+            parts.append((int(offset), data[pos:pos + count]))
+            pos += count
     except TimeoutError as e:
         log.warning("ring exchange: not reading the weights kept in %s: %s", home, e)
         return -1, []
-
-
-def _kept_parts_unlocked(home: Path, tag: tuple, fingerprint: int
-                         ) -> tuple[int, list[tuple[int, np.ndarray]]]:
-    for meta in _records(home):
-        if [meta.get("token"), meta.get("key"), meta.get("print")] != [tag[1].hex(), tag[2],
-                                                                       fingerprint]:
-            continue
-        try:
-            data = np.fromfile(home / str(meta["file"]), np.float32)
-            parts, pos = [], 0
-            for offset, count in meta["parts"]:
-                parts.append((int(offset), data[pos:pos + count]))
-                pos += count
-        except (OSError, ValueError, KeyError, TypeError):
-            break
-        if pos == data.size:
-            return int(meta.get("size", -1)), parts
-        break
-    return -1, []
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1, []
+    return (int(meta.get("size", -1)), parts) if pos == data.size else (-1, [])
 
 
 def _adopt(home: Path, tag: tuple, fingerprint: int) -> np.ndarray | None:
@@ -398,15 +390,13 @@ def _python_workers() -> int | None:
     ppid = os.getppid()
     try:
         return len(Path(f"/proc/{ppid}/task/{ppid}/children").read_text().split())
-    except OSError:
-        pass
-    if not Path("/proc/self/stat").exists():
+    except OSError:  # (not Linux, or a kernel without the file: keep the whole vector)
         return None
-    found = 0  # (a kernel without that file: every process's parent)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError):  # (a process that just ended)
-            found += stat.read_text().rsplit(")", 1)[1].split()[1] == str(ppid)
-    return found or None
+
+
+def _worker_reused() -> bool:
+    """Whether Spark reuses this Python worker after its task (``spark.python.worker.reuse``)."""
+    return bool(os.environ.get("SPARK_REUSE_WORKER"))
 
 
 def _keeps_whole(executor_tasks: int | None) -> bool:
@@ -420,7 +410,7 @@ def _keeps_whole(executor_tasks: int | None) -> bool:
     it where Spark starts a new Python worker for every task
     (``spark.python.worker.reuse`` false).
     """
-    if executor_tasks is None or not os.environ.get("SPARK_REUSE_WORKER"):
+    if executor_tasks is None or not _worker_reused():
         return True
     workers = _python_workers()
     return workers is None or workers > executor_tasks
@@ -505,7 +495,7 @@ class _Keeper:
         _WRITING["thread"] = threading.Thread(target=run, name="sparknet-ring-keep",
                                               daemon=True)
         _WRITING["thread"].start()
-        if not os.environ.get("SPARK_REUSE_WORKER"):
+        if not _worker_reused():
             _settle()
 
 
